@@ -1,0 +1,103 @@
+//! The command line: `portcullis serve | migrate | config check | version`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Portcullis: identity, access and audit server.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command understands; each overrides the configuration file and environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GlobalArgs {
+    /// TOML configuration file (see config/example.toml for every key).
+    #[arg(long, global = true, env = "PORTCULLIS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Folder for the embedded database, generated secrets and development certificates
+    /// [default: ./portcullis-data].
+    #[arg(long, global = true, env = "PORTCULLIS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, global = true, env = "PORTCULLIS_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Database URL: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB` [default: SQLite in the
+    /// data dir]. Prefer the environment or PORTCULLIS_DATABASE__URL_FILE for URLs with passwords.
+    #[arg(long, global = true, env = "PORTCULLIS_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(MigrateArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Serve https with a self-signed certificate for localhost, generated into the data dir
+    /// (development mode only).
+    #[arg(long)]
+    pub dev_tls: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// Only report applied and pending migrations; change nothing.
+    #[arg(long)]
+    pub status: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective values, secrets masked.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Also apply the production checks that `serve --dev-tls` would change.
+    #[arg(long)]
+    pub dev_tls: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent_and_every_flag_has_help() {
+        Cli::command().debug_assert();
+        fn check(command: &clap::Command) {
+            for arg in command.get_arguments() {
+                if arg.get_id() != "help" && arg.get_id() != "version" {
+                    assert!(arg.get_help().is_some(), "--{} has no help text", arg.get_id());
+                }
+            }
+            for sub in command.get_subcommands() {
+                assert!(sub.get_about().is_some(), "{} has no help text", sub.get_name());
+                check(sub);
+            }
+        }
+        check(&Cli::command());
+    }
+}

@@ -1,0 +1,897 @@
+//! Configuration: typed, layered (defaults < TOML file < environment < flags), validated at start.
+//!
+//! Every key can be set as `PORTCULLIS_SECTION__KEY`; every secret also as
+//! `PORTCULLIS_SECTION__KEY_FILE`, a file holding it. Secrets are [`Secret`]s: they never print, not
+//! even in `config check`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::cli::GlobalArgs;
+
+/// The environment prefix of every configuration variable.
+pub const ENV_PREFIX: &str = "PORTCULLIS_";
+
+/// Keys that hold secrets: readable from `*_FILE` variables, never printed.
+pub const SECRET_KEYS: &[&str] = &["secrets.instance_secret", "database.url"];
+
+/// Secret values printed in config/example.toml and the docs. A production server refuses them:
+/// a secret that is published is not a secret.
+pub const EXAMPLE_SECRETS: &[&str] =
+    &["change-me-to-32-or-more-random-bytes-0000", "0123456789abcdef0123456789abcdef"];
+
+/// The shortest secret a production server accepts, in bytes (256 bits).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Whether the server runs for a developer or for real users.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Convenient defaults: generated secrets, plain http on loopback, readable logs.
+    #[default]
+    Development,
+    /// Refuses to start with any insecure setting.
+    Production,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Development => "development",
+            Mode::Production => "production",
+        })
+    }
+}
+
+/// A secret from the configuration. Serializes and debug-prints as a mask, so no code path that
+/// prints configuration can leak it.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(SecretString::from(value))
+    }
+
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(********)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("********")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret::new)
+    }
+}
+
+/// The whole configuration. See config/example.toml for each key's meaning and default.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub mode: Mode,
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub cors: CorsConfig,
+    pub tls: TlsConfig,
+    pub database: DatabaseConfig,
+    pub secrets: SecretsConfig,
+    pub log: LogConfig,
+    /// Files that secrets were read from (for the permission checks); not a configuration key.
+    #[serde(skip)]
+    pub secret_files: Vec<(String, PathBuf)>,
+    /// The configuration file, if any, and whether it holds secrets itself.
+    #[serde(skip)]
+    pub config_file: Option<(PathBuf, bool)>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Development,
+            data_dir: PathBuf::from("./portcullis-data"),
+            http: HttpConfig::default(),
+            cors: CorsConfig::default(),
+            tls: TlsConfig::default(),
+            database: DatabaseConfig::default(),
+            secrets: SecretsConfig::default(),
+            log: LogConfig::default(),
+            secret_files: Vec::new(),
+            config_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub trusted_proxies: Vec<IpNet>,
+    pub body_limit_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub request_timeout_secs: u64,
+    pub header_read_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_host: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            trusted_proxies: Vec::new(),
+            body_limit_bytes: 64 * 1024,
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+            request_timeout_secs: 30,
+            header_read_timeout_secs: 10,
+            shutdown_grace_secs: 20,
+            public_host: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    pub allowed_origins: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self { allowed_origins: Vec::new(), allow_credentials: false, max_age_secs: 600 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_listen: Option<SocketAddr>,
+    pub hsts_max_age_secs: u64,
+    pub hsts_include_subdomains: bool,
+    pub hsts_preload: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            redirect_listen: None,
+            hsts_max_age_secs: 63_072_000,
+            hsts_include_subdomains: true,
+            hsts_preload: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<Secret>,
+    pub max_connections: u32,
+    pub acquire_timeout_secs: u64,
+    pub busy_timeout_ms: u64,
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 10,
+            acquire_timeout_secs: 10,
+            busy_timeout_ms: 5000,
+            migrate_on_start: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON in production, readable text in development.
+    #[default]
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Auto, level: "info".into() }
+    }
+}
+
+/// Which database a URL selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    Sqlite(PathBuf),
+    Postgres,
+}
+
+/// A configuration that cannot be used, with every reason (each naming its key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: impl Into<String>) -> Self {
+        Self { problems: vec![problem.into()] }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for problem in &self.problems {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Loads the configuration from the layers, reading the process environment.
+pub fn load(flags: &GlobalArgs) -> Result<Config, ConfigError> {
+    load_from(flags, std::env::vars().collect())
+}
+
+/// Loads the configuration from the layers with an explicit environment (testable).
+pub fn load_from(flags: &GlobalArgs, env: BTreeMap<String, String>) -> Result<Config, ConfigError> {
+    let mut figment = Figment::new();
+    let mut config_file = None;
+    if let Some(path) = &flags.config {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::one(format!("--config / PORTCULLIS_CONFIG: cannot read {}: {e}", path.display()))
+        })?;
+        let table: toml::Table = toml::from_str(&text)
+            .map_err(|e| ConfigError::one(format!("{}: not valid TOML: {}", path.display(), e.message())))?;
+        let holds_secret = SECRET_KEYS.iter().any(|key| {
+            let (section, name) = key.split_once('.').unwrap_or(("", key));
+            table.get(section).and_then(|s| s.get(name)).is_some()
+        });
+        config_file = Some((path.clone(), holds_secret));
+        figment = figment.merge(Toml::string(&text));
+    }
+
+    let (secrets, secret_files) = secret_layer(&env)?;
+    let plain: Vec<(String, String)> = env
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(ENV_PREFIX)?.to_owned(), v.clone())))
+        .filter(|(k, _)| {
+            let key = k.to_ascii_lowercase().replace("__", ".");
+            (k.contains("__") || key == "mode")
+                && !SECRET_KEYS.contains(&key.as_str())
+                && !key.ends_with("_file")
+        })
+        .collect();
+    figment = figment.merge(EnvSnapshot { env: plain });
+    figment = figment.merge(Serialized::defaults(secrets));
+
+    let mut overrides = Dict::new();
+    if let Some(dir) = &flags.data_dir {
+        overrides.insert("data_dir".into(), Value::from(dir.display().to_string()));
+    }
+    if let Some(listen) = flags.listen {
+        overrides.insert(
+            "http".into(),
+            Value::from(Map::from([("listen".to_owned(), Value::from(listen.to_string()))])),
+        );
+    }
+    if let Some(url) = &flags.database_url {
+        overrides.insert(
+            "database".into(),
+            Value::from(Map::from([("url".to_owned(), Value::from(url.clone()))])),
+        );
+    }
+    figment = figment.merge(Serialized::defaults(overrides));
+
+    let mut config: Config = figment
+        .extract()
+        .map_err(|error| ConfigError { problems: error.into_iter().map(describe_figment_error).collect() })?;
+    config.secret_files = secret_files;
+    config.config_file = config_file;
+    config.validate()?;
+    Ok(config)
+}
+
+/// A figment provider over a fixed list of `PORTCULLIS_SECTION__KEY` variables (prefix removed), so
+/// loading is a function of its inputs. Values are parsed like figment's `Env` (numbers, booleans,
+/// `[lists]`); secrets never pass through here (see [`secret_layer`]).
+struct EnvSnapshot {
+    env: Vec<(String, String)>,
+}
+
+impl figment::Provider for EnvSnapshot {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable")
+    }
+
+    fn data(&self) -> Result<Map<figment::Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, value) in &self.env {
+            let path: Vec<String> = key.to_ascii_lowercase().split("__").map(str::to_owned).collect();
+            let parsed: Value = value.parse().unwrap_or_else(|_| Value::from(value.clone()));
+            insert_path(&mut dict, &path, parsed);
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict.entry(first.clone()).or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            } else {
+                let mut inner = Dict::new();
+                insert_path(&mut inner, rest, value);
+                *entry = Value::from(inner);
+            }
+        }
+    }
+}
+
+/// Secrets from `PORTCULLIS_SECTION__KEY` (taken verbatim, never parsed as numbers or lists) and from
+/// `PORTCULLIS_SECTION__KEY_FILE`.
+fn secret_layer(env: &BTreeMap<String, String>) -> Result<(Dict, Vec<(String, PathBuf)>), ConfigError> {
+    let mut dict = Dict::new();
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for (name, value) in env {
+        let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(file_key) = key.strip_suffix("_FILE") else { continue };
+        if !file_key.contains("__") {
+            continue;
+        }
+        let dotted = file_key.to_ascii_lowercase().replace("__", ".");
+        if !SECRET_KEYS.contains(&dotted.as_str()) {
+            problems.push(format!(
+                "{name}: only secrets can be read from files; secret keys are {}",
+                SECRET_KEYS.join(", ")
+            ));
+        } else if env.contains_key(&format!("{ENV_PREFIX}{file_key}")) {
+            problems.push(format!("{name} and {ENV_PREFIX}{file_key} are both set; set one"));
+        } else {
+            match std::fs::read_to_string(value) {
+                Ok(text) => {
+                    let secret = text.strip_suffix('\n').unwrap_or(&text);
+                    let secret = secret.strip_suffix('\r').unwrap_or(secret).to_owned();
+                    let path: Vec<String> = dotted.split('.').map(str::to_owned).collect();
+                    insert_path(&mut dict, &path, Value::from(secret));
+                    files.push((dotted, PathBuf::from(value)));
+                }
+                Err(e) => problems.push(format!("{name}: cannot read {value}: {e}")),
+            }
+        }
+    }
+    for key in SECRET_KEYS {
+        let name = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase().replace('.', "__"));
+        if let Some(value) = env.get(&name) {
+            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+            insert_path(&mut dict, &path, Value::from(value.clone()));
+        }
+    }
+    if problems.is_empty() { Ok((dict, files)) } else { Err(ConfigError { problems }) }
+}
+
+/// A figment error in the words an operator needs: the key, what was wrong, where it came from.
+fn describe_figment_error(error: figment::Error) -> String {
+    let key = if error.path.is_empty() { "(top level)".to_owned() } else { error.path.join(".") };
+    let source = error
+        .metadata
+        .as_ref()
+        .map(|m| match &m.source {
+            Some(source) => format!(" (from {source})"),
+            None => format!(" (from {})", m.name),
+        })
+        .unwrap_or_default();
+    let env_name = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase().replace('.', "__"));
+    format!("{key} / {env_name}: {}{source}", error.kind)
+}
+
+impl Config {
+    /// Checks that work in every mode; the production checks are [`Config::production_problems`].
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.database_target() {
+            problems.push(e);
+        }
+        if let Err(e) = self.web().cors.validate() {
+            problems.push(e.to_string());
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            problems.push("tls.cert_file and tls.key_file: set both or neither".into());
+        }
+        if self.tls.redirect_listen.is_some() && self.tls.cert_file.is_none() {
+            problems.push(
+                "tls.redirect_listen: needs tls.cert_file and tls.key_file (or serve --dev-tls)".into(),
+            );
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit_bytes) {
+            problems.push("http.body_limit_bytes: must be between 1024 and 67108864".into());
+        }
+        if !(8..=1000).contains(&self.http.max_headers) {
+            problems.push("http.max_headers: must be between 8 and 1000".into());
+        }
+        if !(1024..=1024 * 1024).contains(&self.http.max_header_bytes) {
+            problems.push("http.max_header_bytes: must be between 1024 and 1048576".into());
+        }
+        for (key, value) in [
+            ("http.request_timeout_secs", self.http.request_timeout_secs),
+            ("http.header_read_timeout_secs", self.http.header_read_timeout_secs),
+            ("database.acquire_timeout_secs", self.database.acquire_timeout_secs),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}: must be at least 1"));
+            }
+        }
+        if self.database.max_connections == 0 {
+            problems.push("database.max_connections: must be at least 1".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(format!(
+                "log.level: {e} (use a level such as info, debug, or a filter like portcullis=debug,info)"
+            ));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError { problems }) }
+    }
+
+    /// Every reason this configuration is unfit for production (empty in development mode).
+    pub fn production_problems(&self, dev_tls: bool) -> Vec<String> {
+        if self.mode != Mode::Production {
+            return Vec::new();
+        }
+        let mut problems = Vec::new();
+        if dev_tls {
+            problems.push("serve --dev-tls: a self-signed development certificate is not for production; set tls.cert_file and tls.key_file".into());
+        }
+        if self.tls.cert_file.is_none() && self.http.trusted_proxies.is_empty() {
+            problems.push("tls.cert_file / http.trusted_proxies: production needs TLS, either served here (tls.cert_file and tls.key_file) or terminated by a proxy listed in http.trusted_proxies".into());
+        }
+        match &self.secrets.instance_secret {
+            None => problems.push("secrets.instance_secret / PORTCULLIS_SECRETS__INSTANCE_SECRET(_FILE): missing; production does not generate secrets".into()),
+            Some(secret) => problems.extend(secret_problem("secrets.instance_secret", secret.expose())),
+        }
+        if self.cors.allowed_origins.iter().any(|o| o == "*") && self.cors.allow_credentials {
+            problems.push("cors.allowed_origins: \"*\" with cors.allow_credentials = true lets any site act as the user".into());
+        }
+        if let Some(mode) = mode_of(&self.data_dir) {
+            if mode & 0o077 != 0 {
+                problems.push(format!(
+                    "data_dir: {} has mode {:o}; it must not be accessible by other users (chmod 700)",
+                    self.data_dir.display(),
+                    mode & 0o777
+                ));
+            }
+        }
+        let mut private_files: Vec<(String, PathBuf)> = self.secret_files.clone();
+        if let Some(key) = &self.tls.key_file {
+            private_files.push(("tls.key_file".into(), key.clone()));
+        }
+        if let Some((path, true)) = &self.config_file {
+            private_files.push(("--config (holds secrets)".into(), path.clone()));
+        }
+        for (key, path) in private_files {
+            if let Some(mode) = mode_of(&path) {
+                if mode & 0o077 != 0 {
+                    problems.push(format!(
+                        "{key}: {} has mode {:o}; it must not be readable by other users (chmod 600)",
+                        path.display(),
+                        mode & 0o777
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    /// The database this configuration selects.
+    pub fn database_target(&self) -> Result<DatabaseTarget, String> {
+        let Some(url) = &self.database.url else {
+            return Ok(DatabaseTarget::Sqlite(self.data_dir.join("portcullis.db")));
+        };
+        let url = url.expose();
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            let path = path.split('?').next().unwrap_or(path);
+            if path.is_empty() || path == ":memory:" {
+                return Err("database.url: a sqlite URL needs a file path (sqlite://PATH)".into());
+            }
+            return Ok(DatabaseTarget::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseTarget::Postgres);
+        }
+        Err("database.url: must start with sqlite:// or postgres:// (or postgresql://)".into())
+    }
+
+    /// The database as shown in logs: engine and location, never credentials.
+    pub fn database_description(&self) -> String {
+        match self.database_target() {
+            Ok(DatabaseTarget::Sqlite(path)) => format!("SQLite {}", path.display()),
+            Ok(DatabaseTarget::Postgres) => {
+                let url = self.database.url.as_ref().map(|u| u.expose()).unwrap_or_default();
+                let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+                let host_and_db = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+                format!("PostgreSQL {}", host_and_db.split('?').next().unwrap_or(""))
+            }
+            Err(_) => "invalid database URL".into(),
+        }
+    }
+
+    /// The HTTP layer's settings.
+    pub fn web(&self) -> portcullis_web::WebConfig {
+        portcullis_web::WebConfig {
+            trusted_proxies: self.http.trusted_proxies.clone(),
+            body_limit_bytes: self.http.body_limit_bytes,
+            max_headers: self.http.max_headers,
+            max_header_bytes: self.http.max_header_bytes,
+            request_timeout: Duration::from_secs(self.http.request_timeout_secs),
+            cors: portcullis_web::CorsConfig {
+                allowed_origins: self.cors.allowed_origins.clone(),
+                allow_credentials: self.cors.allow_credentials,
+                max_age: Duration::from_secs(self.cors.max_age_secs),
+            },
+            hsts: portcullis_web::HstsConfig {
+                max_age_secs: self.tls.hsts_max_age_secs,
+                include_subdomains: self.tls.hsts_include_subdomains,
+                preload: self.tls.hsts_preload,
+            },
+        }
+    }
+
+    /// The effective configuration as TOML, secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// Why a secret is unfit for production, if it is.
+pub fn secret_problem(key: &str, value: &str) -> Option<String> {
+    if EXAMPLE_SECRETS.contains(&value) {
+        Some(format!(
+            "{key}: is the example value from the documentation; generate your own (e.g. `openssl rand -base64 48`)"
+        ))
+    } else if value.len() < MIN_SECRET_BYTES {
+        Some(format!("{key}: is {} bytes; at least {MIN_SECRET_BYTES} are required", value.len()))
+    } else {
+        None
+    }
+}
+
+fn mode_of(path: &Path) -> Option<u32> {
+    std::fs::metadata(path).ok().map(|m| m.permissions().mode())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn toml_file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn with_nothing_set_the_defaults_apply() {
+        let config = load_from(&GlobalArgs::default(), BTreeMap::new()).unwrap();
+        assert_eq!(config.mode, Mode::Development);
+        assert_eq!(config.http.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("./portcullis-data"));
+        assert_eq!(config.http.body_limit_bytes, 65536);
+        assert_eq!(
+            config.database_target(),
+            Ok(DatabaseTarget::Sqlite("./portcullis-data/portcullis.db".into()))
+        );
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_then_environment_then_flags() {
+        let file =
+            toml_file("[http]\nlisten = \"127.0.0.1:1000\"\nbody_limit_bytes = 2048\nmax_headers = 20\n");
+        let env =
+            env(&[("PORTCULLIS_HTTP__LISTEN", "127.0.0.1:2000"), ("PORTCULLIS_HTTP__MAX_HEADERS", "30")]);
+        let flags = GlobalArgs { config: Some(file.path().into()), ..Default::default() };
+        let config = load_from(&flags, env.clone()).unwrap();
+        assert_eq!(config.http.body_limit_bytes, 2048, "file beats default");
+        assert_eq!(config.http.max_headers, 30, "environment beats file");
+        assert_eq!(config.http.listen, "127.0.0.1:2000".parse().unwrap(), "environment beats file");
+        let flags = GlobalArgs { listen: Some("127.0.0.1:3000".parse().unwrap()), ..flags };
+        assert_eq!(
+            load_from(&flags, env).unwrap().http.listen,
+            "127.0.0.1:3000".parse().unwrap(),
+            "flag beats environment"
+        );
+    }
+
+    #[test]
+    fn lists_can_be_set_from_the_environment() {
+        let env = env(&[("PORTCULLIS_HTTP__TRUSTED_PROXIES", r#"["10.0.0.0/8", "::1/128"]"#)]);
+        let config = load_from(&GlobalArgs::default(), env).unwrap();
+        assert_eq!(config.http.trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn an_invalid_value_names_the_key_and_the_allowed_values() {
+        let err = load_from(&GlobalArgs::default(), env(&[("PORTCULLIS_MODE", "prod")])).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("mode") && text.contains("development") && text.contains("production"),
+            "{text}"
+        );
+        let err = load_from(&GlobalArgs::default(), env(&[("PORTCULLIS_LOG__FORMAT", "xml")])).unwrap_err();
+        assert!(err.to_string().contains("log.format"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_not_silently_ignored() {
+        let err = load_from(&GlobalArgs::default(), env(&[("PORTCULLIS_HTTP__LISTN", "x")])).unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+        let file = toml_file("[htp]\nlisten = \"127.0.0.1:1\"\n");
+        let err = load_from(
+            &GlobalArgs { config: Some(file.path().into()), ..Default::default() },
+            BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("htp"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_is_taken_verbatim_even_when_it_looks_like_a_number() {
+        let digits = "12345678901234567890123456789012345";
+        let config =
+            load_from(&GlobalArgs::default(), env(&[("PORTCULLIS_SECRETS__INSTANCE_SECRET", digits)]))
+                .unwrap();
+        assert_eq!(config.secrets.instance_secret.unwrap().expose(), digits);
+    }
+
+    #[test]
+    fn a_secret_can_come_from_a_file_and_is_remembered_for_the_permission_check() {
+        let file = toml_file("a-secret-read-from-a-file-0123456789abcdef\n");
+        let env = env(&[("PORTCULLIS_SECRETS__INSTANCE_SECRET_FILE", file.path().to_str().unwrap())]);
+        let config = load_from(&GlobalArgs::default(), env).unwrap();
+        assert_eq!(
+            config.secrets.instance_secret.unwrap().expose(),
+            "a-secret-read-from-a-file-0123456789abcdef"
+        );
+        assert_eq!(config.secret_files, vec![("secrets.instance_secret".into(), file.path().to_path_buf())]);
+    }
+
+    #[test]
+    fn only_secrets_may_come_from_files_and_not_twice() {
+        let file = toml_file("x");
+        let path = file.path().to_str().unwrap();
+        let err =
+            load_from(&GlobalArgs::default(), env(&[("PORTCULLIS_HTTP__LISTEN_FILE", path)])).unwrap_err();
+        assert!(err.to_string().contains("only secrets"), "{err}");
+        let err = load_from(
+            &GlobalArgs::default(),
+            env(&[
+                ("PORTCULLIS_SECRETS__INSTANCE_SECRET_FILE", path),
+                ("PORTCULLIS_SECRETS__INSTANCE_SECRET", "y"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("both set"), "{err}");
+    }
+
+    #[test]
+    fn the_masked_rendering_never_contains_a_secret() {
+        let env = env(&[
+            ("PORTCULLIS_SECRETS__INSTANCE_SECRET", "canary-secret-value-0123456789abcdef"),
+            ("PORTCULLIS_DATABASE__URL", "postgres://u:canary-password@db.example/portcullis"),
+        ]);
+        let config = load_from(&GlobalArgs::default(), env).unwrap();
+        let text = format!("{}{:?}", config.to_masked_toml(), config);
+        assert!(!text.contains("canary"), "{text}");
+        assert!(text.contains("********"));
+        assert_eq!(config.database_description(), "PostgreSQL db.example/portcullis");
+    }
+
+    #[test]
+    fn a_bad_database_url_is_refused_without_echoing_it() {
+        let err = load_from(
+            &GlobalArgs { database_url: Some("mysql://u:pw-canary@x/y".into()), ..Default::default() },
+            BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("database.url"));
+        assert!(!err.to_string().contains("pw-canary"));
+    }
+
+    fn production(extra: &[(&str, &str)]) -> Config {
+        let mut pairs = vec![("PORTCULLIS_MODE", "production")];
+        pairs.extend_from_slice(extra);
+        load_from(&GlobalArgs::default(), env(&pairs)).unwrap()
+    }
+
+    const GOOD_SECRET: &str = "a-real-secret-that-is-long-enough-0123456789";
+
+    #[test]
+    fn production_refuses_plain_http_without_a_trusted_proxy() {
+        let config = production(&[("PORTCULLIS_SECRETS__INSTANCE_SECRET", GOOD_SECRET)]);
+        let problems = config.production_problems(false);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("tls.cert_file"));
+        let config = production(&[
+            ("PORTCULLIS_SECRETS__INSTANCE_SECRET", GOOD_SECRET),
+            ("PORTCULLIS_HTTP__TRUSTED_PROXIES", "[\"10.0.0.1/32\"]"),
+        ]);
+        assert_eq!(config.production_problems(false), Vec::<String>::new());
+    }
+
+    #[test]
+    fn production_refuses_a_missing_short_or_example_secret() {
+        let proxy = ("PORTCULLIS_HTTP__TRUSTED_PROXIES", "[\"10.0.0.1/32\"]");
+        let missing = production(&[proxy]).production_problems(false);
+        assert!(missing.iter().any(|p| p.contains("missing")), "{missing:?}");
+        let short =
+            production(&[proxy, ("PORTCULLIS_SECRETS__INSTANCE_SECRET", "short")]).production_problems(false);
+        assert!(short.iter().any(|p| p.contains("at least 32")), "{short:?}");
+        for example in EXAMPLE_SECRETS {
+            let problems = production(&[proxy, ("PORTCULLIS_SECRETS__INSTANCE_SECRET", example)])
+                .production_problems(false);
+            assert!(problems.iter().any(|p| p.contains("example value")), "{problems:?}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_world_readable_data_dir_and_secret_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, GOOD_SECRET).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = load_from(
+            &GlobalArgs { data_dir: Some(dir.path().into()), ..Default::default() },
+            env(&[
+                ("PORTCULLIS_MODE", "production"),
+                ("PORTCULLIS_HTTP__TRUSTED_PROXIES", "[\"10.0.0.1/32\"]"),
+                ("PORTCULLIS_SECRETS__INSTANCE_SECRET_FILE", secret.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        let problems = config.production_problems(false);
+        assert!(problems.iter().any(|p| p.starts_with("data_dir") && p.contains("755")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.starts_with("secrets.instance_secret") && p.contains("644")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_wildcard_origin_with_credentials_is_refused_in_every_mode() {
+        let err = load_from(
+            &GlobalArgs::default(),
+            env(&[
+                ("PORTCULLIS_CORS__ALLOWED_ORIGINS", "[\"*\"]"),
+                ("PORTCULLIS_CORS__ALLOW_CREDENTIALS", "true"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cors.allowed_origins"), "{err}");
+    }
+
+    #[test]
+    fn development_mode_has_no_production_problems() {
+        let config = load_from(&GlobalArgs::default(), BTreeMap::new()).unwrap();
+        assert!(config.production_problems(true).is_empty());
+    }
+
+    #[test]
+    fn the_example_configuration_parses_and_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Every key is present (commented out, with its default) in the example file.
+        let rendered = Config::default().to_masked_toml();
+        let documented: toml::Table = toml::from_str(&uncomment(&text)).unwrap();
+        let defaults: toml::Table = toml::from_str(&rendered).unwrap();
+        for (section, value) in &defaults {
+            match value {
+                toml::Value::Table(keys) => {
+                    for key in keys.keys() {
+                        assert!(
+                            documented.get(section).and_then(|s| s.get(key)).is_some(),
+                            "example.toml lacks {section}.{key}"
+                        );
+                    }
+                }
+                _ => assert!(documented.contains_key(section), "example.toml lacks {section}"),
+            }
+        }
+        for secret in SECRET_KEYS {
+            let (section, key) = secret.split_once('.').unwrap();
+            assert!(
+                documented.get(section).and_then(|s| s.get(key)).is_some(),
+                "example.toml lacks {secret}"
+            );
+        }
+        // The uncommented example is itself a valid configuration, and its secret is refused in production.
+        let file = toml_file(&uncomment(&text));
+        let config = load_from(
+            &GlobalArgs { config: Some(file.path().into()), ..Default::default() },
+            BTreeMap::new(),
+        )
+        .unwrap();
+        let example_secret = config.secrets.instance_secret.as_ref().unwrap().expose().to_owned();
+        assert!(secret_problem("x", &example_secret).is_some_and(|p| p.contains("example value")));
+        // Every environment name in the example matches the key it documents.
+        for line in text.lines().filter(|l| l.contains("env: PORTCULLIS_")) {
+            assert!(line.contains("PORTCULLIS_"), "{line}");
+        }
+    }
+
+    /// Turns `# key = value` lines (the documented defaults) into live lines.
+    fn uncomment(text: &str) -> String {
+        text.lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest.to_owned(),
+                _ => line.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

@@ -1,0 +1,231 @@
+//! The `portcullis` binary's library half: configuration, startup, listeners and shutdown, so that
+//! integration tests start exactly what `portcullis serve` starts.
+
+pub mod cli;
+pub mod config;
+pub mod data_dir;
+pub mod listener;
+pub mod telemetry;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_app::{App, AppSettings, SystemClock};
+use portcullis_store::{Store, StoreError};
+use portcullis_store_postgres::{PostgresOptions, PostgresStore};
+use portcullis_store_sqlite::{SqliteOptions, SqliteStore};
+use secrecy::SecretSlice;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ConfigError, DatabaseTarget, Mode};
+use crate::listener::ConnectionLimits;
+use crate::tls::{TlsError, TlsReloader};
+
+/// The version of this build.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is unusable (exit code 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("data dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("startup: {0}")]
+    App(#[from] portcullis_app::AppError),
+}
+
+impl StartError {
+    /// The process exit code: 2 for configuration mistakes, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) | StartError::Tls(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Options of `serve` that are not configuration keys.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Serve https with a generated self-signed certificate.
+    pub dev_tls: bool,
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    redirect_addr: Option<SocketAddr>,
+    tls: Option<Arc<TlsReloader>>,
+    app: App,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Where the main listener is bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Where the http→https redirect listener is bound, if configured.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect_addr
+    }
+
+    /// The use-case façade the server runs on.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Re-reads the TLS certificate and key (what SIGHUP does). Existing connections are kept.
+    pub fn reload_tls(&self) -> Result<bool, TlsError> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace period, closes the database.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.app.shutdown().await;
+    }
+}
+
+/// Opens the database the configuration selects.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    match config.database_target().map_err(|e| ConfigError { problems: vec![e] })? {
+        DatabaseTarget::Sqlite(path) => {
+            let mut options = SqliteOptions::new(path);
+            options.busy_timeout = Duration::from_millis(config.database.busy_timeout_ms);
+            options.acquire_timeout = Duration::from_secs(config.database.acquire_timeout_secs);
+            options.read_connections = config.database.max_connections.clamp(1, 8);
+            Ok(Arc::new(SqliteStore::open(&options).await?))
+        }
+        DatabaseTarget::Postgres => {
+            let url = config.database.url.as_ref().map(|u| u.expose().to_owned()).unwrap_or_default();
+            let options = PostgresOptions {
+                url,
+                max_connections: config.database.max_connections,
+                acquire_timeout: Duration::from_secs(config.database.acquire_timeout_secs),
+            };
+            Ok(Arc::new(PostgresStore::connect(&options).await?))
+        }
+    }
+}
+
+/// Starts everything `portcullis serve` runs: data dir, secrets, database and migrations, listeners.
+pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServer, StartError> {
+    let problems = config.production_problems(options.dev_tls);
+    if !problems.is_empty() {
+        return Err(ConfigError { problems }.into());
+    }
+    let data_dir_error = |source| StartError::DataDir { path: config.data_dir.display().to_string(), source };
+    if let Some(warning) = data_dir::prepare(&config.data_dir).map_err(data_dir_error)? {
+        tracing::warn!("{warning}");
+    }
+    let instance_secret = match (&config.secrets.instance_secret, config.mode) {
+        (Some(secret), _) => secret.clone(),
+        (None, Mode::Development) => {
+            data_dir::development_instance_secret(&config.data_dir).map_err(data_dir_error)?.0
+        }
+        (None, Mode::Production) => unreachable_missing_secret()?,
+    };
+
+    let tls = match (&config.tls.cert_file, &config.tls.key_file, options.dev_tls) {
+        (Some(cert), Some(key), _) => Some(Arc::new(TlsReloader::load(cert, key)?)),
+        (_, _, true) => {
+            let (cert, key) = tls::dev_certificate(&config.data_dir)?;
+            Some(Arc::new(TlsReloader::load(&cert, &key)?))
+        }
+        _ => None,
+    };
+
+    let store = open_store(config).await?;
+    if config.database.migrate_on_start {
+        let applied = store.migrate().await?;
+        if !applied.is_empty() {
+            tracing::debug!(?applied, "applied database migrations");
+        }
+    }
+    let app = App::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        AppSettings {
+            instance_secret: SecretSlice::from(instance_secret.expose().as_bytes().to_vec()),
+            version: VERSION,
+        },
+    );
+    if store.migration_status().await?.is_current() {
+        app.bootstrap_instance().await?;
+    } else {
+        tracing::warn!(
+            "database schema is not current; /readyz reports not ready until `portcullis migrate` runs"
+        );
+    }
+
+    let web = config.web();
+    let router = portcullis_web::router(portcullis_web::AppState { app: app.clone() }, &web)
+        .map_err(|e| ConfigError { problems: vec![e.to_string()] })?;
+    let limits = ConnectionLimits {
+        header_read_timeout: Duration::from_secs(config.http.header_read_timeout_secs),
+        max_headers: config.http.max_headers.saturating_mul(2).min(1000),
+        max_buf_size: config.http.max_header_bytes.saturating_mul(4),
+        shutdown_grace: Duration::from_secs(config.http.shutdown_grace_secs),
+    };
+    let (shutdown, receiver) = watch::channel(false);
+
+    let listener = bind(config.http.listen).await?;
+    let local_addr =
+        listener.local_addr().map_err(|source| StartError::Bind { addr: config.http.listen, source })?;
+    let mut tasks =
+        vec![tokio::spawn(listener::serve(listener, router, tls.clone(), limits, receiver.clone()))];
+
+    let mut redirect_addr = None;
+    if let (Some(addr), Some(_)) = (config.tls.redirect_listen, &tls) {
+        let redirect =
+            portcullis_web::https_redirect_router(local_addr.port(), config.http.public_host.clone(), &web)
+                .map_err(|e| ConfigError { problems: vec![e.to_string()] })?;
+        let listener = bind(addr).await?;
+        redirect_addr = listener.local_addr().ok();
+        tasks.push(tokio::spawn(listener::serve(listener, redirect, None, limits, receiver)));
+    }
+
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        listen = %local_addr,
+        database = %config.database_description(),
+        mode = %config.mode,
+        tls = tls.is_some(),
+        "Portcullis {VERSION} listening on {scheme}://{local_addr} using {} in {} mode",
+        config.database_description(),
+        config.mode,
+    );
+    Ok(RunningServer { local_addr, redirect_addr, tls, app, shutdown, tasks })
+}
+
+/// `production_problems` already refused a production start without a secret; this keeps the match
+/// total without a panic.
+fn unreachable_missing_secret() -> Result<config::Secret, StartError> {
+    Err(ConfigError { problems: vec!["secrets.instance_secret: missing".into()] }.into())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+}

@@ -1,0 +1,134 @@
+//! `portcullis`: the command-line entry point. Parses arguments, loads configuration, runs a command,
+//! and turns every failure into a message and an exit code (2 for configuration errors), never a
+//! panic or a backtrace.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use portcullis::cli::{Cli, Command, ConfigCommand, MigrateArgs, ServeArgs};
+use portcullis::config::{self, Config};
+use portcullis::{StartError, StartOptions, VERSION, telemetry};
+
+fn main() -> ExitCode {
+    // Files this process creates (database, WAL, generated secrets) are private to its user even
+    // where code does not set a mode explicitly.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let cli = Cli::parse();
+    if let Command::Version = cli.command {
+        println!("portcullis {VERSION}");
+        return ExitCode::SUCCESS;
+    }
+    let config = match config::load(&cli.global) {
+        Ok(config) => config,
+        Err(error) => {
+            eprint!("portcullis: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Config(ConfigCommand::Check(args)) => config_check(&config, args.dev_tls),
+        Command::Serve(args) => run_async(serve(config, args)),
+        Command::Migrate(args) => run_async(migrate(config, args)),
+        Command::Version => ExitCode::SUCCESS,
+    }
+}
+
+fn run_async(future: impl Future<Output = Result<(), StartError>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("portcullis: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error, "portcullis stopped with an error");
+            eprint!("portcullis: {error}");
+            if !error.to_string().ends_with('\n') {
+                eprintln!();
+            }
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// `config check`: validate, print the effective configuration (secrets masked) and any production
+/// problems.
+fn config_check(config: &Config, dev_tls: bool) -> ExitCode {
+    print!("{}", config.to_masked_toml());
+    let problems = config.production_problems(dev_tls);
+    if problems.is_empty() {
+        eprintln!("configuration is valid ({} mode)", config.mode);
+        ExitCode::SUCCESS
+    } else {
+        eprint!("portcullis: {}", config::ConfigError { problems });
+        ExitCode::from(2)
+    }
+}
+
+async fn serve(config: Config, args: ServeArgs) -> Result<(), StartError> {
+    telemetry::init(&config.log, config.mode);
+    let server = portcullis::start(&config, StartOptions { dev_tls: args.dev_tls }).await?;
+    wait_for_signals(&server).await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM; SIGHUP reloads the TLS certificate meanwhile.
+async fn wait_for_signals(server: &portcullis::RunningServer) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => match server.reload_tls() {
+                Ok(true) => tracing::info!("SIGHUP: reloaded the TLS certificate"),
+                Ok(false) => tracing::info!("SIGHUP: no TLS configured; nothing to reload"),
+                Err(error) => tracing::error!(%error, "SIGHUP: TLS reload failed; keeping the current certificate"),
+            },
+        }
+    }
+}
+
+/// `migrate`: apply pending migrations (or report them with `--status`).
+async fn migrate(config: Config, args: MigrateArgs) -> Result<(), StartError> {
+    telemetry::init(&config.log, config.mode);
+    if let Some(warning) = portcullis::data_dir::prepare(&config.data_dir)
+        .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?
+    {
+        tracing::warn!("{warning}");
+    }
+    let store = portcullis::open_store(&config).await?;
+    let status = store.migration_status().await?;
+    if args.status {
+        println!("database: {}", config.database_description());
+        println!("schema version: {}", status.schema_version());
+        println!("applied: {:?}", status.applied);
+        println!("pending: {:?}", status.pending);
+        if !status.unknown.is_empty() {
+            println!("unknown (newer than this binary): {:?}", status.unknown);
+        }
+    } else {
+        let applied = store.migrate().await?;
+        let after = store.migration_status().await?;
+        println!(
+            "{}: applied {} migration(s) {:?}; schema version {}",
+            config.database_description(),
+            applied.len(),
+            applied,
+            after.schema_version()
+        );
+    }
+    store.close().await;
+    Ok(())
+}

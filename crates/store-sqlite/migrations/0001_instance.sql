@@ -1,0 +1,7 @@
+-- The single row describing this installation (see crates/store/src/instance.rs).
+CREATE TABLE instance (
+    singleton          INTEGER PRIMARY KEY CHECK (singleton = 1),
+    id                 TEXT    NOT NULL,
+    created_at         INTEGER NOT NULL,
+    created_by_version TEXT    NOT NULL
+) STRICT;

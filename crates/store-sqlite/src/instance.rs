@@ -1,0 +1,43 @@
+//! SQLite implementation of the instance aggregate.
+
+use async_trait::async_trait;
+use portcullis_domain::{InstanceId, InstanceMeta, Timestamp};
+use portcullis_store::{InstanceStore, StoreError};
+
+use crate::{SqliteTx, map_err};
+
+#[async_trait]
+impl InstanceStore for SqliteTx {
+    async fn instance(&mut self) -> Result<Option<InstanceMeta>, StoreError> {
+        let row: Option<(String, i64, String)> =
+            sqlx::query_as("SELECT id, created_at, created_by_version FROM instance WHERE singleton = 1")
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+        row.map(|(id, created_at, created_by_version)| {
+            Ok(InstanceMeta {
+                id: InstanceId::parse(&id)
+                    .map_err(|_| StoreError::Corrupt("instance.id is not a uuid".into()))?,
+                created_at: Timestamp::from_unix_millis(created_at),
+                created_by_version,
+            })
+        })
+        .transpose()
+    }
+
+    async fn insert_instance(&mut self, meta: &InstanceMeta) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO instance (singleton, id, created_at, created_by_version) VALUES (1, $1, $2, $3)",
+        )
+        .bind(meta.id.to_string())
+        .bind(meta.created_at.as_unix_millis())
+        .bind(&meta.created_by_version)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| match map_err(e) {
+            StoreError::Conflict { .. } => StoreError::Conflict { entity: "instance" },
+            other => other,
+        })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,208 @@
+//! The SQLite store: the default, embedded backend.
+//!
+//! One writer connection (SQLite serialises writers anyway; a single connection turns lock contention
+//! into a queue in the pool instead of `SQLITE_BUSY` errors) and a small pool of read-only connections
+//! that read concurrently thanks to WAL. `synchronous=FULL` so that a transaction reported committed
+//! survives power loss, not only a process crash.
+
+mod instance;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use portcullis_store::{Backend, MigrationStatus, Store, StoreError, StoreTx};
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// How to open a SQLite database.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// The database file; created if missing.
+    pub path: PathBuf,
+    /// How long a connection waits for a lock held by another process before failing.
+    pub busy_timeout: Duration,
+    /// Size of the read-only pool.
+    pub read_connections: u32,
+    /// How long a caller waits for a free connection before the store reports itself unavailable.
+    pub acquire_timeout: Duration,
+}
+
+impl SqliteOptions {
+    /// Defaults suited to a small server: 5 s busy timeout, 4 readers.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            busy_timeout: Duration::from_secs(5),
+            read_connections: 4,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A SQLite database behind one writer and a pool of readers.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: Option<PathBuf>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file.
+    ///
+    /// The caller is expected to have created the file's directory with restrictive permissions;
+    /// SQLite creates the `-wal` and `-shm` files with the same mode as the database file.
+    pub async fn open(options: &SqliteOptions) -> Result<Self, StoreError> {
+        let base = SqliteConnectOptions::new()
+            .filename(&options.path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(options.busy_timeout)
+            // Deleted rows are overwritten, so erased personal data does not linger in free pages.
+            .pragma("secure_delete", "ON")
+            // Schema objects may not call functions with side effects (defence in depth).
+            .pragma("trusted_schema", "OFF");
+        // The writer opens first: it creates the file and switches it to WAL before any reader looks.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(base.clone().create_if_missing(true))
+            .await
+            .map_err(map_err)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.read_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(base.read_only(true))
+            .await
+            .map_err(map_err)?;
+        Ok(Self { writer, reader, path: Some(options.path.clone()) })
+    }
+
+    /// A private in-memory database on a single connection, for use-case tests.
+    pub async fn open_in_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:").map_err(map_err)?.foreign_keys(true);
+        // One connection shared by readers and the writer: an in-memory database is per connection.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(map_err)?;
+        Ok(Self { writer: pool.clone(), reader: pool, path: None })
+    }
+
+    /// The database file, if this store has one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn migration_status(&self) -> Result<MigrationStatus, StoreError> {
+        let table: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let applied = if table.is_some() {
+            let mut conn = self.reader.acquire().await.map_err(map_err)?;
+            conn.list_applied_migrations()
+                .await
+                .map_err(|e| StoreError::Migration(Box::new(e)))?
+                .into_iter()
+                .map(|m| m.version)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(status_of(&MIGRATOR, applied))
+    }
+
+    async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        let before = self.migration_status().await?;
+        MIGRATOR.run(&self.writer).await.map_err(|e| StoreError::Migration(Box::new(e)))?;
+        Ok(before.pending)
+    }
+
+    async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError> {
+        let tx = self.writer.begin().await.map_err(map_err)?;
+        Ok(Box::new(SqliteTx { tx }))
+    }
+
+    async fn begin_read(&self) -> Result<Box<dyn StoreTx>, StoreError> {
+        let tx = self.reader.begin().await.map_err(map_err)?;
+        Ok(Box::new(SqliteTx { tx }))
+    }
+
+    async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// A SQLite transaction; rolled back by sqlx when dropped uncommitted.
+#[derive(Debug)]
+pub struct SqliteTx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+#[async_trait]
+impl StoreTx for SqliteTx {
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(map_err)
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.rollback().await.map_err(map_err)
+    }
+}
+
+/// Compares the versions recorded in the database with the migrations embedded in the binary.
+fn status_of(migrator: &Migrator, applied: Vec<i64>) -> MigrationStatus {
+    let known: Vec<i64> =
+        migrator.iter().filter(|m| m.migration_type.is_up_migration()).map(|m| m.version).collect();
+    let pending = known.iter().copied().filter(|v| !applied.contains(v)).collect();
+    let unknown = applied.iter().copied().filter(|v| !known.contains(v)).collect();
+    MigrationStatus { applied, pending, unknown }
+}
+
+/// Classifies an engine error at the storage edge (CONVENTIONS.md, "Errors").
+pub(crate) fn map_err(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(Box::new(error))
+        }
+        sqlx::Error::Database(ref db) if db.is_unique_violation() => {
+            StoreError::Conflict { entity: "record" }
+        }
+        sqlx::Error::Database(ref db)
+            if matches!(db.code().as_deref(), Some("5" | "6" | "261" | "262" | "517")) =>
+        {
+            // SQLITE_BUSY / SQLITE_LOCKED and their extended codes: another process holds the lock
+            // past the busy timeout.
+            StoreError::Unavailable(Box::new(error))
+        }
+        other => StoreError::Database(Box::new(other)),
+    }
+}

@@ -1,0 +1,28 @@
+//! The one error type of the storage layer.
+
+/// What can go wrong in a store, in terms the use cases can act on.
+///
+/// Engine errors are classified at the storage edge (unique violations become [`StoreError::Conflict`],
+/// pool exhaustion and I/O become [`StoreError::Unavailable`]) so no caller ever matches on SQL text.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule would be broken: the thing already exists.
+    #[error("{entity} already exists")]
+    Conflict { entity: &'static str },
+
+    /// The database cannot be reached or is overloaded right now; retrying later may work.
+    #[error("database unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// Stored data violates an invariant this code relies on.
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+
+    /// A migration could not be applied, or the database was migrated by a newer binary.
+    #[error("migration failed")]
+    Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// Any other database error; the cause is for the log, never for a client.
+    #[error("database error")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+}

@@ -1,0 +1,95 @@
+//! The storage contract: one trait per aggregate, transactions as part of the contract, one error type.
+//!
+//! Nothing above this crate writes SQL. `store-sqlite` and `store-postgres` implement these traits in
+//! their own dialect, and `store-tests` holds the contract suite that both must pass, so the two cannot
+//! drift apart unnoticed.
+
+mod error;
+mod instance;
+
+use async_trait::async_trait;
+
+pub use error::StoreError;
+pub use instance::InstanceStore;
+
+/// Which database engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite in the data directory: the default.
+    Sqlite,
+    /// PostgreSQL, for several nodes sharing one database.
+    Postgres,
+}
+
+impl Backend {
+    /// The engine's name as shown to operators.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        }
+    }
+}
+
+/// Where the schema stands relative to the migrations this binary carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    /// Versions applied to the database, in order.
+    pub applied: Vec<i64>,
+    /// Versions embedded in this binary and not yet applied.
+    pub pending: Vec<i64>,
+    /// Versions recorded in the database that this binary does not know: the database was migrated
+    /// by a newer Portcullis, so this one must not serve it.
+    pub unknown: Vec<i64>,
+}
+
+impl MigrationStatus {
+    /// True when the database has exactly the schema this binary expects.
+    pub fn is_current(&self) -> bool {
+        self.pending.is_empty() && self.unknown.is_empty()
+    }
+
+    /// The newest applied version, or 0 for an empty database.
+    pub fn schema_version(&self) -> i64 {
+        self.applied.last().copied().unwrap_or(0)
+    }
+}
+
+/// A database: the entry point to transactions and to operational checks.
+///
+/// Held as `Arc<dyn Store>` behind the `App` façade (see docs/decisions/0001-crate-layout.md).
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The engine behind this store.
+    fn backend(&self) -> Backend;
+
+    /// A cheap round trip proving the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Applied, pending and unknown migrations.
+    async fn migration_status(&self) -> Result<MigrationStatus, StoreError>;
+
+    /// Applies every pending migration, each in its own transaction; returns the versions applied.
+    async fn migrate(&self) -> Result<Vec<i64>, StoreError>;
+
+    /// Starts a read-write transaction. Dropping it without `commit` rolls it back.
+    async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError>;
+
+    /// Starts a read-only transaction (a consistent snapshot on both engines).
+    async fn begin_read(&self) -> Result<Box<dyn StoreTx>, StoreError>;
+
+    /// Waits for connections in use to be returned, then closes them (on SQLite this checkpoints the
+    /// write-ahead log into the database file).
+    async fn close(&self);
+}
+
+/// One transaction, with every aggregate's operations available on it, so that a change and its
+/// audit record always commit together or not at all.
+#[async_trait]
+pub trait StoreTx: InstanceStore + Send {
+    /// Makes every change in the transaction durable.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// Discards every change in the transaction.
+    async fn rollback(self: Box<Self>) -> Result<(), StoreError>;
+}

@@ -1,0 +1,216 @@
+//! Extractors whose every rejection is a problem document.
+
+use axum::extract::{FromRequest, Request};
+use bytes::Bytes;
+use http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+use serde_json::error::Category;
+
+use crate::problem::{FieldError, Problem, ProblemType};
+
+/// A JSON request body. Unlike axum's own, every failure is an RFC 9457 problem:
+/// wrong media type 415, too large 413, unparseable 400, wrong shape 422 with a JSON pointer per field.
+/// Target types are expected to use `#[serde(deny_unknown_fields)]`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<S, T> FromRequest<S> for Json<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(request.headers()) {
+            return Err(Problem::new(
+                ProblemType::UNSUPPORTED_MEDIA_TYPE,
+                "Send the body as application/json.",
+            ));
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(ProblemType::PAYLOAD_TOO_LARGE, "The request body is larger than allowed.")
+            } else {
+                Problem::new(ProblemType::MALFORMED_REQUEST, "The request body could not be read.")
+            }
+        })?;
+        parse(&bytes).map(Json)
+    }
+}
+
+/// `application/json`, or any `application/*+json`, with optional parameters.
+fn is_json(headers: &http::HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Deserializes a body, classifying errors into "not JSON" (400) and "JSON of the wrong shape" (422).
+pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let pointer = json_pointer(error.path());
+        let inner = error.into_inner();
+        match inner.classify() {
+            Category::Data => Problem::validation(vec![describe(pointer, &inner.to_string())]),
+            Category::Syntax | Category::Eof | Category::Io => {
+                Problem::new(ProblemType::MALFORMED_REQUEST, "The request body is not valid JSON.")
+            }
+        }
+    })?;
+    deserializer.end().map_err(|_| {
+        Problem::new(
+            ProblemType::MALFORMED_REQUEST,
+            "The request body has trailing data after the JSON value.",
+        )
+    })?;
+    Ok(value)
+}
+
+/// RFC 6901 pointer for a serde path.
+fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut pointer = String::new();
+    for segment in path.iter() {
+        pointer.push('/');
+        match segment {
+            Segment::Seq { index } => pointer.push_str(&index.to_string()),
+            Segment::Map { key } => pointer.push_str(&key.replace('~', "~0").replace('/', "~1")),
+            Segment::Enum { variant } => pointer.push_str(variant),
+            Segment::Unknown => pointer.push('?'),
+        }
+    }
+    pointer
+}
+
+/// A field error in our own words. serde's messages quote the submitted value ("invalid type: string
+/// \"hunter2\""), which could echo a secret back, so only the kind of error and the names from our own
+/// schema are kept.
+fn describe(pointer: String, serde_message: &str) -> FieldError {
+    let quoted = |message: &str| message.split('`').nth(1).map(str::to_owned);
+    if serde_message.starts_with("unknown field") {
+        // The offending key is the last segment of the path; keep it short for the reply.
+        let name: String = quoted(serde_message).unwrap_or_default().chars().take(64).collect();
+        let field = if pointer.ends_with(&format!("/{name}")) || name.is_empty() {
+            pointer
+        } else {
+            format!("{pointer}/{name}")
+        };
+        FieldError { field, message: "is not a known field".into() }
+    } else if serde_message.starts_with("missing field") {
+        let name = quoted(serde_message).unwrap_or_default();
+        FieldError { field: format!("{pointer}/{name}"), message: "is required".into() }
+    } else if serde_message.starts_with("invalid type") {
+        let expected = serde_message.rsplit(", expected ").next().filter(|e| *e != serde_message);
+        let message = match expected {
+            Some(expected) => format!("has the wrong type; expected {}", strip_position(expected)),
+            None => "has the wrong type".into(),
+        };
+        FieldError { field: pointer, message }
+    } else if serde_message.starts_with("unknown variant") {
+        let expected = serde_message.rsplit(", expected ").next().filter(|e| *e != serde_message);
+        let message = match expected {
+            Some(expected) => format!("is not one of the allowed values: {}", strip_position(expected)),
+            None => "is not one of the allowed values".into(),
+        };
+        FieldError { field: pointer, message }
+    } else if serde_message.starts_with("duplicate field") {
+        FieldError { field: pointer, message: "appears more than once".into() }
+    } else {
+        FieldError { field: pointer, message: "is invalid".into() }
+    }
+}
+
+/// serde_json appends " at line L column C" to data errors; the pointer already says where.
+fn strip_position(message: &str) -> &str {
+    message.split(" at line ").next().unwrap_or(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "fields exist to be deserialized")]
+    struct Body {
+        name: String,
+        count: u32,
+        #[serde(default)]
+        items: Vec<Item>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "fields exist to be deserialized")]
+    struct Item {
+        kind: Kind,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Kind {
+        A,
+        B,
+    }
+
+    fn field_errors(body: &str) -> Vec<FieldError> {
+        let problem = parse::<Body>(body.as_bytes()).unwrap_err();
+        assert_eq!(problem.ty, ProblemType::VALIDATION);
+        problem.errors
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_by_its_pointer() {
+        let errors = field_errors(r#"{"name":"x","count":1,"admin":true}"#);
+        assert_eq!(
+            errors,
+            vec![FieldError { field: "/admin".into(), message: "is not a known field".into() }]
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_required() {
+        let errors = field_errors(r#"{"name":"x"}"#);
+        assert_eq!(errors, vec![FieldError { field: "/count".into(), message: "is required".into() }]);
+    }
+
+    #[test]
+    fn a_wrong_type_never_echoes_the_submitted_value() {
+        let errors = field_errors(r#"{"name":"x","count":"hunter2-secret"}"#);
+        assert_eq!(errors[0].field, "/count");
+        assert!(!errors[0].message.contains("hunter2"), "{}", errors[0].message);
+        assert!(errors[0].message.starts_with("has the wrong type"));
+    }
+
+    #[test]
+    fn a_nested_bad_value_points_into_the_array() {
+        let errors = field_errors(r#"{"name":"x","count":1,"items":[{"kind":"a"},{"kind":"zzz-secret"}]}"#);
+        assert_eq!(errors[0].field, "/items/1/kind");
+        assert!(!errors[0].message.contains("zzz-secret"));
+    }
+
+    #[test]
+    fn broken_json_and_trailing_garbage_are_malformed_requests() {
+        for body in [r#"{"name":"x","#, "", "nul", r#"{"name":"x","count":1} {}"#] {
+            let problem = parse::<Body>(body.as_bytes()).unwrap_err();
+            assert_eq!(problem.ty, ProblemType::MALFORMED_REQUEST, "{body:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn no_input_makes_the_parser_panic_or_echo_long_values(s in "\\PC{0,200}") {
+            if let Err(problem) = parse::<Body>(s.as_bytes()) {
+                for error in &problem.errors {
+                    prop_assert!(error.message.len() < 200);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Thin handlers, one module per area of the HTTP surface.
+
+pub(crate) mod health;

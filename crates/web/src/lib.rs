@@ -1,0 +1,32 @@
+//! The HTTP layer: the route table, thin handlers, extractors, the middleware stack and the one place
+//! where errors become RFC 9457 problem documents.
+//!
+//! Nothing here decides anything about security policy beyond HTTP hygiene; handlers parse, call one
+//! use case on [`portcullis_app::App`], and shape the response.
+
+mod config;
+mod error;
+mod extract;
+mod forwarded;
+mod handlers;
+mod middleware;
+mod openapi;
+mod problem;
+mod redirect;
+mod routes;
+
+pub use config::{CorsConfig, HstsConfig, WebConfig, WebConfigError};
+pub use error::ApiError;
+pub use extract::Json;
+pub use forwarded::{ForwardedInfo, resolve_client};
+pub use middleware::edge::{ClientInfo, ConnectionInfo};
+pub use problem::{FieldError, Problem, ProblemType};
+pub use redirect::https_redirect_router;
+pub use routes::{router, with_middleware};
+
+/// State shared by every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The use-case façade.
+    pub app: portcullis_app::App,
+}

@@ -1,0 +1,80 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations (utoipa).
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+
+use crate::problem::{FieldError, ProblemDocument};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Portcullis",
+        description = "Identity, access and audit server. Every error is an RFC 9457 problem document \
+                       (application/problem+json) with a stable `type` URI and the request id.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(openapi_json),
+    components(schemas(ProblemDocument, FieldError)),
+    modifiers(&ProblemResponses),
+    tags((name = "health", description = "Probes for load balancers"),
+         (name = "meta", description = "Describing the API itself")),
+)]
+pub(crate) struct ApiDoc;
+
+/// Adds a `default` problem response to every operation: any route can answer 400, 404, 405, 408, 413,
+/// 415, 429, 431, 500 or 503 through the shared middleware, and the document must say so.
+struct ProblemResponses;
+
+impl Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut Document) {
+        let response = ResponseBuilder::new()
+            .description("An RFC 9457 problem document.")
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ProblemDocument"))))
+                    .build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch]
+                .into_iter()
+                .flatten()
+            {
+                operation
+                    .responses
+                    .responses
+                    .entry("default".into())
+                    .or_insert_with(|| RefOr::T(response.clone()));
+            }
+        }
+    }
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "meta",
+    operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI 3.1 document.", content_type = "application/json"))
+)]
+pub(crate) async fn openapi_json(State(document): State<Rendered>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], document.0)
+}
+
+/// The document serialized once at start.
+#[derive(Debug, Clone)]
+pub(crate) struct Rendered(pub(crate) Bytes);
+
+/// The finished document: the annotated routes merged with the base.
+pub(crate) fn document(routes: Document) -> Document {
+    let mut document = ApiDoc::openapi();
+    document.merge(routes);
+    ProblemResponses.modify(&mut document);
+    document
+}

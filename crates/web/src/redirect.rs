@@ -1,0 +1,54 @@
+//! The optional plain-http listener: it serves nothing but a redirect to https.
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Redirect, Response};
+use http::uri::Authority;
+
+use crate::problem::{Problem, ProblemType};
+use crate::routes::with_middleware;
+use crate::{WebConfig, WebConfigError};
+
+/// A router that answers every request with 308 to the same path on https.
+///
+/// The target host is `public_host` when configured; otherwise the request's `Host` (validated as an
+/// authority) with the https port, so the redirect can never point at a different site than the one
+/// the client asked for.
+pub fn https_redirect_router(
+    https_port: u16,
+    public_host: Option<String>,
+    config: &WebConfig,
+) -> Result<Router, WebConfigError> {
+    let handler = move |request: Request| {
+        let public_host = public_host.clone();
+        async move { redirect(&request, https_port, public_host.as_deref()) }
+    };
+    with_middleware(Router::new().fallback(handler), config)
+}
+
+fn redirect(request: &Request, https_port: u16, public_host: Option<&str>) -> Response {
+    let host = match public_host {
+        Some(host) => host.to_owned(),
+        None => {
+            let Some(authority) = request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<Authority>().ok())
+                .filter(|a| !a.as_str().contains('@'))
+            else {
+                return Problem::new(ProblemType::MALFORMED_REQUEST, "A valid Host header is required.")
+                    .into_response();
+            };
+            if https_port == 443 {
+                authority.host().to_owned()
+            } else if authority.host().contains(':') {
+                format!("[{}]:{https_port}", authority.host().trim_matches(['[', ']']))
+            } else {
+                format!("{}:{https_port}", authority.host())
+            }
+        }
+    };
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    Redirect::permanent(&format!("https://{host}{path}")).into_response()
+}

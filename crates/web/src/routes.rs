@@ -1,0 +1,84 @@
+//! The route table, on one screen, grouped by who may call each route, and the middleware order.
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use http::{HeaderName, Method, StatusCode, header};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::handlers::health;
+use crate::middleware::edge::{EdgeLayer, X_REQUEST_ID};
+use crate::middleware::panic::panic_response;
+use crate::openapi;
+use crate::problem::{Problem, ProblemType};
+use crate::{AppState, WebConfig, WebConfigError};
+
+/// Every route Portcullis serves, with the full middleware stack.
+pub fn router(state: AppState, config: &WebConfig) -> Result<Router, WebConfigError> {
+    let (routes, api) = OpenApiRouter::new()
+        // Public: probes and the API description; no credentials, no personal data.
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .split_for_parts();
+    let document = openapi::document(api);
+    let document = openapi::Rendered(bytes::Bytes::from(serde_json::to_vec(&document).unwrap_or_default()));
+
+    let router = routes
+        .with_state(state)
+        .merge(Router::new().route("/openapi.json", get(openapi::openapi_json)).with_state(document));
+    with_middleware(router, config)
+}
+
+/// Wraps a router in the stack every response passes through. Public so that tests can put probe
+/// routes (a panicking handler, a slow one, a JSON echo) behind exactly the production stack.
+///
+/// Order, outermost first: edge (request id, client ip, span and access log, header limits, security
+/// headers, problem rendering) → panic catcher → timeout → CORS → body limit → route.
+pub fn with_middleware(router: Router, config: &WebConfig) -> Result<Router, WebConfigError> {
+    config.cors.validate()?;
+    let fallback = || async { Problem::new(ProblemType::NOT_FOUND, "No resource exists at this path.") };
+    Ok(router
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
+        .layer(cors(config))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(EdgeLayer::new(config)))
+}
+
+/// CORS from the explicit allowlist. With no origins configured, no response carries CORS headers
+/// that would let a browser read it cross-origin.
+fn cors(config: &WebConfig) -> CorsLayer {
+    let cors = &config.cors;
+    let origins: Vec<_> =
+        cors.allowed_origins.iter().filter(|o| *o != "*").filter_map(|o| o.parse().ok()).collect();
+    let allow_origin = if cors.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins)
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            X_REQUEST_ID,
+            HeaderName::from_static("x-csrf-token"),
+        ])
+        .expose_headers([
+            X_REQUEST_ID,
+            header::RETRY_AFTER,
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderName::from_static("ratelimit-reset"),
+        ])
+        .allow_credentials(cors.allow_credentials)
+        .max_age(cors.max_age)
+}
