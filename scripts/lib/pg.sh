@@ -89,7 +89,7 @@ pg_start() {
     return 1
   fi
   export PORTCULLIS_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
-  echo "pg.sh: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $NF}') on 127.0.0.1:$port ($PG_DIR)"
+  echo "pg.sh: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port ($PG_DIR)"
 }
 
 # Stops the cluster and removes its directory. Never fails, so that as an EXIT trap it leaves the

@@ -312,7 +312,7 @@ pub fn load_from(flags: &GlobalArgs, env: BTreeMap<String, String>) -> Result<Co
             let key = k.to_ascii_lowercase().replace("__", ".");
             (k.contains("__") || key == "mode")
                 && !SECRET_KEYS.contains(&key.as_str())
-                && !key.ends_with("_file")
+                && !key.strip_suffix("_file").is_some_and(|k| SECRET_KEYS.contains(&k))
         })
         .collect();
     figment = figment.merge(EnvSnapshot { env: plain });
@@ -401,12 +401,11 @@ fn secret_layer(env: &BTreeMap<String, String>) -> Result<(Dict, Vec<(String, Pa
         }
         let dotted = file_key.to_ascii_lowercase().replace("__", ".");
         if !SECRET_KEYS.contains(&dotted.as_str()) {
-            problems.push(format!(
-                "{name}: only secrets can be read from files; secret keys are {}",
-                SECRET_KEYS.join(", ")
-            ));
+            // Not an indirection: an ordinary key that ends in `_file` (tls.cert_file), or an
+            // unknown key that the environment layer reports by name.
+            continue;
         } else if env.contains_key(&format!("{ENV_PREFIX}{file_key}")) {
-            problems.push(format!("{name} and {ENV_PREFIX}{file_key} are both set; set one"));
+            problems.push(format!("{name} and {ENV_PREFIX}{file_key} are both set; set one of them"));
         } else {
             match std::fs::read_to_string(value) {
                 Ok(text) => {
@@ -724,9 +723,17 @@ mod tests {
     fn only_secrets_may_come_from_files_and_not_twice() {
         let file = toml_file("x");
         let path = file.path().to_str().unwrap();
+        // Not a secret: `listen_file` is just an unknown key, reported by name.
         let err =
             load_from(&GlobalArgs::default(), env(&[("PORTCULLIS_HTTP__LISTEN_FILE", path)])).unwrap_err();
-        assert!(err.to_string().contains("only secrets"), "{err}");
+        assert!(err.to_string().contains("listen_file"), "{err}");
+        // An ordinary key that ends in _file is not mistaken for an indirection.
+        let config = load_from(
+            &GlobalArgs::default(),
+            env(&[("PORTCULLIS_TLS__CERT_FILE", "/c.pem"), ("PORTCULLIS_TLS__KEY_FILE", "/k.pem")]),
+        )
+        .unwrap();
+        assert_eq!(config.tls.cert_file, Some(PathBuf::from("/c.pem")));
         let err = load_from(
             &GlobalArgs::default(),
             env(&[

@@ -44,6 +44,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("startup: {0}")]
     App(#[from] portcullis_app::AppError),
+    #[error("cannot install signal handlers: {source}")]
+    Signals { source: std::io::Error },
 }
 
 impl StartError {
@@ -104,7 +106,10 @@ impl RunningServer {
         for task in self.tasks {
             let _ = task.await;
         }
-        self.app.shutdown().await;
+        // Closing waits for every pooled connection to come back; a stuck one must not hang the exit.
+        if tokio::time::timeout(Duration::from_secs(10), self.app.shutdown()).await.is_err() {
+            tracing::warn!("database did not close within 10 s; exiting anyway");
+        }
     }
 }
 

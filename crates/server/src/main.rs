@@ -2,12 +2,15 @@
 //! and turns every failure into a message and an exit code (2 for configuration errors), never a
 //! panic or a backtrace.
 
+#![allow(clippy::print_stdout, reason = "commands print their output to stdout; logs go to stderr")]
+
 use std::process::ExitCode;
 
 use clap::Parser;
 use portcullis::cli::{Cli, Command, ConfigCommand, MigrateArgs, ServeArgs};
 use portcullis::config::{self, Config};
 use portcullis::{StartError, StartOptions, VERSION, telemetry};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 fn main() -> ExitCode {
     // Files this process creates (database, WAL, generated secrets) are private to its user even
@@ -70,32 +73,46 @@ fn config_check(config: &Config, dev_tls: bool) -> ExitCode {
 
 async fn serve(config: Config, args: ServeArgs) -> Result<(), StartError> {
     telemetry::init(&config.log, config.mode);
+    // Handlers go in before the server announces itself, so a signal sent as soon as the
+    // "listening" line appears is handled, not fatal.
+    let mut signals = Signals::install().map_err(|source| StartError::Signals { source })?;
     let server = portcullis::start(&config, StartOptions { dev_tls: args.dev_tls }).await?;
-    wait_for_signals(&server).await;
+    signals.wait_for_stop(&server).await;
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM; SIGHUP reloads the TLS certificate meanwhile.
-async fn wait_for_signals(server: &portcullis::RunningServer) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
-        tracing::error!("cannot install signal handlers; stopping");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => match server.reload_tls() {
-                Ok(true) => tracing::info!("SIGHUP: reloaded the TLS certificate"),
-                Ok(false) => tracing::info!("SIGHUP: no TLS configured; nothing to reload"),
-                Err(error) => tracing::error!(%error, "SIGHUP: TLS reload failed; keeping the current certificate"),
-            },
+/// SIGTERM and SIGINT stop the server; SIGHUP reloads the TLS certificate.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn wait_for_stop(&mut self, server: &portcullis::RunningServer) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => match server.reload_tls() {
+                    Ok(true) => tracing::info!("SIGHUP: reloaded the TLS certificate"),
+                    Ok(false) => tracing::info!("SIGHUP: no TLS configured; nothing to reload"),
+                    Err(error) => {
+                        tracing::error!(%error, "SIGHUP: TLS reload failed; keeping the current certificate");
+                    }
+                },
+            }
         }
     }
 }

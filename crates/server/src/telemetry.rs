@@ -1,5 +1,7 @@
 //! Logging: JSON lines in production, readable lines in development, and panics as log events.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
@@ -18,7 +20,8 @@ pub fn init(log: &LogConfig, mode: Mode) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_span_events(FmtSpan::NONE)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests start many servers in one process) is harmless: the first one stays.
     let _ = if json {
         builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()

@@ -60,6 +60,7 @@ impl SqliteStore {
     /// The caller is expected to have created the file's directory with restrictive permissions;
     /// SQLite creates the `-wal` and `-shm` files with the same mode as the database file.
     pub async fn open(options: &SqliteOptions) -> Result<Self, StoreError> {
+        create_private_file(&options.path)?;
         let base = SqliteConnectOptions::new()
             .filename(&options.path)
             .journal_mode(SqliteJournalMode::Wal)
@@ -93,6 +94,7 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_with(options)
@@ -147,12 +149,12 @@ impl Store for SqliteStore {
 
     async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError> {
         let tx = self.writer.begin().await.map_err(map_err)?;
-        Ok(Box::new(SqliteTx { tx }))
+        Ok(Box::new(SqliteTx { tx, failed: false }))
     }
 
     async fn begin_read(&self) -> Result<Box<dyn StoreTx>, StoreError> {
         let tx = self.reader.begin().await.map_err(map_err)?;
-        Ok(Box::new(SqliteTx { tx }))
+        Ok(Box::new(SqliteTx { tx, failed: false }))
     }
 
     async fn close(&self) {
@@ -161,15 +163,45 @@ impl Store for SqliteStore {
     }
 }
 
+/// Creates the database file owner-only (0600) before SQLite opens it; SQLite gives its `-wal` and
+/// `-shm` files the same mode, so no file of the database is readable by other users.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // Permission denied or a missing directory will not fix itself on retry.
+        Err(e) => Err(StoreError::Database(Box::new(e))),
+    }
+}
+
 /// A SQLite transaction; rolled back by sqlx when dropped uncommitted.
 #[derive(Debug)]
 pub struct SqliteTx {
     tx: Transaction<'static, Sqlite>,
+    /// Set when a statement failed. SQLite would let the transaction go on and commit the earlier
+    /// statements; PostgreSQL would not. The store contract follows PostgreSQL, so code written
+    /// against SQLite cannot come to rely on committing after an error.
+    failed: bool,
+}
+
+impl SqliteTx {
+    /// Maps a statement's error and marks the transaction as no longer committable.
+    pub(crate) fn fail(&mut self, error: sqlx::Error) -> StoreError {
+        self.failed = true;
+        map_err(error)
+    }
 }
 
 #[async_trait]
 impl StoreTx for SqliteTx {
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        if self.failed {
+            self.tx.rollback().await.map_err(map_err)?;
+            return Err(StoreError::Database(
+                "an earlier statement failed; the transaction was rolled back".into(),
+            ));
+        }
         self.tx.commit().await.map_err(map_err)
     }
 

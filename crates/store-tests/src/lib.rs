@@ -64,6 +64,10 @@ pub const CHECKS: &[Check] = &[
         run: |s| Box::pin(a_second_instance_row_is_a_conflict(s)),
     },
     Check {
+        name: "a_transaction_in_which_a_statement_failed_refuses_to_commit",
+        run: |s| Box::pin(a_transaction_in_which_a_statement_failed_refuses_to_commit(s)),
+    },
+    Check {
         name: "two_nodes_bootstrapping_at_once_agree_on_one_instance",
         run: |s| Box::pin(two_nodes_bootstrapping_at_once_agree_on_one_instance(s)),
     },
@@ -210,6 +214,26 @@ pub async fn a_second_instance_row_is_a_conflict(store: &dyn Store) -> Outcome {
 
     ensure_conflict("the second insert", second, "instance")?;
     ensure_eq("instance after the conflict", &found, &Some(instance(1)))
+}
+
+/// After a failed statement the transaction cannot commit on either engine (PostgreSQL aborts it;
+/// SQLite would carry on), so code tested on SQLite cannot rely on committing past an error.
+pub async fn a_transaction_in_which_a_statement_failed_refuses_to_commit(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    write_instance(store, &instance(1)).await?;
+    let mut tx = store.begin().await.step("begin")?;
+    let second = tx.insert_instance(&instance(2)).await;
+    ensure_conflict("the conflicting insert", second, "instance")?;
+    match tx.commit().await {
+        Err(StoreError::Database(_)) => {}
+        other => {
+            return Err(Failure(format!(
+                "commit after a failed statement: expected Database error, got {other:?}"
+            )));
+        }
+    }
+    let found = committed_instance(store).await?;
+    ensure_eq("instance after the refused commit", &found, &Some(instance(1)))
 }
 
 /// Two nodes starting together both try to create the instance; whichever commits first wins and

@@ -85,6 +85,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
 /// One transaction, with every aggregate's operations available on it, so that a change and its
 /// audit record always commit together or not at all.
+///
+/// After any operation returns an error the transaction is finished: PostgreSQL aborts it, so callers
+/// must roll it back (or drop it) and, if they want to read on, start a new one. Implementations
+/// refuse to commit a transaction in which an operation failed, so both engines behave alike.
 #[async_trait]
 pub trait StoreTx: InstanceStore + Send {
     /// Makes every change in the transaction durable.

@@ -3,6 +3,7 @@
 use axum::Router;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::any;
 use http::uri::Authority;
 
 use crate::problem::{Problem, ProblemType};
@@ -23,7 +24,9 @@ pub fn https_redirect_router(
         let public_host = public_host.clone();
         async move { redirect(&request, https_port, public_host.as_deref()) }
     };
-    with_middleware(Router::new().fallback(handler), config)
+    // Explicit catch-all routes: `with_middleware` installs its own 404 fallback.
+    let router = Router::new().route("/", any(handler.clone())).route("/{*path}", any(handler));
+    with_middleware(router, config)
 }
 
 fn redirect(request: &Request, https_port: u16, public_host: Option<&str>) -> Response {

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real server on a loopback port with a fresh database, spoken to over HTTP
+//! and TLS as a client would, and the real binary for command-line, signal and startup behaviour.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly by design")]
+
+mod binary;
+mod http_stack;
+mod lifecycle;
+mod support;
+mod tls;
