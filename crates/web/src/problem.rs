@@ -39,6 +39,7 @@ macro_rules! problem_types {
 
 problem_types! {
     MALFORMED_REQUEST = ("malformed-request", BAD_REQUEST, "The request could not be parsed");
+    HTTPS_REQUIRED = ("https-required", BAD_REQUEST, "https is required");
     VALIDATION = ("validation", UNPROCESSABLE_ENTITY, "The request has invalid fields");
     UNAUTHORIZED = ("unauthorized", UNAUTHORIZED, "Authentication is required");
     FORBIDDEN = ("forbidden", FORBIDDEN, "This action is not allowed");

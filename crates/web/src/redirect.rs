@@ -10,7 +10,12 @@ use crate::problem::{Problem, ProblemType};
 use crate::routes::with_middleware;
 use crate::{WebConfig, WebConfigError};
 
-/// A router that answers every request with 308 to the same path on https.
+/// A router that answers browser navigation (`GET`/`HEAD` outside the API) with 308 to the same path
+/// on https, and everything else with a `https-required` problem.
+///
+/// API clients are not redirected (ASVS 4.1.2): a client that sent a token or a body over plain http
+/// must fail loudly and be fixed, not be silently carried over to https after the secret is already
+/// exposed.
 ///
 /// The target host is `public_host` when configured; otherwise the request's `Host` (validated as an
 /// authority) with the https port, so the redirect can never point at a different site than the one
@@ -30,6 +35,12 @@ pub fn https_redirect_router(
 }
 
 fn redirect(request: &Request, https_port: u16, public_host: Option<&str>) -> Response {
+    let navigation = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
+    let path = request.uri().path();
+    if !navigation || path == "/v1" || path.starts_with("/v1/") {
+        return Problem::new(ProblemType::HTTPS_REQUIRED, "This endpoint is only served over https.")
+            .into_response();
+    }
     let host = match public_host {
         Some(host) => host.to_owned(),
         None => {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly by design")]
 
 mod binary;
+mod docs;
 mod http_stack;
 mod lifecycle;
 mod support;

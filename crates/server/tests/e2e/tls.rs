@@ -147,12 +147,22 @@ async fn the_plain_listener_only_redirects_to_https() {
     let (_ca, cert, key) = test_certificates("redirect");
     let app = spawn_tls(&cert, &key, true).await;
     let plain = app.server.redirect_addr().unwrap();
-    for path in ["/healthz", "/v1/anything?x=1", "/readyz"] {
+    for path in ["/healthz", "/ui/login?next=%2Fui", "/readyz"] {
         let response = app.client.get(format!("http://{plain}{path}")).send().await.unwrap();
         assert_eq!(response.status(), 308, "{path}");
         assert_eq!(response.headers()["location"], format!("https://127.0.0.1:{}{path}", app.addr.port()));
         assert_eq!(response.headers()["x-content-type-options"], "nosniff");
     }
+    // API clients and non-navigation requests are refused, not redirected (ASVS 4.1.2).
+    let api = app.client.get(format!("http://{plain}/v1/me")).send().await.unwrap();
+    assert_eq!(api.status(), 400);
+    assert_eq!(
+        api.json::<serde_json::Value>().await.unwrap()["type"],
+        "urn:portcullis:problem:https-required"
+    );
+    let post = app.client.post(format!("http://{plain}/healthz")).body("x").send().await.unwrap();
+    assert_eq!(post.status(), 400);
+    assert!(post.headers().get("location").is_none());
     // A Host header cannot make the redirect point at a host with credentials or garbage.
     let response =
         app.client.get(format!("http://{plain}/x")).header("host", "user@evil.example").send().await.unwrap();
