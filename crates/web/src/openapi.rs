@@ -61,6 +61,7 @@ impl Modify for ProblemResponses {
     path = "/openapi.json",
     tag = "meta",
     operation_id = "openapi",
+    security(()),
     responses((status = 200, description = "The OpenAPI 3.1 document.", content_type = "application/json"))
 )]
 pub(crate) async fn openapi_json(State(document): State<Rendered>) -> impl IntoResponse {

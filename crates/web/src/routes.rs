@@ -19,6 +19,10 @@ use crate::problem::{Problem, ProblemType};
 use crate::{AppState, WebConfig, WebConfigError};
 
 /// Every route Portcullis serves, with the full middleware stack.
+///
+/// Deny by default: every operation declares who may call it in its OpenAPI `security` (`security(())`
+/// for public routes, a scheme for authenticated ones), and a router test fails for any operation that
+/// declares nothing.
 pub fn router(state: AppState, config: &WebConfig) -> Result<Router, WebConfigError> {
     let (routes, api) = OpenApiRouter::new()
         // Public: probes and the API description; no credentials, no personal data.

@@ -422,7 +422,7 @@ async fn readyz_is_ready_on_a_migrated_database() {
 }
 
 #[tokio::test]
-async fn the_openapi_document_describes_every_route_and_their_problem_responses() {
+async fn the_openapi_document_describes_every_route_its_access_and_its_problem_responses() {
     let router = real_router(&WebConfig::default()).await;
     let (response, json) = send(&router, request("GET", "/openapi.json").body(Body::empty()).unwrap()).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -435,6 +435,11 @@ async fn the_openapi_document_describes_every_route_and_their_problem_responses(
             assert!(
                 operation["responses"]["default"].is_object(),
                 "{method} {path} lacks a default problem response"
+            );
+            // Deny by default: an operation that does not say who may call it is a bug.
+            assert!(
+                operation["security"].is_array(),
+                "{method} {path} declares no access requirement (security)"
             );
             let req = request(&method.to_uppercase(), path).body(Body::empty()).unwrap();
             let (response, _) = send(&router, req).await;

@@ -310,3 +310,27 @@ fn config_check_prints_the_effective_values_with_secrets_masked() {
         "{stdout}"
     );
 }
+
+#[test]
+fn production_mode_logs_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = portcullis(dir.path());
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"])
+        .env("PORTCULLIS_MODE", "production")
+        .env("PORTCULLIS_SECRETS__INSTANCE_SECRET", STRONG)
+        .env(PROXY.0, PROXY.1);
+    let mut server = Running::start(command);
+    let line = server.wait_for("listening on");
+    let json: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(json["level"], "INFO");
+    assert_eq!(json["mode"], "production");
+    assert!(json["database"].as_str().unwrap().starts_with("SQLite "));
+    assert!(json["timestamp"].as_str().unwrap().ends_with('Z'), "timestamps are UTC: {line}");
+    server.signal(Signal::TERM);
+    let (code, lines) = server.wait_exit();
+    assert_eq!(code, 0);
+    assert!(lines.iter().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{lines:#?}");
+    assert!(!lines.concat().contains(STRONG), "the secret reached the logs");
+}

@@ -27,6 +27,7 @@ pub(crate) struct Status {
     path = "/healthz",
     tag = "health",
     operation_id = "healthz",
+    security(()),
     responses((status = 200, description = "The process is alive.", body = Status))
 )]
 pub(crate) async fn healthz() -> axum::Json<Status> {
@@ -39,6 +40,7 @@ pub(crate) async fn healthz() -> axum::Json<Status> {
     path = "/readyz",
     tag = "health",
     operation_id = "readyz",
+    security(()),
     responses(
         (status = 200, description = "Ready to serve traffic.", body = Status),
         (status = 503, description = "Not ready; `checks` says which check failed.",
