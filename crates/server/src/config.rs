@@ -465,8 +465,8 @@ impl Config {
         if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit_bytes) {
             problems.push("http.body_limit_bytes: must be between 1024 and 67108864".into());
         }
-        if !(8..=1000).contains(&self.http.max_headers) {
-            problems.push("http.max_headers: must be between 8 and 1000".into());
+        if !(8..=100).contains(&self.http.max_headers) {
+            problems.push("http.max_headers: must be between 8 and 100".into());
         }
         if !(1024..=1024 * 1024).contains(&self.http.max_header_bytes) {
             problems.push("http.max_header_bytes: must be between 1024 and 1048576".into());

@@ -190,7 +190,6 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         .map_err(|e| ConfigError { problems: vec![e.to_string()] })?;
     let limits = ConnectionLimits {
         header_read_timeout: Duration::from_secs(config.http.header_read_timeout_secs),
-        max_headers: config.http.max_headers.saturating_mul(2).min(1000),
         max_buf_size: config.http.max_header_bytes.saturating_mul(4),
         shutdown_grace: Duration::from_secs(config.http.shutdown_grace_secs),
     };

@@ -22,12 +22,14 @@ use crate::tls::TlsReloader;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connection-level limits, the hard ceiling under the HTTP layer's own (friendlier) checks.
+///
+/// The header count is left at hyper's built-in ceiling of 100 fields (answered with a bare 431):
+/// setting it explicitly makes hyper allocate its parse arrays on the heap for every request, and
+/// `http.max_headers` (at most 100) already answers below it with a problem document.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     /// A client must send its complete request head within this time (slowloris defence).
     pub header_read_timeout: Duration,
-    /// Most header fields hyper will parse; above the web layer's limit so that limit answers first.
-    pub max_headers: usize,
     /// Largest read buffer (request head) hyper will hold.
     pub max_buf_size: usize,
     /// How long in-flight requests may take to finish once shutdown starts.
@@ -80,7 +82,6 @@ fn builder(limits: ConnectionLimits) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
         .max_buf_size(limits.max_buf_size.max(8192));
     builder
         .http2()

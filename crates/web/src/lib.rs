@@ -20,6 +20,7 @@ pub use error::ApiError;
 pub use extract::Json;
 pub use forwarded::{ForwardedInfo, resolve_client};
 pub use middleware::edge::{ClientInfo, ConnectionInfo};
+pub use middleware::headers::apply as apply_security_headers;
 pub use problem::{FieldError, Problem, ProblemType};
 pub use redirect::https_redirect_router;
 pub use routes::{router, with_middleware};

