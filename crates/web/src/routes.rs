@@ -55,7 +55,9 @@ pub fn with_middleware(router: Router, config: &WebConfig) -> Result<Router, Web
         .map_response(IntoResponse::into_response)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout))
-        .layer(cors(config))
+        // No allowed origin, no CORS layer: nothing cross-origin is ever allowed, and the layer would
+        // only add headers that the edge then strips.
+        .option_layer(cors(config))
         .map_response(IntoResponse::into_response)
         .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes));
@@ -64,8 +66,11 @@ pub fn with_middleware(router: Router, config: &WebConfig) -> Result<Router, Web
 
 /// CORS from the explicit allowlist. With no origins configured, no response carries CORS headers
 /// that would let a browser read it cross-origin.
-fn cors(config: &WebConfig) -> CorsLayer {
+fn cors(config: &WebConfig) -> Option<CorsLayer> {
     let cors = &config.cors;
+    if cors.allowed_origins.is_empty() {
+        return None;
+    }
     let origins: Vec<_> =
         cors.allowed_origins.iter().filter(|o| *o != "*").filter_map(|o| o.parse().ok()).collect();
     let allow_origin = if cors.allowed_origins.iter().any(|o| o == "*") {
@@ -73,7 +78,7 @@ fn cors(config: &WebConfig) -> CorsLayer {
     } else {
         AllowOrigin::list(origins)
     };
-    CorsLayer::new()
+    let layer = CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
         .allow_headers([
@@ -90,5 +95,6 @@ fn cors(config: &WebConfig) -> CorsLayer {
             HeaderName::from_static("ratelimit-reset"),
         ])
         .allow_credentials(cors.allow_credentials)
-        .max_age(cors.max_age)
+        .max_age(cors.max_age);
+    Some(layer)
 }
