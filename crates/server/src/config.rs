@@ -510,14 +510,14 @@ impl Config {
         if self.cors.allowed_origins.iter().any(|o| o == "*") && self.cors.allow_credentials {
             problems.push("cors.allowed_origins: \"*\" with cors.allow_credentials = true lets any site act as the user".into());
         }
-        if let Some(mode) = mode_of(&self.data_dir) {
-            if mode & 0o077 != 0 {
-                problems.push(format!(
-                    "data_dir: {} has mode {:o}; it must not be accessible by other users (chmod 700)",
-                    self.data_dir.display(),
-                    mode & 0o777
-                ));
-            }
+        if let Some(mode) = mode_of(&self.data_dir)
+            && mode & 0o077 != 0
+        {
+            problems.push(format!(
+                "data_dir: {} has mode {:o}; it must not be accessible by other users (chmod 700)",
+                self.data_dir.display(),
+                mode & 0o777
+            ));
         }
         let mut private_files: Vec<(String, PathBuf)> = self.secret_files.clone();
         if let Some(key) = &self.tls.key_file {
@@ -527,14 +527,14 @@ impl Config {
             private_files.push(("--config (holds secrets)".into(), path.clone()));
         }
         for (key, path) in private_files {
-            if let Some(mode) = mode_of(&path) {
-                if mode & 0o077 != 0 {
-                    problems.push(format!(
-                        "{key}: {} has mode {:o}; it must not be readable by other users (chmod 600)",
-                        path.display(),
-                        mode & 0o777
-                    ));
-                }
+            if let Some(mode) = mode_of(&path)
+                && mode & 0o077 != 0
+            {
+                problems.push(format!(
+                    "{key}: {} has mode {:o}; it must not be readable by other users (chmod 600)",
+                    path.display(),
+                    mode & 0o777
+                ));
             }
         }
         problems

@@ -216,13 +216,10 @@ impl StoreTx for SqliteTx {
     }
 }
 
-/// Compares the versions recorded in the database with the migrations embedded in the binary.
+/// Where the database stands against the migrations embedded in this binary.
 fn status_of(migrator: &Migrator, applied: Vec<i64>) -> MigrationStatus {
-    let known: Vec<i64> =
-        migrator.iter().filter(|m| m.migration_type.is_up_migration()).map(|m| m.version).collect();
-    let pending = known.iter().copied().filter(|v| !applied.contains(v)).collect();
-    let unknown = applied.iter().copied().filter(|v| !known.contains(v)).collect();
-    MigrationStatus { applied, pending, unknown }
+    let known = migrator.iter().filter(|m| m.migration_type.is_up_migration()).map(|m| m.version);
+    MigrationStatus::compare(known, applied)
 }
 
 /// Classifies an engine error at the storage edge (CONVENTIONS.md, "Errors").

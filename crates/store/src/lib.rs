@@ -44,6 +44,14 @@ pub struct MigrationStatus {
 }
 
 impl MigrationStatus {
+    /// Compares the versions a binary carries (`known`) with those recorded in the database.
+    pub fn compare(known: impl IntoIterator<Item = i64>, applied: Vec<i64>) -> Self {
+        let known: Vec<i64> = known.into_iter().collect();
+        let pending = known.iter().copied().filter(|v| !applied.contains(v)).collect();
+        let unknown = applied.iter().copied().filter(|v| !known.contains(v)).collect();
+        Self { applied, pending, unknown }
+    }
+
     /// True when the database has exactly the schema this binary expects.
     pub fn is_current(&self) -> bool {
         self.pending.is_empty() && self.unknown.is_empty()
