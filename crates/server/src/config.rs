@@ -130,6 +130,8 @@ impl Default for Config {
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub trusted_proxies: Vec<IpNet>,
+    pub forwarded_header: ForwardedHeaderName,
+    pub max_connections: usize,
     pub body_limit_bytes: usize,
     pub max_headers: usize,
     pub max_header_bytes: usize,
@@ -145,6 +147,8 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeaderName::XForwardedFor,
+            max_connections: 1000,
             body_limit_bytes: 64 * 1024,
             max_headers: 64,
             max_header_bytes: 16 * 1024,
@@ -154,6 +158,17 @@ impl Default for HttpConfig {
             public_host: None,
         }
     }
+}
+
+/// Which forwarding header the trusted proxies maintain; only that one is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeaderName {
+    /// `X-Forwarded-For` and `X-Forwarded-Proto` (nginx, HAProxy, AWS ALB, Caddy, Traefik).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`.
+    Forwarded,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -283,7 +298,20 @@ impl std::error::Error for ConfigError {}
 
 /// Loads the configuration from the layers, reading the process environment.
 pub fn load(flags: &GlobalArgs) -> Result<Config, ConfigError> {
-    load_from(flags, std::env::vars().collect())
+    let mut env = BTreeMap::new();
+    for (name, value) in std::env::vars_os() {
+        // Only our own variables must be text; anyone else's may hold any bytes.
+        let Some(name) = name.to_str().filter(|n| n.starts_with(ENV_PREFIX)).map(str::to_owned) else {
+            continue;
+        };
+        match value.into_string() {
+            Ok(value) => {
+                env.insert(name, value);
+            }
+            Err(_) => return Err(ConfigError::one(format!("{name}: the value is not valid UTF-8"))),
+        }
+    }
+    load_from(flags, env)
 }
 
 /// Loads the configuration from the layers with an explicit environment (testable).
@@ -458,9 +486,7 @@ impl Config {
             problems.push("tls.cert_file and tls.key_file: set both or neither".into());
         }
         if self.tls.redirect_listen.is_some() && self.tls.cert_file.is_none() {
-            problems.push(
-                "tls.redirect_listen: needs tls.cert_file and tls.key_file (or serve --dev-tls)".into(),
-            );
+            problems.push("tls.redirect_listen: needs tls.cert_file and tls.key_file".into());
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit_bytes) {
             problems.push("http.body_limit_bytes: must be between 1024 and 67108864".into());
@@ -471,14 +497,30 @@ impl Config {
         if !(1024..=1024 * 1024).contains(&self.http.max_header_bytes) {
             problems.push("http.max_header_bytes: must be between 1024 and 1048576".into());
         }
-        for (key, value) in [
-            ("http.request_timeout_secs", self.http.request_timeout_secs),
-            ("http.header_read_timeout_secs", self.http.header_read_timeout_secs),
-            ("database.acquire_timeout_secs", self.database.acquire_timeout_secs),
+        // Upper bounds too: a huge duration overflows `Instant + Duration` inside hyper and sqlx.
+        for (key, value, max) in [
+            ("http.request_timeout_secs", self.http.request_timeout_secs, 3600),
+            ("http.header_read_timeout_secs", self.http.header_read_timeout_secs, 600),
+            ("http.shutdown_grace_secs", self.http.shutdown_grace_secs, 3600),
+            ("database.acquire_timeout_secs", self.database.acquire_timeout_secs, 600),
+            ("database.busy_timeout_ms", self.database.busy_timeout_ms, 600_000),
+            ("cors.max_age_secs", self.cors.max_age_secs, 86_400),
         ] {
-            if value == 0 {
-                problems.push(format!("{key}: must be at least 1"));
+            let min = u64::from(key != "http.shutdown_grace_secs" && key != "cors.max_age_secs");
+            if !(min..=max).contains(&value) {
+                problems.push(format!("{key}: must be between {min} and {max}"));
             }
+        }
+        if !(1..=1_000_000).contains(&self.http.max_connections) {
+            problems.push("http.max_connections: must be between 1 and 1000000".into());
+        }
+        if let Some(host) = &self.http.public_host
+            && host.parse::<http::uri::Authority>().map_or(true, |a| a.as_str().contains('@'))
+        {
+            problems.push(
+                "http.public_host: must be a host name with an optional port, like id.example.com:8443"
+                    .into(),
+            );
         }
         if self.database.max_connections == 0 {
             problems.push("database.max_connections: must be at least 1".into());
@@ -506,6 +548,12 @@ impl Config {
         match &self.secrets.instance_secret {
             None => problems.push("secrets.instance_secret / PORTCULLIS_SECRETS__INSTANCE_SECRET(_FILE): missing; production does not generate secrets".into()),
             Some(secret) => problems.extend(secret_problem("secrets.instance_secret", secret.expose())),
+        }
+        if self.http.trusted_proxies.iter().any(|net| net.prefix_len() == 0) {
+            problems.push("http.trusted_proxies: a /0 range trusts every client's forwarding headers; list your proxies' addresses".into());
+        }
+        if let Some(problem) = self.postgres_tls_problem() {
+            problems.push(problem);
         }
         if self.cors.allowed_origins.iter().any(|o| o == "*") && self.cors.allow_credentials {
             problems.push("cors.allowed_origins: \"*\" with cors.allow_credentials = true lets any site act as the user".into());
@@ -538,6 +586,32 @@ impl Config {
             }
         }
         problems
+    }
+
+    /// Production refuses a PostgreSQL connection that an attacker on the network could downgrade to
+    /// plaintext or intercept: off the loopback interface the URL must ask for a verified TLS
+    /// connection (`sslmode=verify-full` or `verify-ca`).
+    fn postgres_tls_problem(&self) -> Option<String> {
+        if self.database_target() != Ok(DatabaseTarget::Postgres) {
+            return None;
+        }
+        let url = self.database.url.as_ref()?.expose();
+        let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+        let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h).split(['/', '?']).next().unwrap_or("");
+        let host = match host_port.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host_port.split(':').next().unwrap_or(""),
+        };
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        let local = host.is_empty()
+            || host == "localhost"
+            || host.starts_with('/')
+            || host.starts_with("%2F")
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let verified = query.split('&').any(|p| p == "sslmode=verify-full" || p == "sslmode=verify-ca");
+        (!local && !verified).then(|| {
+            "database.url: off the loopback interface production needs sslmode=verify-full (or verify-ca) so the connection cannot be downgraded or intercepted".to_owned()
+        })
     }
 
     /// The database this configuration selects.
@@ -577,6 +651,10 @@ impl Config {
     pub fn web(&self) -> portcullis_web::WebConfig {
         portcullis_web::WebConfig {
             trusted_proxies: self.http.trusted_proxies.clone(),
+            forwarded_header: match self.http.forwarded_header {
+                ForwardedHeaderName::XForwardedFor => portcullis_web::ForwardedHeader::XForwardedFor,
+                ForwardedHeaderName::Forwarded => portcullis_web::ForwardedHeader::Forwarded,
+            },
             body_limit_bytes: self.http.body_limit_bytes,
             max_headers: self.http.max_headers,
             max_header_bytes: self.http.max_header_bytes,
@@ -615,6 +693,27 @@ pub fn secret_problem(key: &str, value: &str) -> Option<String> {
 
 fn mode_of(path: &Path) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| m.permissions().mode())
+}
+
+/// Why a path that holds secrets cannot be trusted to stay ours: it is a symbolic link (which whoever
+/// owns the link's directory can point elsewhere) or belongs to another user.
+pub fn ownership_problem(key: &str, path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::symlink_metadata(path).ok()?;
+    if metadata.file_type().is_symlink() {
+        return Some(format!(
+            "{key}: {} is a symbolic link; point the setting at the real path",
+            path.display()
+        ));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    (metadata.uid() != me).then(|| {
+        format!(
+            "{key}: {} belongs to user id {}, not to the user running Portcullis ({me})",
+            path.display(),
+            metadata.uid()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -827,6 +926,59 @@ mod tests {
             problems.iter().any(|p| p.starts_with("secrets.instance_secret") && p.contains("644")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn production_refuses_trusting_every_address_as_a_proxy() {
+        let config = production(&[
+            ("PORTCULLIS_SECRETS__INSTANCE_SECRET", GOOD_SECRET),
+            ("PORTCULLIS_HTTP__TRUSTED_PROXIES", "[\"0.0.0.0/0\"]"),
+        ]);
+        let problems = config.production_problems(false);
+        assert!(problems.iter().any(|p| p.contains("/0")), "{problems:?}");
+    }
+
+    #[test]
+    fn production_refuses_a_remote_postgresql_without_verified_tls() {
+        let proxy = ("PORTCULLIS_HTTP__TRUSTED_PROXIES", "[\"10.0.0.1/32\"]");
+        let secret = ("PORTCULLIS_SECRETS__INSTANCE_SECRET", GOOD_SECRET);
+        for (url, refused) in [
+            ("postgres://u:p@db.internal/portcullis", true),
+            ("postgres://u:p@db.internal/portcullis?sslmode=require", true),
+            ("postgres://u:p@db.internal:5432/portcullis?sslmode=verify-full", false),
+            ("postgres://u:p@127.0.0.1:5432/portcullis", false),
+            ("postgres://u:p@[::1]/portcullis", false),
+            ("postgres://u:p@localhost/portcullis", false),
+        ] {
+            let config = production(&[proxy, secret, ("PORTCULLIS_DATABASE__URL", url)]);
+            let problems = config.production_problems(false);
+            assert_eq!(problems.iter().any(|p| p.contains("sslmode")), refused, "{url}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_a_data_dir_that_is_a_symbolic_link() {
+        let root = tempfile::tempdir().unwrap();
+        let real = root.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(ownership_problem("data_dir", &link).is_some_and(|p| p.contains("symbolic link")));
+        assert_eq!(ownership_problem("data_dir", &real), None);
+    }
+
+    #[test]
+    fn out_of_range_durations_are_refused_before_they_can_overflow() {
+        let err = load_from(
+            &GlobalArgs::default(),
+            env(&[("PORTCULLIS_HTTP__HEADER_READ_TIMEOUT_SECS", "18446744073709551615")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("http.header_read_timeout_secs"), "{err}");
+        let err = load_from(&GlobalArgs::default(), env(&[("PORTCULLIS_HTTP__PUBLIC_HOST", "evil@x")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("http.public_host"), "{err}");
     }
 
     #[test]

@@ -41,18 +41,52 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 }
 
 /// The development instance secret: read from the data dir, or generated there (256 random bits) on
-/// first start.
+/// first start. Written to a temporary file and renamed, so a crash can never leave an empty or
+/// partial secret behind; one shorter than the production minimum is refused rather than used.
 pub fn development_instance_secret(data_dir: &Path) -> std::io::Result<(Secret, PathBuf)> {
     let path = data_dir.join(INSTANCE_SECRET_FILE);
     if !path.exists() {
         let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
         getrandom::fill(bytes.as_mut()).map_err(std::io::Error::other)?;
         let text = zeroize::Zeroizing::new(URL_SAFE_NO_PAD.encode(bytes.as_ref()));
-        write_private(&path, text.as_bytes())?;
+        let partial = data_dir.join(format!("{INSTANCE_SECRET_FILE}.partial"));
+        let _ = std::fs::remove_file(&partial);
+        write_private(&partial, text.as_bytes())?;
+        std::fs::rename(&partial, &path)?;
         tracing::debug!(path = %path.display(), "generated instance secret");
     }
-    let text = std::fs::read_to_string(&path)?;
-    Ok((Secret::new(text.trim_end().to_owned()), path))
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path)?);
+    let secret = text.trim_end();
+    if secret.len() < crate::config::MIN_SECRET_BYTES {
+        return Err(std::io::Error::other(format!(
+            "{} holds {} bytes; at least {} are required (delete it to generate a new one)",
+            path.display(),
+            secret.len(),
+            crate::config::MIN_SECRET_BYTES
+        )));
+    }
+    Ok((Secret::new(secret.to_owned()), path))
+}
+
+/// Holds an exclusive lock on `DATA_DIR/portcullis.lock` for as long as it lives, so two servers
+/// cannot run on one data dir (SQLite would let them, and they would fight over the database).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+/// Takes the data dir's lock, failing at once if another process holds it.
+pub fn lock(data_dir: &Path) -> std::io::Result<DataDirLock> {
+    use rustix::fs::{FlockOperation, flock};
+    let path = data_dir.join("portcullis.lock");
+    let file = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&path)?;
+    flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        std::io::Error::other(format!(
+            "another Portcullis process is using this data dir (it holds {})",
+            path.display()
+        ))
+    })?;
+    Ok(DataDirLock { _file: file })
 }
 
 #[cfg(test)]
@@ -70,6 +104,23 @@ mod tests {
         assert!(first.expose().len() >= 43);
         let (second, _) = development_instance_secret(&dir).unwrap();
         assert_eq!(first.expose(), second.expose());
+    }
+
+    #[test]
+    fn a_truncated_secret_file_is_refused_not_used() {
+        let root = tempfile::tempdir().unwrap();
+        write_private(&root.path().join(INSTANCE_SECRET_FILE), b"").unwrap();
+        let error = development_instance_secret(root.path()).unwrap_err();
+        assert!(error.to_string().contains("at least 32"), "{error}");
+    }
+
+    #[test]
+    fn a_second_process_cannot_take_the_data_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let _held = lock(root.path()).unwrap();
+        // flock locks belong to the open file description, so a second open conflicts even in-process.
+        let error = lock(root.path()).unwrap_err();
+        assert!(error.to_string().contains("another Portcullis process"), "{error}");
     }
 
     #[test]

@@ -40,15 +40,31 @@ pub enum StartError {
     DataDir { path: String, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("database: {0}")]
+    #[error("database")]
     Store(#[from] StoreError),
-    #[error("startup: {0}")]
+    #[error("startup")]
     App(#[from] portcullis_app::AppError),
     #[error("cannot install signal handlers: {source}")]
     Signals { source: std::io::Error },
 }
 
 impl StartError {
+    /// The error with every cause, by `Display`, for the operator: "database: database error:
+    /// password authentication failed for user ...". Causes never include connection strings.
+    pub fn describe(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.ends_with(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        text
+    }
+
     /// The process exit code: 2 for configuration mistakes, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -74,6 +90,8 @@ pub struct RunningServer {
     app: App,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Released when the server is dropped (after shutdown closes the database).
+    _data_dir_lock: data_dir::DataDirLock,
 }
 
 impl RunningServer {
@@ -125,11 +143,9 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
         }
         DatabaseTarget::Postgres => {
             let url = config.database.url.as_ref().map(|u| u.expose().to_owned()).unwrap_or_default();
-            let options = PostgresOptions {
-                url,
-                max_connections: config.database.max_connections,
-                acquire_timeout: Duration::from_secs(config.database.acquire_timeout_secs),
-            };
+            let mut options = PostgresOptions::new(url);
+            options.max_connections = config.database.max_connections;
+            options.acquire_timeout = Duration::from_secs(config.database.acquire_timeout_secs);
             Ok(Arc::new(PostgresStore::connect(&options).await?))
         }
     }
@@ -145,6 +161,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
     if let Some(warning) = data_dir::prepare(&config.data_dir).map_err(data_dir_error)? {
         tracing::warn!("{warning}");
     }
+    let data_dir_lock = data_dir::lock(&config.data_dir).map_err(data_dir_error)?;
     let instance_secret = match (&config.secrets.instance_secret, config.mode) {
         (Some(secret), _) => secret.clone(),
         (None, Mode::Development) => {
@@ -191,6 +208,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
     let limits = ConnectionLimits {
         header_read_timeout: Duration::from_secs(config.http.header_read_timeout_secs),
         max_buf_size: config.http.max_header_bytes.saturating_mul(4),
+        max_connections: config.http.max_connections,
         shutdown_grace: Duration::from_secs(config.http.shutdown_grace_secs),
     };
     let (shutdown, receiver) = watch::channel(false);
@@ -221,7 +239,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         config.database_description(),
         config.mode,
     );
-    Ok(RunningServer { local_addr, redirect_addr, tls, app, shutdown, tasks })
+    Ok(RunningServer { local_addr, redirect_addr, tls, app, shutdown, tasks, _data_dir_lock: data_dir_lock })
 }
 
 /// `production_problems` already refused a production start without a secret; this keeps the match

@@ -1,18 +1,25 @@
 //! Accept loops: plain or TLS connections served by hyper with limits, and graceful shutdown.
+//!
+//! Every connection holds a permit from a semaphore of `http.max_connections`; when none is left
+//! the loop stops accepting (the kernel's backlog queues, then refuses) instead of running out of
+//! file descriptors. A connection that has not sent a complete first request within the header
+//! timeout is closed, whatever protocol it claims, so idle sockets cannot pile up.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use portcullis_web::ConnectionInfo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -28,16 +35,19 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `http.max_headers` (at most 100) already answers below it with a problem document.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
-    /// A client must send its complete request head within this time (slowloris defence).
+    /// A client must send its complete request head within this time (slowloris defence); also the
+    /// deadline for the first request on a new connection, whatever its protocol.
     pub header_read_timeout: Duration,
     /// Largest read buffer (request head) hyper will hold.
     pub max_buf_size: usize,
+    /// Most connections served at once.
+    pub max_connections: usize,
     /// How long in-flight requests may take to finish once shutdown starts.
     pub shutdown_grace: Duration,
 }
 
 /// Serves `router` on `listener` until `shutdown` turns true, then stops accepting, lets in-flight
-/// requests finish within the grace period, and returns.
+/// requests finish within the grace period, aborts what is left, and returns.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -45,35 +55,63 @@ pub async fn serve(
     limits: ConnectionLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
     let builder = Arc::new(builder(limits));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = JoinSet::new();
     loop {
+        // Wait for a free slot before accepting: backpressure instead of descriptor exhaustion.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = stop_requested(&mut shutdown) => break,
+            Some(_) = connections.join_next() => continue,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    spawn_connection(stream, peer, router.clone(), tls.clone(), builder.clone(), &graceful);
+                    let connection = Connection {
+                        peer,
+                        router: router.clone(),
+                        builder: builder.clone(),
+                        limits,
+                        shutdown: shutdown.clone(),
+                        _permit: permit,
+                    };
+                    connections.spawn(connection.run(stream, tls.clone()));
                 }
                 Err(error) => {
-                    // Typically EMFILE: back off briefly instead of spinning on a full descriptor table.
                     tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors or memory: back off instead of spinning on the same error.
+                    if matches!(error.raw_os_error(), Some(12 | 23 | 24 | 105)) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             },
-            changed = shutdown.changed() => {
-                // A dropped sender also means stop: nobody is left to ask for a graceful end.
-                if changed.is_err() || *shutdown.borrow_and_update() {
-                    break;
-                }
-            }
+            _ = stop_requested(&mut shutdown) => break,
+            Some(_) = connections.join_next() => {}
         }
     }
     drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
         tracing::warn!(
             grace_secs = limits.shutdown_grace.as_secs(),
+            remaining = connections.len(),
             "shutdown grace period over; closing remaining connections"
         );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
     }
+}
+
+/// Resolves once shutdown has been asked for (or nobody is left to ask).
+async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 fn builder(limits: ConnectionLimits) -> auto::Builder<TokioExecutor> {
@@ -87,51 +125,78 @@ fn builder(limits: ConnectionLimits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_buf_size).unwrap_or(u32::MAX))
-        .max_concurrent_streams(128);
+        .max_concurrent_streams(128)
+        // Dead peers are found and their connections closed instead of held forever.
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
-fn spawn_connection(
-    stream: TcpStream,
+/// One accepted connection and what it needs to be served.
+struct Connection {
     peer: SocketAddr,
     router: Router,
-    tls: Option<Arc<TlsReloader>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
-) {
-    let watcher = graceful.watcher();
-    tokio::spawn(async move {
+    limits: ConnectionLimits,
+    shutdown: watch::Receiver<bool>,
+    /// Returned to the pool when the connection ends.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn run(self, stream: TcpStream, tls: Option<Arc<TlsReloader>>) {
         let _ = stream.set_nodelay(true);
-        let info = ConnectionInfo { peer, tls: tls.is_some() };
+        match tls {
+            Some(reloader) => {
+                let acceptor = TlsAcceptor::from(reloader.current());
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => self.serve(stream, true).await,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, client_ip = %self.peer.ip(), "TLS handshake failed");
+                    }
+                    Err(_) => tracing::debug!(client_ip = %self.peer.ip(), "TLS handshake timed out"),
+                }
+            }
+            None => self.serve(stream, false).await,
+        }
+    }
+
+    async fn serve<S>(mut self, stream: S, tls: bool)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let info = ConnectionInfo { peer: self.peer, tls };
+        let first_request = Arc::new(AtomicBool::new(false));
+        let seen = first_request.clone();
         let service =
-            TowerToHyperService::new(router.map_request(move |mut request: http::Request<Incoming>| {
+            TowerToHyperService::new(self.router.map_request(move |mut request: http::Request<Incoming>| {
+                seen.store(true, Ordering::Relaxed);
                 request.extensions_mut().insert(info);
                 request
             }));
-        let result = match tls {
-            Some(reloader) => {
-                let acceptor = TlsAcceptor::from(reloader.current());
-                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, client_ip = %peer.ip(), "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(client_ip = %peer.ip(), "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                watcher.watch(connection.into_owned()).await
-            }
-            None => {
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                watcher.watch(connection.into_owned()).await
+        let connection = self.builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let first_deadline = tokio::time::sleep(self.limits.header_read_timeout);
+        tokio::pin!(first_deadline);
+        let mut closing = false;
+        let result = loop {
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                // Protocol detection and an idle HTTP/2 connection have no timeout of their own.
+                () = &mut first_deadline, if !closing && !first_request.load(Ordering::Relaxed) => {
+                    tracing::debug!(client_ip = %self.peer.ip(), "no request before the header timeout; closing");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = stop_requested(&mut self.shutdown), if !closing => {
+                    // Finish the request in flight, then close (HTTP/1 `Connection: close`, HTTP/2 GOAWAY).
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
             }
         };
         if let Err(error) = result {
-            tracing::debug!(%error, client_ip = %peer.ip(), "connection ended with an error");
+            tracing::debug!(%error, client_ip = %self.peer.ip(), "connection ended with an error");
         }
-    });
+    }
 }

@@ -47,9 +47,10 @@ fn run_async(future: impl Future<Output = Result<(), StartError>>) -> ExitCode {
     match runtime.block_on(future) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %error, "portcullis stopped with an error");
-            eprint!("portcullis: {error}");
-            if !error.to_string().ends_with('\n') {
+            let text = error.describe();
+            tracing::error!(error = %text, "portcullis stopped with an error");
+            eprint!("portcullis: {text}");
+            if !text.ends_with('\n') {
                 eprintln!();
             }
             ExitCode::from(error.exit_code())

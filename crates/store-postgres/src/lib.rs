@@ -8,6 +8,7 @@
 
 mod instance;
 
+use secrecy::{ExposeSecret, SecretString};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -32,8 +33,8 @@ const APPLICATION_NAME: &str = "portcullis";
 #[derive(Clone)]
 pub struct PostgresOptions {
     /// A `postgres://user:password@host:port/database?sslmode=...` URL. It usually carries a
-    /// password, so `Debug` masks it.
-    pub url: String,
+    /// password: a secret type (zeroed on drop, never printed), and `Debug` shows it redacted.
+    pub url: SecretString,
     /// Upper bound of the connection pool; keep the sum over all nodes below the server's
     /// `max_connections`.
     pub max_connections: u32,
@@ -44,7 +45,11 @@ pub struct PostgresOptions {
 impl PostgresOptions {
     /// Defaults suited to a small server: 10 connections, 10 s to get one (as the SQLite store).
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), max_connections: 10, acquire_timeout: Duration::from_secs(10) }
+        Self {
+            url: SecretString::from(url.into()),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -52,7 +57,7 @@ impl fmt::Debug for PostgresOptions {
     // Written by hand so the password never reaches a log line (CONVENTIONS.md, "Secrets").
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresOptions")
-            .field("url", &redact_url(&self.url))
+            .field("url", &redact_url(self.url.expose_secret()))
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
             .finish()
@@ -69,7 +74,7 @@ impl PostgresStore {
     /// Connects, opening one connection now so that a wrong URL or an unreachable server fails at
     /// start rather than on the first request.
     pub async fn connect(options: &PostgresOptions) -> Result<Self, StoreError> {
-        let mut connect = PgConnectOptions::from_str(&options.url).map_err(map_err)?;
+        let mut connect = PgConnectOptions::from_str(options.url.expose_secret()).map_err(map_err)?;
         if connect.get_application_name().is_none() {
             connect = connect.application_name(APPLICATION_NAME);
         }

@@ -148,7 +148,15 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError> {
-        let tx = self.writer.begin().await.map_err(map_err)?;
+        // IMMEDIATE takes the write lock up front: a deferred transaction that reads, then writes,
+        // fails at once with SQLITE_BUSY_SNAPSHOT if another process (`portcullis migrate`) wrote in
+        // between, and the busy timeout cannot help it.
+        let tx = if self.path.is_some() {
+            self.writer.begin_with("BEGIN IMMEDIATE").await
+        } else {
+            self.writer.begin().await
+        }
+        .map_err(map_err)?;
         Ok(Box::new(SqliteTx { tx, failed: false }))
     }
 

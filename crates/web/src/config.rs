@@ -10,6 +10,8 @@ use ipnet::IpNet;
 pub struct WebConfig {
     /// Peers whose `Forwarded` / `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Which forwarding header those proxies maintain (only that one is read).
+    pub forwarded_header: crate::ForwardedHeader,
     /// Largest request body accepted (413 beyond).
     pub body_limit_bytes: usize,
     /// Most request header fields accepted (431 beyond).
@@ -28,6 +30,7 @@ impl Default for WebConfig {
     fn default() -> Self {
         Self {
             trusted_proxies: Vec::new(),
+            forwarded_header: crate::ForwardedHeader::default(),
             body_limit_bytes: 64 * 1024,
             max_headers: 64,
             max_header_bytes: 16 * 1024,

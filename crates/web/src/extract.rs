@@ -105,9 +105,9 @@ fn describe(pointer: String, serde_message: &str) -> FieldError {
         FieldError { field: format!("{pointer}/{name}"), message: "is required".into() }
     } else if serde_message.starts_with("invalid type") {
         let expected = serde_message.rsplit(", expected ").next().filter(|e| *e != serde_message);
-        let message = match expected {
-            Some(expected) => format!("has the wrong type; expected {}", strip_position(expected)),
-            None => "has the wrong type".into(),
+        let message = match expected.map(|e| json_type(strip_position(e))) {
+            Some(Some(kind)) => format!("has the wrong type; expected {kind}"),
+            _ => "has the wrong type".into(),
         };
         FieldError { field: pointer, message }
     } else if serde_message.starts_with("unknown variant") {
@@ -122,6 +122,23 @@ fn describe(pointer: String, serde_message: &str) -> FieldError {
     } else {
         FieldError { field: pointer, message: "is invalid".into() }
     }
+}
+
+/// serde's expectation ("u32", "struct LoginRequest", "a sequence") in JSON's words, so a reply
+/// never names an internal Rust type.
+fn json_type(expected: &str) -> Option<&'static str> {
+    let e = expected.trim();
+    Some(match e {
+        "a string" | "a borrowed string" | "a character" | "a string or bytes" => "a string",
+        "a boolean" => "a boolean",
+        "a sequence" | "a tuple" => "an array",
+        _ if e.starts_with("struct ") || e.starts_with("a map") || e.starts_with("map") => "an object",
+        _ if e.starts_with("enum ") => "one of the allowed values",
+        _ if matches!(e, "u8" | "u16" | "u32" | "u64" | "u128" | "usize") => "a non-negative integer",
+        _ if matches!(e, "i8" | "i16" | "i32" | "i64" | "i128" | "isize") => "an integer",
+        _ if matches!(e, "f32" | "f64") => "a number",
+        _ => return None,
+    })
 }
 
 /// serde_json appends " at line L column C" to data errors; the pointer already says where.
@@ -186,6 +203,17 @@ mod tests {
         assert_eq!(errors[0].field, "/count");
         assert!(!errors[0].message.contains("hunter2"), "{}", errors[0].message);
         assert!(errors[0].message.starts_with("has the wrong type"));
+    }
+
+    #[test]
+    fn type_errors_speak_json_not_rust() {
+        let errors = field_errors(r#"{"name":"x","count":"7"}"#);
+        assert_eq!(errors[0].message, "has the wrong type; expected a non-negative integer");
+        let errors = field_errors(r#"{"name":"x","count":1,"items":{}}"#);
+        assert_eq!(errors[0].message, "has the wrong type; expected an array");
+        let errors = field_errors(r#"{"name":"x","count":1,"items":[7]}"#);
+        assert_eq!(errors[0].message, "has the wrong type; expected an object");
+        assert!(!errors[0].message.contains("struct"));
     }
 
     #[test]

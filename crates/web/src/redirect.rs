@@ -37,18 +37,23 @@ pub fn https_redirect_router(
 fn redirect(request: &Request, https_port: u16, public_host: Option<&str>) -> Response {
     let navigation = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
     let path = request.uri().path();
-    if !navigation || path == "/v1" || path.starts_with("/v1/") {
+    let api = path == "/v1" || path.starts_with("/v1/");
+    // Whatever the path, a request that carries credentials is an API client that must be fixed.
+    let credentials = request.headers().contains_key(http::header::AUTHORIZATION);
+    if !navigation || api || credentials {
         return Problem::new(ProblemType::HTTPS_REQUIRED, "This endpoint is only served over https.")
             .into_response();
     }
     let host = match public_host {
         Some(host) => host.to_owned(),
         None => {
+            // HTTP/1.1 names the host in `Host`; HTTP/2 in the `:authority` pseudo-header (the URI).
             let Some(authority) = request
                 .headers()
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .and_then(|h| h.parse::<Authority>().ok())
+                .or_else(|| request.uri().authority().cloned())
                 .filter(|a| !a.as_str().contains('@'))
             else {
                 return Problem::new(ProblemType::MALFORMED_REQUEST, "A valid Host header is required.")

@@ -44,7 +44,7 @@ pub fn router(state: AppState, config: &WebConfig) -> Result<Router, WebConfigEr
 /// routes (a panicking handler, a slow one, a JSON echo) behind exactly the production stack.
 ///
 /// Order, outermost first: edge (request id, client ip, span and access log, header limits, security
-/// headers, problem rendering) → panic catcher → timeout → CORS → body limit → route.
+/// headers, problem rendering) → CORS → panic catcher → timeout → body limit → route.
 pub fn with_middleware(router: Router, config: &WebConfig) -> Result<Router, WebConfigError> {
     config.cors.validate()?;
     let fallback = || async { Problem::new(ProblemType::NOT_FOUND, "No resource exists at this path.") };
@@ -53,11 +53,13 @@ pub fn with_middleware(router: Router, config: &WebConfig) -> Result<Router, Web
     let stack = ServiceBuilder::new()
         .layer(EdgeLayer::new(config))
         .map_response(IntoResponse::into_response)
+        // CORS outside the panic catcher and the timeout, so an allowed origin can read those
+        // errors too. No allowed origin, no CORS layer: nothing cross-origin is ever allowed, and
+        // the layer would only add headers that the edge then strips.
+        .option_layer(cors(config))
+        .map_response(IntoResponse::into_response)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout))
-        // No allowed origin, no CORS layer: nothing cross-origin is ever allowed, and the layer would
-        // only add headers that the edge then strips.
-        .option_layer(cors(config))
         .map_response(IntoResponse::into_response)
         .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes));

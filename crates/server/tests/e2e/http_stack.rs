@@ -159,3 +159,53 @@ async fn a_disallowed_origin_gets_no_cors_headers_over_the_wire() {
     assert_eq!(response.headers()["access-control-allow-origin"], "https://app.example.com");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_request_is_closed_after_the_header_timeout() {
+    let app = spawn_with(|c| c.http.header_read_timeout_secs = 1).await;
+    // Nothing at all, then only the first bytes of the HTTP/2 preface: neither reaches hyper's own
+    // header timeout, both must still be closed.
+    for opening in [&b""[..], &b"PRI * HTTP/2.0\r\n"[..]] {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(opening).await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "an idle connection ({opening:?}) was kept open");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn beyond_max_connections_a_new_connection_waits_for_a_free_slot() {
+    let app = spawn_with(|c| c.http.max_connections = 1).await;
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    // The first client keeps its connection alive, holding the only slot.
+    let mut first = TcpStream::connect(app.addr).await.unwrap();
+    first.write_all(request).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    let addr = app.addr;
+    let second = tokio::spawn(async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    });
+    // While the slot is held the second request is not served (bounded wait, not a sleep).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), async {
+            while !second.is_finished() {
+                tokio::task::yield_now().await
+            }
+        })
+        .await
+        .is_err()
+    );
+    drop(first);
+    let response = tokio::time::timeout(Duration::from_secs(10), second).await.unwrap().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    app.stop().await;
+}

@@ -9,14 +9,48 @@ use tokio::net::TcpStream;
 
 use crate::support::{init_logs, spawn_with, test_config};
 
+/// The real accept loop and its graceful shutdown, around a probe route that stays in its handler
+/// until the test releases it: the request is truly in flight when shutdown begins.
 #[tokio::test]
 async fn an_in_flight_request_finishes_during_graceful_shutdown_and_new_connections_are_refused() {
-    let app = spawn_app_quiet().await;
-    let addr = app.addr;
-    // A request whose head is half sent when shutdown begins.
+    use std::sync::{Arc, Mutex};
+
+    use axum::routing::get;
+    use tokio::sync::{oneshot, watch};
+
+    init_logs();
+    let (entered_tx, entered_rx) = oneshot::channel::<()>();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let hooks = Arc::new(Mutex::new((Some(entered_tx), Some(release_rx))));
+    let slow = move || {
+        let hooks = hooks.clone();
+        async move {
+            let (entered, release) = {
+                let mut hooks = hooks.lock().unwrap();
+                (hooks.0.take(), hooks.1.take())
+            };
+            entered.unwrap().send(()).unwrap();
+            release.unwrap().await.unwrap();
+            "finished"
+        }
+    };
+    let router = axum::Router::new().route("/slow", get(slow));
+    let router = portcullis_web::with_middleware(router, &portcullis_web::WebConfig::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = portcullis::listener::ConnectionLimits {
+        header_read_timeout: Duration::from_secs(10),
+        max_buf_size: 65536,
+        max_connections: 16,
+        shutdown_grace: Duration::from_secs(10),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let server = tokio::spawn(portcullis::listener::serve(listener, router, None, limits, stopped));
+
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
-    let shutdown = tokio::spawn(app.stop());
+    stream.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    entered_rx.await.unwrap();
+    stop.send(true).unwrap();
     // Shutdown has begun once the listener is gone.
     tokio::time::timeout(Duration::from_secs(10), async {
         while TcpStream::connect(addr).await.is_ok() {
@@ -25,16 +59,13 @@ async fn an_in_flight_request_finishes_during_graceful_shutdown_and_new_connecti
     })
     .await
     .expect("the listener kept accepting after shutdown began");
-    stream.write_all(b"\r\n").await.unwrap();
+    release_tx.send(()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(response.to_ascii_lowercase().contains("connection: close"), "{response}");
-    tokio::time::timeout(Duration::from_secs(10), shutdown).await.unwrap().unwrap();
-}
-
-async fn spawn_app_quiet() -> crate::support::TestApp {
-    spawn_with(|_| {}).await
+    assert!(response.ends_with("finished"), "{response}");
+    tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -108,4 +139,17 @@ async fn the_server_runs_on_postgresql_when_one_is_configured() {
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
     assert_eq!(ready, 200);
     assert!(instance.is_some());
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&dir);
+    let first = portcullis::start(&config, StartOptions::default()).await.unwrap();
+    let error = portcullis::start(&config, StartOptions::default()).await.unwrap_err();
+    assert!(error.describe().contains("another Portcullis process"), "{}", error.describe());
+    first.shutdown().await;
+    // Once the first has stopped, the data dir is free again.
+    portcullis::start(&config, StartOptions::default()).await.unwrap().shutdown().await;
 }

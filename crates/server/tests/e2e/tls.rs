@@ -160,6 +160,8 @@ async fn the_plain_listener_only_redirects_to_https() {
         api.json::<serde_json::Value>().await.unwrap()["type"],
         "urn:portcullis:problem:https-required"
     );
+    let bearer = app.client.get(format!("http://{plain}/healthz")).bearer_auth("t").send().await.unwrap();
+    assert_eq!(bearer.status(), 400, "a request carrying credentials is never redirected");
     let post = app.client.post(format!("http://{plain}/healthz")).body("x").send().await.unwrap();
     assert_eq!(post.status(), 400);
     assert!(post.headers().get("location").is_none());

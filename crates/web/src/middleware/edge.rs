@@ -22,7 +22,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::WebConfig;
-use crate::forwarded::resolve_client;
+use crate::forwarded::{ForwardedHeader, resolve_client};
 use crate::middleware::headers;
 use crate::problem::{PROBLEM_JSON, Problem, ProblemType};
 
@@ -50,6 +50,7 @@ pub struct ClientInfo {
 #[derive(Debug)]
 struct EdgeSettings {
     trusted_proxies: Vec<IpNet>,
+    forwarded_header: ForwardedHeader,
     max_headers: usize,
     max_header_bytes: usize,
     hsts: HeaderValue,
@@ -66,6 +67,7 @@ impl EdgeLayer {
         Self {
             settings: Arc::new(EdgeSettings {
                 trusted_proxies: config.trusted_proxies.clone(),
+                forwarded_header: config.forwarded_header,
                 max_headers: config.max_headers,
                 max_header_bytes: config.max_header_bytes,
                 hsts: config.hsts.header_value(),
@@ -118,7 +120,12 @@ where
         });
 
         let connection = connection_of(&request);
-        let forwarded = resolve_client(connection.peer.ip(), request.headers(), &settings.trusted_proxies);
+        let forwarded = resolve_client(
+            connection.peer.ip(),
+            request.headers(),
+            &settings.trusted_proxies,
+            settings.forwarded_header,
+        );
         let client = ClientInfo {
             ip: forwarded.client_ip,
             https: connection.tls || forwarded.forwarded_https == Some(true),
@@ -128,7 +135,7 @@ where
         let route = request.extensions().get::<MatchedPath>().cloned();
         let span = tracing::info_span!(
             "request",
-            method = %request.method(),
+            method = method_for_log(request.method()),
             route = route.as_ref().map_or("-", MatchedPath::as_str),
             request_id = %request_id,
             client_ip = %client.ip,
@@ -172,11 +179,32 @@ fn connection_of(request: &Request<Body>) -> ConnectionInfo {
     ConnectionInfo { peer, tls: false }
 }
 
+/// The method as logged: extension methods can be up to ~64 KiB of client text, so anything but the
+/// standard methods is logged as `OTHER`.
+fn method_for_log(method: &http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "OTHER",
+    }
+}
+
 /// Header count and size limits (431), checked before any handler runs. Hyper enforces a hard ceiling
 /// above these at the connection level; this check makes the common case a proper problem document.
 fn headers_too_large(request: &Request<Body>, settings: &EdgeSettings) -> Option<Problem> {
     let headers = request.headers();
-    if headers.len() > settings.max_headers {
+    // HTTP/2 clients may send each cookie as its own field (RFC 9113 section 8.2.3); they count as
+    // one field, as they would over HTTP/1.1.
+    let cookies = headers.get_all(header::COOKIE).iter().count();
+    let fields = headers.len() - cookies + usize::from(cookies > 0);
+    if fields > settings.max_headers {
         return Some(Problem::new(ProblemType::HEADERS_TOO_LARGE, "Too many request header fields."));
     }
     let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
