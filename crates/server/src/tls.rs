@@ -73,6 +73,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> 
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server's order wins (strongest first: AES-256-GCM, then AES-128-GCM, then ChaCha20), so a
+    // client cannot steer the connection to the weakest suite both sides share (ASVS 12.1.2).
+    config.ignore_client_order = true;
     Ok(config)
 }
 

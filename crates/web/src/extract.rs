@@ -48,14 +48,20 @@ fn is_json(headers: &http::HeaderMap) -> bool {
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// The [`Json`] extractor's parser: the body's bytes to a value, or the problem the extractor rejects
+/// the request with. Public for fuzzing and tests; handlers use [`Json`].
+pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    parse(bytes)
+}
+
 /// Deserializes a body, classifying errors into "not JSON" (400) and "JSON of the wrong shape" (422).
 pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let pointer = json_pointer(error.path());
+        let path = error.path().clone();
         let inner = error.into_inner();
         match inner.classify() {
-            Category::Data => Problem::validation(vec![describe(pointer, &inner.to_string())]),
+            Category::Data => Problem::validation(vec![describe(&path, &inner.to_string())]),
             Category::Syntax | Category::Eof | Category::Io => {
                 Problem::new(ProblemType::MALFORMED_REQUEST, "The request body is not valid JSON.")
             }
@@ -78,7 +84,7 @@ fn json_pointer(path: &serde_path_to_error::Path) -> String {
         pointer.push('/');
         match segment {
             Segment::Seq { index } => pointer.push_str(&index.to_string()),
-            Segment::Map { key } => pointer.push_str(&key.replace('~', "~0").replace('/', "~1")),
+            Segment::Map { key } => pointer.push_str(&pointer_segment(key)),
             Segment::Enum { variant } => pointer.push_str(variant),
             Segment::Unknown => pointer.push('?'),
         }
@@ -86,23 +92,41 @@ fn json_pointer(path: &serde_path_to_error::Path) -> String {
     pointer
 }
 
+/// Longest key echoed in a field pointer: keys come from the client, and a reply must not repeat
+/// whatever the body limit allows.
+const MAX_KEY_CHARS: usize = 64;
+
+/// One RFC 6901 reference token: the key cut to [`MAX_KEY_CHARS`], `~` and `/` escaped.
+fn pointer_segment(key: &str) -> String {
+    let key: String = key.chars().take(MAX_KEY_CHARS).collect();
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The key named by serde's "unknown field `KEY`, expected ..." (the key may itself hold backticks).
+fn unknown_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let end = rest.rfind("`, expected").or_else(|| rest.rfind('`'))?;
+    Some(&rest[..end])
+}
+
 /// A field error in our own words. serde's messages quote the submitted value ("invalid type: string
 /// \"hunter2\""), which could echo a secret back, so only the kind of error and the names from our own
 /// schema are kept.
-fn describe(pointer: String, serde_message: &str) -> FieldError {
-    let quoted = |message: &str| message.split('`').nth(1).map(str::to_owned);
+fn describe(path: &serde_path_to_error::Path, serde_message: &str) -> FieldError {
+    let pointer = json_pointer(path);
     if serde_message.starts_with("unknown field") {
-        // The offending key is the last segment of the path; keep it short for the reply.
-        let name: String = quoted(serde_message).unwrap_or_default().chars().take(64).collect();
-        let field = if pointer.ends_with(&format!("/{name}")) || name.is_empty() {
-            pointer
-        } else {
-            format!("{pointer}/{name}")
-        };
+        // serde_path_to_error usually ends the path at the unknown key already; inside tagged enums
+        // and flattened structs it stops at the parent, and the key comes from the message.
+        let name = unknown_field_name(serde_message).unwrap_or("");
+        let at_key =
+            matches!(path.iter().next_back(), Some(serde_path_to_error::Segment::Map { key }) if key == name);
+        let field =
+            if at_key || name.is_empty() { pointer } else { format!("{pointer}/{}", pointer_segment(name)) };
         FieldError { field, message: "is not a known field".into() }
     } else if serde_message.starts_with("missing field") {
-        let name = quoted(serde_message).unwrap_or_default();
-        FieldError { field: format!("{pointer}/{name}"), message: "is required".into() }
+        // The name is one of our own fields, never client text.
+        let name = serde_message.split('`').nth(1).unwrap_or_default();
+        FieldError { field: format!("{pointer}/{}", pointer_segment(name)), message: "is required".into() }
     } else if serde_message.starts_with("invalid type") {
         let expected = serde_message.rsplit(", expected ").next().filter(|e| *e != serde_message);
         let message = match expected.map(|e| json_type(strip_position(e))) {
@@ -189,6 +213,23 @@ mod tests {
             errors,
             vec![FieldError { field: "/admin".into(), message: "is not a known field".into() }]
         );
+    }
+
+    #[test]
+    fn a_long_unknown_key_is_named_once_and_cut_short() {
+        let body = format!(r#"{{"name":"x","count":1,"{}":1}}"#, "k".repeat(140));
+        let errors = field_errors(&body);
+        assert_eq!(errors[0].field, format!("/{}", "k".repeat(64)));
+    }
+
+    #[test]
+    fn unknown_keys_with_slashes_and_tildes_are_escaped_as_rfc_6901_says() {
+        let errors = field_errors(r#"{"name":"x","count":1,"a/b~c":1}"#);
+        assert_eq!(errors[0].field, "/a~1b~0c");
+        let errors = field_errors(r#"{"name":"x","count":1,"items":[{"kind":"a","x/y":0}]}"#);
+        assert_eq!(errors[0].field, "/items/0/x~1y");
+        let errors = field_errors(r#"{"name":"x","count":1,"a`b":1}"#);
+        assert_eq!(errors[0].field, "/a`b");
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod routes;
 
 pub use config::{CorsConfig, HstsConfig, WebConfig, WebConfigError};
 pub use error::ApiError;
-pub use extract::Json;
+pub use extract::{Json, parse_json_body};
 pub use forwarded::{ForwardedHeader, ForwardedInfo, resolve_client};
 pub use middleware::edge::{ClientInfo, ConnectionInfo};
 pub use middleware::headers::apply as apply_security_headers;

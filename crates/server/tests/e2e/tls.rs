@@ -71,6 +71,55 @@ async fn https_is_served_over_tls_1_3_and_1_2_with_hsts() {
     app.stop().await;
 }
 
+/// Connects with a rustls client offering `suites` in that order; returns the suite the server chose.
+async fn negotiated_suite(
+    addr: SocketAddr,
+    ca: &str,
+    suites: Vec<rustls::SupportedCipherSuite>,
+) -> rustls::CipherSuite {
+    use std::sync::Arc;
+
+    use rustls::crypto::ring;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from(der(ca))).unwrap();
+    let provider = rustls::crypto::CryptoProvider { cipher_suites: suites, ..ring::default_provider() };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, stream).await.unwrap();
+    tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+}
+
+#[tokio::test]
+async fn the_server_not_the_client_picks_the_strongest_shared_cipher_suite() {
+    use rustls::CipherSuite;
+    use rustls::crypto::ring::cipher_suite as suite;
+    let (ca, cert, key) = test_certificates("cipher-order");
+    let app = spawn_tls(&cert, &key, false).await;
+    // A client that prefers the weaker suites still gets AES-256-GCM.
+    let tls13 = vec![
+        suite::TLS13_AES_128_GCM_SHA256,
+        suite::TLS13_CHACHA20_POLY1305_SHA256,
+        suite::TLS13_AES_256_GCM_SHA384,
+    ];
+    assert_eq!(negotiated_suite(app.addr, &ca, tls13).await, CipherSuite::TLS13_AES_256_GCM_SHA384);
+    let tls12 = vec![
+        suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    ];
+    assert_eq!(
+        negotiated_suite(app.addr, &ca, tls12).await,
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+    );
+    app.stop().await;
+}
+
 /// A TLS 1.1 ClientHello (legacy_version 0x0302, no supported_versions extension), as an old client
 /// would send it, offering only TLS 1.0/1.1-era suites.
 fn tls11_client_hello() -> Vec<u8> {
