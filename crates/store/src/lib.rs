@@ -81,6 +81,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn migrate(&self) -> Result<Vec<i64>, StoreError>;
 
     /// Starts a read-write transaction. Dropping it without `commit` rolls it back.
+    ///
+    /// Isolation differs by engine: SQLite runs write transactions one at a time (one writer,
+    /// `BEGIN IMMEDIATE`), PostgreSQL at READ COMMITTED. An operation that reads and then writes
+    /// depending on what it read (spend a refresh token once, keep the last owner) must therefore
+    /// make the write itself conditional (`UPDATE ... WHERE <expected state>`, `INSERT ... ON
+    /// CONFLICT`) or lock the row (`SELECT ... FOR UPDATE`), and its contract check must race two
+    /// transactions on both engines.
     async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError>;
 
     /// Starts a read-only transaction (a consistent snapshot on both engines).
