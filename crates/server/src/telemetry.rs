@@ -34,14 +34,17 @@ pub fn init(log: &LogConfig, mode: Mode) {
 /// Logs panics through tracing, inside the current span (so a handler's panic carries its request
 /// id), instead of printing a bare message to stderr.
 pub fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
-        let message = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".into());
-        tracing::error!(panic.location = %location, panic.message = %message, "panic");
-    }));
+    std::panic::set_hook(Box::new(log_panic));
+}
+
+/// The panic hook's work: one error event with the message and the location.
+pub fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+    let message = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into());
+    tracing::error!(panic.location = %location, panic.message = %message, "panic");
 }

@@ -153,3 +153,55 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
     // Once the first has stopped, the data dir is free again.
     portcullis::start(&config, StartOptions::default()).await.unwrap().shutdown().await;
 }
+
+/// The last-resort handler: a panicking handler answers 500, and the panic is logged (message and
+/// location, by the hook `serve` installs) inside the request's span, so it carries the request id.
+#[tokio::test]
+async fn a_panic_is_answered_500_and_logged_with_the_request_id() {
+    use axum::routing::get;
+    use tokio::sync::watch;
+
+    init_logs();
+    // The server's hook, chained before the test harness's own so other tests' failures still print.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        portcullis::telemetry::log_panic(info);
+        previous(info);
+    }));
+    #[allow(clippy::panic, reason = "the probe exists to panic")]
+    async fn boom() -> &'static str {
+        panic!("probe panic for the last-resort handler")
+    }
+    let router = axum::Router::new().route("/boom", get(boom));
+    let router = portcullis_web::with_middleware(router, &portcullis_web::WebConfig::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = portcullis::listener::ConnectionLimits {
+        header_read_timeout: Duration::from_secs(10),
+        max_buf_size: 65536,
+        max_connections: 16,
+        shutdown_grace: Duration::from_secs(10),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let server = tokio::spawn(portcullis::listener::serve(listener, router, None, limits, stopped));
+
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/boom"))
+        .header("x-request-id", "panic-probe-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "urn:portcullis:problem:internal");
+    assert!(!body.to_string().contains("probe panic"), "{body}");
+
+    let logged = crate::support::log_lines().into_iter().any(|line| {
+        line["span"]["request_id"] == "panic-probe-1"
+            && line["panic.message"] == "probe panic for the last-resort handler"
+            && line["panic.location"].as_str().is_some_and(|l| l.contains("lifecycle.rs"))
+    });
+    assert!(logged, "the panic was not logged inside the request's span");
+    stop.send(true).unwrap();
+    server.await.unwrap();
+}
