@@ -27,3 +27,34 @@ impl From<StoreError> for AppError {
         }
     }
 }
+
+/// An error and its causes, each by `Display` only, joined with ": " (a cause whose text the
+/// previous message already ends with is skipped). `Debug` is never used: a database error's
+/// `Debug` can carry row contents (PostgreSQL's "Failing row contains (...)"), and neither logs
+/// nor operators' terminals may receive those.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_lists_each_cause_once_by_display() {
+        let io = std::io::Error::other("password authentication failed");
+        let store = StoreError::Database(Box::new(io));
+        let app = AppError::Internal(Box::new(store));
+        assert_eq!(error_chain(&app), "internal error: database error: password authentication failed");
+    }
+}

@@ -52,17 +52,7 @@ impl StartError {
     /// The error with every cause, by `Display`, for the operator: "database: database error:
     /// password authentication failed for user ...". Causes never include connection strings.
     pub fn describe(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            let cause_text = cause.to_string();
-            if !text.ends_with(&cause_text) {
-                text.push_str(": ");
-                text.push_str(&cause_text);
-            }
-            source = cause.source();
-        }
-        text
+        portcullis_app::error_chain(self)
     }
 
     /// The process exit code: 2 for configuration mistakes, 1 for everything else.

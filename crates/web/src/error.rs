@@ -1,7 +1,7 @@
 //! The web layer's error type and its one mapping from use-case errors to problem documents.
 
 use axum::response::{IntoResponse, Response};
-use portcullis_app::AppError;
+use portcullis_app::{AppError, error_chain};
 
 use crate::problem::{Problem, ProblemType};
 
@@ -29,12 +29,12 @@ impl ApiError {
             ApiError::Problem(problem) => problem,
             // 503: the client may retry; the cause (which database, which error) stays in the log.
             ApiError::App(error @ (AppError::Unavailable(_) | AppError::SchemaNotCurrent(_))) => {
-                tracing::warn!(error = %chain(&error), "request failed: unavailable");
+                tracing::warn!(error = %error_chain(&error), "request failed: unavailable");
                 Problem::new(ProblemType::UNAVAILABLE, "The service is temporarily unavailable; retry later.")
             }
             // 500: a bug; the log has the cause chain, the client has the request id.
             ApiError::App(error @ AppError::Internal(_)) => {
-                tracing::error!(error = %chain(&error), "request failed: internal error");
+                tracing::error!(error = %error_chain(&error), "request failed: internal error");
                 Problem::new(
                     ProblemType::INTERNAL,
                     "An internal error occurred; quote the request id when reporting it.",
@@ -42,19 +42,6 @@ impl ApiError {
             }
         }
     }
-}
-
-/// The error and its causes, each by `Display` only: `Debug` of a database error can carry row
-/// contents (PostgreSQL's "Failing row contains (...)" detail), which must not reach the logs.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl IntoResponse for ApiError {

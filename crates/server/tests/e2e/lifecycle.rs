@@ -7,7 +7,7 @@ use portcullis::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{init_logs, spawn_with, test_config};
+use crate::support::{init_logs, serve_probe, spawn_with, test_config};
 
 /// The real accept loop and its graceful shutdown, around a probe route that stays in its handler
 /// until the test releases it: the request is truly in flight when shutdown begins.
@@ -16,7 +16,7 @@ async fn an_in_flight_request_finishes_during_graceful_shutdown_and_new_connecti
     use std::sync::{Arc, Mutex};
 
     use axum::routing::get;
-    use tokio::sync::{oneshot, watch};
+    use tokio::sync::oneshot;
 
     init_logs();
     let (entered_tx, entered_rx) = oneshot::channel::<()>();
@@ -34,18 +34,7 @@ async fn an_in_flight_request_finishes_during_graceful_shutdown_and_new_connecti
             "finished"
         }
     };
-    let router = axum::Router::new().route("/slow", get(slow));
-    let router = portcullis_web::with_middleware(router, &portcullis_web::WebConfig::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let limits = portcullis::listener::ConnectionLimits {
-        header_read_timeout: Duration::from_secs(10),
-        max_buf_size: 65536,
-        max_connections: 16,
-        shutdown_grace: Duration::from_secs(10),
-    };
-    let (stop, stopped) = watch::channel(false);
-    let server = tokio::spawn(portcullis::listener::serve(listener, router, None, limits, stopped));
+    let (addr, stop, server) = serve_probe(axum::Router::new().route("/slow", get(slow))).await;
 
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
@@ -159,7 +148,6 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
 #[tokio::test]
 async fn a_panic_is_answered_500_and_logged_with_the_request_id() {
     use axum::routing::get;
-    use tokio::sync::watch;
 
     init_logs();
     // The server's hook, chained before the test harness's own so other tests' failures still print.
@@ -172,18 +160,7 @@ async fn a_panic_is_answered_500_and_logged_with_the_request_id() {
     async fn boom() -> &'static str {
         panic!("probe panic for the last-resort handler")
     }
-    let router = axum::Router::new().route("/boom", get(boom));
-    let router = portcullis_web::with_middleware(router, &portcullis_web::WebConfig::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let limits = portcullis::listener::ConnectionLimits {
-        header_read_timeout: Duration::from_secs(10),
-        max_buf_size: 65536,
-        max_connections: 16,
-        shutdown_grace: Duration::from_secs(10),
-    };
-    let (stop, stopped) = watch::channel(false);
-    let server = tokio::spawn(portcullis::listener::serve(listener, router, None, limits, stopped));
+    let (addr, stop, server) = serve_probe(axum::Router::new().route("/boom", get(boom))).await;
 
     let response = reqwest::Client::new()
         .get(format!("http://{addr}/boom"))

@@ -134,3 +134,24 @@ pub fn test_certificates(name: &str) -> (String, String, String) {
     let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
     (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
 }
+
+/// The real accept loop (`portcullis::listener::serve`) around probe routes behind the production
+/// middleware stack, for behaviour the real routes cannot show (a handler that waits, one that
+/// panics). Returns the address, the shutdown switch and the loop's task.
+pub async fn serve_probe(
+    routes: axum::Router,
+) -> (SocketAddr, tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    init_logs();
+    let router = portcullis_web::with_middleware(routes, &portcullis_web::WebConfig::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = portcullis::listener::ConnectionLimits {
+        header_read_timeout: std::time::Duration::from_secs(10),
+        max_buf_size: 65536,
+        max_connections: 16,
+        shutdown_grace: std::time::Duration::from_secs(10),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(portcullis::listener::serve(listener, router, None, limits, stopped));
+    (addr, stop, server)
+}
