@@ -15,7 +15,7 @@ use portcullis_store::Store;
 use secrecy::SecretSlice;
 
 pub use clock::{Clock, FixedClock, SystemClock};
-pub use error::{AppError, error_chain};
+pub use error::AppError;
 pub use readiness::{CheckState, Readiness};
 
 /// Settings the use cases need, already validated by the server's configuration loader.

@@ -52,7 +52,7 @@ impl StartError {
     /// The error with every cause, by `Display`, for the operator: "database: database error:
     /// password authentication failed for user ...". Causes never include connection strings.
     pub fn describe(&self) -> String {
-        portcullis_app::error_chain(self)
+        portcullis_domain::error_chain(self)
     }
 
     /// The process exit code: 2 for configuration mistakes, 1 for everything else.
@@ -157,7 +157,10 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         (None, Mode::Development) => {
             data_dir::development_instance_secret(&config.data_dir).map_err(data_dir_error)?.0
         }
-        (None, Mode::Production) => unreachable_missing_secret()?,
+        // `production_problems` above has already refused this; the arm keeps the match total.
+        (None, Mode::Production) => {
+            return Err(ConfigError { problems: vec!["secrets.instance_secret: missing".into()] }.into());
+        }
     };
 
     let tls = match (&config.tls.cert_file, &config.tls.key_file, options.dev_tls) {
@@ -230,12 +233,6 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         config.mode,
     );
     Ok(RunningServer { local_addr, redirect_addr, tls, app, shutdown, tasks, _data_dir_lock: data_dir_lock })
-}
-
-/// `production_problems` already refused a production start without a secret; this keeps the match
-/// total without a panic.
-fn unreachable_missing_secret() -> Result<config::Secret, StartError> {
-    Err(ConfigError { problems: vec!["secrets.instance_secret: missing".into()] }.into())
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -12,7 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
-use portcullis_domain::{InstanceId, InstanceMeta, Timestamp};
+use portcullis_domain::{InstanceId, InstanceMeta, Timestamp, error_chain};
 use portcullis_store::{Store, StoreError, StoreTx};
 
 /// Why a check failed, in words that name the step and the engine's error chain.
@@ -163,9 +163,10 @@ pub async fn a_database_migrated_by_a_newer_binary_is_refused(
     ensure(!status.is_current(), || "a database from a newer binary claims to be current".into())?;
     match migrate {
         Err(StoreError::Migration(_)) => Ok(()),
-        Err(other) => {
-            Err(Failure(format!("migrate failed, but not with StoreError::Migration: {}", chain(&other))))
-        }
+        Err(other) => Err(Failure(format!(
+            "migrate failed, but not with StoreError::Migration: {}",
+            error_chain(&other)
+        ))),
         Ok(applied) => {
             Err(Failure(format!("migrate accepted a database from a newer binary (applied {applied:?})")))
         }
@@ -369,7 +370,7 @@ pub async fn a_read_transaction_refuses_writes(store: &dyn Store) -> Outcome {
         Err(other) => {
             return Err(Failure(format!(
                 "the write failed, but not with StoreError::Database: {}",
-                chain(&other)
+                error_chain(&other)
             )));
         }
         Ok(()) => return Err(Failure("a read transaction accepted an insert".into())),
@@ -450,9 +451,10 @@ fn ensure_eq<T: PartialEq + fmt::Debug>(what: &str, actual: &T, expected: &T) ->
 fn ensure_conflict(what: &str, result: Result<(), StoreError>, entity: &str) -> Outcome {
     match result {
         Err(StoreError::Conflict { entity: e }) if e == entity => Ok(()),
-        Err(other) => {
-            Err(Failure(format!("{what}: expected Conflict {{ entity: {entity:?} }}, got {}", chain(&other))))
-        }
+        Err(other) => Err(Failure(format!(
+            "{what}: expected Conflict {{ entity: {entity:?} }}, got {}",
+            error_chain(&other)
+        ))),
         Ok(()) => Err(Failure(format!("{what}: expected Conflict {{ entity: {entity:?} }}, got Ok"))),
     }
 }
@@ -460,7 +462,7 @@ fn ensure_conflict(what: &str, result: Result<(), StoreError>, entity: &str) -> 
 fn ensure_unavailable(what: &str, result: Result<(), StoreError>) -> Outcome {
     match result {
         Err(StoreError::Unavailable(_)) => Ok(()),
-        Err(other) => Err(Failure(format!("{what}: expected Unavailable, got {}", chain(&other)))),
+        Err(other) => Err(Failure(format!("{what}: expected Unavailable, got {}", error_chain(&other)))),
         Ok(()) => Err(Failure(format!("{what}: expected Unavailable, got Ok"))),
     }
 }
@@ -473,22 +475,6 @@ trait Step<T> {
 
 impl<T> Step<T> for Result<T, StoreError> {
     fn step(self, what: &str) -> Result<T, Failure> {
-        self.map_err(|e| Failure(format!("{what}: {}", chain(&e))))
+        self.map_err(|e| Failure(format!("{what}: {}", error_chain(&e))))
     }
-}
-
-/// "outer: cause: root cause".
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // sqlx repeats its source's message in its own; say it once.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -1,7 +1,8 @@
 //! The web layer's error type and its one mapping from use-case errors to problem documents.
 
 use axum::response::{IntoResponse, Response};
-use portcullis_app::{AppError, error_chain};
+use portcullis_app::AppError;
+use portcullis_domain::error_chain;
 
 use crate::problem::{Problem, ProblemType};
 
@@ -28,7 +29,7 @@ impl ApiError {
         match self {
             ApiError::Problem(problem) => problem,
             // 503: the client may retry; the cause (which database, which error) stays in the log.
-            ApiError::App(error @ (AppError::Unavailable(_) | AppError::SchemaNotCurrent(_))) => {
+            ApiError::App(error @ AppError::Unavailable(_)) => {
                 tracing::warn!(error = %error_chain(&error), "request failed: unavailable");
                 Problem::new(ProblemType::UNAVAILABLE, "The service is temporarily unavailable; retry later.")
             }
