@@ -2,10 +2,65 @@
 
 use portcullis_store::StoreError;
 
+/// One invalid input field: where it is (a JSON pointer into the request) and which rule it broke,
+/// in words that never repeat the submitted value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldIssue {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FieldIssue {
+    /// An issue with `field` (a JSON pointer such as `/password`).
+    pub fn new(field: &'static str, message: impl std::fmt::Display) -> Self {
+        Self { field, message: message.to_string() }
+    }
+}
+
 /// Why a use case did not complete. The web layer maps each variant to one HTTP problem type
 /// (crates/web/src/error.rs); the CLI maps them to exit codes.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// Input broke a rule; every broken field is listed. HTTP 422.
+    #[error("invalid input")]
+    Validation(Vec<FieldIssue>),
+
+    /// A login failed. One variant, one message, whatever the reason (unknown account, wrong
+    /// password, disabled account), so failures do not reveal which accounts exist (ASVS 6.3.8).
+    /// HTTP 401.
+    #[error("invalid email or password")]
+    InvalidCredentials,
+
+    /// No valid credential came with the request (missing, malformed, expired, revoked). HTTP 401.
+    #[error("authentication required")]
+    Unauthenticated,
+
+    /// The password is right but the address is not yet verified and configuration requires it.
+    /// HTTP 403.
+    #[error("email address not verified")]
+    EmailNotVerified,
+
+    /// The caller is authenticated but may not do this (includes failed CSRF checks). HTTP 403.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+
+    /// A single-use link or token is unknown, spent, expired or meant for something else. HTTP 400.
+    #[error("invalid or expired token")]
+    InvalidToken,
+
+    /// Signing up is closed or invite-only and no valid invite came with the request. HTTP 403.
+    #[error("signup is not open")]
+    SignupNotAllowed,
+
+    /// The thing does not exist, or belongs to someone else (the two look the same). HTTP 404.
+    #[error("not found")]
+    NotFound,
+
+    /// The server is at capacity for expensive work (password hashing); retry after the given
+    /// seconds. HTTP 503 with `Retry-After`.
+    #[error("overloaded; retry in {retry_after_secs} s")]
+    Overloaded { retry_after_secs: u32 },
+
     /// A dependency (database) is unavailable right now; the caller may retry. HTTP 503.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] StoreError),
@@ -13,6 +68,13 @@ pub enum AppError {
     /// Anything else: a bug or a broken invariant. HTTP 500 with no detail.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl AppError {
+    /// A validation error about one field.
+    pub fn invalid(field: &'static str, message: impl std::fmt::Display) -> Self {
+        AppError::Validation(vec![FieldIssue::new(field, message)])
+    }
 }
 
 impl From<StoreError> for AppError {

@@ -48,31 +48,16 @@ impl App {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use portcullis_domain::Timestamp;
-    use portcullis_store::Store;
-    use portcullis_store_sqlite::SqliteStore;
-    use secrecy::SecretSlice;
 
-    use crate::{App, AppSettings, FixedClock};
-
-    async fn app() -> App {
-        let store = SqliteStore::open_in_memory().await.unwrap();
-        store.migrate().await.unwrap();
-        App::new(
-            Arc::new(store),
-            Arc::new(FixedClock::new(Timestamp::from_unix_millis(1_700_000_000_000))),
-            AppSettings { instance_secret: SecretSlice::from(vec![0u8; 32]), version: "test" },
-        )
-    }
+    use crate::testing;
 
     #[tokio::test]
     async fn the_first_bootstrap_creates_the_identity_and_later_ones_keep_it() {
-        let app = app().await;
+        let app = testing::app().await.app;
         assert_eq!(app.instance().await.unwrap(), None);
         let first = app.bootstrap_instance().await.unwrap();
-        assert_eq!(first.created_at, Timestamp::from_unix_millis(1_700_000_000_000));
+        assert_eq!(first.created_at, Timestamp::from_unix_millis(testing::START));
         assert_eq!(first.created_by_version, "test");
         let second = app.bootstrap_instance().await.unwrap();
         assert_eq!(first, second);

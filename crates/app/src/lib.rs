@@ -4,28 +4,94 @@
 //! storage goes through the `store` traits. Time comes from a [`Clock`], so rules are testable with
 //! a fixed clock.
 
+mod accounts;
 mod clock;
+mod csrf;
 mod error;
 mod instance;
+mod keys;
+pub mod mail;
+mod passwords;
 mod readiness;
+mod secret_token;
+mod sessions;
+#[cfg(test)]
+mod testing;
+mod tokens;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use portcullis_domain::{PasswordPolicy, SessionLifetimes};
 use portcullis_store::Store;
 use secrecy::SecretSlice;
 
+pub use accounts::{Profile, SignupPolicy, SignupRequest};
 pub use clock::{Clock, FixedClock, SystemClock};
-pub use error::AppError;
+pub use error::{AppError, FieldIssue};
+pub use passwords::{BCRYPT_MAX_BYTES, HashAlgorithm, HashPoolSize, PasswordHasher, Verified};
 pub use readiness::{CheckState, Readiness};
+pub use secret_token::SecretToken;
+pub use sessions::{
+    ClientContext, IssuedCredentials, LoginMode, LoginOutcome, Principal, REVOCATION_SYNC_SECS,
+    SessionSummary, SessionTransport,
+};
+pub use tokens::{AccessClaims, SigningAlgorithm, TokenSettings};
+
+use crate::csrf::CsrfKey;
+use crate::mail::Mailer;
+use crate::tokens::{Keyring, VerifiedTokens, WrappingKey};
+
+/// Account rules chosen by configuration.
+#[derive(Debug, Clone)]
+pub struct AccountSettings {
+    pub signup: SignupPolicy,
+    /// Whether an account must verify its email address before it may log in.
+    pub require_verified_email: bool,
+    pub password_policy: PasswordPolicy,
+    pub sessions: SessionLifetimes,
+    /// The externally visible base URL (`https://id.example.com`), for links in emails.
+    pub public_url: String,
+}
 
 /// Settings the use cases need, already validated by the server's configuration loader.
 #[derive(Debug)]
 pub struct AppSettings {
-    /// The per-installation secret that keys derived secrets (CSRF tokens, HMACs of bearer secrets in
-    /// later issues). At least 32 bytes; never logged.
+    /// The per-installation secret that keys derived secrets (CSRF tokens, the seal on signing keys).
+    /// At least 32 bytes; never logged.
     pub instance_secret: SecretSlice<u8>,
     /// The version string recorded in the instance metadata.
     pub version: &'static str,
+    pub accounts: AccountSettings,
+    pub tokens: TokenSettings,
+    pub password_hash: HashAlgorithm,
+    pub hash_pool: HashPoolSize,
+}
+
+impl AppSettings {
+    /// Production defaults around an instance secret and public URL.
+    pub fn new(instance_secret: SecretSlice<u8>, version: &'static str, public_url: &str) -> Self {
+        let public_url = public_url.trim_end_matches('/').to_owned();
+        Self {
+            instance_secret,
+            version,
+            accounts: AccountSettings {
+                signup: SignupPolicy::Closed,
+                require_verified_email: true,
+                password_policy: PasswordPolicy::default(),
+                sessions: SessionLifetimes::default(),
+                public_url: public_url.clone(),
+            },
+            tokens: TokenSettings {
+                issuer: public_url,
+                audience: "portcullis".to_owned(),
+                algorithm: SigningAlgorithm::EdDsa,
+                access_ttl_secs: 15 * 60,
+                leeway_secs: 30,
+            },
+            password_hash: HashAlgorithm::default(),
+            hash_pool: HashPoolSize::for_this_machine(),
+        }
+    }
 }
 
 /// The façade every caller (HTTP handlers, the CLI, background jobs) goes through.
@@ -39,12 +105,42 @@ struct Inner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     settings: AppSettings,
+    mailer: Arc<dyn Mailer>,
+    hasher: PasswordHasher,
+    csrf: CsrfKey,
+    wrapping_key: WrappingKey,
+    /// Replaced whole when keys load or change; readers clone the `Arc` and never wait on a writer.
+    keyring: RwLock<Arc<Keyring>>,
+    verified_tokens: VerifiedTokens,
+    revoked: sessions::RevokedSessions,
 }
 
 impl App {
-    /// Wires the use cases to a store and a clock.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: AppSettings) -> Self {
-        Self { inner: Arc::new(Inner { store, clock, settings }) }
+    /// Wires the use cases to a store, a clock and a mailer. Computes the dummy password hash (one
+    /// hash's worth of CPU); signing keys load in [`App::bootstrap_instance`].
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        settings: AppSettings,
+        mailer: Arc<dyn Mailer>,
+    ) -> Result<Self, AppError> {
+        let hasher = PasswordHasher::new(settings.password_hash, settings.hash_pool)?;
+        let csrf = CsrfKey::derive(&settings.instance_secret)?;
+        let wrapping_key = WrappingKey::derive(&settings.instance_secret)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                settings,
+                mailer,
+                hasher,
+                csrf,
+                wrapping_key,
+                keyring: RwLock::new(Arc::new(Keyring::empty())),
+                verified_tokens: VerifiedTokens::default(),
+                revoked: sessions::RevokedSessions::default(),
+            }),
+        })
     }
 
     /// The store, for operational commands (migrations) that the CLI runs.
@@ -59,5 +155,13 @@ impl App {
 
     fn now(&self) -> portcullis_domain::Timestamp {
         self.inner.clock.now()
+    }
+
+    fn keyring(&self) -> Arc<Keyring> {
+        match self.inner.keyring.read() {
+            Ok(guard) => guard.clone(),
+            // A writer panicked mid-swap; the Arc inside is still whole.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Readiness: whether this node should receive traffic (database answers, schema current).
+//! Readiness: whether this node should receive traffic (database answers, schema current, a token
+//! signing key loaded).
 
 use crate::App;
 
@@ -17,12 +18,13 @@ pub enum CheckState {
 pub struct Readiness {
     pub database: CheckState,
     pub migrations: CheckState,
+    pub keys: CheckState,
 }
 
 impl Readiness {
     /// True when every check passed.
     pub fn is_ready(&self) -> bool {
-        self.database == CheckState::Ok && self.migrations == CheckState::Ok
+        self.database == CheckState::Ok && self.migrations == CheckState::Ok && self.keys == CheckState::Ok
     }
 }
 
@@ -35,6 +37,7 @@ impl App {
             return Readiness {
                 database: CheckState::Failed("database unavailable".into()),
                 migrations: CheckState::Failed("not checked".into()),
+                keys: self.keys_state(),
             };
         }
         let migrations = match store.migration_status().await {
@@ -49,50 +52,49 @@ impl App {
                 CheckState::Failed("migration status unavailable".into())
             }
         };
-        Readiness { database: CheckState::Ok, migrations }
+        Readiness { database: CheckState::Ok, migrations, keys: self.keys_state() }
+    }
+
+    fn keys_state(&self) -> CheckState {
+        if self.can_sign_tokens() {
+            CheckState::Ok
+        } else {
+            CheckState::Failed("no token signing key is loaded".into())
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use portcullis_store::Store;
     use portcullis_store_sqlite::SqliteStore;
-    use secrecy::SecretSlice;
 
     use super::*;
-    use crate::{AppSettings, SystemClock};
-
-    fn app_on(store: SqliteStore) -> App {
-        App::new(
-            Arc::new(store),
-            Arc::new(SystemClock),
-            AppSettings { instance_secret: SecretSlice::from(vec![0u8; 32]), version: "test" },
-        )
-    }
+    use crate::testing;
 
     #[tokio::test]
     async fn an_unmigrated_database_is_not_ready_and_says_why() {
-        let app = app_on(SqliteStore::open_in_memory().await.unwrap());
+        let app = testing::app_on(SqliteStore::open_in_memory().await.unwrap()).app;
         let readiness = app.readiness().await;
         assert!(!readiness.is_ready());
         assert_eq!(readiness.database, CheckState::Ok);
-        assert_eq!(readiness.migrations, CheckState::Failed("1 migration(s) pending".into()));
+        assert_eq!(readiness.migrations, CheckState::Failed("2 migration(s) pending".into()));
+        assert_eq!(readiness.keys, CheckState::Failed("no token signing key is loaded".into()));
     }
 
     #[tokio::test]
-    async fn a_migrated_database_is_ready() {
+    async fn a_migrated_database_with_keys_loaded_is_ready() {
         let store = SqliteStore::open_in_memory().await.unwrap();
         store.migrate().await.unwrap();
-        assert!(app_on(store).readiness().await.is_ready());
+        let app = testing::app_on(store).app;
+        assert!(!app.readiness().await.is_ready(), "no signing key yet");
+        app.load_signing_keys().await.unwrap();
+        assert!(app.readiness().await.is_ready());
     }
 
     #[tokio::test]
     async fn a_closed_database_is_not_ready() {
-        let store = SqliteStore::open_in_memory().await.unwrap();
-        store.migrate().await.unwrap();
-        let app = app_on(store);
+        let app = testing::app().await.app;
         app.shutdown().await;
         let readiness = app.readiness().await;
         assert_eq!(readiness.database, CheckState::Failed("database unavailable".into()));

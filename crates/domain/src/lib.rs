@@ -3,12 +3,28 @@
 //! Everything here is deterministic: time arrives as a [`Timestamp`] argument, randomness as bytes
 //! from the caller, so every rule can be tested with fixed inputs.
 
+pub mod account;
+pub mod display_name;
+pub mod email;
 pub mod error_chain;
+pub mod ids;
 pub mod instance;
+pub mod password_policy;
 pub mod request_id;
+pub mod security_event;
+pub mod session;
 pub mod time;
+pub mod token;
 
+pub use account::{BuiltinRole, User, UserStatus};
+pub use display_name::{DisplayName, DisplayNameError};
+pub use email::{Email, EmailError};
 pub use error_chain::error_chain;
+pub use ids::{InvalidId, SessionId, UserId};
 pub use instance::{InstanceId, InstanceMeta};
+pub use password_policy::{PasswordPolicy, PasswordRule, normalize_password};
 pub use request_id::{RequestId, RequestIdError};
+pub use security_event::{SecurityEvent, SecurityEventKind};
+pub use session::{RevokeReason, Session, SessionKind, SessionLifetimes};
 pub use time::Timestamp;
+pub use token::{OneTimePurpose, OneTimeToken, TokenHash};

@@ -1,4 +1,4 @@
-//! The command line: `portcullis serve | migrate | config check | version`.
+//! The command line: `portcullis serve | migrate | users create | config check | version`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +43,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply pending database migrations and exit.
     Migrate(MigrateArgs),
+    /// Manage accounts.
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -63,6 +66,26 @@ pub struct MigrateArgs {
     /// Only report applied and pending migrations; change nothing.
     #[arg(long)]
     pub status: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create an account (its address counts as verified). The password is read from a prompt, or
+    /// from the first line of standard input when it is not a terminal; never from the command line.
+    Create(CreateUserArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CreateUserArgs {
+    /// The account's email address.
+    #[arg(long)]
+    pub email: String,
+    /// The account's display name.
+    #[arg(long)]
+    pub display_name: Option<String>,
+    /// The built-in role: owner, admin, auditor or member.
+    #[arg(long, default_value = "member")]
+    pub role: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -20,11 +20,18 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::cli::GlobalArgs;
 
+mod accounts;
+
+pub use accounts::{
+    AccountsConfig, EmailConfig, EmailTransport, PasswordAlgorithmName, PasswordConfig, SignupPolicyName,
+    SmtpSecurityName, TokenAlgorithm, TokensConfig,
+};
+
 /// The environment prefix of every configuration variable.
 pub const ENV_PREFIX: &str = "PORTCULLIS_";
 
 /// Keys that hold secrets: readable from `*_FILE` variables, never printed.
-pub const SECRET_KEYS: &[&str] = &["secrets.instance_secret", "database.url"];
+pub const SECRET_KEYS: &[&str] = &["secrets.instance_secret", "database.url", "email.smtp_password"];
 
 /// Secret values printed in config/example.toml and the docs. A production server refuses them:
 /// a secret that is published is not a secret.
@@ -100,6 +107,10 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub secrets: SecretsConfig,
     pub log: LogConfig,
+    pub accounts: AccountsConfig,
+    pub password: PasswordConfig,
+    pub tokens: TokensConfig,
+    pub email: EmailConfig,
     /// Files that secrets were read from (for the permission checks); not a configuration key.
     #[serde(skip)]
     pub secret_files: Vec<(String, PathBuf)>,
@@ -119,6 +130,10 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             secrets: SecretsConfig::default(),
             log: LogConfig::default(),
+            accounts: AccountsConfig::default(),
+            password: PasswordConfig::default(),
+            tokens: TokensConfig::default(),
+            email: EmailConfig::default(),
             secret_files: Vec::new(),
             config_file: None,
         }
@@ -140,6 +155,9 @@ pub struct HttpConfig {
     pub shutdown_grace_secs: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_host: Option<String>,
+    /// The externally visible base URL: the access tokens' issuer and the base of emailed links.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -156,6 +174,7 @@ impl Default for HttpConfig {
             header_read_timeout_secs: 10,
             shutdown_grace_secs: 20,
             public_host: None,
+            public_url: None,
         }
     }
 }
@@ -525,6 +544,7 @@ impl Config {
         if self.database.max_connections == 0 {
             problems.push("database.max_connections: must be at least 1".into());
         }
+        problems.extend(self.account_problems());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {e} (use a level such as info, debug, or a filter like portcullis=debug,info)"
@@ -554,6 +574,12 @@ impl Config {
         }
         if let Some(problem) = self.postgres_tls_problem() {
             problems.push(problem);
+        }
+        problems.extend(self.account_production_problems());
+        if let Some(secret) = &self.email.smtp_password {
+            problems.extend(
+                secret_problem("email.smtp_password", secret.expose()).filter(|p| p.contains("example")),
+            );
         }
         if self.cors.allowed_origins.iter().any(|o| o == "*") && self.cors.allow_credentials {
             problems.push("cors.allowed_origins: \"*\" with cors.allow_credentials = true lets any site act as the user".into());
@@ -868,8 +894,14 @@ mod tests {
         assert!(!err.to_string().contains("pw-canary"));
     }
 
+    /// Production mode with the account settings production needs, so each test sees only the
+    /// problems it is about.
     fn production(extra: &[(&str, &str)]) -> Config {
-        let mut pairs = vec![("PORTCULLIS_MODE", "production")];
+        let mut pairs = vec![
+            ("PORTCULLIS_MODE", "production"),
+            ("PORTCULLIS_HTTP__PUBLIC_URL", "https://id.example.com"),
+            ("PORTCULLIS_EMAIL__SMTP_HOST", "smtp.example.com"),
+        ];
         pairs.extend_from_slice(extra);
         load_from(&GlobalArgs::default(), env(&pairs)).unwrap()
     }
@@ -915,6 +947,8 @@ mod tests {
             &GlobalArgs { data_dir: Some(dir.path().into()), ..Default::default() },
             env(&[
                 ("PORTCULLIS_MODE", "production"),
+                ("PORTCULLIS_HTTP__PUBLIC_URL", "https://id.example.com"),
+                ("PORTCULLIS_EMAIL__SMTP_HOST", "smtp.example.com"),
                 ("PORTCULLIS_HTTP__TRUSTED_PROXIES", "[\"10.0.0.1/32\"]"),
                 ("PORTCULLIS_SECRETS__INSTANCE_SECRET_FILE", secret.to_str().unwrap()),
             ]),

@@ -46,6 +46,8 @@ pub enum StartError {
     App(#[from] portcullis_app::AppError),
     #[error("cannot install signal handlers: {source}")]
     Signals { source: std::io::Error },
+    #[error("cannot read the password: {source}")]
+    Input { source: std::io::Error },
 }
 
 impl StartError {
@@ -121,6 +123,47 @@ impl RunningServer {
     }
 }
 
+/// The instance secret: configured, or in development generated once into the data dir.
+fn instance_secret(config: &Config) -> Result<config::Secret, StartError> {
+    let data_dir_error = |source| StartError::DataDir { path: config.data_dir.display().to_string(), source };
+    match (&config.secrets.instance_secret, config.mode) {
+        (Some(secret), _) => Ok(secret.clone()),
+        (None, Mode::Development) => {
+            Ok(data_dir::development_instance_secret(&config.data_dir).map_err(data_dir_error)?.0)
+        }
+        // `production_problems` has already refused this; the arm keeps the match total.
+        (None, Mode::Production) => {
+            Err(ConfigError { problems: vec!["secrets.instance_secret: missing".into()] }.into())
+        }
+    }
+}
+
+/// The use cases for a one-off command (`portcullis users create`): the same settings as `serve`,
+/// against a database whose schema must already be current.
+pub async fn open_app(config: &Config) -> Result<App, StartError> {
+    let data_dir_error = |source| StartError::DataDir { path: config.data_dir.display().to_string(), source };
+    if let Some(warning) = data_dir::prepare(&config.data_dir).map_err(data_dir_error)? {
+        tracing::warn!("{warning}");
+    }
+    let instance_secret = instance_secret(config)?;
+    let store = open_store(config).await?;
+    if !store.migration_status().await?.is_current() {
+        store.close().await;
+        return Err(ConfigError {
+            problems: vec!["database: the schema is not current; run `portcullis migrate` first".into()],
+        }
+        .into());
+    }
+    let mut settings = AppSettings::new(
+        SecretSlice::from(instance_secret.expose().as_bytes().to_vec()),
+        VERSION,
+        &config.public_url(config.tls.cert_file.is_some(), config.http.listen),
+    );
+    config.apply_account_settings(&mut settings);
+    let mailer = config.mailer().map_err(|e| ConfigError { problems: vec![e] })?;
+    Ok(App::new(store, Arc::new(SystemClock), settings, mailer)?)
+}
+
 /// Opens the database the configuration selects.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     match config.database_target().map_err(|e| ConfigError { problems: vec![e] })? {
@@ -152,16 +195,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         tracing::warn!("{warning}");
     }
     let data_dir_lock = data_dir::lock(&config.data_dir).map_err(data_dir_error)?;
-    let instance_secret = match (&config.secrets.instance_secret, config.mode) {
-        (Some(secret), _) => secret.clone(),
-        (None, Mode::Development) => {
-            data_dir::development_instance_secret(&config.data_dir).map_err(data_dir_error)?.0
-        }
-        // `production_problems` above has already refused this; the arm keeps the match total.
-        (None, Mode::Production) => {
-            return Err(ConfigError { problems: vec!["secrets.instance_secret: missing".into()] }.into());
-        }
-    };
+    let instance_secret = instance_secret(config)?;
 
     let tls = match (&config.tls.cert_file, &config.tls.key_file, options.dev_tls) {
         (Some(cert), Some(key), _) => Some(Arc::new(TlsReloader::load(cert, key)?)),
@@ -179,16 +213,36 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
             tracing::debug!(?applied, "applied database migrations");
         }
     }
-    let app = App::new(
-        store.clone(),
-        Arc::new(SystemClock),
-        AppSettings {
-            instance_secret: SecretSlice::from(instance_secret.expose().as_bytes().to_vec()),
-            version: VERSION,
-        },
+    // Bound before the app is built: in development the public URL (token issuer, links in emails)
+    // is the address actually bound, which port 0 only reveals now.
+    let listener = bind(config.http.listen).await?;
+    let local_addr =
+        listener.local_addr().map_err(|source| StartError::Bind { addr: config.http.listen, source })?;
+    let mut settings = AppSettings::new(
+        SecretSlice::from(instance_secret.expose().as_bytes().to_vec()),
+        VERSION,
+        &config.public_url(tls.is_some(), local_addr),
     );
+    config.apply_account_settings(&mut settings);
+    let mailer = config.mailer().map_err(|e| ConfigError { problems: vec![e] })?;
+    let app = App::new(store.clone(), Arc::new(SystemClock), settings, mailer)?;
+    let (shutdown, receiver) = watch::channel(false);
+    let mut tasks = Vec::new();
     if store.migration_status().await?.is_current() {
         app.bootstrap_instance().await?;
+        app.load_signing_keys().await?;
+        app.sync_revocations().await?;
+        tasks.push(tokio::spawn(sync_revocations(app.clone(), receiver.clone())));
+        if let Some(token) = app.issue_setup_token().await? {
+            // The one secret ever logged, on purpose: it is how the operator of a fresh installation
+            // with no accounts creates the first owner. Single use, valid one hour, useless once any
+            // account exists.
+            tracing::warn!(
+                setup_token = token.expose(),
+                "no accounts exist yet: create the first owner with POST /v1/auth/setup and this setup \
+                 token (valid 1 hour, single use), or run `portcullis users create --role owner`"
+            );
+        }
     } else {
         tracing::warn!(
             "database schema is not current; /readyz reports not ready until `portcullis migrate` runs"
@@ -196,7 +250,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
     }
 
     let web = config.web();
-    let router = portcullis_web::router(portcullis_web::AppState { app: app.clone() }, &web)
+    let router = portcullis_web::router(portcullis_web::AppState::new(app.clone()), &web)
         .map_err(|e| ConfigError { problems: vec![e.to_string()] })?;
     let limits = ConnectionLimits {
         header_read_timeout: Duration::from_secs(config.http.header_read_timeout_secs),
@@ -204,13 +258,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         max_connections: config.http.max_connections,
         shutdown_grace: Duration::from_secs(config.http.shutdown_grace_secs),
     };
-    let (shutdown, receiver) = watch::channel(false);
-
-    let listener = bind(config.http.listen).await?;
-    let local_addr =
-        listener.local_addr().map_err(|source| StartError::Bind { addr: config.http.listen, source })?;
-    let mut tasks =
-        vec![tokio::spawn(listener::serve(listener, router, tls.clone(), limits, receiver.clone()))];
+    tasks.push(tokio::spawn(listener::serve(listener, router, tls.clone(), limits, receiver.clone())));
 
     let mut redirect_addr = None;
     if let (Some(addr), Some(_)) = (config.tls.redirect_listen, &tls) {
@@ -233,6 +281,23 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         config.mode,
     );
     Ok(RunningServer { local_addr, redirect_addr, tls, app, shutdown, tasks, _data_dir_lock: data_dir_lock })
+}
+
+/// Picks up sessions revoked by other nodes until shutdown, so their access tokens stop working here
+/// within [`portcullis_app::REVOCATION_SYNC_SECS`].
+async fn sync_revocations(app: App, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(portcullis_app::REVOCATION_SYNC_SECS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if let Err(error) = app.sync_revocations().await {
+                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "revocation sync failed");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

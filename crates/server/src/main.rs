@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use portcullis::cli::{Cli, Command, ConfigCommand, MigrateArgs, ServeArgs};
+use portcullis::cli::{Cli, Command, ConfigCommand, CreateUserArgs, MigrateArgs, ServeArgs, UsersCommand};
 use portcullis::config::{self, Config};
 use portcullis::{StartError, StartOptions, VERSION, telemetry};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check(args)) => config_check(&config, args.dev_tls),
         Command::Serve(args) => run_async(serve(config, args)),
         Command::Migrate(args) => run_async(migrate(config, args)),
+        Command::Users(UsersCommand::Create(args)) => run_async(create_user(config, args)),
         Command::Version => ExitCode::SUCCESS,
     }
 }
@@ -149,4 +150,48 @@ async fn migrate(config: Config, args: MigrateArgs) -> Result<(), StartError> {
     }
     store.close().await;
     Ok(())
+}
+
+/// `users create`: make an account from the command line, reading its password without echo.
+async fn create_user(config: Config, args: CreateUserArgs) -> Result<(), StartError> {
+    telemetry::init(&config.log, config.mode);
+    let role = portcullis_domain::BuiltinRole::parse(&args.role).ok_or_else(|| {
+        StartError::Config(config::ConfigError {
+            problems: vec!["--role: must be one of owner, admin, auditor, member".into()],
+        })
+    })?;
+    let password = read_password().map_err(|source| StartError::Input { source })?;
+    let app = portcullis::open_app(&config).await?;
+    let result = app.create_user_as_operator(&args.email, args.display_name.as_deref(), password, role).await;
+    app.shutdown().await;
+    let profile = result.map_err(|error| match error {
+        // Which field broke which rule, named as the flag the operator typed.
+        portcullis_app::AppError::Validation(issues) => StartError::Config(config::ConfigError {
+            problems: issues
+                .into_iter()
+                .map(|i| format!("{}: {}", i.field.trim_start_matches('/').replace('_', "-"), i.message))
+                .collect(),
+        }),
+        other => StartError::from(other),
+    })?;
+    println!("created {} ({}) with role {}", profile.email, profile.id, profile.role.as_str());
+    Ok(())
+}
+
+/// The new account's password: prompted twice on a terminal, else the first line of standard input.
+fn read_password() -> std::io::Result<secrecy::SecretString> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let second = rpassword::prompt_password("Repeat it: ")?;
+        if first != second {
+            return Err(std::io::Error::other("the two passwords differ"));
+        }
+        return Ok(secrecy::SecretString::from(first));
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    Ok(secrecy::SecretString::from(password.to_owned()))
 }

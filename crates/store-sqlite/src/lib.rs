@@ -5,7 +5,11 @@
 //! that read concurrently thanks to WAL. `synchronous=FULL` so that a transaction reported committed
 //! survives power loss, not only a process crash.
 
+mod accounts;
 mod instance;
+mod keys;
+mod security_events;
+mod sessions;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -228,6 +232,11 @@ impl StoreTx for SqliteTx {
 fn status_of(migrator: &Migrator, applied: Vec<i64>) -> MigrationStatus {
     let known = migrator.iter().filter(|m| m.migration_type.is_up_migration()).map(|m| m.version);
     MigrationStatus::compare(known, applied)
+}
+
+/// Stored data that does not parse back into its domain type; `what` names the column and the fault.
+pub(crate) fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.into())
 }
 
 /// Classifies an engine error at the storage edge (CONVENTIONS.md, "Errors").

@@ -4,13 +4,21 @@
 //! their own dialect, and `store-tests` holds the contract suite that both must pass, so the two cannot
 //! drift apart unnoticed.
 
+mod accounts;
 mod error;
 mod instance;
+mod keys;
+mod security_events;
+mod sessions;
 
 use async_trait::async_trait;
 
+pub use accounts::AccountStore;
 pub use error::StoreError;
 pub use instance::InstanceStore;
+pub use keys::{KeyStore, StoredSigningKey};
+pub use security_events::SecurityEventStore;
+pub use sessions::{RefreshSpend, SessionStore};
 
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +113,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// must roll it back (or drop it) and, if they want to read on, start a new one. Implementations
 /// refuse to commit a transaction in which an operation failed, so both engines behave alike.
 #[async_trait]
-pub trait StoreTx: InstanceStore + Send {
+pub trait StoreTx:
+    InstanceStore + AccountStore + SessionStore + KeyStore + SecurityEventStore + Send
+{
     /// Makes every change in the transaction durable.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 

@@ -1,15 +1,19 @@
 //! The web layer's error type and its one mapping from use-case errors to problem documents.
 
 use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, header};
 use portcullis_app::AppError;
 use portcullis_domain::error_chain;
 
-use crate::problem::{Problem, ProblemType};
+use crate::problem::{FieldError, Problem, ProblemType};
+
+/// The `WWW-Authenticate` challenge of 401 answers (RFC 6750 section 3).
+const BEARER_CHALLENGE: &str = r#"Bearer realm="portcullis""#;
 
 /// An error a handler returns. Each variant documents its HTTP mapping.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// A use case failed; mapped by [`ApiError::problem`].
+    /// A use case failed; mapped by [`ApiError::into_response`].
     #[error(transparent)]
     App(#[from] AppError),
     /// The request itself is wrong; already a problem the client may see.
@@ -24,29 +28,84 @@ impl From<Problem> for ApiError {
 }
 
 impl ApiError {
-    /// What the client sees. Internal causes are logged here, never sent (CONVENTIONS.md, "Errors").
-    pub fn problem(self) -> Problem {
-        match self {
-            ApiError::Problem(problem) => problem,
+    /// What the client sees, and any header the problem needs. Internal causes are logged here, never
+    /// sent (CONVENTIONS.md, "Errors").
+    fn problem(self) -> (Problem, Option<(header::HeaderName, HeaderValue)>) {
+        let error = match self {
+            ApiError::Problem(problem) => return (problem, None),
+            ApiError::App(error) => error,
+        };
+        let problem = match error {
+            // 422 with one entry per broken field; messages name the rule, never the value.
+            AppError::Validation(issues) => Problem::validation(
+                issues
+                    .into_iter()
+                    .map(|i| FieldError { field: i.field.to_owned(), message: i.message })
+                    .collect(),
+            ),
+            // 401, one type and one message for every way a login can fail (ASVS 6.3.8).
+            AppError::InvalidCredentials => {
+                Problem::new(ProblemType::INVALID_CREDENTIALS, "The email or password is wrong.")
+            }
+            // 401 with a Bearer challenge (RFC 6750 section 3).
+            AppError::Unauthenticated => {
+                let problem =
+                    Problem::new(ProblemType::UNAUTHORIZED, "A valid access token or session is required.");
+                return (
+                    problem,
+                    Some((header::WWW_AUTHENTICATE, HeaderValue::from_static(BEARER_CHALLENGE))),
+                );
+            }
+            // 403: the password was right, so saying why is no enumeration.
+            AppError::EmailNotVerified => Problem::new(
+                ProblemType::EMAIL_NOT_VERIFIED,
+                "Confirm your email address with the link sent to it, then log in.",
+            ),
+            AppError::Forbidden(reason) if reason.contains("CSRF") => {
+                Problem::new(ProblemType::CSRF_REJECTED, reason)
+            }
+            // 403 with the reason, which names the missing right and nothing else.
+            AppError::Forbidden(reason) => Problem::new(ProblemType::FORBIDDEN, reason),
+            // 400: unknown, spent, expired or for another purpose all look alike.
+            AppError::InvalidToken => {
+                Problem::new(ProblemType::INVALID_TOKEN, "The link or token is invalid, used or expired.")
+            }
+            AppError::SignupNotAllowed => Problem::new(
+                ProblemType::SIGNUP_NOT_ALLOWED,
+                "Accounts are created by invitation or by an administrator.",
+            ),
+            AppError::NotFound => Problem::new(ProblemType::NOT_FOUND, "No such resource."),
+            // 503 + Retry-After: shed at once rather than queue without bound.
+            AppError::Overloaded { retry_after_secs } => {
+                let problem = Problem::new(ProblemType::UNAVAILABLE, "The server is busy; retry shortly.");
+                let value = HeaderValue::from(retry_after_secs);
+                return (problem, Some((header::RETRY_AFTER, value)));
+            }
             // 503: the client may retry; the cause (which database, which error) stays in the log.
-            ApiError::App(error @ AppError::Unavailable(_)) => {
+            error @ AppError::Unavailable(_) => {
                 tracing::warn!(error = %error_chain(&error), "request failed: unavailable");
                 Problem::new(ProblemType::UNAVAILABLE, "The service is temporarily unavailable; retry later.")
             }
             // 500: a bug; the log has the cause chain, the client has the request id.
-            ApiError::App(error @ AppError::Internal(_)) => {
+            error @ AppError::Internal(_) => {
                 tracing::error!(error = %error_chain(&error), "request failed: internal error");
                 Problem::new(
                     ProblemType::INTERNAL,
                     "An internal error occurred; quote the request id when reporting it.",
                 )
             }
-        }
+        };
+        (problem, None)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.problem().into_response()
+        let (problem, header) = self.problem();
+        let mut response = problem.into_response();
+        if let Some((name, value)) = header {
+            response.headers_mut().insert(name, value);
+        }
+        response
     }
 }

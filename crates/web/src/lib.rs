@@ -4,6 +4,7 @@
 //! Nothing here decides anything about security policy beyond HTTP hygiene; handlers parse, call one
 //! use case on [`portcullis_app::App`], and shape the response.
 
+mod auth;
 mod config;
 mod error;
 mod extract;
@@ -15,6 +16,7 @@ mod problem;
 mod redirect;
 mod routes;
 
+pub use auth::{CSRF_HEADER, SESSION_COOKIE};
 pub use config::{CorsConfig, HstsConfig, WebConfig, WebConfigError};
 pub use error::ApiError;
 pub use extract::{Json, parse_json_body};
@@ -30,4 +32,14 @@ pub use routes::{router, with_middleware};
 pub struct AppState {
     /// The use-case façade.
     pub app: portcullis_app::App,
+    /// Origins allowed to send cookie-authenticated state-changing requests besides our own (the CORS
+    /// allowlist); filled in by [`router`] from the web configuration.
+    pub(crate) trusted_origins: std::sync::Arc<[String]>,
+}
+
+impl AppState {
+    /// State around the use-case façade.
+    pub fn new(app: portcullis_app::App) -> Self {
+        Self { app, trusted_origins: std::sync::Arc::from(Vec::new()) }
+    }
 }

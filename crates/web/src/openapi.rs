@@ -19,11 +19,38 @@ use crate::problem::{FieldError, ProblemDocument};
     ),
     paths(openapi_json),
     components(schemas(ProblemDocument, FieldError)),
-    modifiers(&ProblemResponses),
+    modifiers(&ProblemResponses, &SecuritySchemes),
     tags((name = "health", description = "Probes for load balancers"),
-         (name = "meta", description = "Describing the API itself")),
+         (name = "meta", description = "Describing the API itself"),
+         (name = "auth", description = "Signing up, logging in, tokens and sessions"),
+         (name = "me", description = "The caller's own account"),
+         (name = "admin", description = "Administration")),
 )]
 pub(crate) struct ApiDoc;
+
+/// The two ways to authenticate: an access token (RFC 6750) or the browser session cookie, which
+/// also needs the `X-CSRF-Token` header on state-changing requests.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut Document) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::auth::SESSION_COOKIE,
+                "Browser session; state-changing requests also need the X-CSRF-Token header.",
+            ))),
+        );
+    }
+}
 
 /// Adds a `default` problem response to every operation: any route can answer 400, 404, 405, 408, 413,
 /// 415, 429, 431, 500 or 503 through the shared middleware, and the document must say so.
@@ -77,5 +104,6 @@ pub(crate) fn document(routes: Document) -> Document {
     let mut document = ApiDoc::openapi();
     document.merge(routes);
     ProblemResponses.modify(&mut document);
+    SecuritySchemes.modify(&mut document);
     document
 }

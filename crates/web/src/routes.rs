@@ -13,7 +13,7 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::handlers::health;
+use crate::handlers::{admin, auth, health, me, well_known};
 use crate::middleware::edge::{EdgeLayer, X_REQUEST_ID};
 use crate::middleware::panic::panic_response;
 use crate::openapi;
@@ -25,11 +25,30 @@ use crate::{AppState, WebConfig, WebConfigError};
 /// Deny by default: every operation declares who may call it in its OpenAPI `security` (`security(())`
 /// for public routes, a scheme for authenticated ones), and a router test fails for any operation that
 /// declares nothing.
-pub fn router(state: AppState, config: &WebConfig) -> Result<Router, WebConfigError> {
+pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConfigError> {
+    state.trusted_origins = config.cors.allowed_origins.iter().filter(|o| *o != "*").cloned().collect();
     let (routes, api) = OpenApiRouter::new()
-        // Public: probes and the API description; no credentials, no personal data.
+        // Public: probes, discovery and the API description; no credentials, no personal data.
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(well_known::jwks))
+        // Public: proving who you are. Each answers alike for known and unknown accounts.
+        .routes(routes!(auth::signup))
+        .routes(routes!(auth::verify_email))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::password_forgot))
+        .routes(routes!(auth::password_reset))
+        .routes(routes!(auth::setup))
+        // Authenticated (bearer token, or session cookie + CSRF token): the caller's own session.
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::logout_all))
+        .routes(routes!(me::me))
+        .routes(routes!(me::change_password))
+        .routes(routes!(me::sessions))
+        .routes(routes!(me::revoke_session))
+        // Administrators (owner or admin role).
+        .routes(routes!(admin::create_invite))
         .split_for_parts();
     let document = openapi::document(api);
     let document = openapi::Rendered(bytes::Bytes::from(serde_json::to_vec(&document).unwrap_or_default()));

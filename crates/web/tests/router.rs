@@ -13,7 +13,8 @@ use axum::body::Body;
 use axum::routing::{get, post};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use portcullis_app::{App, AppSettings, SystemClock};
+use portcullis_app::mail::FileOutbox;
+use portcullis_app::{App, AppSettings, HashAlgorithm, SystemClock};
 use portcullis_store::Store;
 use portcullis_store_sqlite::SqliteStore;
 use portcullis_web::{AppState, ConnectionInfo, CorsConfig, Json, WebConfig};
@@ -26,15 +27,19 @@ async fn app(migrated: bool) -> App {
     if migrated {
         store.migrate().await.unwrap();
     }
-    App::new(
-        Arc::new(store),
-        Arc::new(SystemClock),
-        AppSettings { instance_secret: SecretSlice::from(vec![7u8; 32]), version: "test" },
-    )
+    let mut settings = AppSettings::new(SecretSlice::from(vec![7u8; 32]), "test", "http://localhost");
+    settings.password_hash = HashAlgorithm::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 };
+    // Nothing here sends email; an outbox in a temporary folder keeps the wiring real.
+    let outbox = FileOutbox::new(tempfile::tempdir().unwrap().keep(), "test@example.com").unwrap();
+    let app = App::new(Arc::new(store), Arc::new(SystemClock), settings, Arc::new(outbox)).unwrap();
+    if migrated {
+        app.load_signing_keys().await.unwrap();
+    }
+    app
 }
 
 async fn real_router(config: &WebConfig) -> Router {
-    portcullis_web::router(AppState { app: app(true).await }, config).unwrap()
+    portcullis_web::router(AppState::new(app(true).await), config).unwrap()
 }
 
 #[derive(Debug, Deserialize, serde::Serialize)]
@@ -393,7 +398,7 @@ async fn a_disallowed_origin_gets_no_cors_headers_at_all() {
 
 #[tokio::test]
 async fn healthz_answers_ok_without_touching_the_database() {
-    let state = AppState { app: app(true).await };
+    let state = AppState::new(app(true).await);
     state.app.shutdown().await; // a closed database must not make the process look dead
     let router = portcullis_web::router(state, &WebConfig::default()).unwrap();
     let (response, json) = send(&router, request("GET", "/healthz").body(Body::empty()).unwrap()).await;
@@ -403,11 +408,12 @@ async fn healthz_answers_ok_without_touching_the_database() {
 
 #[tokio::test]
 async fn readyz_is_a_503_problem_naming_pending_migrations() {
-    let router = portcullis_web::router(AppState { app: app(false).await }, &WebConfig::default()).unwrap();
+    let router = portcullis_web::router(AppState::new(app(false).await), &WebConfig::default()).unwrap();
     let (response, json) = send(&router, request("GET", "/readyz").body(Body::empty()).unwrap()).await;
     assert_problem(&response, &json, StatusCode::SERVICE_UNAVAILABLE, "not-ready");
     assert_eq!(json["checks"]["database"], "ok");
-    assert_eq!(json["checks"]["migrations"], "1 migration(s) pending");
+    assert_eq!(json["checks"]["migrations"], "2 migration(s) pending");
+    assert_eq!(json["checks"]["keys"], "no token signing key is loaded");
 }
 
 #[tokio::test]

@@ -36,6 +36,9 @@ pub fn test_config(dir: &tempfile::TempDir) -> Config {
     let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.http.shutdown_grace_secs = 5;
+    // Cheap hashing keeps the suite fast; the rules under test do not depend on the cost.
+    config.password.argon2_memory_kib = 1024;
+    config.password.argon2_iterations = 1;
     config
 }
 
@@ -154,4 +157,565 @@ pub async fn serve_probe(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(portcullis::listener::serve(listener, router, None, limits, stopped));
     (addr, stop, server)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Accounts, sessions and tokens (issue 3): requests, the mail outbox, credentials and JWT tooling.
+// ---------------------------------------------------------------------------------------------------
+
+/// A password every account policy accepts (zxcvbn score ≥ 3, no test identifier in it).
+pub const PASSWORD: &str = "Plover-quartz-Ember-731";
+/// A second strong password, for changes and resets.
+pub const NEW_PASSWORD: &str = "Mangrove+Tinsel+Orbit-58";
+
+/// How long a background email may take to reach the outbox before a test gives up.
+const MAIL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl TestApp {
+    /// A request to `path` on this server, to finish with headers, a body and [`Go::go`].
+    pub fn call(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    /// `POST path` with a JSON body and no credentials.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.call(reqwest::Method::POST, path).json(body).send().await.unwrap()
+    }
+
+    /// `GET /v1/me` with a bearer access token.
+    pub async fn me(&self, access_token: &str) -> reqwest::Response {
+        self.call(reqwest::Method::GET, "/v1/me").bearer_auth(access_token).send().await.unwrap()
+    }
+
+    /// The status of `GET /v1/me` with a bearer access token.
+    pub async fn me_status(&self, access_token: &str) -> u16 {
+        self.me(access_token).await.status().as_u16()
+    }
+
+    /// The status of `POST /v1/auth/refresh` with `refresh_token`; the response, if wanted, via
+    /// [`TestApp::refresh`].
+    pub async fn refresh_status(&self, refresh_token: &str) -> u16 {
+        self.refresh(refresh_token).await.status().as_u16()
+    }
+
+    /// `POST /v1/auth/refresh`.
+    pub async fn refresh(&self, refresh_token: &str) -> reqwest::Response {
+        self.post_json("/v1/auth/refresh", &serde_json::json!({ "refresh_token": refresh_token })).await
+    }
+
+    /// `http://<addr>`: this server's origin, as a browser on its own pages sends it.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The development outbox: `<data_dir>/outbox`.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.data_dir.join("outbox")
+    }
+}
+
+/// `send().await.unwrap()`, so a request reads as one chain.
+pub trait Go {
+    fn go(self) -> impl std::future::Future<Output = reqwest::Response>;
+}
+
+impl Go for reqwest::RequestBuilder {
+    async fn go(self) -> reqwest::Response {
+        self.send().await.unwrap()
+    }
+}
+
+/// Tokens from a token-mode login or a refresh.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+}
+
+impl Tokens {
+    /// Reads a 200 token response, checking its shape (RFC 6749 section 5.1 names).
+    pub async fn from_response(response: reqwest::Response) -> Tokens {
+        assert_eq!(response.status(), 200, "expected tokens");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["token_type"], "Bearer", "{body}");
+        let expires_in = body["expires_in"].as_i64().unwrap_or_else(|| panic!("no expires_in: {body}"));
+        assert!((890..=900).contains(&expires_in), "expires_in {expires_in}");
+        Tokens {
+            access: body["access_token"].as_str().unwrap().to_owned(),
+            refresh: body["refresh_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// The session id (`sid` claim) of the access token.
+    pub fn session_id(&self) -> String {
+        jwt_parts(&self.access).1["sid"].as_str().unwrap().to_owned()
+    }
+}
+
+/// A browser session from a cookie-mode login: the cookie's value and the CSRF token.
+#[derive(Debug, Clone)]
+pub struct CookieSession {
+    pub cookie: String,
+    pub csrf: String,
+}
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "__Host-portcullis_session";
+
+/// Sending a browser session by hand (reqwest over http keeps no `Secure` cookie).
+pub trait WithSession {
+    /// The session cookie and its CSRF token, as the UI sends them.
+    fn session(self, session: &CookieSession) -> Self;
+    /// The session cookie only.
+    fn session_cookie(self, session: &CookieSession) -> Self;
+}
+
+impl WithSession for reqwest::RequestBuilder {
+    fn session(self, session: &CookieSession) -> Self {
+        self.session_cookie(session).header("x-csrf-token", &session.csrf)
+    }
+
+    fn session_cookie(self, session: &CookieSession) -> Self {
+        self.header(reqwest::header::COOKIE, format!("{SESSION_COOKIE}={}", session.cookie))
+    }
+}
+
+/// The value of the session cookie a response sets, if it sets one.
+pub fn set_session_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{SESSION_COOKIE}=")))
+        .map(str::to_owned)
+}
+
+/// `POST /v1/auth/signup` with email and password, expecting the uniform 202.
+pub async fn signup(app: &TestApp, email: &str, password: &str) {
+    let response =
+        app.post_json("/v1/auth/signup", &serde_json::json!({ "email": email, "password": password })).await;
+    assert_eq!(response.status(), 202, "signup {email}: {}", response.text().await.unwrap());
+}
+
+/// Verifies `email` with the link from its verification mail.
+pub async fn verify(app: &TestApp, email: &str) {
+    let token = wait_for_link(app, email, "verify-email").await;
+    let response = app.post_json("/v1/auth/verify-email", &serde_json::json!({ "token": token })).await;
+    assert_eq!(response.status(), 204, "verify {email}: {}", response.text().await.unwrap());
+}
+
+/// A verified account: signup, then the emailed link.
+pub async fn register(app: &TestApp, email: &str, password: &str) {
+    signup(app, email, password).await;
+    verify(app, email).await;
+}
+
+/// `POST /v1/auth/login` (JSON body as given).
+pub async fn login_response(app: &TestApp, body: serde_json::Value) -> reqwest::Response {
+    app.post_json("/v1/auth/login", &body).await
+}
+
+/// A token-mode login that must succeed.
+pub async fn login(app: &TestApp, email: &str, password: &str) -> Tokens {
+    Tokens::from_response(login_response(app, serde_json::json!({ "email": email, "password": password })).await)
+        .await
+}
+
+/// A token-mode login with a chosen `User-Agent`.
+pub async fn login_as_agent(app: &TestApp, email: &str, password: &str, agent: &str) -> Tokens {
+    let response = app
+        .call(reqwest::Method::POST, "/v1/auth/login")
+        .header(reqwest::header::USER_AGENT, agent)
+        .json(&serde_json::json!({ "email": email, "password": password }))
+        .go()
+        .await;
+    Tokens::from_response(response).await
+}
+
+/// A cookie-mode login that must succeed.
+pub async fn login_cookie(app: &TestApp, email: &str, password: &str) -> CookieSession {
+    let response =
+        login_response(app, serde_json::json!({ "email": email, "password": password, "mode": "cookie" })).await;
+    assert_eq!(response.status(), 200, "cookie login");
+    let set_cookie = set_session_cookie(&response).expect("a cookie login sets the session cookie");
+    let value = set_cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
+    let body: serde_json::Value = response.json().await.unwrap();
+    CookieSession { cookie: value, csrf: body["csrf_token"].as_str().unwrap().to_owned() }
+}
+
+/// Asserts that `response` is the problem `slug` with `status` (RFC 9457 shape, request id included)
+/// and returns its body.
+pub async fn expect_problem(response: reqwest::Response, status: u16, slug: &str) -> serde_json::Value {
+    let actual = response.status().as_u16();
+    let content_type =
+        response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let text = response.text().await.unwrap();
+    assert_eq!(actual, status, "expected {status} {slug}, got {actual}: {text}");
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"), "{text}");
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["type"], format!("urn:portcullis:problem:{slug}"), "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
+    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{body}");
+    body
+}
+
+/// The 401 `unauthorized` answer, with its Bearer challenge (RFC 6750 section 3).
+pub async fn expect_unauthorized(response: reqwest::Response) -> serde_json::Value {
+    let challenge = response
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = expect_problem(response, 401, "unauthorized").await;
+    assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="portcullis""#));
+    body
+}
+
+/// Asserts a 422 `validation` problem whose `errors` name `field` (a JSON pointer), and that the
+/// whole answer never contains `secret` (the submitted password). Returns the field's message.
+pub async fn expect_field_error(response: reqwest::Response, field: &str, secret: &str) -> String {
+    let body = expect_problem(response, 422, "validation").await;
+    assert!(!body.to_string().contains(secret), "the 422 answer echoes the submitted secret: {body}");
+    let errors = body["errors"].as_array().unwrap_or_else(|| panic!("no errors list: {body}"));
+    let error = errors
+        .iter()
+        .find(|e| e["field"] == field)
+        .unwrap_or_else(|| panic!("no error for {field}: {body}"));
+    let message = error["message"].as_str().unwrap().to_owned();
+    assert!(!message.is_empty());
+    message
+}
+
+// ----- the mail outbox -----
+
+/// Every message in the outbox, oldest first (file names start with the unix millis), each with its
+/// body decoded (see [`decode_eml`]).
+pub fn outbox(app: &TestApp) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(app.outbox_dir()) else { return Vec::new() };
+    let mut names: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    names.sort();
+    names.iter().filter_map(|p| std::fs::read_to_string(p).ok()).map(|raw| decode_eml(&raw)).collect()
+}
+
+/// Whether a (decoded) message is addressed to `to` (ASCII case-insensitive) and its subject contains
+/// `subject_contains`.
+fn addressed(eml: &str, to: &str, subject_contains: &str) -> bool {
+    let to_matches = eml_header(eml, "To").is_some_and(|t| {
+        let t = t.trim();
+        let bare = t.rsplit_once('<').map_or(t, |(_, rest)| rest.trim_end_matches('>'));
+        bare.eq_ignore_ascii_case(to)
+    });
+    to_matches && eml_header(eml, "Subject").is_some_and(|s| s.contains(subject_contains))
+}
+
+/// Waits (bounded) until `count` messages to `to` whose subject contains `subject_contains` are in
+/// the outbox; returns them, oldest first, bodies decoded.
+pub async fn wait_for_emails(app: &TestApp, to: &str, subject_contains: &str, count: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + MAIL_WAIT;
+    loop {
+        let found: Vec<String> = outbox(app).into_iter().filter(|m| addressed(m, to, subject_contains)).collect();
+        if found.len() >= count {
+            return found;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let subjects: Vec<String> = outbox(app)
+                .iter()
+                .map(|m| format!("{:?} → {:?}", eml_header(m, "Subject"), eml_header(m, "To")))
+                .collect();
+            panic!(
+                "waited {MAIL_WAIT:?} for {count} email(s) to {to} with subject containing \
+                 {subject_contains:?}; outbox has: {subjects:?}"
+            );
+        }
+        // Polling the outbox, not timing anything: the mail is sent by a background task.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (bounded) for the first message to `to` whose subject contains `subject_contains`; returns
+/// the whole message with its body decoded.
+pub async fn wait_for_email(app: &TestApp, to: &str, subject_contains: &str) -> String {
+    wait_for_emails(app, to, subject_contains, 1).await.remove(0)
+}
+
+/// Waits (bounded) for the newest message to `to` that carries a `/ui/<page>#token=` link, and
+/// returns the token.
+pub async fn wait_for_link(app: &TestApp, to: &str, page: &str) -> String {
+    let marker = format!("/ui/{page}#token=");
+    let deadline = tokio::time::Instant::now() + MAIL_WAIT;
+    loop {
+        let found = outbox(app).into_iter().rev().find(|m| addressed(m, to, "") && m.contains(&marker));
+        if let Some(eml) = found {
+            return token_from(&eml, page);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {MAIL_WAIT:?} for an email to {to} with a {marker} link"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The token of the `/ui/<page>#token=` link in a message returned by [`wait_for_email`] (bodies are
+/// already decoded there, so a quoted-printable `=3D` or soft line break cannot split the token).
+pub fn token_from(eml: &str, page: &str) -> String {
+    let marker = format!("/ui/{page}#token=");
+    let start = eml.find(&marker).unwrap_or_else(|| panic!("no {marker} link in:\n{eml}")) + marker.len();
+    let token: String =
+        eml[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+    assert_eq!(token.len(), 43, "a link token is 32 random bytes in base64url: {token:?}");
+    token
+}
+
+/// The whole link (`<public_url>/ui/<page>#token=...`) in a decoded message.
+pub fn link_from(eml: &str, page: &str) -> String {
+    let token = token_from(eml, page);
+    let end = eml.find(&token).unwrap() + token.len();
+    let start = eml[..end].rfind(|c: char| c.is_whitespace()).map_or(0, |i| i + 1);
+    eml[start..end].to_owned()
+}
+
+/// One header of a message (unfolded), the first if repeated.
+pub fn eml_header(eml: &str, name: &str) -> Option<String> {
+    let head = eml.split("\r\n\r\n").next().unwrap_or(eml);
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+    })
+}
+
+/// A raw RFC 5322 message with folded headers unfolded and the body decoded from its
+/// Content-Transfer-Encoding (quoted-printable soft breaks and `=XX`, or base64), as one string.
+pub fn decode_eml(raw: &str) -> String {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let mut lines: Vec<String> = Vec::new();
+    for line in head.split("\r\n") {
+        match lines.last_mut() {
+            Some(last) if line.starts_with([' ', '\t']) => {
+                last.push(' ');
+                last.push_str(line.trim_start());
+            }
+            _ => lines.push(line.to_owned()),
+        }
+    }
+    let head = lines.join("\r\n");
+    let encoding = eml_header(&head, "Content-Transfer-Encoding").unwrap_or_default().to_ascii_lowercase();
+    let body = match encoding.as_str() {
+        "quoted-printable" => decode_quoted_printable(body),
+        "base64" => {
+            use base64::Engine;
+            let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+            String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(compact).unwrap())
+                .into_owned()
+        }
+        _ => body.to_owned(),
+    };
+    format!("{head}\r\n\r\n{body}")
+}
+
+/// RFC 2045 section 6.7: `=` + line break is a soft break, `=XX` one byte.
+fn decode_quoted_printable(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' {
+            if bytes[i + 1..].starts_with(b"\r\n") {
+                i += 3;
+                continue;
+            }
+            if bytes[i + 1..].starts_with(b"\n") {
+                i += 2;
+                continue;
+            }
+            if let Some(hex) = bytes.get(i + 1..i + 3)
+                && let Ok(byte) = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16)
+            {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ----- the setup token -----
+
+/// A log writer that keeps its own copy of what one server start logs, and passes everything on to
+/// the binary-wide capture.
+#[derive(Clone)]
+struct Tee(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Capture(logs().clone()).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Spawns a server on a fresh database and returns it with the setup token it logged at start.
+///
+/// Tests run in parallel and every fresh server logs its own token, so the global capture cannot say
+/// whose a token is; the start is therefore run under its own subscriber (for this future only), whose
+/// lines are also copied to the global capture.
+pub async fn spawn_with_setup_token(adjust: impl FnOnce(&mut Config)) -> (TestApp, String) {
+    use tracing::instrument::WithSubscriber;
+    init_logs();
+    let own = Arc::new(Mutex::new(Vec::new()));
+    let writer = Tee(own.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_env_filter("debug")
+        .with_writer(move || writer.clone())
+        .finish();
+    let app = spawn_with(adjust).with_subscriber(subscriber).await;
+    let text = String::from_utf8_lossy(&own.lock().unwrap()).into_owned();
+    let token = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|line| {
+            let token = line["setup_token"].as_str()?.to_owned();
+            let message = line["message"].as_str().unwrap_or_default().to_ascii_lowercase();
+            assert!(message.contains("setup token"), "the setup token's log line says what it is: {message}");
+            Some(token)
+        })
+        .unwrap_or_else(|| panic!("a fresh server logs a setup token; its start logged:\n{text}"));
+    (app, token)
+}
+
+/// Creates the first owner with the setup token and returns the owner's profile.
+pub async fn setup_owner(app: &TestApp, setup_token: &str, email: &str, password: &str) -> serde_json::Value {
+    let response = app
+        .post_json(
+            "/v1/auth/setup",
+            &serde_json::json!({ "setup_token": setup_token, "email": email, "password": password }),
+        )
+        .await;
+    assert_eq!(response.status(), 201, "setup: {}", response.text().await.unwrap());
+    response.json().await.unwrap()
+}
+
+// ----- JWT tooling (no JOSE library among the dev-dependencies; see tokens.rs) -----
+
+/// base64url without padding (RFC 7515 section 2).
+pub fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Decodes base64url without padding.
+pub fn unb64url(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).unwrap_or_else(|e| panic!("{text:?}: {e}"))
+}
+
+/// A compact JWS's header, claims and signature.
+pub fn jwt_parts(token: &str) -> (serde_json::Value, serde_json::Value, Vec<u8>) {
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "a compact JWS has three parts: {token}");
+    (
+        serde_json::from_slice(&unb64url(parts[0])).unwrap(),
+        serde_json::from_slice(&unb64url(parts[1])).unwrap(),
+        unb64url(parts[2]),
+    )
+}
+
+/// A compact JWS from a header and claims, with `sign` over the signing input.
+pub fn jwt_with(
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+    sign: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> String {
+    let input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+    let signature = sign(input.as_bytes());
+    format!("{input}.{}", b64url(&signature))
+}
+
+/// SHA-256 from rustls' ring provider (already a dependency; the server has no `sha2`).
+fn sha256(data: &[u8]) -> Vec<u8> {
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256.tls13().unwrap();
+    suite.common.hash_provider.hash(data).as_ref().to_vec()
+}
+
+/// HMAC-SHA256 (RFC 2104) over [`sha256`], for forging HS256 tokens.
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    const BLOCK: usize = 64;
+    let mut key = if key.len() > BLOCK { sha256(key) } else { key.to_vec() };
+    key.resize(BLOCK, 0);
+    let mut inner: Vec<u8> = key.iter().map(|b| b ^ 0x36).collect();
+    inner.extend_from_slice(message);
+    let mut outer: Vec<u8> = key.iter().map(|b| b ^ 0x5c).collect();
+    outer.extend_from_slice(&sha256(&inner));
+    sha256(&outer)
+}
+
+/// `GET /.well-known/jwks.json`.
+pub async fn jwks(app: &TestApp) -> serde_json::Value {
+    let response = app.get("/.well-known/jwks.json").await;
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// Whether `token`'s signature verifies under `jwk` (OKP Ed25519 or EC P-256), checked with ring
+/// through rustls' WebPKI algorithms, independently of the server's own code.
+pub fn signature_verifies(token: &str, jwk: &serde_json::Value) -> bool {
+    use rustls::pki_types::alg_id;
+    let (input, signature) = token.rsplit_once('.').unwrap();
+    let signature = unb64url(signature);
+    let (public_key, key_alg, sig_alg, signature) = match (jwk["kty"].as_str(), jwk["crv"].as_str()) {
+        (Some("OKP"), Some("Ed25519")) => {
+            (unb64url(jwk["x"].as_str().unwrap()), alg_id::ED25519, alg_id::ED25519, signature)
+        }
+        (Some("EC"), Some("P-256")) => {
+            let mut point = vec![0x04];
+            point.extend(unb64url(jwk["x"].as_str().unwrap()));
+            point.extend(unb64url(jwk["y"].as_str().unwrap()));
+            if signature.len() != 64 {
+                return false;
+            }
+            (point, alg_id::ECDSA_P256, alg_id::ECDSA_SHA256, ecdsa_der(&signature))
+        }
+        other => panic!("unexpected key type {other:?}"),
+    };
+    let algorithm = rustls::crypto::ring::default_provider()
+        .signature_verification_algorithms
+        .all
+        .iter()
+        .find(|a| a.public_key_alg_id() == key_alg && a.signature_alg_id() == sig_alg)
+        .copied()
+        .expect("ring verifies this algorithm");
+    algorithm.verify_signature(&public_key, input.as_bytes(), &signature).is_ok()
+}
+
+/// A JWS ECDSA signature (r ‖ s, RFC 7518 section 3.4) as the DER `SEQUENCE { r, s }` ring expects.
+fn ecdsa_der(raw: &[u8]) -> Vec<u8> {
+    fn integer(bytes: &[u8]) -> Vec<u8> {
+        let mut value: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
+        if value.first().is_none_or(|b| b & 0x80 != 0) {
+            value.insert(0, 0);
+        }
+        let mut out = vec![0x02, value.len() as u8];
+        out.extend(value);
+        out
+    }
+    let mut body = integer(&raw[..32]);
+    body.extend(integer(&raw[32..]));
+    let mut out = vec![0x30, body.len() as u8];
+    out.extend(body);
+    out
 }

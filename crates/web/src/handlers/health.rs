@@ -56,6 +56,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let checks = json!({
         "database": describe(&readiness.database),
         "migrations": describe(&readiness.migrations),
+        "keys": describe(&readiness.keys),
     });
     if readiness.is_ready() {
         axum::Json(Status { status: "ready", checks: Some(checks) }).into_response()

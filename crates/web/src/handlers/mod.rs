@@ -1,3 +1,7 @@
-//! Thin handlers, one module per area of the HTTP surface.
+//! Thin handlers: extract, call one use case, shape the response.
 
+pub(crate) mod admin;
+pub(crate) mod auth;
 pub(crate) mod health;
+pub(crate) mod me;
+pub(crate) mod well_known;

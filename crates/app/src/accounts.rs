@@ -1,0 +1,513 @@
+//! Accounts: signing up, proving an email address, passwords (change, forgot, reset), the first
+//! administrator, and invites.
+//!
+//! No answer here reveals whether an address has an account (ASVS 6.3.8): signup with a taken
+//! address and a reset for an unknown one answer exactly like the other case, do the same hashing
+//! and one write each, and send their email from a background task so mail latency shows nowhere.
+
+use portcullis_domain::{
+    BuiltinRole, DisplayName, Email, OneTimePurpose, OneTimeToken, PasswordRule, RevokeReason,
+    SecurityEventKind, Timestamp, User, UserId, UserStatus, normalize_password,
+};
+use portcullis_store::{StoreError, StoreTx};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::error::FieldIssue;
+use crate::mail::OutgoingEmail;
+use crate::passwords::{BCRYPT_MAX_BYTES, HashAlgorithm, Verified};
+use crate::secret_token::{SecretToken, hash_token, random_id_bytes};
+use crate::sessions::{ClientContext, revoke_sessions_in};
+use crate::{App, AppError, Principal};
+
+/// Who may create an account by themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignupPolicy {
+    /// Anyone (the development default).
+    Open,
+    /// Only holders of an administrator's single-use invite.
+    Invite,
+    /// Nobody; administrators create accounts.
+    Closed,
+}
+
+/// A signup as submitted.
+#[derive(Debug)]
+pub struct SignupRequest {
+    pub email: String,
+    pub password: SecretString,
+    pub display_name: Option<String>,
+    /// Required while signup is invite-only.
+    pub invite_token: Option<String>,
+}
+
+/// The account as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub id: UserId,
+    pub email: String,
+    pub email_verified: bool,
+    pub display_name: Option<String>,
+    pub role: BuiltinRole,
+    pub created_at: Timestamp,
+    pub last_login_at: Option<Timestamp>,
+}
+
+impl From<User> for Profile {
+    fn from(user: User) -> Self {
+        Profile {
+            id: user.id,
+            email: user.email.as_str().to_owned(),
+            email_verified: user.email_verified_at.is_some(),
+            display_name: user.display_name.map(|d| d.as_str().to_owned()),
+            role: user.role,
+            created_at: user.created_at,
+            last_login_at: user.last_login_at,
+        }
+    }
+}
+
+/// Validated account details, before anything is stored.
+struct NewAccount {
+    email: Email,
+    display_name: Option<DisplayName>,
+    password: SecretString,
+}
+
+impl App {
+    /// Checks every field of a new account at once, so the client sees all problems together.
+    fn validate_new_account(
+        &self,
+        email: &str,
+        display_name: Option<&str>,
+        password: &SecretString,
+    ) -> Result<NewAccount, AppError> {
+        let mut issues = Vec::new();
+        let email = Email::parse(email).map_err(|e| issues.push(FieldIssue::new("/email", e))).ok();
+        let display_name = match display_name {
+            Some(name) => {
+                DisplayName::parse(name).map_err(|e| issues.push(FieldIssue::new("/display_name", e))).ok()
+            }
+            None => None,
+        };
+        let password = SecretString::from(normalize_password(password.expose_secret()));
+        if let Some(email) = &email
+            && let Err(rule) = self.check_password_rules(&password, email, display_name.as_ref())
+        {
+            issues.push(FieldIssue::new("/password", rule));
+        }
+        match email {
+            Some(email) if issues.is_empty() => Ok(NewAccount { email, display_name, password }),
+            _ => Err(AppError::Validation(issues)),
+        }
+    }
+
+    /// The password policy plus bcrypt's 72-byte input limit while bcrypt is configured.
+    fn check_password_rules(
+        &self,
+        password: &SecretString,
+        email: &Email,
+        display_name: Option<&DisplayName>,
+    ) -> Result<(), PasswordRule> {
+        let password = password.expose_secret();
+        self.inner.settings.accounts.password_policy.check(password, email, display_name)?;
+        if matches!(self.inner.settings.password_hash, HashAlgorithm::Bcrypt { .. })
+            && password.len() > BCRYPT_MAX_BYTES
+        {
+            return Err(PasswordRule::TooLongForBcrypt);
+        }
+        Ok(())
+    }
+
+    /// Signs up. Answers the same (`Ok`) whether the address is new or taken; the owner of a taken
+    /// address is told by email that someone tried.
+    #[tracing::instrument(skip_all)]
+    pub async fn signup(&self, request: SignupRequest, client: &ClientContext) -> Result<(), AppError> {
+        let policy = self.inner.settings.accounts.signup;
+        if policy == SignupPolicy::Closed {
+            return Err(AppError::SignupNotAllowed);
+        }
+        if policy == SignupPolicy::Invite && request.invite_token.is_none() {
+            return Err(AppError::SignupNotAllowed);
+        }
+        let account =
+            self.validate_new_account(&request.email, request.display_name.as_deref(), &request.password)?;
+        // Hash first, on both paths: the expensive step must not tell a new address from a taken one.
+        let hash = self.inner.hasher.hash(account.password).await?;
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        if let Some(invite) = &request.invite_token {
+            let spent = tx.spend_one_time_token(&hash_token(invite), OneTimePurpose::Invite, now).await?;
+            let matches = spent.is_some_and(|t| t.email.is_none_or(|e| e.key() == account.email.key()));
+            if !matches {
+                return Err(AppError::SignupNotAllowed);
+            }
+        }
+        let user = User {
+            id: UserId::from_random_bytes(random_id_bytes()?),
+            email: account.email.clone(),
+            email_verified_at: None,
+            display_name: account.display_name,
+            status: UserStatus::Active,
+            role: BuiltinRole::Member,
+            created_at: now,
+            updated_at: now,
+            last_login_at: None,
+        };
+        match self.insert_account(tx.as_mut(), &user, &hash, now).await {
+            Ok(()) => {
+                let link =
+                    self.issue_link(tx.as_mut(), OneTimePurpose::VerifyEmail, Some(&user), None, now).await?;
+                tx.commit().await?;
+                tracing::info!(user = %user.id, "account created");
+                self.send_later(OutgoingEmail {
+                    to: user.email,
+                    subject: "Confirm your email address".into(),
+                    text: format!(
+                        "Welcome. Confirm that this address is yours by opening the link below within 24 \
+                         hours:\n\n{link}\n\nIf you did not sign up, ignore this message.\n"
+                    ),
+                });
+            }
+            Err(AppError::Validation(_)) => {
+                // Taken (found, or lost a race to a concurrent signup). A fresh transaction: a failed
+                // statement has finished the first one.
+                drop(tx);
+                let owner = self.user_by_email(&account.email).await?;
+                self.record_security_event(
+                    SecurityEventKind::SignupForExistingAccount,
+                    owner.as_ref().map(|u| u.id),
+                    None,
+                    client,
+                )
+                .await?;
+                self.send_later(OutgoingEmail {
+                    to: account.email,
+                    subject: "Someone tried to sign up with your address".into(),
+                    text: "Someone tried to create an account with this email address, which already has \
+                           one. If it was you, log in or reset your password instead. If not, you can \
+                           ignore this message: nothing has changed.\n"
+                        .into(),
+                });
+            }
+            Err(other) => return Err(other),
+        }
+        Ok(())
+    }
+
+    /// Inserts a user and its password; a taken address is a `Validation` error for the caller to
+    /// disguise or report.
+    async fn insert_account(
+        &self,
+        tx: &mut dyn StoreTx,
+        user: &User,
+        hash: &str,
+        now: Timestamp,
+    ) -> Result<(), AppError> {
+        if tx.user_by_email(&user.email).await?.is_some() {
+            return Err(AppError::invalid("/email", "an account with this address already exists"));
+        }
+        match tx.insert_user(user).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { .. }) => {
+                return Err(AppError::invalid("/email", "an account with this address already exists"));
+            }
+            Err(other) => return Err(other.into()),
+        }
+        tx.set_password_hash(user.id, hash, now).await?;
+        Ok(())
+    }
+
+    /// Mints a single-use token, stores its hash, and returns the link to send.
+    async fn issue_link(
+        &self,
+        tx: &mut dyn StoreTx,
+        purpose: OneTimePurpose,
+        user: Option<&User>,
+        email: Option<&Email>,
+        now: Timestamp,
+    ) -> Result<String, AppError> {
+        let token = SecretToken::generate()?;
+        tx.insert_one_time_token(&OneTimeToken {
+            hash: token.hash(),
+            purpose,
+            user_id: user.map(|u| u.id),
+            email: email.cloned(),
+            created_at: now,
+            expires_at: now.plus_millis(purpose.lifetime_millis()),
+        })
+        .await?;
+        let page = match purpose {
+            OneTimePurpose::VerifyEmail => "verify-email",
+            OneTimePurpose::PasswordReset => "reset-password",
+            OneTimePurpose::Invite => "signup",
+            OneTimePurpose::Setup => "setup",
+        };
+        // The token rides in the fragment, which browsers never send to servers or in Referer headers.
+        Ok(format!("{}/ui/{page}#token={}", self.inner.settings.accounts.public_url, token.expose()))
+    }
+
+    /// Sends an email from a background task: delivery time and failures never show in the response.
+    fn send_later(&self, email: OutgoingEmail) {
+        let mailer = self.inner.mailer.clone();
+        tokio::spawn(async move {
+            if let Err(error) = mailer.send(&email).await {
+                tracing::warn!(error = %portcullis_domain::error_chain(&error), "email was not sent");
+            }
+        });
+    }
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<User>, AppError> {
+        let mut tx = self.inner.store.begin_read().await?;
+        let user = tx.user_by_email(email).await?;
+        tx.rollback().await?;
+        Ok(user)
+    }
+
+    /// Confirms an email address with the token from the verification link.
+    pub async fn verify_email(&self, token: &str) -> Result<(), AppError> {
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        let spent = tx.spend_one_time_token(&hash_token(token), OneTimePurpose::VerifyEmail, now).await?;
+        let user = spent.and_then(|t| t.user_id).ok_or(AppError::InvalidToken)?;
+        if !tx.mark_email_verified(user, now).await? {
+            return Err(AppError::InvalidToken);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The caller's profile.
+    pub async fn profile(&self, principal: &Principal) -> Result<Profile, AppError> {
+        let mut tx = self.inner.store.begin_read().await?;
+        let user = tx.user_by_id(principal.user_id).await?;
+        tx.rollback().await?;
+        user.map(Profile::from).ok_or(AppError::Unauthenticated)
+    }
+
+    /// Changes the caller's password: the current one is required (ASVS 6.2.3), and every other
+    /// session of the account ends (ASVS 7.4.3).
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        current: SecretString,
+        new: SecretString,
+    ) -> Result<(), AppError> {
+        let mut tx = self.inner.store.begin_read().await?;
+        let user = tx.user_by_id(principal.user_id).await?.ok_or(AppError::Unauthenticated)?;
+        let stored = tx.password_hash(user.id).await?;
+        tx.rollback().await?;
+        let current = SecretString::from(normalize_password(current.expose_secret()));
+        if !matches!(self.inner.hasher.verify(current, stored).await?, Verified::Yes { .. }) {
+            return Err(AppError::invalid("/current_password", "is not the account's current password"));
+        }
+        let new = SecretString::from(normalize_password(new.expose_secret()));
+        self.check_password_rules(&new, &user.email, user.display_name.as_ref())
+            .map_err(|rule| AppError::invalid("/new_password", rule))?;
+        let hash = self.inner.hasher.hash(new).await?;
+        self.replace_password(&user, &hash, Some(principal.session_id), RevokeReason::PasswordChanged)
+            .await?;
+        self.send_later(OutgoingEmail {
+            to: user.email,
+            subject: "Your password was changed".into(),
+            text: "The password of your account was just changed, and your other sessions were ended. \
+                   If you did not do this, reset your password now.\n"
+                .into(),
+        });
+        Ok(())
+    }
+
+    /// Stores a new password hash, voids outstanding reset links and ends the account's sessions
+    /// (all but `keep`).
+    async fn replace_password(
+        &self,
+        user: &User,
+        hash: &str,
+        keep: Option<portcullis_domain::SessionId>,
+        reason: RevokeReason,
+    ) -> Result<(), AppError> {
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        tx.set_password_hash(user.id, hash, now).await?;
+        tx.void_one_time_tokens(user.id, OneTimePurpose::PasswordReset, now).await?;
+        let revoked = revoke_sessions_in(tx.as_mut(), user.id, keep, reason, now).await?;
+        tx.commit().await?;
+        self.forget_sessions(&revoked, now);
+        Ok(())
+    }
+
+    /// Starts a password reset. Answers the same for every address; only an active account's owner
+    /// gets a link (valid 30 minutes).
+    pub async fn forgot_password(&self, email: &str, client: &ClientContext) -> Result<(), AppError> {
+        let Ok(email) = Email::parse(email) else {
+            return Err(AppError::invalid("/email", "must be an email address like name@example.com"));
+        };
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        let user = tx.user_by_email(&email).await?.filter(|u| u.status == UserStatus::Active);
+        match user {
+            Some(user) => {
+                let link = self
+                    .issue_link(tx.as_mut(), OneTimePurpose::PasswordReset, Some(&user), None, now)
+                    .await?;
+                tx.commit().await?;
+                self.send_later(OutgoingEmail {
+                    to: user.email,
+                    subject: "Reset your password".into(),
+                    text: format!(
+                        "Someone asked to reset the password of your account. To choose a new password, \
+                         open this link within 30 minutes:\n\n{link}\n\nIf it was not you, ignore this \
+                         message: your password has not changed.\n"
+                    ),
+                });
+            }
+            None => {
+                // One write on this path too, so both paths cost the same.
+                tx.insert_security_event(&portcullis_domain::SecurityEvent {
+                    at: now,
+                    kind: SecurityEventKind::PasswordResetForUnknownAccount,
+                    user_id: None,
+                    session_id: None,
+                    ip: client.ip.clone(),
+                })
+                .await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a new password with a reset link's token; ends every session and tells the owner.
+    pub async fn reset_password(&self, token: &str, new: SecretString) -> Result<(), AppError> {
+        let now = self.now();
+        let new = SecretString::from(normalize_password(new.expose_secret()));
+        // Hash before the write transaction: SQLite has one writer, and a hash must not hold it. A
+        // full pool sheds the request here, before the link is spent.
+        let hash = self.inner.hasher.hash(new.clone()).await?;
+        let mut tx = self.inner.store.begin().await?;
+        let spent = tx.spend_one_time_token(&hash_token(token), OneTimePurpose::PasswordReset, now).await?;
+        let user_id = spent.and_then(|t| t.user_id).ok_or(AppError::InvalidToken)?;
+        let user = tx.user_by_id(user_id).await?.ok_or(AppError::InvalidToken)?;
+        // A policy failure returns before commit: the spend rolls back and the link still works.
+        self.check_password_rules(&new, &user.email, user.display_name.as_ref())
+            .map_err(|rule| AppError::invalid("/new_password", rule))?;
+        tx.set_password_hash(user.id, &hash, now).await?;
+        tx.void_one_time_tokens(user.id, OneTimePurpose::PasswordReset, now).await?;
+        let revoked =
+            revoke_sessions_in(tx.as_mut(), user.id, None, RevokeReason::PasswordChanged, now).await?;
+        tx.commit().await?;
+        self.forget_sessions(&revoked, now);
+        self.send_later(OutgoingEmail {
+            to: user.email,
+            subject: "Your password was reset".into(),
+            text: "The password of your account was reset with an emailed link, and every session was \
+                   ended. If you did not do this, contact your administrator now.\n"
+                .into(),
+        });
+        Ok(())
+    }
+
+    /// On a fresh installation (no accounts), mints a setup token (1 h, single use) for
+    /// `POST /v1/auth/setup`; `None` once any account exists.
+    pub async fn issue_setup_token(&self) -> Result<Option<SecretToken>, AppError> {
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        if tx.count_users().await? > 0 {
+            return Ok(None);
+        }
+        let token = SecretToken::generate()?;
+        tx.insert_one_time_token(&OneTimeToken {
+            hash: token.hash(),
+            purpose: OneTimePurpose::Setup,
+            user_id: None,
+            email: None,
+            created_at: now,
+            expires_at: now.plus_millis(OneTimePurpose::Setup.lifetime_millis()),
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(Some(token))
+    }
+
+    /// Creates the first account, an owner, with the setup token. Refused once any account exists.
+    pub async fn setup_first_owner(
+        &self,
+        token: &str,
+        email: &str,
+        display_name: Option<&str>,
+        password: SecretString,
+    ) -> Result<Profile, AppError> {
+        let account = self.validate_new_account(email, display_name, &password)?;
+        let hash = self.inner.hasher.hash(account.password.clone()).await?;
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        let spent = tx.spend_one_time_token(&hash_token(token), OneTimePurpose::Setup, now).await?;
+        if spent.is_none() || tx.count_users().await? > 0 {
+            return Err(AppError::InvalidToken);
+        }
+        let user = self.new_operator_account(account, BuiltinRole::Owner, now)?;
+        self.insert_account(tx.as_mut(), &user, &hash, now).await?;
+        tx.commit().await?;
+        tracing::info!(user = %user.id, "first owner account created with the setup token");
+        Ok(user.into())
+    }
+
+    /// Creates an account from the command line (`portcullis users create`). The operator vouches for
+    /// the address, so it counts as verified.
+    pub async fn create_user_as_operator(
+        &self,
+        email: &str,
+        display_name: Option<&str>,
+        password: SecretString,
+        role: BuiltinRole,
+    ) -> Result<Profile, AppError> {
+        let account = self.validate_new_account(email, display_name, &password)?;
+        let hash = self.inner.hasher.hash(account.password.clone()).await?;
+        let now = self.now();
+        let user = self.new_operator_account(account, role, now)?;
+        let mut tx = self.inner.store.begin().await?;
+        self.insert_account(tx.as_mut(), &user, &hash, now).await?;
+        tx.commit().await?;
+        Ok(user.into())
+    }
+
+    fn new_operator_account(
+        &self,
+        account: NewAccount,
+        role: BuiltinRole,
+        now: Timestamp,
+    ) -> Result<User, AppError> {
+        Ok(User {
+            id: UserId::from_random_bytes(random_id_bytes()?),
+            email: account.email,
+            email_verified_at: Some(now),
+            display_name: account.display_name,
+            status: UserStatus::Active,
+            role,
+            created_at: now,
+            updated_at: now,
+            last_login_at: None,
+        })
+    }
+
+    /// Sends a single-use signup invite (7 days) to `email`. Needs the `owner` or `admin` role until
+    /// the authorization issue brings scoped permissions (`users:invite`).
+    pub async fn invite(&self, principal: &Principal, email: &str) -> Result<(), AppError> {
+        let caller = self.profile(principal).await?;
+        if !matches!(caller.role, BuiltinRole::Owner | BuiltinRole::Admin) {
+            return Err(AppError::Forbidden("inviting people needs the owner or admin role"));
+        }
+        let email = Email::parse(email).map_err(|e| AppError::invalid("/email", e))?;
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        let link = self.issue_link(tx.as_mut(), OneTimePurpose::Invite, None, Some(&email), now).await?;
+        tx.commit().await?;
+        self.send_later(OutgoingEmail {
+            to: email,
+            subject: "You are invited".into(),
+            text: format!(
+                "You have been invited to create an account. The invite is valid for 7 days:\n\n{link}\n"
+            ),
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,531 @@
+//! Login, sessions and tokens: proving who you are once, then being trusted until the session ends.
+//!
+//! A login opens a session. API clients hold it as a short-lived access JWT plus a refresh token that
+//! rotates on every use; browsers hold it as an HttpOnly cookie plus a CSRF token. Revoking a session
+//! ends both at once on this node, and on other nodes within [`REVOCATION_SYNC_SECS`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use portcullis_domain::{
+    Email, RevokeReason, SecurityEvent, SecurityEventKind, Session, SessionId, SessionKind, Timestamp,
+    UserId, UserStatus, normalize_password,
+};
+use portcullis_store::{RefreshSpend, StoreTx};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::passwords::Verified;
+use crate::secret_token::{SecretToken, hash_token, random_id_bytes};
+use crate::tokens::{AccessClaims, AccessGrant};
+use crate::{App, AppError};
+
+/// How often other nodes' revocations are picked up; also the worst-case delay before a session
+/// revoked elsewhere stops working here.
+pub const REVOCATION_SYNC_SECS: u64 = 2;
+
+/// Presented passwords longer than this are refused before hashing, so a huge body cannot buy a
+/// huge hash computation. Far above the policy's 128-character maximum in any encoding.
+const MAX_PRESENTED_PASSWORD_BYTES: usize = 1024;
+
+/// A browser session's `last_seen_at` is written at most this often, not on every request.
+const TOUCH_INTERVAL_MILLIS: i64 = 60_000;
+
+/// Which kind of session a login opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginMode {
+    /// Access token + refresh token in the response body.
+    Bearer,
+    /// A session cookie + a CSRF token.
+    Cookie,
+}
+
+/// Facts about the client recorded with a session, for its owner's session list.
+#[derive(Debug, Clone, Default)]
+pub struct ClientContext {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// What a client gets back from a login or a refresh.
+#[derive(Debug)]
+pub enum IssuedCredentials {
+    Bearer {
+        access_token: String,
+        /// Seconds until the access token expires.
+        expires_in: i64,
+        refresh_token: SecretToken,
+    },
+    Cookie {
+        cookie: SecretToken,
+        csrf_token: String,
+        /// The session's absolute end.
+        expires_at: Timestamp,
+        /// Seconds until then, for the cookie's `Max-Age`.
+        max_age_secs: i64,
+    },
+}
+
+/// The result of a login whose password was right.
+///
+/// Logins that need more proof will answer `MfaRequired { challenge }` here (the MFA issue) instead
+/// of credentials, so clients already branch on the outcome rather than assume tokens.
+#[derive(Debug)]
+pub enum LoginOutcome {
+    Authenticated { session_id: SessionId, user_id: UserId, credentials: IssuedCredentials },
+}
+
+/// How the current request proved its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionTransport {
+    Bearer,
+    Cookie,
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    pub transport: SessionTransport,
+}
+
+/// One session as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub id: SessionId,
+    pub kind: SessionKind,
+    pub created_at: Timestamp,
+    pub last_seen_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// The session the request came with.
+    pub current: bool,
+}
+
+/// Sessions revoked recently, so access tokens (which are not looked up) stop at once. An entry can
+/// be dropped once every access token of its session has expired.
+#[derive(Debug, Default)]
+pub(crate) struct RevokedSessions {
+    entries: Mutex<HashMap<SessionId, Timestamp>>,
+    synced_until: Mutex<Option<Timestamp>>,
+}
+
+impl RevokedSessions {
+    fn contains(&self, id: SessionId) -> bool {
+        self.entries.lock().map(|e| e.contains_key(&id)).unwrap_or(true)
+    }
+
+    fn insert(&self, id: SessionId, at: Timestamp) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(id, at);
+        }
+    }
+}
+
+impl App {
+    /// Logs in with email and password. Every failure is [`AppError::InvalidCredentials`], after the
+    /// same amount of hashing work, whether or not the account exists (ASVS 6.3.8).
+    #[tracing::instrument(skip_all, fields(mode = ?mode))]
+    pub async fn login(
+        &self,
+        email: &str,
+        password: SecretString,
+        mode: LoginMode,
+        client: &ClientContext,
+    ) -> Result<LoginOutcome, AppError> {
+        if password.expose_secret().len() > MAX_PRESENTED_PASSWORD_BYTES {
+            return Err(AppError::InvalidCredentials);
+        }
+        let password = SecretString::from(normalize_password(password.expose_secret()));
+        let (user, stored) = match Email::parse(email) {
+            Ok(email) => {
+                let mut tx = self.inner.store.begin_read().await?;
+                let user = tx.user_by_email(&email).await?;
+                let stored = match &user {
+                    Some(user) => tx.password_hash(user.id).await?,
+                    None => None,
+                };
+                tx.rollback().await?;
+                (user, stored)
+            }
+            Err(_) => (None, None),
+        };
+        let verified = self.inner.hasher.verify(password, stored.clone()).await?;
+        let user = match (user, verified) {
+            (Some(user), Verified::Yes { rehash }) if user.status == UserStatus::Active => (user, rehash),
+            (user, _) => {
+                self.record_security_event(SecurityEventKind::LoginFailed, user.map(|u| u.id), None, client)
+                    .await?;
+                return Err(AppError::InvalidCredentials);
+            }
+        };
+        let (user, rehash) = user;
+        if self.inner.settings.accounts.require_verified_email && user.email_verified_at.is_none() {
+            return Err(AppError::EmailNotVerified);
+        }
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        if let (Some(new), Some(old)) = (rehash, stored) {
+            // Conditional: a password changed since we read it is never overwritten.
+            tx.replace_password_hash(user.id, &old, &new, now).await?;
+        }
+        tx.record_login(user.id, now).await?;
+        let (session, credentials) = self.open_session(tx.as_mut(), user.id, mode, client, now).await?;
+        tx.commit().await?;
+        tracing::info!(user = %user.id, session = %session.id, "login");
+        Ok(LoginOutcome::Authenticated { session_id: session.id, user_id: user.id, credentials })
+    }
+
+    /// Opens a session inside `tx` and mints its credentials.
+    pub(crate) async fn open_session(
+        &self,
+        tx: &mut dyn StoreTx,
+        user: UserId,
+        mode: LoginMode,
+        client: &ClientContext,
+        now: Timestamp,
+    ) -> Result<(Session, IssuedCredentials), AppError> {
+        let lifetimes = self.inner.settings.accounts.sessions;
+        let session = Session {
+            id: SessionId::from_random_bytes(random_id_bytes()?),
+            user_id: user,
+            kind: match mode {
+                LoginMode::Bearer => SessionKind::Bearer,
+                LoginMode::Cookie => SessionKind::Cookie,
+            },
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now.plus_millis(lifetimes.absolute_millis),
+            mfa_level: 0,
+            ip: client.ip.clone(),
+            user_agent: client.user_agent.as_ref().map(|ua| truncate(ua, 256)),
+            revoked_at: None,
+        };
+        let credentials = match mode {
+            LoginMode::Bearer => {
+                tx.insert_session(&session, None).await?;
+                let refresh_token = SecretToken::generate()?;
+                tx.insert_refresh_token(session.id, &refresh_token.hash(), now).await?;
+                let (access_token, expires_in) = self.access_token(&session, now)?;
+                IssuedCredentials::Bearer { access_token, expires_in, refresh_token }
+            }
+            LoginMode::Cookie => {
+                let cookie = SecretToken::generate()?;
+                tx.insert_session(&session, Some(&cookie.hash())).await?;
+                let csrf_token = self.inner.csrf.token_for(session.id);
+                IssuedCredentials::Cookie {
+                    cookie,
+                    csrf_token,
+                    expires_at: session.expires_at,
+                    max_age_secs: lifetimes.absolute_millis / 1000,
+                }
+            }
+        };
+        Ok((session, credentials))
+    }
+
+    /// A signed access token for `session`, never outliving the session's absolute expiry.
+    fn access_token(&self, session: &Session, now: Timestamp) -> Result<(String, i64), AppError> {
+        let settings = &self.inner.settings.tokens;
+        let iat = now.as_unix_millis().div_euclid(1000);
+        let exp = (iat + settings.access_ttl_secs).min(session.expires_at.as_unix_millis().div_euclid(1000));
+        let jti = SessionId::from_random_bytes(random_id_bytes()?).to_string();
+        let claims = AccessClaims {
+            iss: settings.issuer.clone(),
+            aud: settings.audience.clone(),
+            sub: session.user_id.to_string(),
+            sid: session.id.to_string(),
+            iat,
+            nbf: iat,
+            exp,
+            jti,
+        };
+        Ok((self.keyring().sign(&claims)?, exp - iat))
+    }
+
+    /// Exchanges a refresh token for a new access token and a new refresh token (ASVS 7.2.4: rotate on
+    /// use). A token that was already spent revokes its whole session and raises a security event:
+    /// either the client or a thief holds a copy, and the server cannot tell which.
+    #[tracing::instrument(skip_all)]
+    pub async fn refresh(
+        &self,
+        presented: &str,
+        client: &ClientContext,
+    ) -> Result<IssuedCredentials, AppError> {
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        match tx.spend_refresh_token(&hash_token(presented), now).await? {
+            RefreshSpend::Unknown => Err(AppError::Unauthenticated),
+            RefreshSpend::AlreadySpent(session_id) => {
+                let session = tx.session(session_id).await?;
+                if let Some(session) = &session {
+                    tx.revoke_session(session.user_id, session.id, now, RevokeReason::RefreshReuse).await?;
+                }
+                let event = SecurityEvent {
+                    at: now,
+                    kind: SecurityEventKind::RefreshTokenReuse,
+                    user_id: session.as_ref().map(|s| s.user_id),
+                    session_id: Some(session_id),
+                    ip: client.ip.clone(),
+                };
+                tx.insert_security_event(&event).await?;
+                tx.commit().await?;
+                self.forget_session(session_id, now);
+                tracing::warn!(session = %session_id, "a spent refresh token was presented; session revoked");
+                Err(AppError::Unauthenticated)
+            }
+            RefreshSpend::Spent(session_id) => {
+                let session = tx.session(session_id).await?.ok_or(AppError::Unauthenticated)?;
+                if !session.is_live(self.inner.settings.accounts.sessions, now)
+                    || self.inner.revoked.contains(session.id)
+                {
+                    return Err(AppError::Unauthenticated);
+                }
+                let refresh_token = SecretToken::generate()?;
+                tx.insert_refresh_token(session.id, &refresh_token.hash(), now).await?;
+                tx.touch_session(session.id, now).await?;
+                let (access_token, expires_in) = self.access_token(&session, now)?;
+                tx.commit().await?;
+                Ok(IssuedCredentials::Bearer { access_token, expires_in, refresh_token })
+            }
+        }
+    }
+
+    /// The caller behind an access token: signature, claims and time window checked (once per token
+    /// per node, then cached), and the session not revoked.
+    pub fn authenticate_bearer(&self, token: &str) -> Result<Principal, AppError> {
+        let now = self.now();
+        let grant = match self.inner.verified_tokens.get(token, now) {
+            Some(grant) => grant,
+            None => {
+                let claims = self.keyring().verify(token, &self.inner.settings.tokens, now)?;
+                let grant = AccessGrant {
+                    user_id: UserId::parse(&claims.sub).map_err(|_| AppError::Unauthenticated)?,
+                    session_id: SessionId::parse(&claims.sid).map_err(|_| AppError::Unauthenticated)?,
+                    expires_at: Timestamp::from_unix_millis(
+                        (claims.exp + self.inner.settings.tokens.leeway_secs).saturating_mul(1000),
+                    ),
+                };
+                self.inner.verified_tokens.insert(token, grant, now);
+                grant
+            }
+        };
+        if self.inner.revoked.contains(grant.session_id) {
+            return Err(AppError::Unauthenticated);
+        }
+        Ok(Principal {
+            user_id: grant.user_id,
+            session_id: grant.session_id,
+            transport: SessionTransport::Bearer,
+        })
+    }
+
+    /// The caller behind a session cookie: the session must exist, be a cookie session, and be live.
+    pub async fn authenticate_cookie(&self, cookie: &str) -> Result<Principal, AppError> {
+        let now = self.now();
+        let mut tx = self.inner.store.begin_read().await?;
+        let session = tx.session_by_cookie(&hash_token(cookie)).await?;
+        tx.rollback().await?;
+        let session = session.ok_or(AppError::Unauthenticated)?;
+        if session.kind != SessionKind::Cookie || !session.is_live(self.inner.settings.accounts.sessions, now)
+        {
+            return Err(AppError::Unauthenticated);
+        }
+        if now.as_unix_millis() - session.last_seen_at.as_unix_millis() >= TOUCH_INTERVAL_MILLIS {
+            let mut tx = self.inner.store.begin().await?;
+            tx.touch_session(session.id, now).await?;
+            tx.commit().await?;
+        }
+        Ok(Principal {
+            user_id: session.user_id,
+            session_id: session.id,
+            transport: SessionTransport::Cookie,
+        })
+    }
+
+    /// Checks the CSRF token of a cookie-authenticated, state-changing request; records a security
+    /// event when it fails. Bearer requests carry no ambient credential and need none.
+    pub async fn check_csrf(
+        &self,
+        principal: &Principal,
+        presented: Option<&str>,
+        client: &ClientContext,
+    ) -> Result<(), AppError> {
+        if principal.transport == SessionTransport::Bearer {
+            return Ok(());
+        }
+        if presented.is_some_and(|token| self.inner.csrf.verify(principal.session_id, token)) {
+            return Ok(());
+        }
+        self.reject_csrf(Some(principal), client).await
+    }
+
+    /// Records a request refused by the CSRF or origin checks and returns the refusal.
+    pub async fn reject_csrf(
+        &self,
+        principal: Option<&Principal>,
+        client: &ClientContext,
+    ) -> Result<(), AppError> {
+        self.record_security_event(
+            SecurityEventKind::CsrfRejected,
+            principal.map(|p| p.user_id),
+            principal.map(|p| p.session_id),
+            client,
+        )
+        .await?;
+        Err(AppError::Forbidden("the CSRF token or request origin is missing or wrong"))
+    }
+
+    /// The CSRF token of a cookie session (for pages that need it again).
+    pub fn csrf_token(&self, principal: &Principal) -> Option<String> {
+        (principal.transport == SessionTransport::Cookie)
+            .then(|| self.inner.csrf.token_for(principal.session_id))
+    }
+
+    /// Ends the caller's own session.
+    pub async fn logout(&self, principal: &Principal) -> Result<(), AppError> {
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        tx.revoke_session(principal.user_id, principal.session_id, now, RevokeReason::Logout).await?;
+        tx.commit().await?;
+        self.forget_session(principal.session_id, now);
+        Ok(())
+    }
+
+    /// Ends every session of the caller, the current one included.
+    pub async fn logout_all(&self, principal: &Principal) -> Result<u64, AppError> {
+        self.revoke_all_sessions(principal.user_id, None, RevokeReason::UserRevoked).await
+    }
+
+    /// Revokes a user's sessions (all, or all but `keep`) and forgets them locally at once.
+    pub(crate) async fn revoke_all_sessions(
+        &self,
+        user: UserId,
+        keep: Option<SessionId>,
+        reason: RevokeReason,
+    ) -> Result<u64, AppError> {
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        let revoked = revoke_sessions_in(tx.as_mut(), user, keep, reason, now).await?;
+        tx.commit().await?;
+        self.forget_sessions(&revoked, now);
+        Ok(revoked.len() as u64)
+    }
+
+    /// Forgets revoked sessions on this node, after the revocation committed.
+    pub(crate) fn forget_sessions(&self, ids: &[SessionId], now: Timestamp) {
+        for id in ids {
+            self.forget_session(*id, now);
+        }
+    }
+
+    /// The caller's live sessions, newest first, the current one marked.
+    pub async fn list_sessions(&self, principal: &Principal) -> Result<Vec<SessionSummary>, AppError> {
+        let now = self.now();
+        let lifetimes = self.inner.settings.accounts.sessions;
+        let mut tx = self.inner.store.begin_read().await?;
+        let sessions = tx.sessions_of(principal.user_id, now).await?;
+        tx.rollback().await?;
+        Ok(sessions
+            .into_iter()
+            .filter(|s| s.is_live(lifetimes, now))
+            .map(|s| SessionSummary {
+                current: s.id == principal.session_id,
+                id: s.id,
+                kind: s.kind,
+                created_at: s.created_at,
+                last_seen_at: s.last_seen_at,
+                expires_at: s.expires_at,
+                ip: s.ip,
+                user_agent: s.user_agent,
+            })
+            .collect())
+    }
+
+    /// Revokes one of the caller's sessions by id. Another user's session id, a malformed id and an
+    /// unknown id all answer [`AppError::NotFound`].
+    pub async fn revoke_session(&self, principal: &Principal, id: &str) -> Result<(), AppError> {
+        let id = SessionId::parse(id).map_err(|_| AppError::NotFound)?;
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        if !tx.revoke_session(principal.user_id, id, now, RevokeReason::UserRevoked).await? {
+            return Err(AppError::NotFound);
+        }
+        tx.commit().await?;
+        self.forget_session(id, now);
+        Ok(())
+    }
+
+    /// Picks up sessions revoked by other nodes since the last call (and, on the first call, within
+    /// the lifetime of any access token still live). The server calls this every
+    /// [`REVOCATION_SYNC_SECS`].
+    pub async fn sync_revocations(&self) -> Result<usize, AppError> {
+        let now = self.now();
+        let settings = &self.inner.settings.tokens;
+        let horizon = now.plus_millis(-(settings.access_ttl_secs + settings.leeway_secs) * 1000);
+        let since = {
+            let synced = self.inner.revoked.synced_until.lock().map(|s| *s).unwrap_or(None);
+            // Overlap by one sync interval: a revocation committed just before our last read, but
+            // stamped earlier, is still seen.
+            synced.map_or(horizon, |s| s.plus_millis(-(REVOCATION_SYNC_SECS as i64) * 2000))
+        };
+        let mut tx = self.inner.store.begin_read().await?;
+        let revoked = tx.sessions_revoked_since(since).await?;
+        tx.rollback().await?;
+        for id in &revoked {
+            self.inner.revoked.insert(*id, now);
+            self.inner.verified_tokens.forget_session(*id);
+        }
+        if let Ok(mut entries) = self.inner.revoked.entries.lock() {
+            entries.retain(|_, at| *at >= horizon);
+        }
+        if let Ok(mut synced) = self.inner.revoked.synced_until.lock() {
+            *synced = Some(now);
+        }
+        Ok(revoked.len())
+    }
+
+    fn forget_session(&self, id: SessionId, now: Timestamp) {
+        self.inner.revoked.insert(id, now);
+        self.inner.verified_tokens.forget_session(id);
+    }
+
+    pub(crate) async fn record_security_event(
+        &self,
+        kind: SecurityEventKind,
+        user_id: Option<UserId>,
+        session_id: Option<SessionId>,
+        client: &ClientContext,
+    ) -> Result<(), AppError> {
+        let event = SecurityEvent { at: self.now(), kind, user_id, session_id, ip: client.ip.clone() };
+        let mut tx = self.inner.store.begin().await?;
+        tx.insert_security_event(&event).await?;
+        tx.commit().await?;
+        tracing::info!(kind = kind.as_str(), user = ?user_id.map(|u| u.to_string()), "security event");
+        Ok(())
+    }
+}
+
+/// Revokes a user's sessions inside `tx` (all, or all but `keep`); returns their ids so the caller
+/// can forget them locally once the transaction commits.
+pub(crate) async fn revoke_sessions_in(
+    tx: &mut dyn StoreTx,
+    user: UserId,
+    keep: Option<SessionId>,
+    reason: RevokeReason,
+    now: Timestamp,
+) -> Result<Vec<SessionId>, AppError> {
+    let live = tx.sessions_of(user, now).await?;
+    tx.revoke_sessions_of(user, keep, now, reason).await?;
+    Ok(live.into_iter().map(|s| s.id).filter(|id| Some(*id) != keep).collect())
+}
+
+/// At most `max` bytes of `text`, cut on a character boundary.
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}

@@ -1,0 +1,546 @@
+//! Access tokens (RFC 9068-style JWTs, RFC 7519) signed with Ed25519 or ES256, the keyring that signs
+//! them, the JWKS (RFC 7517) that publishes its public halves, and the bounded cache that keeps
+//! verification off the hot path.
+//!
+//! Signing uses key pairs parsed once and kept (ring), because `jsonwebtoken` re-parses a private key
+//! on every call. Verification goes through `jsonwebtoken` with the algorithm pinned to the key's own,
+//! so `alg: none`, an HMAC token keyed with our public key, or a swapped `kid` never verify.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use portcullis_domain::{SessionId, Timestamp, UserId};
+use portcullis_store::StoredSigningKey;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use secrecy::{ExposeSecret, SecretSlice};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::AppError;
+
+/// Which algorithm signs new access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningAlgorithm {
+    /// Ed25519 (RFC 8037): the default; small keys, deterministic signatures.
+    EdDsa,
+    /// ECDSA P-256 with SHA-256 (RFC 7518 section 3.4), for verifiers without Ed25519.
+    Es256,
+}
+
+impl SigningAlgorithm {
+    /// The JWS `alg` value.
+    pub fn jws_name(self) -> &'static str {
+        match self {
+            SigningAlgorithm::EdDsa => "EdDSA",
+            SigningAlgorithm::Es256 => "ES256",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "EdDSA" => Some(SigningAlgorithm::EdDsa),
+            "ES256" => Some(SigningAlgorithm::Es256),
+            _ => None,
+        }
+    }
+
+    fn jsonwebtoken(self) -> Algorithm {
+        match self {
+            SigningAlgorithm::EdDsa => Algorithm::EdDSA,
+            SigningAlgorithm::Es256 => Algorithm::ES256,
+        }
+    }
+}
+
+/// How access tokens are made and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSettings {
+    /// The `iss` claim: this server's public base URL.
+    pub issuer: String,
+    /// The `aud` claim every access token carries and every verification demands.
+    pub audience: String,
+    pub algorithm: SigningAlgorithm,
+    /// Access token lifetime (15 minutes by default).
+    pub access_ttl_secs: i64,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway_secs: i64,
+}
+
+/// The claims of an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub sid: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+/// Who a verified access token speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessGrant {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    /// When the token stops being valid (its `exp`).
+    pub expires_at: Timestamp,
+}
+
+/// A key that can sign, parsed once.
+enum Signer {
+    Ed25519(Ed25519KeyPair),
+    Es256(EcdsaKeyPair),
+}
+
+struct SigningKey {
+    kid: String,
+    algorithm: SigningAlgorithm,
+    signer: Signer,
+}
+
+struct VerifyingKey {
+    algorithm: SigningAlgorithm,
+    key: DecodingKey,
+}
+
+/// Every key this node knows: the one that signs, and all that still verify.
+pub(crate) struct Keyring {
+    current: Option<SigningKey>,
+    verifiers: HashMap<String, VerifyingKey>,
+    jwks: serde_json::Value,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("current", &self.current.as_ref().map(|k| &k.kid))
+            .field("verifiers", &self.verifiers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Keyring {
+    /// A keyring with no keys: nothing signs, nothing verifies (before the schema is migrated).
+    pub(crate) fn empty() -> Self {
+        Self { current: None, verifiers: HashMap::new(), jwks: serde_json::json!({ "keys": [] }) }
+    }
+
+    /// Whether a key is ready to sign.
+    pub(crate) fn can_sign(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// The public JWKS document.
+    pub(crate) fn jwks(&self) -> &serde_json::Value {
+        &self.jwks
+    }
+
+    /// Builds the keyring from stored keys, decrypting private halves with the wrapping key.
+    pub(crate) fn from_stored(stored: &[StoredSigningKey], wrap: &WrappingKey) -> Result<Self, AppError> {
+        let mut ring = Keyring::empty();
+        let mut jwks = Vec::new();
+        for key in stored {
+            let algorithm = SigningAlgorithm::parse(&key.algorithm)
+                .ok_or_else(|| AppError::Internal(format!("signing key {}: unknown alg", key.kid).into()))?;
+            let (jwk, decoding) = public_jwk(algorithm, &key.public_key, &key.kid)?;
+            jwks.push(jwk);
+            ring.verifiers.insert(key.kid.clone(), VerifyingKey { algorithm, key: decoding });
+            if key.state == "current" {
+                let pkcs8 = zeroize::Zeroizing::new(wrap.open(&key.private_key, &key.kid)?);
+                let signer = match algorithm {
+                    SigningAlgorithm::EdDsa => Signer::Ed25519(
+                        Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| internal("ed25519 key", e))?,
+                    ),
+                    SigningAlgorithm::Es256 => Signer::Es256(
+                        EcdsaKeyPair::from_pkcs8(
+                            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                            &pkcs8,
+                            &SystemRandom::new(),
+                        )
+                        .map_err(|e| internal("p-256 key", e))?,
+                    ),
+                };
+                ring.current = Some(SigningKey { kid: key.kid.clone(), algorithm, signer });
+            }
+        }
+        ring.jwks = serde_json::json!({ "keys": jwks });
+        Ok(ring)
+    }
+
+    /// Signs `claims` with the current key.
+    pub(crate) fn sign(&self, claims: &AccessClaims) -> Result<String, AppError> {
+        let key =
+            self.current.as_ref().ok_or_else(|| AppError::Internal("no signing key is loaded".into()))?;
+        let header = serde_json::json!({ "alg": key.algorithm.jws_name(), "typ": "at+jwt", "kid": key.kid });
+        let mut token = String::with_capacity(512);
+        token.push_str(
+            &URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(|e| internal("header", e))?),
+        );
+        token.push('.');
+        token.push_str(
+            &URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).map_err(|e| internal("claims", e))?),
+        );
+        let signature = match &key.signer {
+            Signer::Ed25519(pair) => pair.sign(token.as_bytes()).as_ref().to_vec(),
+            Signer::Es256(pair) => pair
+                .sign(&SystemRandom::new(), token.as_bytes())
+                .map_err(|e| internal("es256 sign", e))?
+                .as_ref()
+                .to_vec(),
+        };
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        Ok(token)
+    }
+
+    /// Verifies signature, algorithm, issuer, audience and time window; returns the claims.
+    pub(crate) fn verify(
+        &self,
+        token: &str,
+        settings: &TokenSettings,
+        now: Timestamp,
+    ) -> Result<AccessClaims, AppError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AppError::Unauthenticated)?;
+        let kid = header.kid.ok_or(AppError::Unauthenticated)?;
+        let key = self.verifiers.get(&kid).ok_or(AppError::Unauthenticated)?;
+        // The algorithm comes from our key, never from the token (RFC 8725 section 3.1).
+        let mut validation = Validation::new(key.algorithm.jsonwebtoken());
+        validation.set_issuer(&[&settings.issuer]);
+        validation.set_audience(&[&settings.audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        // Time is checked below against the app's clock, so tests can move it.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        let claims = jsonwebtoken::decode::<AccessClaims>(token, &key.key, &validation)
+            .map_err(|_| AppError::Unauthenticated)?
+            .claims;
+        let now_secs = now.as_unix_millis().div_euclid(1000);
+        if claims.exp + settings.leeway_secs <= now_secs || claims.nbf - settings.leeway_secs > now_secs {
+            return Err(AppError::Unauthenticated);
+        }
+        Ok(claims)
+    }
+}
+
+fn internal(what: &'static str, error: impl std::fmt::Display) -> AppError {
+    AppError::Internal(format!("{what}: {error}").into())
+}
+
+/// The public JWK and the decoding key for a stored public key; the JWK's `kid` is its RFC 7638
+/// thumbprint.
+fn public_jwk(
+    algorithm: SigningAlgorithm,
+    public: &[u8],
+    kid: &str,
+) -> Result<(serde_json::Value, DecodingKey), AppError> {
+    match algorithm {
+        SigningAlgorithm::EdDsa => {
+            let x = URL_SAFE_NO_PAD.encode(public);
+            let jwk = serde_json::json!({
+                "kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig",
+            });
+            Ok((jwk, DecodingKey::from_ed_der(public)))
+        }
+        SigningAlgorithm::Es256 => {
+            // ring gives the uncompressed point: 0x04 || x (32 bytes) || y (32 bytes).
+            if public.len() != 65 || public[0] != 4 {
+                return Err(AppError::Internal("stored P-256 public key is malformed".into()));
+            }
+            let (x, y) = (URL_SAFE_NO_PAD.encode(&public[1..33]), URL_SAFE_NO_PAD.encode(&public[33..]));
+            let jwk = serde_json::json!({
+                "kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256", "use": "sig",
+            });
+            Ok((jwk, DecodingKey::from_ec_der(public)))
+        }
+    }
+}
+
+/// RFC 7638 thumbprint: SHA-256 over the required members in lexicographic order, no whitespace.
+fn thumbprint(algorithm: SigningAlgorithm, public: &[u8]) -> String {
+    let canonical = match algorithm {
+        SigningAlgorithm::EdDsa => {
+            format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, URL_SAFE_NO_PAD.encode(public))
+        }
+        SigningAlgorithm::Es256 => format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            URL_SAFE_NO_PAD.encode(public.get(1..33).unwrap_or_default()),
+            URL_SAFE_NO_PAD.encode(public.get(33..).unwrap_or_default())
+        ),
+    };
+    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// Makes a new signing key, its private half sealed under `wrap`.
+pub(crate) fn generate_signing_key(
+    algorithm: SigningAlgorithm,
+    wrap: &WrappingKey,
+    now: Timestamp,
+) -> Result<StoredSigningKey, AppError> {
+    let rng = SystemRandom::new();
+    let (pkcs8, public) = match algorithm {
+        SigningAlgorithm::EdDsa => {
+            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| internal("ed25519 keygen", e))?;
+            let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| internal("ed25519", e))?;
+            (zeroize::Zeroizing::new(pkcs8.as_ref().to_vec()), pair.public_key().as_ref().to_vec())
+        }
+        SigningAlgorithm::Es256 => {
+            let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+            let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).map_err(|e| internal("p-256 keygen", e))?;
+            let pair =
+                EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).map_err(|e| internal("p-256", e))?;
+            (zeroize::Zeroizing::new(pkcs8.as_ref().to_vec()), pair.public_key().as_ref().to_vec())
+        }
+    };
+    let kid = thumbprint(algorithm, &public);
+    let private_key = wrap.seal(&pkcs8, &kid)?;
+    Ok(StoredSigningKey {
+        kid,
+        algorithm: algorithm.jws_name().to_owned(),
+        private_key,
+        public_key: public,
+        created_at: now,
+        state: "current".to_owned(),
+    })
+}
+
+/// The key that seals private signing keys at rest: HKDF-SHA256 of the instance secret, used with
+/// ChaCha20-Poly1305. The key id is bound in as associated data, so a sealed key cannot be moved to
+/// another row. The keys issue replaces this with the versioned keyring.
+pub(crate) struct WrappingKey(Key);
+
+impl std::fmt::Debug for WrappingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WrappingKey(..)")
+    }
+}
+
+impl WrappingKey {
+    pub(crate) fn derive(instance_secret: &SecretSlice<u8>) -> Result<Self, AppError> {
+        let mut key = Key::default();
+        hkdf::Hkdf::<Sha256>::new(None, instance_secret.expose_secret())
+            .expand(b"portcullis/signing-key-wrap/v1", &mut key)
+            .map_err(|e| internal("hkdf", e))?;
+        Ok(Self(key))
+    }
+
+    fn seal(&self, plaintext: &[u8], kid: &str) -> Result<Vec<u8>, AppError> {
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(|e| AppError::Internal(Box::new(e)))?;
+        let sealed = ChaCha20Poly1305::new(&self.0)
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: kid.as_bytes() })
+            .map_err(|_| AppError::Internal("sealing a signing key failed".into()))?;
+        Ok([nonce.as_slice(), &sealed].concat())
+    }
+
+    fn open(&self, sealed: &[u8], kid: &str) -> Result<Vec<u8>, AppError> {
+        if sealed.len() < 12 {
+            return Err(AppError::Internal("sealed signing key is truncated".into()));
+        }
+        let (nonce, ciphertext) = sealed.split_at(12);
+        ChaCha20Poly1305::new(&self.0)
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: kid.as_bytes() })
+            .map_err(|_| {
+                AppError::Internal(
+                    "a signing key does not decrypt: the instance secret differs from the one it was \
+                     sealed under"
+                        .into(),
+                )
+            })
+    }
+}
+
+/// Already-verified access tokens, so a token is verified once per node rather than on every
+/// request. Only tokens that passed full verification are inserted, and a hit requires the exact same
+/// token text, so the cache cannot be poisoned; entries are dropped once their token expires.
+#[derive(Debug, Default)]
+pub(crate) struct VerifiedTokens {
+    entries: Mutex<HashMap<String, AccessGrant>>,
+}
+
+/// Bounds memory: a node serving more distinct live tokens than this verifies some twice.
+const VERIFIED_TOKENS_MAX: usize = 10_000;
+
+impl VerifiedTokens {
+    pub(crate) fn get(&self, token: &str, now: Timestamp) -> Option<AccessGrant> {
+        let entries = self.entries.lock().ok()?;
+        entries.get(token).copied().filter(|grant| now < grant.expires_at)
+    }
+
+    pub(crate) fn insert(&self, token: &str, grant: AccessGrant, now: Timestamp) {
+        let Ok(mut entries) = self.entries.lock() else { return };
+        if entries.len() >= VERIFIED_TOKENS_MAX {
+            entries.retain(|_, g| now < g.expires_at);
+            if entries.len() >= VERIFIED_TOKENS_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(token.to_owned(), grant);
+    }
+
+    /// Forgets every token of a revoked session.
+    pub(crate) fn forget_session(&self, session: SessionId) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|_, g| g.session_id != session);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn settings(algorithm: SigningAlgorithm) -> TokenSettings {
+        TokenSettings {
+            issuer: "https://id.example.com".into(),
+            audience: "portcullis".into(),
+            algorithm,
+            access_ttl_secs: 900,
+            leeway_secs: 30,
+        }
+    }
+
+    fn keyring(algorithm: SigningAlgorithm) -> Keyring {
+        let wrap = WrappingKey::derive(&SecretSlice::from(vec![9u8; 32])).unwrap();
+        let key = generate_signing_key(algorithm, &wrap, Timestamp::from_unix_millis(NOW)).unwrap();
+        Keyring::from_stored(&[key], &wrap).unwrap()
+    }
+
+    fn claims(s: &TokenSettings) -> AccessClaims {
+        let iat = NOW / 1000;
+        AccessClaims {
+            iss: s.issuer.clone(),
+            aud: s.audience.clone(),
+            sub: UserId::from_random_bytes([1; 16]).to_string(),
+            sid: SessionId::from_random_bytes([2; 16]).to_string(),
+            iat,
+            nbf: iat,
+            exp: iat + 900,
+            jti: "j".into(),
+        }
+    }
+
+    #[test]
+    fn tokens_of_both_algorithms_verify_and_carry_their_kid() {
+        for alg in [SigningAlgorithm::EdDsa, SigningAlgorithm::Es256] {
+            let (ring, s) = (keyring(alg), settings(alg));
+            let token = ring.sign(&claims(&s)).unwrap();
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(header.kid.as_deref(), ring.current.as_ref().map(|k| k.kid.as_str()));
+            assert_eq!(ring.verify(&token, &s, Timestamp::from_unix_millis(NOW)).unwrap(), claims(&s));
+            assert_eq!(ring.jwks()["keys"][0]["alg"], alg.jws_name());
+        }
+    }
+
+    fn b64(value: &serde_json::Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
+    }
+
+    #[test]
+    fn forged_tampered_expired_and_foreign_tokens_are_all_rejected() {
+        let (ring, s) = (keyring(SigningAlgorithm::EdDsa), settings(SigningAlgorithm::EdDsa));
+        let now = Timestamp::from_unix_millis(NOW);
+        let kid = ring.current.as_ref().unwrap().kid.clone();
+        let good = claims(&s);
+        let body = b64(&serde_json::to_value(&good).unwrap());
+        let rejected = |token: &str| matches!(ring.verify(token, &s, now), Err(AppError::Unauthenticated));
+
+        // alg: none, with and without a trailing signature.
+        let none = b64(&serde_json::json!({"alg": "none", "typ": "JWT", "kid": kid}));
+        assert!(rejected(&format!("{none}.{body}.")));
+        assert!(rejected(&format!("{none}.{body}")));
+        // HS256 keyed with the published public key (the classic key-confusion attack).
+        let public = ring.jwks()["keys"][0]["x"].as_str().unwrap().to_owned();
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = Some(kid.clone());
+        let hs =
+            jsonwebtoken::encode(&header, &good, &jsonwebtoken::EncodingKey::from_secret(public.as_bytes()))
+                .unwrap();
+        assert!(rejected(&hs));
+        // A valid signature over other claims: swap in a tampered payload.
+        let token = ring.sign(&good).unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        let mut evil = good.clone();
+        evil.sub = UserId::from_random_bytes([3; 16]).to_string();
+        assert!(rejected(&format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(&serde_json::to_value(&evil).unwrap()),
+            parts[2]
+        )));
+        // An unknown kid, and a token with no kid.
+        let other_kid = b64(&serde_json::json!({"alg": "EdDSA", "kid": "not-ours"}));
+        assert!(rejected(&format!("{other_kid}.{}.{}", parts[1], parts[2])));
+        let no_kid = b64(&serde_json::json!({"alg": "EdDSA"}));
+        assert!(rejected(&format!("{no_kid}.{}.{}", parts[1], parts[2])));
+        // Signed by another key with our kid.
+        let stranger = keyring(SigningAlgorithm::EdDsa);
+        let foreign = stranger.sign(&good).unwrap();
+        let fparts: Vec<&str> = foreign.split('.').collect();
+        assert!(rejected(&format!("{}.{}.{}", parts[0], fparts[1], fparts[2])));
+        // Wrong issuer, wrong audience.
+        assert!(rejected(
+            &ring.sign(&AccessClaims { iss: "https://evil.example".into(), ..good.clone() }).unwrap()
+        ));
+        assert!(rejected(&ring.sign(&AccessClaims { aud: "another-app".into(), ..good.clone() }).unwrap()));
+        // Expired beyond the leeway; not yet valid beyond the leeway; within the leeway is fine.
+        let at = |secs: i64| Timestamp::from_unix_millis(NOW + secs * 1000);
+        assert!(ring.verify(&token, &s, at(900 + 29)).is_ok());
+        assert!(matches!(ring.verify(&token, &s, at(900 + 30)), Err(AppError::Unauthenticated)));
+        assert!(matches!(ring.verify(&token, &s, at(-31)), Err(AppError::Unauthenticated)));
+        // Garbage.
+        for junk in ["", ".", "..", "a.b.c", "Bearer x", &"a".repeat(10_000)] {
+            assert!(rejected(junk), "{junk:.20}");
+        }
+    }
+
+    #[test]
+    fn a_sealed_key_does_not_open_under_another_instance_secret_or_another_kid() {
+        let wrap = WrappingKey::derive(&SecretSlice::from(vec![9u8; 32])).unwrap();
+        let other = WrappingKey::derive(&SecretSlice::from(vec![8u8; 32])).unwrap();
+        let key =
+            generate_signing_key(SigningAlgorithm::EdDsa, &wrap, Timestamp::from_unix_millis(NOW)).unwrap();
+        assert!(Keyring::from_stored(std::slice::from_ref(&key), &other).is_err());
+        let mut moved = key.clone();
+        moved.kid = "another".into();
+        assert!(Keyring::from_stored(&[moved], &wrap).is_err());
+    }
+
+    #[test]
+    fn an_rfc_8037_ed25519_thumbprint_matches_the_published_example() {
+        // RFC 8037 appendix A.3.
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
+            .unwrap();
+        assert_eq!(thumbprint(SigningAlgorithm::EdDsa, &x), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+    }
+
+    #[test]
+    fn the_verified_token_cache_is_bounded_and_forgets_revoked_sessions() {
+        let cache = VerifiedTokens::default();
+        let now = Timestamp::from_unix_millis(NOW);
+        let grant = AccessGrant {
+            user_id: UserId::from_random_bytes([1; 16]),
+            session_id: SessionId::from_random_bytes([2; 16]),
+            expires_at: now.plus_millis(1000),
+        };
+        cache.insert("t", grant, now);
+        assert_eq!(cache.get("t", now), Some(grant));
+        assert_eq!(cache.get("t", now.plus_millis(1000)), None, "expired entries never hit");
+        cache.forget_session(grant.session_id);
+        assert_eq!(cache.get("t", now), None);
+        for i in 0..=VERIFIED_TOKENS_MAX {
+            cache.insert(&i.to_string(), grant, now);
+        }
+        assert!(cache.entries.lock().unwrap().len() <= VERIFIED_TOKENS_MAX);
+    }
+}

@@ -1,0 +1,295 @@
+//! SQLite implementation of the account aggregate: users, password credentials, single-use tokens.
+
+use async_trait::async_trait;
+use portcullis_domain::{
+    BuiltinRole, DisplayName, Email, OneTimePurpose, OneTimeToken, Timestamp, TokenHash, User, UserId,
+    UserStatus,
+};
+use portcullis_store::{AccountStore, StoreError};
+
+use crate::{SqliteTx, corrupt};
+
+/// The only credential kind so far; the MFA issue adds others to the same table.
+const PASSWORD: &str = "password";
+
+const USER_COLUMNS: &str = "id, email, email_verified_at, display_name, status, role, created_at, \
+                            updated_at, last_login_at";
+
+/// A `users` row as stored, before its text is parsed back into domain types.
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: String,
+    email: String,
+    email_verified_at: Option<i64>,
+    display_name: Option<String>,
+    status: String,
+    role: String,
+    created_at: i64,
+    updated_at: i64,
+    last_login_at: Option<i64>,
+}
+
+impl UserRow {
+    /// Stored text goes back through the domain parsers, so a row written around this code (or by a
+    /// future version with other rules) is reported as corrupt rather than trusted.
+    fn into_user(self) -> Result<User, StoreError> {
+        Ok(User {
+            id: UserId::parse(&self.id).map_err(|_| corrupt("users.id is not a uuid"))?,
+            email: Email::parse(&self.email).map_err(|_| corrupt("users.email is not a valid address"))?,
+            email_verified_at: self.email_verified_at.map(Timestamp::from_unix_millis),
+            display_name: self
+                .display_name
+                .map(|name| DisplayName::parse(&name))
+                .transpose()
+                .map_err(|_| corrupt("users.display_name is not a valid display name"))?,
+            status: UserStatus::parse(&self.status).ok_or_else(|| corrupt("users.status is unknown"))?,
+            role: BuiltinRole::parse(&self.role).ok_or_else(|| corrupt("users.role is unknown"))?,
+            created_at: Timestamp::from_unix_millis(self.created_at),
+            updated_at: Timestamp::from_unix_millis(self.updated_at),
+            last_login_at: self.last_login_at.map(Timestamp::from_unix_millis),
+        })
+    }
+}
+
+impl SqliteTx {
+    /// The user matching `condition`, a constant predicate on `$1` (never built from input).
+    async fn user_where(&mut self, condition: &'static str, value: &str) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE {condition}");
+        let row: Option<UserRow> = match sqlx::query_as(&sql).bind(value).fetch_optional(&mut *self.tx).await
+        {
+            Ok(row) => row,
+            Err(e) => return Err(self.fail(e)),
+        };
+        row.map(UserRow::into_user).transpose()
+    }
+}
+
+#[async_trait]
+impl AccountStore for SqliteTx {
+    async fn insert_user(&mut self, user: &User) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO users (id, email, email_key, email_verified_at, display_name, status, role, \
+             created_at, updated_at, last_login_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(user.id.to_string())
+        .bind(user.email.as_str())
+        .bind(user.email.key())
+        .bind(user.email_verified_at.map(Timestamp::as_unix_millis))
+        .bind(user.display_name.as_ref().map(DisplayName::as_str))
+        .bind(user.status.as_str())
+        .bind(user.role.as_str())
+        .bind(user.created_at.as_unix_millis())
+        .bind(user.updated_at.as_unix_millis())
+        .bind(user.last_login_at.map(Timestamp::as_unix_millis))
+        .execute(&mut *self.tx)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            // The unique email key is what makes a second spelling of an address a conflict.
+            Err(e) => Err(match self.fail(e) {
+                StoreError::Conflict { .. } => StoreError::Conflict { entity: "user" },
+                other => other,
+            }),
+        }
+    }
+
+    async fn user_by_id(&mut self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.user_where("id = $1", &id.to_string()).await
+    }
+
+    async fn user_by_email(&mut self, email: &Email) -> Result<Option<User>, StoreError> {
+        self.user_where("email_key = $1", &email.key()).await
+    }
+
+    async fn count_users(&mut self) -> Result<u64, StoreError> {
+        let count: i64 = match sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&mut *self.tx).await
+        {
+            Ok(count) => count,
+            Err(e) => return Err(self.fail(e)),
+        };
+        u64::try_from(count).map_err(|_| corrupt("COUNT(*) of users is negative"))
+    }
+
+    async fn mark_email_verified(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
+        let result = sqlx::query("UPDATE users SET email_verified_at = $2, updated_at = $2 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(at.as_unix_millis())
+            .execute(&mut *self.tx)
+            .await;
+        match result {
+            Ok(done) => Ok(done.rows_affected() == 1),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn record_login(&mut self, id: UserId, at: Timestamp) -> Result<(), StoreError> {
+        // A login is activity, not a change to the account, so updated_at stays.
+        let result = sqlx::query("UPDATE users SET last_login_at = $2 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(at.as_unix_millis())
+            .execute(&mut *self.tx)
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn password_hash(&mut self, user: UserId) -> Result<Option<String>, StoreError> {
+        let result = sqlx::query_scalar("SELECT secret FROM credentials WHERE user_id = $1 AND kind = $2")
+            .bind(user.to_string())
+            .bind(PASSWORD)
+            .fetch_optional(&mut *self.tx)
+            .await;
+        match result {
+            Ok(secret) => Ok(secret),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn set_password_hash(&mut self, user: UserId, hash: &str, at: Timestamp) -> Result<(), StoreError> {
+        // One statement either way, so two concurrent first-time sets cannot both try to insert.
+        let result = sqlx::query(
+            "INSERT INTO credentials (user_id, kind, secret, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $4) \
+             ON CONFLICT (user_id, kind) \
+             DO UPDATE SET secret = excluded.secret, updated_at = excluded.updated_at",
+        )
+        .bind(user.to_string())
+        .bind(PASSWORD)
+        .bind(hash)
+        .bind(at.as_unix_millis())
+        .execute(&mut *self.tx)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn replace_password_hash(
+        &mut self,
+        user: UserId,
+        expected: &str,
+        new: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        // Compare-and-set in the UPDATE itself: a password changed since `expected` was read is kept.
+        let result = sqlx::query(
+            "UPDATE credentials SET secret = $4, updated_at = $5 \
+             WHERE user_id = $1 AND kind = $2 AND secret = $3",
+        )
+        .bind(user.to_string())
+        .bind(PASSWORD)
+        .bind(expected)
+        .bind(new)
+        .bind(at.as_unix_millis())
+        .execute(&mut *self.tx)
+        .await;
+        match result {
+            Ok(done) => Ok(done.rows_affected() == 1),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn insert_one_time_token(&mut self, token: &OneTimeToken) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO one_time_tokens (hash, purpose, user_id, email, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token.hash.0.as_slice())
+        .bind(token.purpose.as_str())
+        .bind(token.user_id.map(|id| id.to_string()))
+        .bind(token.email.as_ref().map(Email::as_str))
+        .bind(token.created_at.as_unix_millis())
+        .bind(token.expires_at.as_unix_millis())
+        .execute(&mut *self.tx)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match self.fail(e) {
+                StoreError::Conflict { .. } => StoreError::Conflict { entity: "one-time token" },
+                other => other,
+            }),
+        }
+    }
+
+    async fn spend_one_time_token(
+        &mut self,
+        hash: &TokenHash,
+        purpose: OneTimePurpose,
+        now: Timestamp,
+    ) -> Result<Option<OneTimeToken>, StoreError> {
+        // Check and spend in one conditional statement: of two callers, only one finds used_at NULL.
+        let row: Option<(Option<String>, Option<String>, i64, i64)> = match sqlx::query_as(
+            "UPDATE one_time_tokens SET used_at = $3 \
+             WHERE hash = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > $3 \
+             RETURNING user_id, email, created_at, expires_at",
+        )
+        .bind(hash.0.as_slice())
+        .bind(purpose.as_str())
+        .bind(now.as_unix_millis())
+        .fetch_optional(&mut *self.tx)
+        .await
+        {
+            Ok(row) => row,
+            Err(e) => return Err(self.fail(e)),
+        };
+        row.map(|(user_id, email, created_at, expires_at)| {
+            Ok(OneTimeToken {
+                hash: *hash,
+                purpose,
+                user_id: user_id
+                    .map(|id| UserId::parse(&id))
+                    .transpose()
+                    .map_err(|_| corrupt("one_time_tokens.user_id is not a uuid"))?,
+                email: email
+                    .map(|email| Email::parse(&email))
+                    .transpose()
+                    .map_err(|_| corrupt("one_time_tokens.email is not a valid address"))?,
+                created_at: Timestamp::from_unix_millis(created_at),
+                expires_at: Timestamp::from_unix_millis(expires_at),
+            })
+        })
+        .transpose()
+    }
+
+    async fn void_one_time_tokens(
+        &mut self,
+        user: UserId,
+        purpose: OneTimePurpose,
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE one_time_tokens SET used_at = $3 WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL",
+        )
+        .bind(user.to_string())
+        .bind(purpose.as_str())
+        .bind(at.as_unix_millis())
+        .execute(&mut *self.tx)
+        .await;
+        match result {
+            Ok(done) => Ok(done.rows_affected()),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn has_live_one_time_token(
+        &mut self,
+        purpose: OneTimePurpose,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM one_time_tokens \
+             WHERE purpose = $1 AND used_at IS NULL AND expires_at > $2)",
+        )
+        .bind(purpose.as_str())
+        .bind(now.as_unix_millis())
+        .fetch_one(&mut *self.tx)
+        .await;
+        match result {
+            Ok(live) => Ok(live),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The account aggregate: users, their password credential, and the single-use tokens that act on
+//! them (email verification, password reset, invites, first-admin setup).
+
+use async_trait::async_trait;
+use portcullis_domain::{Email, OneTimePurpose, OneTimeToken, Timestamp, TokenHash, User, UserId};
+
+use crate::StoreError;
+
+/// Users, password credentials and single-use tokens.
+#[async_trait]
+pub trait AccountStore {
+    /// Creates an account. An account with the same email key (the whole address case-folded)
+    /// already existing is [`StoreError::Conflict`] with entity `"user"`.
+    async fn insert_user(&mut self, user: &User) -> Result<(), StoreError>;
+
+    /// The account with this id.
+    async fn user_by_id(&mut self, id: UserId) -> Result<Option<User>, StoreError>;
+
+    /// The account whose email matches case-insensitively (by [`Email::key`]).
+    async fn user_by_email(&mut self, email: &Email) -> Result<Option<User>, StoreError>;
+
+    /// How many accounts exist (to decide whether a first-admin setup token is needed).
+    async fn count_users(&mut self) -> Result<u64, StoreError>;
+
+    /// Records that the owner proved the address; returns false if the account does not exist.
+    async fn mark_email_verified(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError>;
+
+    /// Records a successful login.
+    async fn record_login(&mut self, id: UserId, at: Timestamp) -> Result<(), StoreError>;
+
+    /// The account's password hash (a PHC or modular-crypt string), if it has a password.
+    async fn password_hash(&mut self, user: UserId) -> Result<Option<String>, StoreError>;
+
+    /// Sets (creating or replacing) the account's password hash.
+    async fn set_password_hash(&mut self, user: UserId, hash: &str, at: Timestamp) -> Result<(), StoreError>;
+
+    /// Replaces the password hash only if it is still `expected`; returns whether it did. Used for the
+    /// transparent re-hash on login, which must never overwrite a password changed meanwhile.
+    async fn replace_password_hash(
+        &mut self,
+        user: UserId,
+        expected: &str,
+        new: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Stores a new single-use token (only its hash).
+    async fn insert_one_time_token(&mut self, token: &OneTimeToken) -> Result<(), StoreError>;
+
+    /// Spends a token of `purpose`: marks it used if it exists, is unused and has not expired at `now`,
+    /// and returns it; otherwise `None`. The write is conditional, so of two concurrent callers on any
+    /// engine at most one gets the token.
+    async fn spend_one_time_token(
+        &mut self,
+        hash: &TokenHash,
+        purpose: OneTimePurpose,
+        now: Timestamp,
+    ) -> Result<Option<OneTimeToken>, StoreError>;
+
+    /// Marks every unused token of `purpose` for `user` as used (a reset link is void once the
+    /// password changes); returns how many.
+    async fn void_one_time_tokens(
+        &mut self,
+        user: UserId,
+        purpose: OneTimePurpose,
+        at: Timestamp,
+    ) -> Result<u64, StoreError>;
+
+    /// Whether an unused, unexpired token of `purpose` exists (a setup token is issued only once).
+    async fn has_live_one_time_token(
+        &mut self,
+        purpose: OneTimePurpose,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+}

@@ -1,0 +1,192 @@
+//! Authentication as extractors (CONVENTIONS.md): a handler that takes [`Authenticated`] cannot run
+//! without a valid access token or session cookie, and a cookie-authenticated request that changes
+//! state cannot run without its CSRF token and a same-origin `Origin`/`Sec-Fetch-Site`.
+
+use axum::extract::FromRequestParts;
+use http::request::Parts;
+use http::{HeaderMap, Method, header};
+use portcullis_app::{AppError, ClientContext, Principal};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::middleware::edge::ClientInfo;
+
+/// The browser session cookie. `__Host-` makes browsers insist on `Secure`, `Path=/` and no
+/// `Domain`, so no sibling subdomain can set or shadow it (RFC 6265bis section 4.1.3.2).
+pub const SESSION_COOKIE: &str = "__Host-portcullis_session";
+
+/// The header that carries the CSRF token of a cookie session.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Authenticated(pub Principal);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let app = &state.app;
+        if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+            // A malformed Authorization header is an error, not a reason to look at cookies.
+            let token = bearer_token(value.as_bytes()).ok_or(AppError::Unauthenticated)?;
+            return Ok(Authenticated(app.authenticate_bearer(token)?));
+        }
+        let cookie = session_cookie(&parts.headers).ok_or(AppError::Unauthenticated)?;
+        let principal = app.authenticate_cookie(&cookie).await?;
+        if !is_safe(&parts.method) {
+            let client = client_context(parts);
+            if !same_origin(&parts.headers, &state.trusted_origins) {
+                app.reject_csrf(Some(&principal), &client).await?;
+            }
+            let presented = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+            app.check_csrf(&principal, presented, &client).await?;
+        }
+        Ok(Authenticated(principal))
+    }
+}
+
+/// `Bearer <token>`, scheme case-insensitive (RFC 9110 section 11.1), one space, token68 characters.
+fn bearer_token(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return None;
+    }
+    token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b)).then_some(token)
+}
+
+/// The session cookie's value, if exactly one is sent. Two cookies of the same name mean someone
+/// planted one (cookie tossing): refuse both rather than guess.
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    let mut found = None;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for cookie in cookie::Cookie::split_parse(value).flatten() {
+            if cookie.name() == SESSION_COOKIE {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(cookie.value().to_owned());
+            }
+        }
+    }
+    found
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Whether a browser says the request comes from our own origin or an allow-listed one (OWASP CSRF
+/// cheat sheet: Fetch Metadata, then Origin). Clients that send neither header (not browsers) pass
+/// here and still need the CSRF token.
+pub(crate) fn same_origin(headers: &HeaderMap, trusted: &[String]) -> bool {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let allow_listed = origin.is_some_and(|o| trusted.iter().any(|t| t == o));
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && !matches!(site, "same-origin" | "none")
+        && !allow_listed
+    {
+        return false;
+    }
+    match origin {
+        None => true,
+        Some(_) if allow_listed => true,
+        // An opaque origin (sandboxed frame, data: URL) is never ours.
+        Some("null") => false,
+        Some(origin) => {
+            let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+            let authority = origin.split_once("://").map(|(_, rest)| rest);
+            matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+        }
+    }
+}
+
+/// What the session list records about the client: the resolved client ip and the user agent.
+pub(crate) fn client_context(parts: &Parts) -> ClientContext {
+    ClientContext {
+        ip: parts.extensions.get::<ClientInfo>().map(|c| c.ip.to_string()),
+        user_agent: parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
+    }
+}
+
+/// The client context as an extractor, for handlers that do not authenticate.
+#[derive(Debug, Clone)]
+pub struct Client(pub ClientContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Client(client_context(parts)))
+    }
+}
+
+/// Whether the request carries a browser's same-origin signals, for the login that sets a cookie
+/// (login CSRF: a foreign page must not log a victim into the attacker's account).
+pub(crate) struct Headers(pub HeaderMap);
+
+impl<S: Send + Sync> FromRequestParts<S> for Headers {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Headers(parts.headers.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn bearer_tokens_are_parsed_strictly() {
+        assert_eq!(bearer_token(b"Bearer abc.def-_"), Some("abc.def-_"));
+        assert_eq!(bearer_token(b"bearer abc"), Some("abc"));
+        for bad in [&b"Bearer"[..], b"Bearer ", b"Basic abc", b"Bearer a b", b"Bearer a\"b", b"Bearerabc"] {
+            assert_eq!(bearer_token(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_doubled_session_cookie_is_refused() {
+        let one = headers(&[("cookie", "a=1; __Host-portcullis_session=xyz")]);
+        assert_eq!(session_cookie(&one).as_deref(), Some("xyz"));
+        let two = headers(&[("cookie", "__Host-portcullis_session=xyz; __Host-portcullis_session=evil")]);
+        assert_eq!(session_cookie(&two), None);
+        let split = headers(&[
+            ("cookie", "__Host-portcullis_session=xyz"),
+            ("cookie", "__Host-portcullis_session=e"),
+        ]);
+        assert_eq!(session_cookie(&split), None);
+    }
+
+    #[test]
+    fn only_same_origin_or_allow_listed_browser_requests_pass_the_origin_check() {
+        let trusted = vec!["https://app.example.com".to_owned()];
+        let host = ("host", "id.example.com");
+        assert!(same_origin(&headers(&[host]), &trusted), "no browser headers");
+        assert!(same_origin(&headers(&[host, ("origin", "https://id.example.com")]), &trusted));
+        assert!(same_origin(&headers(&[host, ("sec-fetch-site", "same-origin")]), &trusted));
+        assert!(same_origin(
+            &headers(&[host, ("origin", "https://app.example.com"), ("sec-fetch-site", "same-site")]),
+            &trusted
+        ));
+        assert!(!same_origin(&headers(&[host, ("origin", "https://evil.example")]), &trusted));
+        assert!(!same_origin(&headers(&[host, ("origin", "null")]), &trusted));
+        assert!(!same_origin(&headers(&[host, ("sec-fetch-site", "cross-site")]), &trusted));
+        assert!(
+            !same_origin(&headers(&[host, ("sec-fetch-site", "same-site")]), &trusted),
+            "a sibling subdomain"
+        );
+        assert!(!same_origin(&headers(&[host, ("origin", "https://id.example.com.evil.example")]), &trusted));
+    }
+}
