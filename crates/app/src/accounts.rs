@@ -180,8 +180,10 @@ impl App {
                     client,
                 )
                 .await?;
+                // To the address the owner registered, not the spelling the stranger typed: mail servers
+                // may treat local parts case-sensitively.
                 self.send_later(OutgoingEmail {
-                    to: account.email,
+                    to: owner.map_or(account.email, |o| o.email),
                     subject: "Someone tried to sign up with your address".into(),
                     text: "Someone tried to create an account with this email address, which already has \
                            one. If it was you, log in or reset your password instead. If not, you can \

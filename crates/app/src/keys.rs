@@ -24,7 +24,7 @@ impl App {
             match tx.insert_signing_key(&key).await {
                 Ok(()) => {
                     tx.commit().await?;
-                    tracing::info!(kid = %key.kid, alg = %key.algorithm, "created the first token signing key");
+                    tracing::debug!(kid = %key.kid, alg = %key.algorithm, "created the first token signing key");
                 }
                 Err(StoreError::Conflict { .. }) => drop(tx),
                 Err(other) => return Err(other.into()),
@@ -39,6 +39,12 @@ impl App {
             Err(poisoned) => *poisoned.into_inner() = Arc::new(keyring),
         }
         Ok(())
+    }
+
+    /// The start-up work that needs a current schema: the instance identity and the signing keys.
+    pub async fn finish_bootstrap(&self) -> Result<(), AppError> {
+        self.bootstrap_instance().await?;
+        self.load_signing_keys().await
     }
 
     /// Whether a signing key is loaded (a readiness check).

@@ -52,6 +52,12 @@ impl App {
                 CheckState::Failed("migration status unavailable".into())
             }
         };
+        if migrations == CheckState::Ok && !self.can_sign_tokens() {
+            // The server started before `portcullis migrate` ran: finish what start-up skipped.
+            if let Err(error) = self.finish_bootstrap().await {
+                tracing::warn!(error = %portcullis_domain::error_chain(&error), "readiness: loading keys failed");
+            }
+        }
         Readiness { database: CheckState::Ok, migrations, keys: self.keys_state() }
     }
 

@@ -147,6 +147,10 @@ pub async fn open_app(config: &Config) -> Result<App, StartError> {
     }
     let instance_secret = instance_secret(config)?;
     let store = open_store(config).await?;
+    // Like `serve`: a fresh data dir needs no separate `migrate` before its first account.
+    if config.database.migrate_on_start {
+        store.migrate().await?;
+    }
     if !store.migration_status().await?.is_current() {
         store.close().await;
         return Err(ConfigError {
@@ -228,11 +232,11 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
     let app = App::new(store.clone(), Arc::new(SystemClock), settings, mailer)?;
     let (shutdown, receiver) = watch::channel(false);
     let mut tasks = Vec::new();
+    // Runs from the start; it waits for the keys when the schema is not current yet.
+    tasks.push(tokio::spawn(sync_revocations(app.clone(), receiver.clone())));
     if store.migration_status().await?.is_current() {
-        app.bootstrap_instance().await?;
-        app.load_signing_keys().await?;
+        app.finish_bootstrap().await?;
         app.sync_revocations().await?;
-        tasks.push(tokio::spawn(sync_revocations(app.clone(), receiver.clone())));
         if let Some(token) = app.issue_setup_token().await? {
             // The one secret ever logged, on purpose: it is how the operator of a fresh installation
             // with no accounts creates the first owner. Single use, valid one hour, useless once any
@@ -291,6 +295,11 @@ async fn sync_revocations(app: App, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = interval.tick() => {
+                // Before the schema is current (the server started ahead of `portcullis migrate`)
+                // there is nothing to sync and no token to check.
+                if !app.can_sign_tokens() {
+                    continue;
+                }
                 if let Err(error) = app.sync_revocations().await {
                     tracing::warn!(error = %portcullis_domain::error_chain(&error), "revocation sync failed");
                 }

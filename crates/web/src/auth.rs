@@ -36,7 +36,7 @@ impl FromRequestParts<AppState> for Authenticated {
         let principal = app.authenticate_cookie(&cookie).await?;
         if !is_safe(&parts.method) {
             let client = client_context(parts);
-            if !same_origin(&parts.headers, &state.trusted_origins) {
+            if !same_origin(&parts.headers, is_https(parts), &state.trusted_origins) {
                 app.reject_csrf(Some(&principal), &client).await?;
             }
             let presented = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
@@ -81,7 +81,7 @@ fn is_safe(method: &Method) -> bool {
 /// Whether a browser says the request comes from our own origin or an allow-listed one (OWASP CSRF
 /// cheat sheet: Fetch Metadata, then Origin). Clients that send neither header (not browsers) pass
 /// here and still need the CSRF token.
-pub(crate) fn same_origin(headers: &HeaderMap, trusted: &[String]) -> bool {
+pub(crate) fn same_origin(headers: &HeaderMap, https: bool, trusted: &[String]) -> bool {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let allow_listed = origin.is_some_and(|o| trusted.iter().any(|t| t == o));
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
@@ -95,12 +95,19 @@ pub(crate) fn same_origin(headers: &HeaderMap, trusted: &[String]) -> bool {
         Some(_) if allow_listed => true,
         // An opaque origin (sandboxed frame, data: URL) is never ours.
         Some("null") => false,
+        // An origin is scheme, host and port (RFC 6454): ours is the scheme the client used to reach
+        // us (directly or through a trusted proxy) and the Host it asked for.
         Some(origin) => {
             let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-            let authority = origin.split_once("://").map(|(_, rest)| rest);
-            matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+            let ours = host.map(|h| format!("{}://{h}", if https { "https" } else { "http" }));
+            ours.is_some_and(|ours| origin.eq_ignore_ascii_case(&ours))
         }
     }
+}
+
+/// Whether the client reached us over https (directly or through a trusted proxy).
+fn is_https(parts: &Parts) -> bool {
+    parts.extensions.get::<ClientInfo>().is_some_and(|c| c.https)
 }
 
 /// What the session list records about the client: the resolved client ip and the user agent.
@@ -125,13 +132,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Client {
 
 /// Whether the request carries a browser's same-origin signals, for the login that sets a cookie
 /// (login CSRF: a foreign page must not log a victim into the attacker's account).
-pub(crate) struct Headers(pub HeaderMap);
+pub(crate) struct SameOrigin(pub bool);
 
-impl<S: Send + Sync> FromRequestParts<S> for Headers {
+impl FromRequestParts<AppState> for SameOrigin {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Headers(parts.headers.clone()))
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(SameOrigin(same_origin(&parts.headers, is_https(parts), &state.trusted_origins)))
     }
 }
 
@@ -173,7 +180,12 @@ mod tests {
     fn only_same_origin_or_allow_listed_browser_requests_pass_the_origin_check() {
         let trusted = vec!["https://app.example.com".to_owned()];
         let host = ("host", "id.example.com");
+        let same_origin = |h: &HeaderMap, t: &[String]| same_origin(h, true, t);
         assert!(same_origin(&headers(&[host]), &trusted), "no browser headers");
+        assert!(
+            !same_origin(&headers(&[host, ("origin", "http://id.example.com")]), &trusted),
+            "another scheme"
+        );
         assert!(same_origin(&headers(&[host, ("origin", "https://id.example.com")]), &trusted));
         assert!(same_origin(&headers(&[host, ("sec-fetch-site", "same-origin")]), &trusted));
         assert!(same_origin(

@@ -3,12 +3,10 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use lettre::message::Mailbox;
-use lettre::transport::smtp::AsyncSmtpTransportBuilder;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
@@ -45,14 +43,12 @@ pub struct SmtpSettings {
     pub timeout: Duration,
 }
 
-/// Sends through one relay, reusing connections from lettre's pool.
+/// Sends through one relay, one connection per message (account email is rare; lettre's connection
+/// pool is not enabled, so the transport spawns no task and can be built and dropped anywhere).
 pub struct SmtpMailer {
     /// Fully configured at construction (TLS parameters, credentials), so every error that
     /// configuration can cause surfaces there.
-    builder: AsyncSmtpTransportBuilder,
-    /// Built on first use: with lettre's `pool` feature, building spawns a Tokio task, which would
-    /// panic if the mailer were constructed outside a runtime (config validation, a sync test).
-    transport: OnceLock<AsyncSmtpTransport<Tokio1Executor>>,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     host: String,
     port: u16,
@@ -85,18 +81,7 @@ impl SmtpMailer {
             }
             _ => return Err(MailError::IncompleteCredentials),
         };
-        Ok(Self {
-            builder,
-            transport: OnceLock::new(),
-            from,
-            host,
-            port: settings.port,
-            security: settings.security,
-        })
-    }
-
-    fn transport(&self) -> &AsyncSmtpTransport<Tokio1Executor> {
-        self.transport.get_or_init(|| self.builder.clone().build())
+        Ok(Self { transport: builder.build(), from, host, port: settings.port, security: settings.security })
     }
 }
 
@@ -104,7 +89,7 @@ impl SmtpMailer {
 impl Mailer for SmtpMailer {
     async fn send(&self, email: &OutgoingEmail) -> Result<(), MailError> {
         let message = build_message(&self.from, email.to.as_str(), &email.subject, &email.text)?;
-        self.transport().send(message).await.map_err(MailError::Smtp)?;
+        self.transport.send(message).await.map_err(MailError::Smtp)?;
         tracing::info!(relay = %self.host, "email handed to the SMTP relay");
         Ok(())
     }
@@ -118,19 +103,6 @@ impl fmt::Debug for SmtpMailer {
             .field("security", &self.security)
             .field("from", &self.from.to_string())
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for SmtpMailer {
-    fn drop(&mut self) {
-        // lettre's pool spawns a Tokio task when it is dropped, which panics outside a runtime (a mailer
-        // that outlives `main`'s runtime). Leaking the idle connections of a process that is ending is
-        // harmless; a panic in drop may abort it.
-        if let Some(transport) = self.transport.take()
-            && tokio::runtime::Handle::try_current().is_err()
-        {
-            std::mem::forget(transport);
-        }
     }
 }
 
@@ -220,13 +192,9 @@ mod tests {
     }
 
     #[test]
-    fn a_mailer_dropped_after_its_runtime_does_not_panic() {
+    fn a_mailer_built_and_dropped_outside_a_runtime_does_not_panic() {
+        // Configuration checks build the mailer before any runtime exists.
         let mailer = SmtpMailer::new(settings("127.0.0.1", SmtpSecurity::None)).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            mailer.transport();
-        });
-        drop(runtime);
         drop(mailer);
     }
 

@@ -3,9 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly by design")]
 
+mod accounts;
 mod binary;
+mod cli_users;
 mod docs;
 mod http_stack;
+mod hygiene;
+mod interop;
 mod lifecycle;
+mod sessions;
 mod support;
+mod timing;
 mod tls;
+mod tokens;

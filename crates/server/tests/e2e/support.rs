@@ -54,6 +54,9 @@ pub async fn spawn_with_options(adjust: impl FnOnce(&mut Config), options: Start
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(&dir);
+    if let Some(url) = postgres_database().await {
+        config.database.url = Some(portcullis::config::Secret::new(url));
+    }
     adjust(&mut config);
     let server = portcullis::start(&config, options).await.unwrap();
     TestApp {
@@ -63,6 +66,31 @@ pub async fn spawn_with_options(adjust: impl FnOnce(&mut Config), options: Start
         data_dir: config.data_dir.clone(),
         _dir: dir,
     }
+}
+
+/// With `PORTCULLIS_E2E_ON_POSTGRES=1` and `PORTCULLIS_TEST_POSTGRES_URL` set, a fresh database on that
+/// server for each spawned app, so the suites run on PostgreSQL too (`.ci/run` runs the account suites
+/// a second time this way). The databases are left to the throwaway server.
+async fn postgres_database() -> Option<String> {
+    use sqlx::Connection;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    if std::env::var("PORTCULLIS_E2E_ON_POSTGRES").ok().as_deref() != Some("1") {
+        return None;
+    }
+    let admin_url = std::env::var("PORTCULLIS_TEST_POSTGRES_URL")
+        .expect("PORTCULLIS_E2E_ON_POSTGRES=1 needs PORTCULLIS_TEST_POSTGRES_URL");
+    let name = format!(
+        "portcullis_e2e_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    let (base, query) = admin_url.split_once('?').map_or((admin_url.as_str(), ""), |(b, q)| (b, q));
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let path = base[authority..].find('/').map_or(base.len(), |i| authority + i);
+    let query = if query.is_empty() { String::new() } else { format!("?{query}") };
+    Some(format!("{}/{name}{query}", &base[..path]))
 }
 
 #[derive(Clone)]
@@ -318,8 +346,10 @@ pub async fn login_response(app: &TestApp, body: serde_json::Value) -> reqwest::
 
 /// A token-mode login that must succeed.
 pub async fn login(app: &TestApp, email: &str, password: &str) -> Tokens {
-    Tokens::from_response(login_response(app, serde_json::json!({ "email": email, "password": password })).await)
-        .await
+    Tokens::from_response(
+        login_response(app, serde_json::json!({ "email": email, "password": password })).await,
+    )
+    .await
 }
 
 /// A token-mode login with a chosen `User-Agent`.
@@ -336,7 +366,8 @@ pub async fn login_as_agent(app: &TestApp, email: &str, password: &str, agent: &
 /// A cookie-mode login that must succeed.
 pub async fn login_cookie(app: &TestApp, email: &str, password: &str) -> CookieSession {
     let response =
-        login_response(app, serde_json::json!({ "email": email, "password": password, "mode": "cookie" })).await;
+        login_response(app, serde_json::json!({ "email": email, "password": password, "mode": "cookie" }))
+            .await;
     assert_eq!(response.status(), 200, "cookie login");
     let set_cookie = set_session_cookie(&response).expect("a cookie login sets the session cookie");
     let value = set_cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
@@ -348,8 +379,11 @@ pub async fn login_cookie(app: &TestApp, email: &str, password: &str) -> CookieS
 /// and returns its body.
 pub async fn expect_problem(response: reqwest::Response, status: u16, slug: &str) -> serde_json::Value {
     let actual = response.status().as_u16();
-    let content_type =
-        response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let text = response.text().await.unwrap();
     assert_eq!(actual, status, "expected {status} {slug}, got {actual}: {text}");
     assert_eq!(content_type.as_deref(), Some("application/problem+json"), "{text}");
@@ -379,10 +413,8 @@ pub async fn expect_field_error(response: reqwest::Response, field: &str, secret
     let body = expect_problem(response, 422, "validation").await;
     assert!(!body.to_string().contains(secret), "the 422 answer echoes the submitted secret: {body}");
     let errors = body["errors"].as_array().unwrap_or_else(|| panic!("no errors list: {body}"));
-    let error = errors
-        .iter()
-        .find(|e| e["field"] == field)
-        .unwrap_or_else(|| panic!("no error for {field}: {body}"));
+    let error =
+        errors.iter().find(|e| e["field"] == field).unwrap_or_else(|| panic!("no error for {field}: {body}"));
     let message = error["message"].as_str().unwrap().to_owned();
     assert!(!message.is_empty());
     message
@@ -420,7 +452,8 @@ fn addressed(eml: &str, to: &str, subject_contains: &str) -> bool {
 pub async fn wait_for_emails(app: &TestApp, to: &str, subject_contains: &str, count: usize) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + MAIL_WAIT;
     loop {
-        let found: Vec<String> = outbox(app).into_iter().filter(|m| addressed(m, to, subject_contains)).collect();
+        let found: Vec<String> =
+            outbox(app).into_iter().filter(|m| addressed(m, to, subject_contains)).collect();
         if found.len() >= count {
             return found;
         }
@@ -641,7 +674,8 @@ pub fn jwt_with(
     claims: &serde_json::Value,
     sign: impl FnOnce(&[u8]) -> Vec<u8>,
 ) -> String {
-    let input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+    let input =
+        format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
     let signature = sign(input.as_bytes());
     format!("{input}.{}", b64url(&signature))
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::auth::{Authenticated, Client, Headers, SESSION_COOKIE, same_origin};
+use crate::auth::{Authenticated, Client, SESSION_COOKIE, SameOrigin};
 use crate::error::ApiError;
 use crate::extract::Json;
 
@@ -158,14 +158,14 @@ fn credentials_response(credentials: IssuedCredentials) -> Response {
 pub(crate) async fn login(
     State(state): State<AppState>,
     Client(client): Client,
-    Headers(headers): Headers,
+    SameOrigin(same_origin): SameOrigin,
     Json(body): Json<LoginBody>,
 ) -> Result<Response, ApiError> {
     let mode = match body.mode {
         Mode::Token => LoginMode::Bearer,
         Mode::Cookie => {
             // Login CSRF: a foreign page must not plant its own account's session in a victim's browser.
-            if !same_origin(&headers, &state.trusted_origins) {
+            if !same_origin {
                 state.app.reject_csrf(None, &client).await?;
             }
             LoginMode::Cookie

@@ -1,0 +1,123 @@
+//! No secret reaches the logs (ASVS 16.2.5, DESIGN.md "Secrets never leak"): passwords, tokens,
+//! cookies and emailed link tokens are pushed through every account endpoint with debug logging on,
+//! and then looked for in everything the server logged.
+
+use std::time::Duration;
+
+use crate::support::{log_text, spawn_app};
+
+/// The single-use tokens in every email the outbox holds (quoted-printable soft breaks undone).
+async fn emailed_tokens(app: &crate::support::TestApp, at_least: usize) -> Vec<String> {
+    let dir = app.data_dir.join("outbox");
+    for _ in 0..100 {
+        let mut tokens = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let text = text.replace("=\r\n", "").replace("=\n", "").replace("=3D", "=");
+                for (_, rest) in text.match_indices("#token=").map(|(i, _)| ((), &text[i + 7..])) {
+                    let token: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                        .collect();
+                    tokens.push(token);
+                }
+            }
+        }
+        if tokens.len() >= at_least {
+            return tokens;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the outbox did not get {at_least} emails with tokens");
+}
+
+#[tokio::test]
+async fn secrets_pushed_through_the_account_endpoints_never_reach_the_logs() {
+    let app = spawn_app().await;
+    let post = |path: &'static str, body: serde_json::Value| {
+        let request = app.client.post(app.url(path)).json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    let password = "canary-password correct horse battery";
+    let new_password = "canary-new-password staple orbit lamp";
+    let mut secrets = vec![password.to_owned(), new_password.to_owned()];
+
+    assert_eq!(
+        post("/v1/auth/signup", serde_json::json!({"email": "hygiene@example.com", "password": password}))
+            .await
+            .status(),
+        202
+    );
+    // A rejected signup whose weak password must not be echoed or logged either.
+    post("/v1/auth/signup", serde_json::json!({"email": "weak@example.com", "password": "canary-weak"}))
+        .await;
+    secrets.push("canary-weak".into());
+    let login: serde_json::Value =
+        post("/v1/auth/login", serde_json::json!({"email": "hygiene@example.com", "password": password}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    let (access, refresh) =
+        (login["access_token"].as_str().unwrap(), login["refresh_token"].as_str().unwrap());
+    secrets.extend([access.to_owned(), refresh.to_owned()]);
+    post(
+        "/v1/auth/login",
+        serde_json::json!({"email": "hygiene@example.com", "password": "canary-wrong-password"}),
+    )
+    .await;
+    secrets.push("canary-wrong-password".into());
+    let refreshed: serde_json::Value =
+        post("/v1/auth/refresh", serde_json::json!({"refresh_token": refresh})).await.json().await.unwrap();
+    secrets.push(refreshed["refresh_token"].as_str().unwrap().to_owned());
+    // Reuse: the spent token again (revokes the session, logs a warning, must not log the token).
+    post("/v1/auth/refresh", serde_json::json!({"refresh_token": refresh})).await;
+    post("/v1/auth/refresh", serde_json::json!({"refresh_token": "canary-unknown-refresh"})).await;
+    secrets.push("canary-unknown-refresh".into());
+
+    let cookie_login = post(
+        "/v1/auth/login",
+        serde_json::json!({"email": "hygiene@example.com", "password": password, "mode": "cookie"}),
+    )
+    .await;
+    let set_cookie = cookie_login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie_value = set_cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
+    let csrf: serde_json::Value = cookie_login.json().await.unwrap();
+    let csrf = csrf["csrf_token"].as_str().unwrap().to_owned();
+    let response = app
+        .client
+        .post(app.url("/v1/me/password"))
+        .header("cookie", format!("__Host-portcullis_session={cookie_value}"))
+        .header("x-csrf-token", &csrf)
+        .json(&serde_json::json!({"current_password": password, "new_password": new_password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    secrets.extend([cookie_value, csrf]);
+
+    assert_eq!(
+        post("/v1/auth/password/forgot", serde_json::json!({"email": "hygiene@example.com"})).await.status(),
+        202
+    );
+    post("/v1/auth/verify-email", serde_json::json!({"token": "canary-verify-token"})).await;
+    post(
+        "/v1/auth/password/reset",
+        serde_json::json!({"token": "canary-reset-token", "new_password": new_password}),
+    )
+    .await;
+    secrets.extend(["canary-verify-token".into(), "canary-reset-token".into()]);
+    // The verification link (signup) and the reset link (forgot).
+    let links = emailed_tokens(&app, 2).await;
+    for token in &links {
+        post("/v1/auth/verify-email", serde_json::json!({"token": token})).await;
+    }
+    secrets.extend(links);
+    app.stop().await;
+
+    let logs = log_text();
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a secret reached the logs: {:.12}…", secret);
+    }
+}
