@@ -90,9 +90,7 @@ impl App {
             None => None,
         };
         let password = SecretString::from(normalize_password(password.expose_secret()));
-        if let Some(email) = &email
-            && let Err(rule) = self.check_password_rules(&password, email, display_name.as_ref())
-        {
+        if let Err(rule) = self.check_password_rules(&password, email.as_ref(), display_name.as_ref()) {
             issues.push(FieldIssue::new("/password", rule));
         }
         match email {
@@ -105,11 +103,11 @@ impl App {
     fn check_password_rules(
         &self,
         password: &SecretString,
-        email: &Email,
+        email: Option<&Email>,
         display_name: Option<&DisplayName>,
     ) -> Result<(), PasswordRule> {
         let password = password.expose_secret();
-        self.inner.settings.accounts.password_policy.check(password, email, display_name)?;
+        self.inner.settings.accounts.password_policy.check_with(password, email, display_name)?;
         if matches!(self.inner.settings.password_hash, HashAlgorithm::Bcrypt { .. })
             && password.len() > BCRYPT_MAX_BYTES
         {
@@ -303,7 +301,7 @@ impl App {
             return Err(AppError::invalid("/current_password", "is not the account's current password"));
         }
         let new = SecretString::from(normalize_password(new.expose_secret()));
-        self.check_password_rules(&new, &user.email, user.display_name.as_ref())
+        self.check_password_rules(&new, Some(&user.email), user.display_name.as_ref())
             .map_err(|rule| AppError::invalid("/new_password", rule))?;
         let hash = self.inner.hasher.hash(new).await?;
         self.replace_password(&user, &hash, Some(principal.session_id), RevokeReason::PasswordChanged)
@@ -390,7 +388,7 @@ impl App {
         let user_id = spent.and_then(|t| t.user_id).ok_or(AppError::InvalidToken)?;
         let user = tx.user_by_id(user_id).await?.ok_or(AppError::InvalidToken)?;
         // A policy failure returns before commit: the spend rolls back and the link still works.
-        self.check_password_rules(&new, &user.email, user.display_name.as_ref())
+        self.check_password_rules(&new, Some(&user.email), user.display_name.as_ref())
             .map_err(|rule| AppError::invalid("/new_password", rule))?;
         tx.set_password_hash(user.id, &hash, now).await?;
         tx.void_one_time_tokens(user.id, OneTimePurpose::PasswordReset, now).await?;

@@ -18,6 +18,8 @@ mod sessions;
 #[cfg(test)]
 mod testing;
 mod tokens;
+#[cfg(test)]
+mod use_case_tests;
 
 use std::sync::{Arc, RwLock};
 

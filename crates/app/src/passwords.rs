@@ -114,14 +114,21 @@ impl PasswordHasher {
 
     /// Runs CPU-heavy work on the blocking pool, shedding load when the queue is full.
     async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, AppError> {
-        let _admitted = self
+        let admitted = self
             .admission
             .clone()
             .try_acquire_owned()
             .map_err(|_| AppError::Overloaded { retry_after_secs: 1 })?;
-        let _worker =
+        let worker =
             self.workers.clone().acquire_owned().await.map_err(|e| AppError::Internal(Box::new(e)))?;
-        tokio::task::spawn_blocking(work).await.map_err(|e| AppError::Internal(Box::new(e)))
+        // The permits travel with the work, not with the caller: a client that hangs up mid-hash drops
+        // the future, but the hash runs on, and its slot must stay taken until it is done.
+        tokio::task::spawn_blocking(move || {
+            let _permits = (admitted, worker);
+            work()
+        })
+        .await
+        .map_err(|e| AppError::Internal(Box::new(e)))
     }
 }
 
@@ -146,7 +153,12 @@ fn hash_with(algorithm: HashAlgorithm, password: &SecretString) -> Result<String
         }
         HashAlgorithm::Bcrypt { cost } => {
             // The policy refuses longer passwords while bcrypt is configured; this is the backstop.
-            bcrypt::non_truncating_hash(password, cost).map_err(|e| AppError::Internal(Box::new(e)))
+            // Up to 72 bytes every byte counts (the crate's truncating call then only drops bcrypt's
+            // own NUL terminator, which is why its non-truncating variant refuses 72 already).
+            if password.len() > BCRYPT_MAX_BYTES {
+                return Err(AppError::Internal("a password over 72 bytes reached bcrypt".into()));
+            }
+            bcrypt::hash(password, cost).map_err(|e| AppError::Internal(Box::new(e)))
         }
     }
 }
@@ -168,8 +180,8 @@ fn verify_with(
     let bytes = password.expose_secret().as_bytes();
     let matched = if is_bcrypt(stored) {
         // A password longer than 72 bytes never matches a bcrypt hash: the truncating comparison
-        // would accept any suffix after the 72nd byte.
-        matches!(bcrypt::non_truncating_verify(bytes, stored), Ok(true))
+        // would accept any suffix after the 72nd byte. Up to 72, every byte is compared.
+        bytes.len() <= BCRYPT_MAX_BYTES && matches!(bcrypt::verify(bytes, stored), Ok(true))
     } else {
         match PasswordHash::new(stored) {
             // Argon2::default() takes algorithm, version and parameters from the hash itself, so

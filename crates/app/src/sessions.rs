@@ -108,7 +108,6 @@ pub struct SessionSummary {
 #[derive(Debug, Default)]
 pub(crate) struct RevokedSessions {
     entries: Mutex<HashMap<SessionId, Timestamp>>,
-    synced_until: Mutex<Option<Timestamp>>,
 }
 
 impl RevokedSessions {
@@ -457,19 +456,16 @@ impl App {
         Ok(())
     }
 
-    /// Picks up sessions revoked by other nodes since the last call (and, on the first call, within
-    /// the lifetime of any access token still live). The server calls this every
-    /// [`REVOCATION_SYNC_SECS`].
+    /// Picks up sessions revoked by any node within the lifetime of an access token that may still be
+    /// live, so their tokens stop working here. The server calls this every [`REVOCATION_SYNC_SECS`].
     pub async fn sync_revocations(&self) -> Result<usize, AppError> {
         let now = self.now();
         let settings = &self.inner.settings.tokens;
         let horizon = now.plus_millis(-(settings.access_ttl_secs + settings.leeway_secs) * 1000);
-        let since = {
-            let synced = self.inner.revoked.synced_until.lock().map(|s| *s).unwrap_or(None);
-            // Overlap by one sync interval: a revocation committed just before our last read, but
-            // stamped earlier, is still seen.
-            synced.map_or(horizon, |s| s.plus_millis(-(REVOCATION_SYNC_SECS as i64) * 2000))
-        };
+        // Always the whole horizon, not "since the last sync": a revocation stamped before a slow
+        // commit, or by a node whose clock runs behind, would otherwise fall between two windows and
+        // its access tokens would live on here. The set is small (one access-token lifetime's worth).
+        let since = horizon;
         let mut tx = self.inner.store.begin_read().await?;
         let revoked = tx.sessions_revoked_since(since).await?;
         tx.rollback().await?;
@@ -479,9 +475,6 @@ impl App {
         }
         if let Ok(mut entries) = self.inner.revoked.entries.lock() {
             entries.retain(|_, at| *at >= horizon);
-        }
-        if let Ok(mut synced) = self.inner.revoked.synced_until.lock() {
-            *synced = Some(now);
         }
         Ok(revoked.len())
     }

@@ -57,6 +57,14 @@ pub fn app_with(store: SqliteStore, settings: AppSettings) -> TestApp {
     TestApp { app, clock, mail }
 }
 
+/// An app on `store` with `settings`, reading time from `clock`: two apps given one clock are two
+/// server nodes whose clocks agree.
+pub fn app_with_clock(store: SqliteStore, settings: AppSettings, clock: Arc<FixedClock>) -> TestApp {
+    let mail = Arc::new(RecordingMailer::default());
+    let app = App::new(Arc::new(store), clock.clone(), settings, mail.clone()).unwrap();
+    TestApp { app, clock, mail }
+}
+
 /// An app on a migrated in-memory database with its signing key loaded.
 pub async fn app() -> TestApp {
     let store = SqliteStore::open_in_memory().await.unwrap();

@@ -68,6 +68,17 @@ impl PasswordPolicy {
         email: &Email,
         display_name: Option<&DisplayName>,
     ) -> Result<(), PasswordRule> {
+        self.check_with(password, Some(email), display_name)
+    }
+
+    /// [`PasswordPolicy::check`] when the email is not known to be valid (a signup whose address is
+    /// itself refused): every rule but the email one still applies, so all problems are reported at once.
+    pub fn check_with(
+        &self,
+        password: &str,
+        email: Option<&Email>,
+        display_name: Option<&DisplayName>,
+    ) -> Result<(), PasswordRule> {
         // SP 800-63B-4 §3.1.1.2: each Unicode code point counts as one character.
         let count = password.chars().count();
         if count < self.min_chars {
@@ -78,7 +89,7 @@ impl PasswordPolicy {
         }
 
         let lower = password.to_lowercase();
-        let local = identifier(email.local_part());
+        let local = email.map(|e| identifier(e.local_part())).unwrap_or_default();
         if contains_identifier(&lower, &local) {
             return Err(PasswordRule::ContainsEmail);
         }
@@ -89,7 +100,7 @@ impl PasswordPolicy {
             return Err(PasswordRule::ContainsDisplayName);
         }
 
-        let inputs = user_inputs(&local, name.as_deref(), email.domain());
+        let inputs = user_inputs(&local, name.as_deref(), email.map_or("", |e| e.domain()));
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let score = u8::from(zxcvbn::zxcvbn(password, &inputs).score());
         if score < self.min_strength {

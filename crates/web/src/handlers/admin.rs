@@ -15,6 +15,7 @@ use crate::extract::Json;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct InviteBody {
+    #[schema(format = Email, max_length = 254)]
     email: String,
 }
 

@@ -28,12 +28,14 @@ fn accepted() -> Response {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SignupBody {
+    #[schema(format = Email, max_length = 254)]
     email: String,
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 128)]
     password: SecretString,
+    #[schema(min_length = 1, max_length = 64)]
     display_name: Option<String>,
     /// The token from an invite link; required while signup is invite-only.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
     invite_token: Option<SecretString>,
 }
 
@@ -61,7 +63,7 @@ pub(crate) async fn signup(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TokenBody {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
     token: SecretString,
 }
 
@@ -92,6 +94,7 @@ pub(crate) enum Mode {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LoginBody {
+    #[schema(max_length = 254)]
     email: String,
     #[schema(value_type = String, format = Password)]
     password: SecretString,
@@ -118,6 +121,18 @@ pub(crate) struct CookieSessionResponse {
     csrf_token: String,
     /// When the session ends, whatever the activity (RFC 3339).
     expires_at: String,
+}
+
+/// What a login answers: tokens (mode `token`) or the CSRF token of a cookie session (mode `cookie`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(
+    dead_code,
+    reason = "describes the login body for the OpenAPI document; the handler builds its parts"
+)]
+pub(crate) enum LoginResponse {
+    Token(TokenResponse),
+    Cookie(CookieSessionResponse),
 }
 
 fn credentials_response(credentials: IssuedCredentials) -> Response {
@@ -151,7 +166,7 @@ fn credentials_response(credentials: IssuedCredentials) -> Response {
     request_body = LoginBody,
     responses(
         (status = 200, description = "Logged in: tokens (mode `token`) or a session cookie and CSRF token \
-            (mode `cookie`).", body = TokenResponse),
+            (mode `cookie`).", body = LoginResponse),
         (status = 401, description = "Wrong email or password, or the account may not log in.",
             body = crate::problem::ProblemDocument, content_type = "application/problem+json"),
     ))]
@@ -180,7 +195,7 @@ pub(crate) async fn login(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RefreshBody {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
     refresh_token: SecretString,
 }
 
@@ -235,6 +250,7 @@ pub(crate) async fn logout_all(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EmailBody {
+    #[schema(format = Email, max_length = 254)]
     email: String,
 }
 
@@ -255,9 +271,9 @@ pub(crate) async fn password_forgot(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ResetBody {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
     token: SecretString,
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 128)]
     new_password: SecretString,
 }
 
@@ -278,11 +294,13 @@ pub(crate) async fn password_reset(
 #[serde(deny_unknown_fields)]
 pub(crate) struct SetupBody {
     /// The one-time token the server logged at first start.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
     setup_token: SecretString,
+    #[schema(format = Email, max_length = 254)]
     email: String,
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 128)]
     password: SecretString,
+    #[schema(min_length = 1, max_length = 64)]
     display_name: Option<String>,
 }
 
