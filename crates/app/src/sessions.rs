@@ -392,6 +392,20 @@ impl App {
         Ok(())
     }
 
+    /// Ends the browser session a cookie names, if it is live: a new login in a browser replaces the
+    /// session it already held (ASVS 7.2.4), so an old or planted cookie never outlives a login.
+    pub async fn end_cookie_session(&self, cookie: &str) -> Result<(), AppError> {
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        let Some(session) = tx.session_by_cookie(&hash_token(cookie)).await? else { return Ok(()) };
+        if session.revoked_at.is_none() {
+            tx.revoke_session(session.user_id, session.id, now, RevokeReason::Logout).await?;
+            tx.commit().await?;
+            self.forget_session(session.id, now);
+        }
+        Ok(())
+    }
+
     /// Ends every session of the caller, the current one included.
     pub async fn logout_all(&self, principal: &Principal) -> Result<u64, AppError> {
         self.revoke_all_sessions(principal.user_id, None, RevokeReason::UserRevoked).await

@@ -58,6 +58,9 @@ impl SigningAlgorithm {
     }
 }
 
+/// The JWS `typ` of access tokens (RFC 9068 section 2.1).
+const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
 /// How access tokens are made and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenSettings {
@@ -179,7 +182,8 @@ impl Keyring {
     pub(crate) fn sign(&self, claims: &AccessClaims) -> Result<String, AppError> {
         let key =
             self.current.as_ref().ok_or_else(|| AppError::Internal("no signing key is loaded".into()))?;
-        let header = serde_json::json!({ "alg": key.algorithm.jws_name(), "typ": "at+jwt", "kid": key.kid });
+        let header =
+            serde_json::json!({ "alg": key.algorithm.jws_name(), "typ": ACCESS_TOKEN_TYP, "kid": key.kid });
         let mut token = String::with_capacity(512);
         token.push_str(
             &URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(|e| internal("header", e))?),
@@ -209,6 +213,11 @@ impl Keyring {
         now: Timestamp,
     ) -> Result<AccessClaims, AppError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AppError::Unauthenticated)?;
+        // Only access tokens (RFC 9068 section 2.1): once ID tokens share these keys, an ID token must
+        // not pass for an access token.
+        if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+            return Err(AppError::Unauthenticated);
+        }
         let kid = header.kid.ok_or(AppError::Unauthenticated)?;
         let key = self.verifiers.get(&kid).ok_or(AppError::Unauthenticated)?;
         // The algorithm comes from our key, never from the token (RFC 8725 section 3.1).
@@ -497,6 +506,14 @@ mod tests {
         assert!(ring.verify(&token, &s, at(900 + 29)).is_ok());
         assert!(matches!(ring.verify(&token, &s, at(900 + 30)), Err(AppError::Unauthenticated)));
         assert!(matches!(ring.verify(&token, &s, at(-31)), Err(AppError::Unauthenticated)));
+        // A token of another type signed with our key (an ID token, once OIDC shares the keys).
+        let wrong_typ = b64(&serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}));
+        let input = format!("{wrong_typ}.{body}");
+        let signature = match &ring.current.as_ref().unwrap().signer {
+            Signer::Ed25519(pair) => URL_SAFE_NO_PAD.encode(pair.sign(input.as_bytes())),
+            Signer::Es256(_) => unreachable!(),
+        };
+        assert!(rejected(&format!("{input}.{signature}")));
         // Garbage.
         for junk in ["", ".", "..", "a.b.c", "Bearer x", &"a".repeat(10_000)] {
             assert!(rejected(junk), "{junk:.20}");

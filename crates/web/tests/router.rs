@@ -434,7 +434,29 @@ async fn the_openapi_document_describes_every_route_its_access_and_its_problem_r
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(json["openapi"], "3.1.0");
     let paths: Vec<&str> = json["paths"].as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(paths, vec!["/healthz", "/openapi.json", "/readyz"]);
+    assert_eq!(
+        paths,
+        vec![
+            "/.well-known/jwks.json",
+            "/healthz",
+            "/openapi.json",
+            "/readyz",
+            "/v1/admin/invites",
+            "/v1/auth/login",
+            "/v1/auth/logout",
+            "/v1/auth/logout-all",
+            "/v1/auth/password/forgot",
+            "/v1/auth/password/reset",
+            "/v1/auth/refresh",
+            "/v1/auth/setup",
+            "/v1/auth/signup",
+            "/v1/auth/verify-email",
+            "/v1/me",
+            "/v1/me/password",
+            "/v1/me/sessions",
+            "/v1/me/sessions/{id}",
+        ]
+    );
     // Every documented operation answers (not 404/405) and documents its problem responses.
     for (path, item) in json["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
@@ -447,13 +469,25 @@ async fn the_openapi_document_describes_every_route_its_access_and_its_problem_r
                 operation["security"].is_array(),
                 "{method} {path} declares no access requirement (security)"
             );
-            let req = request(&method.to_uppercase(), path).body(Body::empty()).unwrap();
+            let path = path.replace("{id}", "00000000-0000-4000-8000-000000000000");
+            let req = request(&method.to_uppercase(), &path).body(Body::empty()).unwrap();
             let (response, _) = send(&router, req).await;
             assert!(
                 response.status() != StatusCode::NOT_FOUND
                     && response.status() != StatusCode::METHOD_NOT_ALLOWED,
                 "{method} {path}"
             );
+            // An operation that names a credential refuses a request without one, before anything
+            // else (body parsing included) happens.
+            let public =
+                operation["security"].as_array().unwrap().iter().any(|r| r.as_object().unwrap().is_empty());
+            if !public {
+                assert_eq!(
+                    response.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} without credentials"
+                );
+            }
         }
     }
     assert!(json["components"]["schemas"]["ProblemDocument"].is_object());

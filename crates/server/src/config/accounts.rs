@@ -238,11 +238,16 @@ impl Config {
             Some(url) if !url.starts_with("https://") => problems.push("http.public_url: must be https in production".into()),
             Some(_) => {}
         }
-        if self.password.algorithm == PasswordAlgorithmName::Argon2id
-            && self.password.argon2_memory_kib < 19 * 1024
+        // OWASP's password storage cheat sheet: equivalent argon2id settings, memory (KiB) against
+        // iterations; production must meet one of them.
+        const OWASP_ARGON2ID: [(u32, u32); 5] =
+            [(47_104, 1), (19_456, 2), (12_288, 3), (9_216, 4), (7_168, 5)];
+        let p = &self.password;
+        if p.algorithm == PasswordAlgorithmName::Argon2id
+            && !OWASP_ARGON2ID.iter().any(|&(m, t)| p.argon2_memory_kib >= m && p.argon2_iterations >= t)
         {
             problems.push(
-                "password.argon2_memory_kib: production needs at least 19456 (OWASP's argon2id floor)".into(),
+                "password.argon2_memory_kib / argon2_iterations: production needs one of OWASP's argon2id settings (at least 19456 KiB with 2 iterations, 47104 with 1, 12288 with 3, 9216 with 4 or 7168 with 5)".into(),
             );
         }
         match (self.email_transport(), &self.email.smtp_host) {
@@ -424,6 +429,18 @@ mod tests {
     fn production_needs_an_https_public_url_smtp_over_tls_and_owasp_argon2_parameters() {
         let problems = load(&[("PORTCULLIS_MODE", "production")]).unwrap().account_production_problems();
         assert!(problems.iter().any(|p| p.starts_with("http.public_url")), "{problems:?}");
+        assert!(
+            !problems.iter().any(|p| p.starts_with("password.")),
+            "the defaults meet OWASP: {problems:?}"
+        );
+        let one_pass =
+            load(&[("PORTCULLIS_MODE", "production"), ("PORTCULLIS_PASSWORD__ARGON2_ITERATIONS", "1")])
+                .unwrap()
+                .account_production_problems();
+        assert!(
+            one_pass.iter().any(|p| p.starts_with("password.argon2")),
+            "19 MiB needs 2 passes: {one_pass:?}"
+        );
         assert!(problems.iter().any(|p| p.starts_with("email.smtp_host")), "{problems:?}");
         let problems = load(&[
             ("PORTCULLIS_MODE", "production"),
@@ -431,6 +448,7 @@ mod tests {
             ("PORTCULLIS_EMAIL__TRANSPORT", "outbox"),
             ("PORTCULLIS_EMAIL__SMTP_SECURITY", "none"),
             ("PORTCULLIS_PASSWORD__ARGON2_MEMORY_KIB", "8192"),
+            ("PORTCULLIS_PASSWORD__ARGON2_ITERATIONS", "3"),
         ])
         .unwrap()
         .account_production_problems();

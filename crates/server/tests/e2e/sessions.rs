@@ -650,3 +650,37 @@ async fn only_a_real_session_cookie_opens_a_cookie_session() {
     expect_unauthorized(response).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_cookie_login_in_a_browser_that_holds_a_session_ends_the_old_one() {
+    let app = spawn_app().await;
+    register(&app, "renew@example.com", "correct horse battery staple").await;
+    let old = login_cookie(&app, "renew@example.com", "correct horse battery staple").await;
+    // The same browser logs in again (or a planted cookie rides along): the old session must end.
+    let response = app
+        .call(Method::POST, "/v1/auth/login")
+        .session_cookie(&old)
+        .json(&json!({"email": "renew@example.com", "password": "correct horse battery staple", "mode": "cookie"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let new = set_session_cookie(&response).unwrap();
+    assert!(!new.contains(&old.cookie), "the session id was renewed");
+    let me = app.call(Method::GET, "/v1/me").session_cookie(&old).send().await.unwrap();
+    assert_eq!(me.status(), 401, "the old session still works");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn logout_asks_the_browser_to_clear_what_it_keeps_for_the_site() {
+    let app = spawn_app().await;
+    register(&app, "clear@example.com", "correct horse battery staple").await;
+    let session = login_cookie(&app, "clear@example.com", "correct horse battery staple").await;
+    let response = app.call(Method::POST, "/v1/auth/logout").session(&session).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(response.headers()["clear-site-data"], r#""cache", "cookies", "storage""#);
+    let cleared = set_session_cookie(&response).unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    app.stop().await;
+}

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::auth::{Authenticated, Client, SESSION_COOKIE, SameOrigin};
+use crate::auth::{Authenticated, Client, PresentedCookie, SESSION_COOKIE, SameOrigin};
 use crate::error::ApiError;
 use crate::extract::Json;
 
@@ -174,6 +174,7 @@ pub(crate) async fn login(
     State(state): State<AppState>,
     Client(client): Client,
     SameOrigin(same_origin): SameOrigin,
+    PresentedCookie(old_cookie): PresentedCookie,
     Json(body): Json<LoginBody>,
 ) -> Result<Response, ApiError> {
     let mode = match body.mode {
@@ -186,7 +187,12 @@ pub(crate) async fn login(
             LoginMode::Cookie
         }
     };
-    match state.app.login(&body.email, body.password, mode, &client).await? {
+    let outcome = state.app.login(&body.email, body.password, mode, &client).await?;
+    if let (LoginMode::Cookie, Some(old)) = (mode, old_cookie) {
+        // The browser's previous session (its own, or one an attacker planted) ends with this login.
+        state.app.end_cookie_session(&old).await?;
+    }
+    match outcome {
         LoginOutcome::Authenticated { credentials, .. } => Ok(credentials_response(credentials)),
     }
 }
@@ -213,12 +219,16 @@ pub(crate) async fn refresh(
     Ok(credentials_response(credentials))
 }
 
-/// Clears the session cookie in the browser.
+/// Clears the session cookie, and asks the browser to drop everything it keeps for this origin
+/// (ASVS 14.3.1: `Clear-Site-Data`).
 fn clear_cookie(mut response: Response) -> Response {
     let value = format!("{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0");
     if let Ok(value) = HeaderValue::from_str(&value) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
+    response
+        .headers_mut()
+        .insert("clear-site-data", HeaderValue::from_static(r#""cache", "cookies", "storage""#));
     response
 }
 

@@ -1,0 +1,117 @@
+//! What a bearer-authenticated request costs inside `app`, without HTTP: checking the access token
+//! (`App::authenticate_bearer`) from the verified-token cache and the first time a token is seen,
+//! and reading the caller's profile (`App::profile`: the SQLite read behind `GET /v1/me`).
+//!
+//! The app runs on in-memory SQLite, like the use-case tests. Run with
+//! `cargo bench -p portcullis-app --bench tokens`; `scripts/bench/me.sh` measures the same request
+//! through the whole server.
+
+#![allow(clippy::expect_used, reason = "a benchmark whose setup fails has nothing to measure")]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use portcullis_app::mail::FileOutbox;
+use portcullis_app::{
+    App, AppSettings, ClientContext, HashAlgorithm, HashPoolSize, IssuedCredentials, LoginMode, LoginOutcome,
+    SystemClock,
+};
+use portcullis_domain::BuiltinRole;
+use portcullis_store::Store as _;
+use portcullis_store_sqlite::SqliteStore;
+use secrecy::{SecretSlice, SecretString};
+
+const EMAIL: &str = "bench@example.com";
+const PASSWORD: &str = "correct horse battery staple 42";
+
+/// An app with one account logged in once: the access token and the refresh token that renews it.
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    app: App,
+    access_token: String,
+    refresh_token: String,
+    /// Holds the outbox directory for as long as the app may write to it.
+    _outbox: tempfile::TempDir,
+}
+
+fn fixture() -> Result<Fixture, Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let outbox = tempfile::tempdir()?;
+    let (app, credentials) = runtime.block_on(async {
+        let store = SqliteStore::open_in_memory().await?;
+        store.migrate().await?;
+        let mut settings =
+            AppSettings::new(SecretSlice::from(vec![7u8; 32]), "bench", "https://id.example.com");
+        // Hashing is not measured here; cheap parameters keep the setup short.
+        settings.password_hash = HashAlgorithm::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 };
+        settings.hash_pool = HashPoolSize { workers: 1, queue: 1 };
+        let mailer =
+            Arc::new(FileOutbox::new(outbox.path().join("outbox"), "Portcullis <no-reply@example.com>")?);
+        let app = App::new(Arc::new(store), Arc::new(SystemClock), settings, mailer)?;
+        app.load_signing_keys().await?;
+        app.create_user_as_operator(EMAIL, Some("Bench"), SecretString::from(PASSWORD), BuiltinRole::Member)
+            .await?;
+        let outcome = app
+            .login(EMAIL, SecretString::from(PASSWORD), LoginMode::Bearer, &ClientContext::default())
+            .await?;
+        let LoginOutcome::Authenticated { credentials, .. } = outcome;
+        Ok::<_, Box<dyn std::error::Error>>((app, credentials))
+    })?;
+    let IssuedCredentials::Bearer { access_token, refresh_token, .. } = credentials else {
+        return Err("a bearer login returned cookie credentials".into());
+    };
+    Ok(Fixture {
+        runtime,
+        app,
+        access_token,
+        refresh_token: refresh_token.expose().to_owned(),
+        _outbox: outbox,
+    })
+}
+
+fn bench_tokens(c: &mut Criterion) {
+    let mut fixture = fixture().expect("benchmark fixture");
+    let app = fixture.app.clone();
+    let principal = app.authenticate_bearer(&fixture.access_token).expect("the login's token verifies");
+
+    let mut group = c.benchmark_group("bearer");
+    // The same token every time: after the first call, a lookup in the verified-token cache plus the
+    // revocation check. This is what every request of a client with a live token pays.
+    group.bench_function("authenticate_bearer_cached", |b| {
+        b.iter(|| app.authenticate_bearer(black_box(&fixture.access_token)))
+    });
+    // A token this node has never seen: JWT parse, Ed25519 signature check, claims, cache insert.
+    // Each one is minted beforehand by a refresh (not timed), the public way to get a fresh token.
+    group.bench_function("authenticate_bearer_uncached", |b| {
+        b.iter_batched(
+            || {
+                let client = ClientContext::default();
+                let issued = fixture
+                    .runtime
+                    .block_on(app.refresh(&fixture.refresh_token, &client))
+                    .expect("refresh mints a new access token");
+                let IssuedCredentials::Bearer { access_token, refresh_token, .. } = issued else {
+                    unreachable!("a refresh returns bearer credentials")
+                };
+                fixture.refresh_token = refresh_token.expose().to_owned();
+                access_token
+            },
+            |token| app.authenticate_bearer(black_box(&token)),
+            BatchSize::SmallInput,
+        )
+    });
+    // The read behind GET /v1/me: a read transaction and one user row, through sqlx's SQLite worker.
+    group.bench_function("profile_read", |b| {
+        b.iter(|| fixture.runtime.block_on(app.profile(black_box(&principal))))
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    targets = bench_tokens
+}
+criterion_main!(benches);
