@@ -47,7 +47,7 @@ impl FromRequestParts<AppState> for Authenticated {
 }
 
 /// `Bearer <token>`, scheme case-insensitive (RFC 9110 section 11.1), one space, token68 characters.
-fn bearer_token(value: &[u8]) -> Option<&str> {
+pub(crate) fn bearer_token(value: &[u8]) -> Option<&str> {
     let value = std::str::from_utf8(value).ok()?;
     let (scheme, token) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
@@ -58,7 +58,7 @@ fn bearer_token(value: &[u8]) -> Option<&str> {
 
 /// The session cookie's value, if exactly one is sent. Two cookies of the same name mean someone
 /// planted one (cookie tossing): refuse both rather than guess.
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<String> {
     let mut found = None;
     for value in headers.get_all(header::COOKIE) {
         let Ok(value) = value.to_str() else { continue };
@@ -127,6 +127,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Client {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(Client(client_context(parts)))
+    }
+}
+
+/// The session cookie the request carries, if exactly one (for a login that replaces it).
+#[derive(Debug, Clone)]
+pub(crate) struct PresentedCookie(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PresentedCookie {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(PresentedCookie(session_cookie(&parts.headers)))
     }
 }
 
