@@ -232,6 +232,14 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_default_is_owasps_argon2id_baseline_and_hashes_carry_it() {
+        let default = HashAlgorithm::default();
+        assert_eq!(default, HashAlgorithm::Argon2id { memory_kib: 19_456, iterations: 2, parallelism: 1 });
+        let hash = hash_with(default, &secret("correct horse battery staple")).unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+    }
+
+    #[tokio::test]
     async fn a_password_verifies_against_its_own_hash_and_nothing_else() {
         let hasher = PasswordHasher::new(FAST_ARGON, SIZE).unwrap();
         let hash = hasher.hash(secret("correct horse battery staple")).await.unwrap();
