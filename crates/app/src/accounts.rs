@@ -37,7 +37,7 @@ pub struct SignupRequest {
     pub password: SecretString,
     pub display_name: Option<String>,
     /// Required while signup is invite-only.
-    pub invite_token: Option<String>,
+    pub invite_token: Option<SecretString>,
 }
 
 /// The account as its owner sees it.
@@ -89,14 +89,60 @@ impl App {
             }
             None => None,
         };
-        let password = SecretString::from(normalize_password(password.expose_secret()));
-        if let Err(rule) = self.check_password_rules(&password, email.as_ref(), display_name.as_ref()) {
-            issues.push(FieldIssue::new("/password", rule));
+        let password = self.normalized_password(password, "/password");
+        match &password {
+            Ok(password) => {
+                if let Err(rule) = self.check_password_rules(password, email.as_ref(), display_name.as_ref())
+                {
+                    issues.push(FieldIssue::new("/password", rule));
+                }
+            }
+            Err(issue) => issues.push(issue.clone()),
         }
-        match email {
-            Some(email) if issues.is_empty() => Ok(NewAccount { email, display_name, password }),
+        match (email, password) {
+            (Some(email), Ok(password)) if issues.is_empty() => {
+                Ok(NewAccount { email, display_name, password })
+            }
             _ => Err(AppError::Validation(issues)),
         }
+    }
+
+    /// NFKC-normalizes a submitted password, refusing first one so long that normalizing it would be
+    /// work worth attacking (the policy's maximum is 128 characters; this is a cheap outer bound).
+    fn normalized_password(
+        &self,
+        password: &SecretString,
+        field: &'static str,
+    ) -> Result<SecretString, FieldIssue> {
+        let max = self.inner.settings.accounts.password_policy.max_chars;
+        if password.expose_secret().len() > max * 4 {
+            return Err(FieldIssue::new(field, PasswordRule::TooLong { max }));
+        }
+        Ok(SecretString::from(normalize_password(password.expose_secret())))
+    }
+
+    /// Every rule that does not need the account (length, bcrypt's limit, strength), checked before
+    /// any hashing so that a refused password costs no hash.
+    fn precheck_password(&self, password: &SecretString, field: &'static str) -> Result<(), AppError> {
+        self.check_password_rules(password, None, None).map_err(|rule| AppError::invalid(field, rule))
+    }
+
+    /// Sends a fresh email-verification link to an account's registered address.
+    pub(crate) async fn resend_verification(&self, user: &User) -> Result<(), AppError> {
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        let link = self.issue_link(tx.as_mut(), OneTimePurpose::VerifyEmail, Some(user), None, now).await?;
+        tx.commit().await?;
+        self.send_later(OutgoingEmail {
+            to: user.email.clone(),
+            subject: "Confirm your email address".into(),
+            text: format!(
+                "Someone tried to log in to your account, which cannot be used until this address is \
+                 confirmed. If it was you, open this link within 24 hours, then log in again:\n\n{link}\n\n\
+                 If it was not you, ignore this message.\n"
+            ),
+        });
+        Ok(())
     }
 
     /// The password policy plus bcrypt's 72-byte input limit while bcrypt is configured.
@@ -134,7 +180,9 @@ impl App {
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
         if let Some(invite) = &request.invite_token {
-            let spent = tx.spend_one_time_token(&hash_token(invite), OneTimePurpose::Invite, now).await?;
+            let spent = tx
+                .spend_one_time_token(&hash_token(invite.expose_secret()), OneTimePurpose::Invite, now)
+                .await?;
             let matches = spent.is_some_and(|t| t.email.is_none_or(|e| e.key() == account.email.key()));
             if !matches {
                 return Err(AppError::SignupNotAllowed);
@@ -296,11 +344,22 @@ impl App {
         let user = tx.user_by_id(principal.user_id).await?.ok_or(AppError::Unauthenticated)?;
         let stored = tx.password_hash(user.id).await?;
         tx.rollback().await?;
-        let current = SecretString::from(normalize_password(current.expose_secret()));
+        let current = self
+            .normalized_password(&current, "/current_password")
+            .map_err(|i| AppError::Validation(vec![i]))?;
         if !matches!(self.inner.hasher.verify(current, stored).await?, Verified::Yes { .. }) {
+            // Someone holding the session is guessing the password: worth a security event.
+            self.record_security_event(
+                SecurityEventKind::LoginFailed,
+                Some(user.id),
+                Some(principal.session_id),
+                &ClientContext::default(),
+            )
+            .await?;
             return Err(AppError::invalid("/current_password", "is not the account's current password"));
         }
-        let new = SecretString::from(normalize_password(new.expose_secret()));
+        let new =
+            self.normalized_password(&new, "/new_password").map_err(|i| AppError::Validation(vec![i]))?;
         self.check_password_rules(&new, Some(&user.email), user.display_name.as_ref())
             .map_err(|rule| AppError::invalid("/new_password", rule))?;
         let hash = self.inner.hasher.hash(new).await?;
@@ -379,7 +438,11 @@ impl App {
     /// Sets a new password with a reset link's token; ends every session and tells the owner.
     pub async fn reset_password(&self, token: &str, new: SecretString) -> Result<(), AppError> {
         let now = self.now();
-        let new = SecretString::from(normalize_password(new.expose_secret()));
+        let new =
+            self.normalized_password(&new, "/new_password").map_err(|i| AppError::Validation(vec![i]))?;
+        // The rules that need no account, before any hashing: a refused password costs no hash (and
+        // one too long for bcrypt is a 422, never a 500).
+        self.precheck_password(&new, "/new_password")?;
         // Hash before the write transaction: SQLite has one writer, and a hash must not hold it. A
         // full pool sheds the request here, before the link is spent.
         let hash = self.inner.hasher.hash(new.clone()).await?;
@@ -436,6 +499,15 @@ impl App {
         display_name: Option<&str>,
         password: SecretString,
     ) -> Result<Profile, AppError> {
+        // Cheap checks first: this endpoint stays reachable for the installation's whole life, and
+        // once an owner exists (or no setup token is live) it must cost no validation and no hash.
+        let mut tx = self.inner.store.begin_read().await?;
+        let open = tx.count_users().await? == 0
+            && tx.has_live_one_time_token(OneTimePurpose::Setup, self.now()).await?;
+        tx.rollback().await?;
+        if !open {
+            return Err(AppError::InvalidToken);
+        }
         let account = self.validate_new_account(email, display_name, &password)?;
         let hash = self.inner.hasher.hash(account.password.clone()).await?;
         let now = self.now();

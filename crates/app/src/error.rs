@@ -35,11 +35,6 @@ pub enum AppError {
     #[error("authentication required")]
     Unauthenticated,
 
-    /// The password is right but the address is not yet verified and configuration requires it.
-    /// HTTP 403.
-    #[error("email address not verified")]
-    EmailNotVerified,
-
     /// The caller is authenticated but may not do this (includes failed CSRF checks). HTTP 403.
     #[error("forbidden: {0}")]
     Forbidden(&'static str),

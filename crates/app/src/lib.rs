@@ -155,6 +155,14 @@ impl App {
         self.inner.store.close().await;
     }
 
+    /// The origin (scheme, host, port) of the public URL, as browsers send it in `Origin`.
+    pub fn public_origin(&self) -> Option<String> {
+        let url = &self.inner.settings.accounts.public_url;
+        let (scheme, rest) = url.split_once("://")?;
+        let authority = rest.split(['/', '?', '#']).next().filter(|a| !a.is_empty())?;
+        Some(format!("{}://{}", scheme.to_ascii_lowercase(), authority.to_ascii_lowercase()))
+    }
+
     fn now(&self) -> portcullis_domain::Timestamp {
         self.inner.clock.now()
     }

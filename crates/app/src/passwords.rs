@@ -103,9 +103,9 @@ impl PasswordHasher {
         let algorithm = self.algorithm;
         let dummy = self.dummy.clone();
         self.run(move || match stored {
-            Some(stored) => verify_with(algorithm, &password, &stored),
+            Some(stored) => verify_with(algorithm, &password, &stored, &dummy),
             None => {
-                let _ = verify_with(algorithm, &password, &dummy);
+                let _ = verify_with(algorithm, &password, &dummy, &dummy);
                 Ok(Verified::No)
             }
         })
@@ -172,16 +172,22 @@ fn bcrypt_cost(stored: &str) -> Option<u32> {
     stored.get(4..6)?.parse().ok()
 }
 
+/// Verifies against `stored`. Every path does one hash's work, so the time taken does not tell an
+/// attacker which kind of hash an account has, or that it has an unusable one: a bcrypt hash is
+/// always computed (its length rule applied to the result), and an unparseable stored value is
+/// replaced by a verification of `dummy`.
 fn verify_with(
     algorithm: HashAlgorithm,
     password: &SecretString,
     stored: &str,
+    dummy: &str,
 ) -> Result<Verified, AppError> {
     let bytes = password.expose_secret().as_bytes();
     let matched = if is_bcrypt(stored) {
         // A password longer than 72 bytes never matches a bcrypt hash: the truncating comparison
         // would accept any suffix after the 72nd byte. Up to 72, every byte is compared.
-        bytes.len() <= BCRYPT_MAX_BYTES && matches!(bcrypt::verify(bytes, stored), Ok(true))
+        let computed = matches!(bcrypt::verify(bytes, stored), Ok(true));
+        computed && bytes.len() <= BCRYPT_MAX_BYTES
     } else {
         match PasswordHash::new(stored) {
             // Argon2::default() takes algorithm, version and parameters from the hash itself, so
@@ -189,7 +195,12 @@ fn verify_with(
             Ok(hash) if hash.algorithm.as_str().starts_with("argon2") => {
                 Argon2::default().verify_password(bytes, &hash).is_ok()
             }
-            _ => false,
+            _ => {
+                if stored != dummy {
+                    let _ = verify_with(algorithm, password, dummy, dummy);
+                }
+                false
+            }
         }
     };
     if !matched {

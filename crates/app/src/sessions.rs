@@ -46,8 +46,7 @@ pub struct ClientContext {
     pub user_agent: Option<String>,
 }
 
-/// What a client gets back from a login or a refresh.
-#[derive(Debug)]
+/// What a client gets back from a login or a refresh. Its `Debug` names the kind only.
 pub enum IssuedCredentials {
     Bearer {
         access_token: String,
@@ -63,6 +62,19 @@ pub enum IssuedCredentials {
         /// Seconds until then, for the cookie's `Max-Age`.
         max_age_secs: i64,
     },
+}
+
+impl std::fmt::Debug for IssuedCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IssuedCredentials::Bearer { expires_in, .. } => {
+                f.debug_struct("Bearer").field("expires_in", expires_in).finish_non_exhaustive()
+            }
+            IssuedCredentials::Cookie { expires_at, .. } => {
+                f.debug_struct("Cookie").field("expires_at", expires_at).finish_non_exhaustive()
+            }
+        }
+    }
 }
 
 /// The result of a login whose password was right.
@@ -161,7 +173,12 @@ impl App {
         };
         let (user, rehash) = user;
         if self.inner.settings.accounts.require_verified_email && user.email_verified_at.is_none() {
-            return Err(AppError::EmailNotVerified);
+            // The same answer as a wrong password: a distinct one would tell an attacker who signed up
+            // an address with a password of their choosing whether it already had an account. The
+            // owner gets a fresh confirmation link instead, at the address only they read.
+            self.record_security_event(SecurityEventKind::LoginFailed, Some(user.id), None, client).await?;
+            self.resend_verification(&user).await?;
+            return Err(AppError::InvalidCredentials);
         }
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
@@ -366,6 +383,12 @@ impl App {
         principal: Option<&Principal>,
         client: &ClientContext,
     ) -> Result<(), AppError> {
+        if principal.is_none() {
+            // Nobody's session is at stake (a cross-site login attempt): logged, not stored, so that
+            // forged requests cannot be turned into writes on the single SQLite writer.
+            tracing::info!(kind = SecurityEventKind::CsrfRejected.as_str(), "security event (not stored)");
+            return Err(AppError::Forbidden("the CSRF token or request origin is missing or wrong"));
+        }
         self.record_security_event(
             SecurityEventKind::CsrfRejected,
             principal.map(|p| p.user_id),
@@ -484,8 +507,11 @@ impl App {
         let revoked = tx.sessions_revoked_since(since).await?;
         tx.rollback().await?;
         for id in &revoked {
+            // Only newly learned revocations purge the token cache; known ones just stay marked.
+            if !self.inner.revoked.contains(*id) {
+                self.inner.verified_tokens.forget_session(*id);
+            }
             self.inner.revoked.insert(*id, now);
-            self.inner.verified_tokens.forget_session(*id);
         }
         if let Ok(mut entries) = self.inner.revoked.entries.lock() {
             entries.retain(|_, at| *at >= horizon);

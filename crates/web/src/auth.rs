@@ -36,7 +36,7 @@ impl FromRequestParts<AppState> for Authenticated {
         let principal = app.authenticate_cookie(&cookie).await?;
         if !is_safe(&parts.method) {
             let client = client_context(parts);
-            if !same_origin(&parts.headers, is_https(parts), &state.trusted_origins) {
+            if !same_origin(&parts.headers, authority(parts), is_https(parts), &state.trusted_origins) {
                 app.reject_csrf(Some(&principal), &client).await?;
             }
             let presented = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
@@ -81,7 +81,12 @@ fn is_safe(method: &Method) -> bool {
 /// Whether a browser says the request comes from our own origin or an allow-listed one (OWASP CSRF
 /// cheat sheet: Fetch Metadata, then Origin). Clients that send neither header (not browsers) pass
 /// here and still need the CSRF token.
-pub(crate) fn same_origin(headers: &HeaderMap, https: bool, trusted: &[String]) -> bool {
+pub(crate) fn same_origin(
+    headers: &HeaderMap,
+    authority: Option<&str>,
+    https: bool,
+    trusted: &[String],
+) -> bool {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let allow_listed = origin.is_some_and(|o| trusted.iter().any(|t| t == o));
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
@@ -96,13 +101,23 @@ pub(crate) fn same_origin(headers: &HeaderMap, https: bool, trusted: &[String]) 
         // An opaque origin (sandboxed frame, data: URL) is never ours.
         Some("null") => false,
         // An origin is scheme, host and port (RFC 6454): ours is the scheme the client used to reach
-        // us (directly or through a trusted proxy) and the Host it asked for.
+        // us (directly or through a trusted proxy) and the authority it asked for. The configured
+        // public URL's origin is in `trusted` too (see `routes::router`).
         Some(origin) => {
-            let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-            let ours = host.map(|h| format!("{}://{h}", if https { "https" } else { "http" }));
+            let ours = authority.map(|a| format!("{}://{a}", if https { "https" } else { "http" }));
             ours.is_some_and(|ours| origin.eq_ignore_ascii_case(&ours))
         }
     }
+}
+
+/// The authority the client asked for: the `Host` header (HTTP/1.1) or, over HTTP/2 where browsers
+/// send `:authority` and no `Host`, the request URI's authority.
+fn authority(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
 }
 
 /// Whether the client reached us over https (directly or through a trusted proxy).
@@ -150,7 +165,7 @@ impl FromRequestParts<AppState> for SameOrigin {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        Ok(SameOrigin(same_origin(&parts.headers, is_https(parts), &state.trusted_origins)))
+        Ok(SameOrigin(same_origin(&parts.headers, authority(parts), is_https(parts), &state.trusted_origins)))
     }
 }
 
@@ -192,7 +207,10 @@ mod tests {
     fn only_same_origin_or_allow_listed_browser_requests_pass_the_origin_check() {
         let trusted = vec!["https://app.example.com".to_owned()];
         let host = ("host", "id.example.com");
-        let same_origin = |h: &HeaderMap, t: &[String]| same_origin(h, true, t);
+        let same_origin = |h: &HeaderMap, t: &[String]| {
+            let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+            same_origin(h, host, true, t)
+        };
         assert!(same_origin(&headers(&[host]), &trusted), "no browser headers");
         assert!(
             !same_origin(&headers(&[host, ("origin", "http://id.example.com")]), &trusted),

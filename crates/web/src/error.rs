@@ -56,11 +56,6 @@ impl ApiError {
                     Some((header::WWW_AUTHENTICATE, HeaderValue::from_static(BEARER_CHALLENGE))),
                 );
             }
-            // 403: the password was right, so saying why is no enumeration.
-            AppError::EmailNotVerified => Problem::new(
-                ProblemType::EMAIL_NOT_VERIFIED,
-                "Confirm your email address with the link sent to it, then log in.",
-            ),
             AppError::Forbidden(reason) if reason.contains("CSRF") => {
                 Problem::new(ProblemType::CSRF_REJECTED, reason)
             }

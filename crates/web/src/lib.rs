@@ -27,6 +27,21 @@ pub use problem::{FieldError, Problem, ProblemType};
 pub use redirect::https_redirect_router;
 pub use routes::{router, with_middleware};
 
+/// The private header parsers of the authentication extractor, reachable for the fuzz targets in
+/// `fuzz/` and for tests. Not part of the API: handlers authenticate with the extractors.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The token of an `Authorization: Bearer <token>` value, as the `Authenticated` extractor reads it.
+    pub fn bearer_token(value: &[u8]) -> Option<&str> {
+        crate::auth::bearer_token(value)
+    }
+
+    /// The value of the session cookie across every `Cookie` header, if it is sent exactly once.
+    pub fn session_cookie(headers: &http::HeaderMap) -> Option<String> {
+        crate::auth::session_cookie(headers)
+    }
+}
+
 /// State shared by every handler.
 #[derive(Debug, Clone)]
 pub struct AppState {

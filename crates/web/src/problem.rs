@@ -57,7 +57,6 @@ problem_types! {
     UNAVAILABLE = ("unavailable", SERVICE_UNAVAILABLE, "Service unavailable");
     NOT_READY = ("not-ready", SERVICE_UNAVAILABLE, "Not ready");
     INVALID_CREDENTIALS = ("invalid-credentials", UNAUTHORIZED, "Invalid email or password");
-    EMAIL_NOT_VERIFIED = ("email-not-verified", FORBIDDEN, "The email address is not verified");
     INVALID_TOKEN = ("invalid-token", BAD_REQUEST, "The token is invalid or expired");
     SIGNUP_NOT_ALLOWED = ("signup-not-allowed", FORBIDDEN, "Signup is not open");
     CSRF_REJECTED = ("csrf-rejected", FORBIDDEN, "Cross-site request refused");

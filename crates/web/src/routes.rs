@@ -26,7 +26,16 @@ use crate::{AppState, WebConfig, WebConfigError};
 /// for public routes, a scheme for authenticated ones), and a router test fails for any operation that
 /// declares nothing.
 pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConfigError> {
-    state.trusted_origins = config.cors.allowed_origins.iter().filter(|o| *o != "*").cloned().collect();
+    // The CORS allowlist, and our own public origin (behind a proxy that rewrites Host, the browser's
+    // Origin still names the public URL).
+    state.trusted_origins = config
+        .cors
+        .allowed_origins
+        .iter()
+        .filter(|o| *o != "*")
+        .cloned()
+        .chain(state.app.public_origin())
+        .collect();
     let (routes, api) = OpenApiRouter::new()
         // Public: probes, discovery and the API description; no credentials, no personal data.
         .routes(routes!(health::healthz))

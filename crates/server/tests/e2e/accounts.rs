@@ -78,23 +78,28 @@ async fn a_verification_link_works_once_and_a_made_up_one_never() {
 }
 
 #[tokio::test]
-async fn with_verification_required_the_right_password_is_not_enough_but_a_wrong_one_is_still_401() {
+async fn with_verification_required_the_right_password_answers_like_a_wrong_one_and_mails_a_new_link() {
     let app = spawn_with(|c| c.accounts.require_verified_email = Some(true)).await;
     signup(&app, "strict@example.com", PASSWORD).await;
 
+    // A distinct answer would tell someone who signed up an address with their own password whether
+    // it already had an account: so the right password on an unverified account is "invalid
+    // credentials" too, and only the mailbox's owner learns more (a fresh confirmation link).
     let unverified =
         login_response(&app, json!({ "email": "strict@example.com", "password": PASSWORD })).await;
-    expect_problem(unverified, 403, "email-not-verified").await;
+    let unverified = expect_problem(unverified, 401, "invalid-credentials").await;
     let wrong =
         login_response(&app, json!({ "email": "strict@example.com", "password": NEW_PASSWORD })).await;
-    expect_problem(wrong, 401, "invalid-credentials").await;
+    let wrong = expect_problem(wrong, 401, "invalid-credentials").await;
+    assert_eq!(unverified["detail"], wrong["detail"]);
+    crate::support::wait_for_emails(&app, "strict@example.com", "Confirm your email address", 2).await;
     let cookie = login_response(
         &app,
         json!({ "email": "strict@example.com", "password": PASSWORD, "mode": "cookie" }),
     )
     .await;
     assert!(crate::support::set_session_cookie(&cookie).is_none(), "no session for an unverified address");
-    expect_problem(cookie, 403, "email-not-verified").await;
+    expect_problem(cookie, 401, "invalid-credentials").await;
 
     verify(&app, "strict@example.com").await;
     login(&app, "strict@example.com", PASSWORD).await;

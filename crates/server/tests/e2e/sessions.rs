@@ -684,3 +684,41 @@ async fn logout_asks_the_browser_to_clear_what_it_keeps_for_the_site() {
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn over_http2_a_browser_cookie_session_passes_the_origin_check_and_a_foreign_origin_does_not() {
+    // Browsers send `:authority` and no Host header over HTTP/2; the origin check must still know us.
+    let app = spawn_app().await;
+    register(&app, "h2@example.com", "correct horse battery staple").await;
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let ours = format!("http://{}", app.addr);
+    let login = h2
+        .post(app.url("/v1/auth/login"))
+        .header("origin", &ours)
+        .header("sec-fetch-site", "same-origin")
+        .json(
+            &json!({"email": "h2@example.com", "password": "correct horse battery staple", "mode": "cookie"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.version(), reqwest::Version::HTTP_2);
+    assert_eq!(login.status(), 200, "{}", login.text().await.unwrap());
+    let cookie = set_session_cookie(&login).unwrap();
+    let cookie = cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
+    let csrf = login.json::<serde_json::Value>().await.unwrap()["csrf_token"].as_str().unwrap().to_owned();
+    let session = CookieSession { cookie, csrf };
+
+    let foreign = h2
+        .post(app.url("/v1/auth/logout"))
+        .session(&session)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(foreign, 403, "csrf-rejected").await;
+    let logout =
+        h2.post(app.url("/v1/auth/logout")).session(&session).header("origin", &ours).send().await.unwrap();
+    assert_eq!(logout.status(), 204);
+    app.stop().await;
+}

@@ -53,7 +53,7 @@ pub(crate) async fn signup(
         email: body.email,
         password: body.password,
         display_name: body.display_name,
-        invite_token: body.invite_token.map(|t| t.expose_secret().to_owned()),
+        invite_token: body.invite_token,
     };
     state.app.signup(request, &client).await?;
     Ok(accepted())
@@ -102,8 +102,9 @@ pub(crate) struct LoginBody {
     mode: Mode,
 }
 
-/// Tokens for an API client, with the OAuth 2 field names (RFC 6749 section 5.1).
-#[derive(Debug, Serialize, ToSchema)]
+/// Tokens for an API client, with the OAuth 2 field names (RFC 6749 section 5.1). Its `Debug` shows
+/// no token.
+#[derive(Serialize, ToSchema)]
 pub(crate) struct TokenResponse {
     access_token: String,
     /// Always `Bearer`.
@@ -112,6 +113,12 @@ pub(crate) struct TokenResponse {
     expires_in: i64,
     /// Single use: each refresh returns a new one, and presenting a spent one ends the session.
     refresh_token: String,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse").field("expires_in", &self.expires_in).finish_non_exhaustive()
+    }
 }
 
 /// A browser session: the cookie is in `Set-Cookie`, the CSRF token here.
