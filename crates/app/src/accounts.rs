@@ -19,6 +19,45 @@ use crate::secret_token::{SecretToken, hash_token, random_id_bytes};
 use crate::sessions::{ClientContext, revoke_sessions_in};
 use crate::{App, AppError, Principal};
 
+/// How long a node serves a profile from its cache before reading it again.
+pub const PROFILE_CACHE_MILLIS: i64 = 2_000;
+
+/// Profiles recently read, per node (see [`App::profile`]). Bounded like the verified-token cache.
+#[derive(Debug, Default)]
+pub(crate) struct ProfileCache {
+    entries: std::sync::Mutex<std::collections::HashMap<UserId, (Profile, Timestamp)>>,
+}
+
+/// A node serving more distinct users than this within the cache time reads some profiles twice.
+const PROFILE_CACHE_MAX: usize = 10_000;
+
+impl ProfileCache {
+    fn get(&self, user: UserId, now: Timestamp) -> Option<Profile> {
+        let entries = self.entries.lock().ok()?;
+        let (profile, read_at) = entries.get(&user)?;
+        let fresh = now.as_unix_millis() - read_at.as_unix_millis() < PROFILE_CACHE_MILLIS;
+        fresh.then(|| profile.clone())
+    }
+
+    fn insert(&self, profile: Profile, now: Timestamp) {
+        let Ok(mut entries) = self.entries.lock() else { return };
+        if entries.len() >= PROFILE_CACHE_MAX {
+            entries.retain(|_, (_, at)| now.as_unix_millis() - at.as_unix_millis() < PROFILE_CACHE_MILLIS);
+            if entries.len() >= PROFILE_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(profile.id, (profile, now));
+    }
+
+    /// Drops a user's entry after a change on this node.
+    pub(crate) fn forget(&self, user: UserId) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(&user);
+        }
+    }
+}
+
 /// Who may create an account by themselves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignupPolicy {
@@ -321,15 +360,25 @@ impl App {
             return Err(AppError::InvalidToken);
         }
         tx.commit().await?;
+        self.inner.profiles.forget(user);
         Ok(())
     }
 
-    /// The caller's profile.
+    /// The caller's profile. Served from a per-node cache for up to [`PROFILE_CACHE_MILLIS`]: the
+    /// profile is read on most authenticated requests, and a database round trip costs several times
+    /// the rest of such a request. Changes made on this node drop the entry at once; changes made on
+    /// another node show within that time, as revocations do.
     pub async fn profile(&self, principal: &Principal) -> Result<Profile, AppError> {
+        let now = self.now();
+        if let Some(profile) = self.inner.profiles.get(principal.user_id, now) {
+            return Ok(profile);
+        }
         let mut tx = self.inner.store.begin_read().await?;
         let user = tx.user_by_id(principal.user_id).await?;
         tx.rollback().await?;
-        user.map(Profile::from).ok_or(AppError::Unauthenticated)
+        let profile = user.map(Profile::from).ok_or(AppError::Unauthenticated)?;
+        self.inner.profiles.insert(profile.clone(), now);
+        Ok(profile)
     }
 
     /// Changes the caller's password: the current one is required (ASVS 6.2.3), and every other

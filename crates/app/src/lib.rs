@@ -27,7 +27,7 @@ use portcullis_domain::{PasswordPolicy, SessionLifetimes};
 use portcullis_store::Store;
 use secrecy::SecretSlice;
 
-pub use accounts::{Profile, SignupPolicy, SignupRequest};
+pub use accounts::{PROFILE_CACHE_MILLIS, Profile, SignupPolicy, SignupRequest};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{AppError, FieldIssue};
 pub use passwords::{BCRYPT_MAX_BYTES, HashAlgorithm, HashPoolSize, PasswordHasher, Verified};
@@ -114,6 +114,7 @@ struct Inner {
     /// Replaced whole when keys load or change; readers clone the `Arc` and never wait on a writer.
     keyring: RwLock<Arc<Keyring>>,
     verified_tokens: VerifiedTokens,
+    profiles: accounts::ProfileCache,
     revoked: sessions::RevokedSessions,
 }
 
@@ -140,6 +141,7 @@ impl App {
                 wrapping_key,
                 keyring: RwLock::new(Arc::new(Keyring::empty())),
                 verified_tokens: VerifiedTokens::default(),
+                profiles: accounts::ProfileCache::default(),
                 revoked: sessions::RevokedSessions::default(),
             }),
         })

@@ -189,6 +189,7 @@ impl App {
         tx.record_login(user.id, now).await?;
         let (session, credentials) = self.open_session(tx.as_mut(), user.id, mode, client, now).await?;
         tx.commit().await?;
+        self.inner.profiles.forget(user.id);
         tracing::info!(user = %user.id, session = %session.id, "login");
         Ok(LoginOutcome::Authenticated { session_id: session.id, user_id: user.id, credentials })
     }

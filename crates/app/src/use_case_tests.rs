@@ -1181,3 +1181,22 @@ fn a_login_abandoned_mid_hash_keeps_its_slot_until_its_hash_is_done() {
         );
     });
 }
+
+#[tokio::test]
+async fn a_profile_change_shows_at_once_on_its_node_and_within_the_cache_time_on_others() {
+    let (a, b) = two_nodes().await;
+    signup(&a.app, ALICE, PASSWORD).await;
+    let login = login_bearer(&a.app, ALICE, PASSWORD).await;
+    let on_a = a.app.authenticate_bearer(&login.access).unwrap();
+    let on_b = b.app.authenticate_bearer(&login.access).unwrap();
+    assert!(!a.app.profile(&on_a).await.unwrap().email_verified);
+    assert!(!b.app.profile(&on_b).await.unwrap().email_verified, "b caches the unverified profile");
+
+    let token = link_token(&email_starting(&a.mail, "Confirm your email address").await);
+    a.app.verify_email(&token).await.unwrap();
+
+    assert!(a.app.profile(&on_a).await.unwrap().email_verified, "the node that changed it sees it at once");
+    assert!(!b.app.profile(&on_b).await.unwrap().email_verified, "another node may lag");
+    a.clock.advance_millis(crate::PROFILE_CACHE_MILLIS);
+    assert!(b.app.profile(&on_b).await.unwrap().email_verified, "but no longer than the cache time");
+}
