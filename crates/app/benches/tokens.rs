@@ -1,8 +1,9 @@
 //! What a bearer-authenticated request costs inside `app`, without HTTP: checking the access token
 //! (`App::authenticate_bearer`) from the verified-token cache and the first time a token is seen,
-//! and reading the caller's profile (`App::profile`: the SQLite read behind `GET /v1/me`).
+//! and the caller's profile (`App::profile`, behind `GET /v1/me`) from the per-node profile cache and
+//! from SQLite once the cached copy is older than `PROFILE_CACHE_MILLIS`.
 //!
-//! The app runs on in-memory SQLite, like the use-case tests. Run with
+//! The app runs on in-memory SQLite, like the use-case tests, with a clock the benchmark moves. Run with
 //! `cargo bench -p portcullis-app --bench tokens`; `scripts/bench/me.sh` measures the same request
 //! through the whole server.
 
@@ -15,10 +16,10 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use portcullis_app::mail::FileOutbox;
 use portcullis_app::{
-    App, AppSettings, ClientContext, HashAlgorithm, HashPoolSize, IssuedCredentials, LoginMode, LoginOutcome,
-    SystemClock,
+    App, AppSettings, ClientContext, FixedClock, HashAlgorithm, HashPoolSize, IssuedCredentials, LoginMode,
+    LoginOutcome, PROFILE_CACHE_MILLIS,
 };
-use portcullis_domain::BuiltinRole;
+use portcullis_domain::{BuiltinRole, Timestamp};
 use portcullis_store::Store as _;
 use portcullis_store_sqlite::SqliteStore;
 use secrecy::{SecretSlice, SecretString};
@@ -30,6 +31,8 @@ const PASSWORD: &str = "correct horse battery staple 42";
 struct Fixture {
     runtime: tokio::runtime::Runtime,
     app: App,
+    /// Starts at the real time; only the profile benchmarks (run last) move it.
+    clock: Arc<FixedClock>,
     access_token: String,
     refresh_token: String,
     /// Holds the outbox directory for as long as the app may write to it.
@@ -39,6 +42,9 @@ struct Fixture {
 fn fixture() -> Result<Fixture, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let outbox = tempfile::tempdir()?;
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let clock =
+        Arc::new(FixedClock::new(Timestamp::from_unix_millis(i64::try_from(since_epoch.as_millis())?)));
     let (app, credentials) = runtime.block_on(async {
         let store = SqliteStore::open_in_memory().await?;
         store.migrate().await?;
@@ -49,7 +55,7 @@ fn fixture() -> Result<Fixture, Box<dyn std::error::Error>> {
         settings.hash_pool = HashPoolSize { workers: 1, queue: 1 };
         let mailer =
             Arc::new(FileOutbox::new(outbox.path().join("outbox"), "Portcullis <no-reply@example.com>")?);
-        let app = App::new(Arc::new(store), Arc::new(SystemClock), settings, mailer)?;
+        let app = App::new(Arc::new(store), clock.clone(), settings, mailer)?;
         app.load_signing_keys().await?;
         app.create_user_as_operator(EMAIL, Some("Bench"), SecretString::from(PASSWORD), BuiltinRole::Member)
             .await?;
@@ -65,6 +71,7 @@ fn fixture() -> Result<Fixture, Box<dyn std::error::Error>> {
     Ok(Fixture {
         runtime,
         app,
+        clock,
         access_token,
         refresh_token: refresh_token.expose().to_owned(),
         _outbox: outbox,
@@ -102,9 +109,19 @@ fn bench_tokens(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    // The read behind GET /v1/me: a read transaction and one user row, through sqlx's SQLite worker.
-    group.bench_function("profile_read", |b| {
+    // GET /v1/me within PROFILE_CACHE_MILLIS of the last read: a lookup in the profile cache.
+    group.bench_function("profile_cached", |b| {
         b.iter(|| fixture.runtime.block_on(app.profile(black_box(&principal))))
+    });
+    // GET /v1/me once the cached copy is stale (the clock is moved past it, untimed): a read
+    // transaction and one user row through sqlx's SQLite worker thread, then a cache insert.
+    group.bench_function("profile_read", |b| {
+        b.iter_batched(
+            || fixture.clock.advance_millis(PROFILE_CACHE_MILLIS),
+            |()| fixture.runtime.block_on(app.profile(black_box(&principal))),
+            // One clock move per read: a batch of moves first would leave all but one read cached.
+            BatchSize::PerIteration,
+        )
     });
     group.finish();
 }

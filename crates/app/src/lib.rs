@@ -30,7 +30,7 @@ use secrecy::SecretSlice;
 pub use accounts::{PROFILE_CACHE_MILLIS, Profile, SignupPolicy, SignupRequest};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{AppError, FieldIssue};
-pub use passwords::{BCRYPT_MAX_BYTES, HashAlgorithm, HashPoolSize, PasswordHasher, Verified};
+pub use passwords::{BCRYPT_MAX_BYTES, HashAlgorithm, HashPoolSize, HashSlot, PasswordHasher, Verified};
 pub use readiness::{CheckState, Readiness};
 pub use secret_token::SecretToken;
 pub use sessions::{

@@ -91,17 +91,53 @@ impl PasswordHasher {
         })
     }
 
+    /// Takes a place in the hashing queue now, or answers [`AppError::Overloaded`] at once. A caller
+    /// that must do other work before hashing (a login reads the account first) reserves first, so a
+    /// request that will be shed costs no database round trip.
+    pub fn reserve(&self) -> Result<HashSlot, AppError> {
+        let admitted = self
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| AppError::Overloaded { retry_after_secs: 1 })?;
+        Ok(HashSlot { hasher: self.clone(), admitted })
+    }
+
     /// Hashes a (policy-checked, normalized) password for storage.
     pub async fn hash(&self, password: SecretString) -> Result<String, AppError> {
-        let algorithm = self.algorithm;
-        self.run(move || hash_with(algorithm, &password)).await?
+        self.reserve()?.hash(password).await
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when there is no account, so
     /// both cases take one hash's time. The answer for `None` is always [`Verified::No`].
     pub async fn verify(&self, password: SecretString, stored: Option<String>) -> Result<Verified, AppError> {
-        let algorithm = self.algorithm;
-        let dummy = self.dummy.clone();
+        self.reserve()?.verify(password, stored).await
+    }
+
+    #[cfg(test)]
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, AppError> {
+        self.reserve()?.run(work).await
+    }
+}
+
+/// A place in the hashing queue, held until the hash it was taken for has finished.
+#[derive(Debug)]
+pub struct HashSlot {
+    hasher: PasswordHasher,
+    admitted: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl HashSlot {
+    /// Hashes a (policy-checked, normalized) password for storage.
+    pub async fn hash(self, password: SecretString) -> Result<String, AppError> {
+        let algorithm = self.hasher.algorithm;
+        self.run(move || hash_with(algorithm, &password)).await?
+    }
+
+    /// See [`PasswordHasher::verify`].
+    pub async fn verify(self, password: SecretString, stored: Option<String>) -> Result<Verified, AppError> {
+        let algorithm = self.hasher.algorithm;
+        let dummy = self.hasher.dummy.clone();
         self.run(move || match stored {
             Some(stored) => verify_with(algorithm, &password, &stored, &dummy),
             None => {
@@ -112,15 +148,11 @@ impl PasswordHasher {
         .await?
     }
 
-    /// Runs CPU-heavy work on the blocking pool, shedding load when the queue is full.
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, AppError> {
-        let admitted = self
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| AppError::Overloaded { retry_after_secs: 1 })?;
+    /// Runs CPU-heavy work on the blocking pool once a worker is free.
+    async fn run<T: Send + 'static>(self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, AppError> {
+        let HashSlot { hasher, admitted } = self;
         let worker =
-            self.workers.clone().acquire_owned().await.map_err(|e| AppError::Internal(Box::new(e)))?;
+            hasher.workers.clone().acquire_owned().await.map_err(|e| AppError::Internal(Box::new(e)))?;
         // The permits travel with the work, not with the caller: a client that hangs up mid-hash drops
         // the future, but the hash runs on, and its slot must stay taken until it is done.
         tokio::task::spawn_blocking(move || {

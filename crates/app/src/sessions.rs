@@ -148,6 +148,8 @@ impl App {
         if password.expose_secret().len() > MAX_PRESENTED_PASSWORD_BYTES {
             return Err(AppError::InvalidCredentials);
         }
+        // Queue for the hash before reading the account: a login the pool will shed costs nothing more.
+        let slot = self.inner.hasher.reserve()?;
         let password = SecretString::from(normalize_password(password.expose_secret()));
         let (user, stored) = match Email::parse(email) {
             Ok(email) => {
@@ -162,7 +164,7 @@ impl App {
             }
             Err(_) => (None, None),
         };
-        let verified = self.inner.hasher.verify(password, stored.clone()).await?;
+        let verified = slot.verify(password, stored.clone()).await?;
         let user = match (user, verified) {
             (Some(user), Verified::Yes { rehash }) if user.status == UserStatus::Active => (user, rehash),
             (user, _) => {
