@@ -48,8 +48,9 @@ PASSWORD="correct horse battery staple 42"
 EMAIL="bench-login@example.com"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-OUT_DIR="$ROOT/scripts/bench/out"
 cd "$ROOT"
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 
 NAMES=(login-c8 login-c16 login-c64 login-c64-backoff)
 declare -A CONNS=([login-c8]=8 [login-c16]=16 [login-c64]=64 [login-c64-backoff]=64)
@@ -57,33 +58,13 @@ declare -A CONNS=([login-c8]=8 [login-c16]=16 [login-c64]=64 [login-c64-backoff]
 # Bound the whole run (the build excluded): targets x ROUNDS x DURATION, one floor per round (up to
 # 40 warm-up hashes, then HASHES one at a time and HASHES per core at once; a hash is ~11-20 ms
 # here), warmup, startup and the signup.
-budget=$(( ROUNDS * ((${#NAMES[@]} + 1) * (DURATION + 1) + 1 + HASHES / 15) + 2 * WARMUP + 30 ))
-if (( budget > 200 )); then
-    echo "ROUNDS=$ROUNDS DURATION=$DURATION HASHES=$HASHES would take ~${budget}s; keep it under ~3 minutes" >&2
-    exit 2
-fi
+bench_budget $(( ROUNDS * ((${#NAMES[@]} + 1) * (DURATION + 1) + 1 + HASHES / 15) + 2 * WARMUP + 30 )) \
+    "ROUNDS=$ROUNDS DURATION=$DURATION HASHES=$HASHES"
 
 # --- tools -----------------------------------------------------------------------------------------
-if ! command -v wrk >/dev/null 2>&1; then
-    echo "== installing wrk" >&2
-    SUDO=""
-    if (( EUID != 0 )) && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi
-    if ! $SUDO apt-get install -y wrk >/dev/null; then
-        $SUDO apt-get update >/dev/null && $SUDO apt-get install -y wrk >/dev/null
-    fi
-fi
-for tool in curl getconf awk sort; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "missing tool: $tool" >&2; exit 2; }
-done
-CLK_TCK=$(getconf CLK_TCK)
+bench_tools curl getconf awk sort
 CORES=$(nproc)
-
-echo "== cargo build --release -p portcullis --bin portcullis --example hash_floor" >&2
-cargo build --release -p portcullis --bin portcullis --example hash_floor >&2
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
-    | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-TARGET_DIR=${TARGET_DIR:-$ROOT/target}
-PORTCULLIS_BIN="$TARGET_DIR/release/portcullis"
+bench_build --example hash_floor
 FLOOR_BIN="$TARGET_DIR/release/examples/hash_floor"
 
 # --- servers ---------------------------------------------------------------------------------------
@@ -94,59 +75,26 @@ SERVERS=(main cheap)
 declare -A PID BASE_URL
 BASE_URL[main]="http://127.0.0.1:$PORT"
 BASE_URL[cheap]="http://127.0.0.1:$((PORT + 1))"
-TMP=$(mktemp -d /tmp/portcullis-bench-login.XXXXXX)
-cleanup() {
-    local name
-    for name in "${SERVERS[@]}"; do
-        if [[ -n "${PID[$name]:-}" ]]; then
-            kill "${PID[$name]}" 2>/dev/null || true
-            wait "${PID[$name]}" 2>/dev/null || true
-        fi
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_tmp portcullis-bench-login
 
 for name in "${SERVERS[@]}"; do
-    if curl -s -o /dev/null --max-time 1 "${BASE_URL[$name]}/"; then
-        echo "port of ${BASE_URL[$name]} is already in use; set PORT (two consecutive ports)" >&2
-        exit 2
-    fi
+    bench_port_free "${BASE_URL[$name]}/" "port of ${BASE_URL[$name]} is already in use; set PORT (two consecutive ports)"
 done
 
 mkdir -p "$TMP/main" "$TMP/cheap"
-# Started directly (`env` execs the server), so $! is the server's own pid for /proc/PID/stat.
-env PORTCULLIS_LOG__LEVEL=warn \
-    "$PORTCULLIS_BIN" serve --data-dir "$TMP/main" --listen "${BASE_URL[main]#http://}" >"$TMP/main.log" 2>&1 &
-PID[main]=$!
-env PORTCULLIS_LOG__LEVEL=warn PORTCULLIS_PASSWORD__ARGON2_MEMORY_KIB=64 PORTCULLIS_PASSWORD__ARGON2_ITERATIONS=1 \
-    "$PORTCULLIS_BIN" serve --data-dir "$TMP/cheap" --listen "${BASE_URL[cheap]#http://}" >"$TMP/cheap.log" 2>&1 &
-PID[cheap]=$!
+bench_start "$TMP/main.log" env PORTCULLIS_LOG__LEVEL=warn \
+    "$PORTCULLIS_BIN" serve --data-dir "$TMP/main" --listen "${BASE_URL[main]#http://}"
+PID[main]=$BENCH_PID
+bench_start "$TMP/cheap.log" env PORTCULLIS_LOG__LEVEL=warn PORTCULLIS_PASSWORD__ARGON2_MEMORY_KIB=64 PORTCULLIS_PASSWORD__ARGON2_ITERATIONS=1 \
+    "$PORTCULLIS_BIN" serve --data-dir "$TMP/cheap" --listen "${BASE_URL[cheap]#http://}"
+PID[cheap]=$BENCH_PID
 
 body="{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\"}"
 for name in "${SERVERS[@]}"; do
     base=${BASE_URL[$name]}
-    deadline=$((SECONDS + 30))
-    until [[ "$(curl -s --max-time 1 "$base/healthz" || true)" == *'"status":"ok"'* ]]; do
-        if ! kill -0 "${PID[$name]}" 2>/dev/null || (( SECONDS > deadline )); then
-            echo "server $name did not come up on $base" >&2
-            cat "$TMP/$name.log" >&2 || true
-            exit 1
-        fi
-        sleep 0.1
-    done
-    # The CPU accounting below reads this pid: it must be the server itself, not a wrapper.
-    exe=$(readlink "/proc/${PID[$name]}/exe" || true)
-    if [[ "$exe" != "$PORTCULLIS_BIN" ]]; then
-        echo "pid ${PID[$name]} of $name is $exe, not the server binary" >&2
-        exit 1
-    fi
-    status=$(curl -s -o "$TMP/signup.json" -w '%{http_code}' -H 'Content-Type: application/json' \
-        -d "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\",\"display_name\":\"Bench\"}" "$base/v1/auth/signup")
-    if [[ "$status" != 202 ]]; then
-        echo "signup on $name answered $status: $(cat "$TMP/signup.json")" >&2; exit 1
-    fi
+    bench_wait_up "${PID[$name]}" "$base/healthz" "server $name did not come up on $base" "$TMP/$name.log"
+    bench_check_exe "${PID[$name]}" "$name" "$PORTCULLIS_BIN"
+    bench_signup "$base" "$EMAIL" "$PASSWORD" "$name"
     status=$(curl -s -o "$TMP/login.json" -w '%{http_code}' -H 'Content-Type: application/json' -d "$body" \
         "$base/v1/auth/login")
     if [[ "$status" != 200 ]] || ! grep -q '"access_token"' "$TMP/login.json"; then
@@ -229,14 +177,7 @@ write_lua "$TMP/login.lua" 0
 write_lua "$TMP/login-backoff.lua" 1000
 
 # --- measurement -----------------------------------------------------------------------------------
-# utime + stime of a process, in clock ticks (fields 14 and 15; the comm field may hold spaces),
-# and its minor page faults (field 10).
-cpu_ticks() {
-    local stat
-    stat=$(<"/proc/$1/stat")
-    stat=${stat##*) }
-    awk '{ print $12 + $13 }' <<<"$stat"
-}
+# The minor page faults of a process (field 10 of /proc/PID/stat; the comm field may hold spaces).
 minor_faults() {
     local stat
     stat=$(<"/proc/$1/stat")
@@ -317,16 +258,13 @@ for (( round = 0; round < ROUNDS; round++ )); do
     done
 done
 
-median() { tr ' ' '\n' <<<"$1" | awk 'NF && $1 != "nan"' | sort -g | awk '{ v[NR] = $1 } END {
-    if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 fmt() { awk -v v="$1" -v d="${2:-2}" 'BEGIN { printf "%.*f", d, v }'; }
 
-M_FLOOR_MS=$(median "$FLOOR_MS")
-M_FLOOR_CPU=$(median "$FLOOR_CPU")
-M_COLD_MS=$(median "$COLD_MS"); M_COLD_CPU=$(median "$COLD_CPU"); M_COLD_FAULTS=$(median "$COLD_FAULTS")
-M_PAR_RATE=$(median "$PAR_RATE"); M_PAR_CPU=$(median "$PAR_CPU"); M_PAR_FAULTS=$(median "$PAR_FAULTS")
-M_REST_US=$(median "$REST_US"); M_REST_RPS=$(median "$REST_RPS")
+M_FLOOR_MS=$(median "$FLOOR_MS" 3)
+M_FLOOR_CPU=$(median "$FLOOR_CPU" 3)
+M_COLD_MS=$(median "$COLD_MS" 3); M_COLD_CPU=$(median "$COLD_CPU" 3); M_COLD_FAULTS=$(median "$COLD_FAULTS" 3)
+M_PAR_RATE=$(median "$PAR_RATE" 3); M_PAR_CPU=$(median "$PAR_CPU" 3); M_PAR_FAULTS=$(median "$PAR_FAULTS" 3)
+M_REST_US=$(median "$REST_US" 3); M_REST_RPS=$(median "$REST_RPS" 3)
 FLOOR_RPS=$(awk -v c="$CORES" -v m="$M_FLOOR_MS" 'BEGIN { printf "%.2f", c * 1000 / m }')
 # A successful login waits at most for the hashes admitted before it: (workers + queue) / workers
 # hash times with the default pool (workers = cores, queue = 4 x cores), i.e. 5 hash times.
@@ -334,20 +272,18 @@ QUEUE_BOUND_MS=$(awk -v m="$M_FLOOR_MS" 'BEGIN { printf "%.1f", 5 * m }')
 
 declare -A M_RPS M_CPU M_FAULTS M_P50 M_P99 M_PMAX M_SHED M_SHED_RPS
 for name in "${NAMES[@]}"; do
-    M_RPS[$name]=$(median "${OK_RPS[$name]}")
-    M_CPU[$name]=$(median "${CPU_MS[$name]}")
-    M_FAULTS[$name]=$(median "${FAULTS[$name]}")
-    M_P50[$name]=$(median "${P50[$name]}")
-    M_P99[$name]=$(median "${P99[$name]}")
-    M_PMAX[$name]=$(median "${PMAX[$name]}")
-    M_SHED[$name]=$(median "${SHED_PCT[$name]}")
-    M_SHED_RPS[$name]=$(median "${SHED_RPS[$name]}")
+    M_RPS[$name]=$(median "${OK_RPS[$name]}" 3)
+    M_CPU[$name]=$(median "${CPU_MS[$name]}" 3)
+    M_FAULTS[$name]=$(median "${FAULTS[$name]}" 3)
+    M_P50[$name]=$(median "${P50[$name]}" 3)
+    M_P99[$name]=$(median "${P99[$name]}" 3)
+    M_PMAX[$name]=$(median "${PMAX[$name]}" 3)
+    M_SHED[$name]=$(median "${SHED_PCT[$name]}" 3)
+    M_SHED_RPS[$name]=$(median "${SHED_RPS[$name]}" 3)
 done
 
 # --- report ----------------------------------------------------------------------------------------
-stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
-mkdir -p "$OUT_DIR"
-report="$OUT_DIR/login-$stamp.md"
+bench_report_file login
 {
     echo "# POST /v1/auth/login vs the password-hashing floor ($stamp)"
     echo
@@ -356,8 +292,8 @@ report="$OUT_DIR/login-$stamp.md"
     echo "correct credentials, 503s retried at once (-backoff: after 1 s, as Retry-After asks); each round runs the floor,"
     echo "then the cheap-hash server, then each target (order rotated); medians. Server CPU = utime+stime of the server process ÷ successful logins. Default pool:"
     echo "$CORES workers, queue $(( 4 * CORES )). Loopback only. Host: $CORES cores,"
-    echo "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || echo '?');"
-    echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '-')$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty)'); $(rustc --version 2>/dev/null || true)."
+    echo "$(cpu_model);"
+    bench_commit_line
     echo
     echo "| hashing | wall (ms/hash) | CPU (ms/hash) | page faults/hash | hashes/s |"
     echo "|---|---:|---:|---:|---:|"
@@ -407,4 +343,4 @@ for name in "${NAMES[@]}"; do
     if [[ -n "${ERRORS[$name]:-}" ]]; then echo "   wrk reported for $name: ${ERRORS[$name]}"; fi
 done
 echo
-echo "written: ${report#"$ROOT"/}"
+bench_written

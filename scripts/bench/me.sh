@@ -32,84 +32,32 @@ PASSWORD="correct horse battery staple 42"
 EMAIL="bench-me@example.com"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-OUT_DIR="$ROOT/scripts/bench/out"
 cd "$ROOT"
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 
 NAMES=(me healthz)
 
 # Bound the whole run (the build excluded): 2 targets x ROUNDS x DURATION, warmups, startup.
-budget=$(( ROUNDS * ${#NAMES[@]} * (DURATION + 1) + WARMUP * ${#NAMES[@]} + 30 ))
-if (( budget > 200 )); then
-    echo "ROUNDS=$ROUNDS DURATION=$DURATION would take ~${budget}s; keep it under ~3 minutes" >&2
-    exit 2
-fi
+bench_budget $(( ROUNDS * ${#NAMES[@]} * (DURATION + 1) + WARMUP * ${#NAMES[@]} + 30 )) "ROUNDS=$ROUNDS DURATION=$DURATION"
 
 # --- tools -----------------------------------------------------------------------------------------
-if ! command -v wrk >/dev/null 2>&1; then
-    echo "== installing wrk" >&2
-    SUDO=""
-    if (( EUID != 0 )) && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi
-    if ! $SUDO apt-get install -y wrk >/dev/null; then
-        $SUDO apt-get update >/dev/null && $SUDO apt-get install -y wrk >/dev/null
-    fi
-fi
-for tool in curl getconf awk sort python3; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "missing tool: $tool" >&2; exit 2; }
-done
-CLK_TCK=$(getconf CLK_TCK)
-
-echo "== cargo build --release -p portcullis --bin portcullis" >&2
-cargo build --release -p portcullis --bin portcullis >&2
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
-    | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-TARGET_DIR=${TARGET_DIR:-$ROOT/target}
-PORTCULLIS_BIN="$TARGET_DIR/release/portcullis"
+bench_tools curl getconf awk sort python3
+bench_build
 
 # --- server ----------------------------------------------------------------------------------------
-TMP=$(mktemp -d /tmp/portcullis-bench-me.XXXXXX)
-SERVER_PID=""
-cleanup() {
-    if [[ -n "$SERVER_PID" ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
+bench_tmp portcullis-bench-me
 BASE="http://127.0.0.1:$PORT"
-if curl -s -o /dev/null --max-time 1 "$BASE/"; then
-    echo "port $PORT is already in use; set PORT" >&2
-    exit 2
-fi
+bench_port_free "$BASE/" "port $PORT is already in use; set PORT"
 
 mkdir -p "$TMP/data"
-# Started directly (no wrapper shell), so $! is the server's own pid for /proc/PID/stat.
-PORTCULLIS_LOG__LEVEL=warn \
-    "$PORTCULLIS_BIN" serve --data-dir "$TMP/data" --listen "127.0.0.1:$PORT" >"$TMP/server.log" 2>&1 &
-SERVER_PID=$!
+bench_start "$TMP/server.log" env PORTCULLIS_LOG__LEVEL=warn \
+    "$PORTCULLIS_BIN" serve --data-dir "$TMP/data" --listen "127.0.0.1:$PORT"
+SERVER_PID=$BENCH_PID
+bench_wait_up "$SERVER_PID" "$BASE/healthz" "the server did not come up on $BASE" "$TMP/server.log"
+bench_check_exe "$SERVER_PID" "" "$PORTCULLIS_BIN"
 
-deadline=$((SECONDS + 30))
-until [[ "$(curl -s --max-time 1 "$BASE/healthz" || true)" == *'"status":"ok"'* ]]; do
-    if ! kill -0 "$SERVER_PID" 2>/dev/null || (( SECONDS > deadline )); then
-        echo "the server did not come up on $BASE" >&2
-        cat "$TMP/server.log" >&2 || true
-        exit 1
-    fi
-    sleep 0.1
-done
-exe=$(readlink "/proc/$SERVER_PID/exe" || true)
-if [[ "$exe" != "$PORTCULLIS_BIN" ]]; then
-    echo "pid $SERVER_PID is $exe, not the server binary" >&2
-    exit 1
-fi
-
-status=$(curl -s -o "$TMP/signup.json" -w '%{http_code}' -H 'Content-Type: application/json' \
-    -d "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\",\"display_name\":\"Bench\"}" "$BASE/v1/auth/signup")
-if [[ "$status" != 202 ]]; then
-    echo "signup answered $status: $(cat "$TMP/signup.json")" >&2; exit 1
-fi
+bench_signup "$BASE" "$EMAIL" "$PASSWORD"
 status=$(curl -s -o "$TMP/login.json" -w '%{http_code}' -H 'Content-Type: application/json' \
     -d "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\"}" "$BASE/v1/auth/login")
 TOKEN=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["access_token"])' "$TMP/login.json" 2>/dev/null || true)
@@ -123,86 +71,26 @@ fi
 echo "== server up: pid $SERVER_PID; $EMAIL signed up, logged in, /v1/me answers 200" >&2
 
 # --- measurement -----------------------------------------------------------------------------------
-# utime + stime of a process, in clock ticks (fields 14 and 15; the comm field may hold spaces).
-cpu_ticks() {
-    local stat
-    stat=$(<"/proc/$1/stat")
-    stat=${stat##*) }
-    awk '{ print $12 + $13 }' <<<"$stat"
-}
-
-# A wrk latency value (e.g. 812.00us, 1.23ms, 2.00s) in milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.4f", v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.4f", v }
-        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.4f", v * 1000 }
-        else { printf "nan" }
-    }'
-}
-
-declare -A RPS P99 CPU_US ERRORS
+# Both targets are the one server.
+declare -A PID=([me]=$SERVER_PID [healthz]=$SERVER_PID)
 run_wrk() { # name duration -> prints wrk output
     case "$1" in
-        me) timeout $(( $2 + 15 )) wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency \
-                -H "Authorization: Bearer $TOKEN" "$BASE/v1/me" ;;
-        healthz) timeout $(( $2 + 15 )) wrk -t1 -c"$CONNECTIONS" -d"$2"s --latency "$BASE/healthz" ;;
+        me) bench_wrk "$2" -H "Authorization: Bearer $TOKEN" "$BASE/v1/me" ;;
+        healthz) bench_wrk "$2" "$BASE/healthz" ;;
     esac
 }
-
-echo "== warmup ${WARMUP}s each" >&2
-for name in "${NAMES[@]}"; do run_wrk "$name" "$WARMUP" >/dev/null; done
-
-for (( round = 0; round < ROUNDS; round++ )); do
-    for (( i = 0; i < ${#NAMES[@]}; i++ )); do
-        name=${NAMES[$(( (i + round) % ${#NAMES[@]} ))]}
-        before=$(cpu_ticks "$SERVER_PID")
-        output=$(run_wrk "$name" "$DURATION")
-        after=$(cpu_ticks "$SERVER_PID")
-        rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$output")
-        requests=$(awk '/requests in/ { print $1 }' <<<"$output")
-        p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$output")")
-        errors=$(awk '/Socket errors|Non-2xx/ { printf "%s; ", $0 }' <<<"$output")
-        if [[ -z "$rps" || -z "$requests" || "$requests" == 0 ]]; then
-            echo "wrk against $name gave no result:" >&2; echo "$output" >&2; exit 1
-        fi
-        # A 401 (say, an expired token) would be a fast answer that is not the thing measured.
-        if grep -q 'Non-2xx' <<<"$output"; then
-            echo "wrk against $name got non-2xx answers:" >&2; echo "$output" >&2; exit 1
-        fi
-        cpu_us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
-            'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
-        RPS[$name]+="$rps "
-        P99[$name]+="$p99 "
-        CPU_US[$name]+="$cpu_us "
-        if [[ -n "$errors" ]]; then ERRORS[$name]+="round $((round + 1)): $errors"; fi
-        printf '   round %d  %-8s %10s req/s  p99 %8s ms  cpu %7s us/req\n' \
-            $((round + 1)) "$name" "$rps" "$p99" "$cpu_us" >&2
-    done
-done
-
-median() { tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END {
-    if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
-
-declare -A M_RPS M_P99 M_CPU
-for name in "${NAMES[@]}"; do
-    M_RPS[$name]=$(median "${RPS[$name]}")
-    M_P99[$name]=$(median "${P99[$name]}")
-    M_CPU[$name]=$(median "${CPU_US[$name]}")
-done
+# A 401 (say, an expired token) would be a fast answer that is not the thing measured.
+bench_wrk_rounds 8 --fail-on-non-2xx
 
 # --- report ----------------------------------------------------------------------------------------
-stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
-mkdir -p "$OUT_DIR"
-report="$OUT_DIR/me-$stamp.md"
+bench_report_file me
 {
     echo "# GET /v1/me (bearer token) vs GET /healthz on the same server ($stamp)"
     echo
-    echo "\`wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\`, $ROUNDS rounds per target (alternating), medians;"
+    bench_wrk_line
     echo "release server, PORTCULLIS_LOG__LEVEL=warn, SQLite; server CPU = utime+stime of the server process per"
-    echo "request. Loopback only. Host: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || echo '?');"
-    echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '-')$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty)'); $(rustc --version 2>/dev/null || true)."
+    echo "request. Loopback only. $(bench_host)"
+    bench_commit_line
     echo
     echo "| target | req/s | p99 (ms) | server CPU (µs/req) | rps vs healthz | CPU/req vs healthz |"
     echo "|---|---:|---:|---:|---:|---:|"
@@ -210,12 +98,7 @@ report="$OUT_DIR/me-$stamp.md"
         echo "| $name | ${M_RPS[$name]} | ${M_P99[$name]} | ${M_CPU[$name]} | $(ratio "${M_RPS[$name]}" "${M_RPS[healthz]}") | $(ratio "${M_CPU[$name]}" "${M_CPU[healthz]}") |"
     done
     echo
-    echo "Raw per-round values (req/s; p99 ms; CPU µs/req):"
-    echo
-    for name in "${NAMES[@]}"; do
-        echo "- $name: ${RPS[$name]% }; ${P99[$name]% }; ${CPU_US[$name]% }"
-        if [[ -n "${ERRORS[$name]:-}" ]]; then echo "  - wrk reported: ${ERRORS[$name]}"; fi
-    done
+    bench_wrk_raw
 } >"$report"
 
 echo
@@ -226,4 +109,4 @@ for name in "${NAMES[@]}"; do
     if [[ -n "${ERRORS[$name]:-}" ]]; then echo "   wrk reported for $name: ${ERRORS[$name]}"; fi
 done
 echo
-echo "written: ${report#"$ROOT"/}"
+bench_written
