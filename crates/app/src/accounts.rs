@@ -561,6 +561,9 @@ impl App {
         let hash = self.inner.hasher.hash(account.password.clone()).await?;
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
+        // Two setups at once (two live tokens, after a restart or on two nodes) must not both see
+        // no account and both create an owner.
+        tx.lock_users().await?;
         let spent = tx.spend_one_time_token(&hash_token(token), OneTimePurpose::Setup, now).await?;
         if spent.is_none() || tx.count_users().await? > 0 {
             return Err(AppError::InvalidToken);

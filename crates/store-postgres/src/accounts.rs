@@ -110,6 +110,15 @@ impl AccountStore for PostgresTx {
         u64::try_from(count).map_err(|_| corrupt("COUNT(*) of users is negative"))
     }
 
+    async fn lock_users(&mut self) -> Result<(), StoreError> {
+        // SHARE ROW EXCLUSIVE conflicts with itself and with inserts, not with plain reads: two
+        // first-owner setups queue, and logins carry on.
+        match sqlx::query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE").execute(&mut *self.tx).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
     async fn mark_email_verified(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
         let result = sqlx::query("UPDATE users SET email_verified_at = $2, updated_at = $2 WHERE id = $1")
             .bind(id.to_string())

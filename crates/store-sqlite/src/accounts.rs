@@ -110,6 +110,11 @@ impl AccountStore for SqliteTx {
         u64::try_from(count).map_err(|_| corrupt("COUNT(*) of users is negative"))
     }
 
+    async fn lock_users(&mut self) -> Result<(), StoreError> {
+        // Write transactions begin IMMEDIATE on the single writer: they already run one at a time.
+        Ok(())
+    }
+
     async fn mark_email_verified(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
         let result = sqlx::query("UPDATE users SET email_verified_at = $2, updated_at = $2 WHERE id = $1")
             .bind(id.to_string())

@@ -133,6 +133,10 @@ pub const CHECKS: &[Check] = &[
         run: |s| Box::pin(a_live_one_time_token_is_unused_unexpired_and_of_the_purpose(s)),
     },
     Check {
+        name: "two_first_owner_setups_at_once_create_one_account",
+        run: |s| Box::pin(two_first_owner_setups_at_once_create_one_account(s)),
+    },
+    Check {
         name: "two_transactions_spending_one_one_time_token_at_once_get_it_once",
         run: |s| Box::pin(two_transactions_spending_one_one_time_token_at_once_get_it_once(s)),
     },
@@ -724,6 +728,51 @@ pub async fn two_transactions_spending_one_one_time_token_at_once_get_it_once(st
 
     ensure_eq("the first reset", &first_spend, &Some(reset))?;
     ensure_eq("the second reset", &second, &None)
+}
+
+/// Two first-owner setups at once (two live setup tokens): each locks the accounts, counts them and
+/// creates one only if there is none. The second waits for the first to commit and then sees its
+/// account, so exactly one is created. Without the lock, PostgreSQL's READ COMMITTED lets both
+/// count zero.
+pub async fn two_first_owner_setups_at_once_create_one_account(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    open_two_connections(store).await?;
+    let alice = user(1, "alice@example.com")?;
+    let bob = user(2, "bob@example.com")?;
+
+    let mut first = store.begin().await.step("begin the first setup")?;
+    first.lock_users().await.step("the first setup's lock")?;
+    let first_count = first.count_users().await.step("the first setup's count")?;
+    let second = async {
+        let mut tx = store.begin().await?;
+        tx.lock_users().await?;
+        let count = tx.count_users().await?;
+        if count == 0 {
+            tx.insert_user(&bob).await?;
+        }
+        tx.commit().await?;
+        Ok::<u64, StoreError>(count)
+    };
+    let rest_of_first = async move {
+        // Give the second setup time to reach its count while the first is still open: a correct
+        // store makes it wait on the lock whatever this delay; a store without one lets it count
+        // zero now. (The delay decides nothing for a correct store, so it cannot make this flaky.)
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if first_count == 0 {
+            first.insert_user(&alice).await?;
+        }
+        first.commit().await
+    };
+    let (second_count, first_commit) = tokio::join!(second, rest_of_first);
+    first_commit.step("finish the first setup")?;
+    let second_count = second_count.step("the second setup")?;
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let total = tx.count_users().await.step("count the accounts")?;
+    tx.commit().await.step("end the read")?;
+    ensure_eq("accounts the first setup saw", &first_count, &0)?;
+    ensure_eq("accounts the second setup saw", &second_count, &1)?;
+    ensure_eq("accounts after both", &total, &1)
 }
 
 // ---------------------------------------------------------------------------------------------

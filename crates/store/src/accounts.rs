@@ -22,6 +22,12 @@ pub trait AccountStore {
     /// How many accounts exist (to decide whether a first-admin setup token is needed).
     async fn count_users(&mut self) -> Result<u64, StoreError>;
 
+    /// Serializes transactions that create an account depending on how many exist (the first
+    /// owner): until this transaction ends, another that takes the lock waits, then sees its
+    /// accounts. SQLite's write transactions already run one at a time; PostgreSQL's READ COMMITTED
+    /// would otherwise let two of them both count zero.
+    async fn lock_users(&mut self) -> Result<(), StoreError>;
+
     /// Records that the owner proved the address; returns false if the account does not exist.
     async fn mark_email_verified(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError>;
 
