@@ -35,7 +35,12 @@ pub enum AppError {
     #[error("authentication required")]
     Unauthenticated,
 
-    /// The caller is authenticated but may not do this (includes failed CSRF checks). HTTP 403.
+    /// A cookie-authenticated request came without its session's CSRF token, or from a foreign
+    /// origin (ASVS 3.5.1). HTTP 403.
+    #[error("the CSRF token or request origin is missing or wrong")]
+    CsrfRejected,
+
+    /// The caller is authenticated but may not do this. HTTP 403.
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
 

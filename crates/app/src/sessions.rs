@@ -390,7 +390,7 @@ impl App {
             // Nobody's session is at stake (a cross-site login attempt): logged, not stored, so that
             // forged requests cannot be turned into writes on the single SQLite writer.
             tracing::info!(kind = SecurityEventKind::CsrfRejected.as_str(), "security event (not stored)");
-            return Err(AppError::Forbidden("the CSRF token or request origin is missing or wrong"));
+            return Err(AppError::CsrfRejected);
         }
         self.record_security_event(
             SecurityEventKind::CsrfRejected,
@@ -399,7 +399,7 @@ impl App {
             client,
         )
         .await?;
-        Err(AppError::Forbidden("the CSRF token or request origin is missing or wrong"))
+        Err(AppError::CsrfRejected)
     }
 
     /// The CSRF token of a cookie session (for pages that need it again).

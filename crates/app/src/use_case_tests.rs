@@ -469,7 +469,7 @@ async fn a_state_changing_cookie_request_needs_its_own_sessions_csrf_token() {
     ];
     for presented in wrong {
         let refused = t.app.check_csrf(&alice.principal, presented, &client()).await;
-        assert!(matches!(refused, Err(AppError::Forbidden(_))), "{presented:?}: {refused:?}");
+        assert!(matches!(refused, Err(AppError::CsrfRejected)), "{presented:?}: {refused:?}");
     }
 
     let events = events_of(&t.app, alice.principal.user_id).await;

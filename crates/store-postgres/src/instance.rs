@@ -41,10 +41,7 @@ impl InstanceStore for PostgresTx {
         match result {
             Ok(_) => Ok(()),
             // The singleton primary key is what makes a second row a conflict.
-            Err(e) => Err(match self.fail(e) {
-                StoreError::Conflict { .. } => StoreError::Conflict { entity: "instance" },
-                other => other,
-            }),
+            Err(e) => Err(self.fail(e).conflict_on("instance")),
         }
     }
 }

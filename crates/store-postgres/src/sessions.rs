@@ -92,10 +92,7 @@ impl SessionStore for PostgresTx {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(match self.fail(e) {
-                StoreError::Conflict { .. } => StoreError::Conflict { entity: "session" },
-                other => other,
-            }),
+            Err(e) => Err(self.fail(e).conflict_on("session")),
         }
     }
 
@@ -218,10 +215,7 @@ impl SessionStore for PostgresTx {
                 .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(match self.fail(e) {
-                StoreError::Conflict { .. } => StoreError::Conflict { entity: "refresh token" },
-                other => other,
-            }),
+            Err(e) => Err(self.fail(e).conflict_on("refresh token")),
         }
     }
 

@@ -86,10 +86,7 @@ impl AccountStore for SqliteTx {
         match result {
             Ok(_) => Ok(()),
             // The unique email key is what makes a second spelling of an address a conflict.
-            Err(e) => Err(match self.fail(e) {
-                StoreError::Conflict { .. } => StoreError::Conflict { entity: "user" },
-                other => other,
-            }),
+            Err(e) => Err(self.fail(e).conflict_on("user")),
         }
     }
 
@@ -212,10 +209,7 @@ impl AccountStore for SqliteTx {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(match self.fail(e) {
-                StoreError::Conflict { .. } => StoreError::Conflict { entity: "one-time token" },
-                other => other,
-            }),
+            Err(e) => Err(self.fail(e).conflict_on("one-time token")),
         }
     }
 

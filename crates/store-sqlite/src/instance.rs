@@ -39,10 +39,7 @@ impl InstanceStore for SqliteTx {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(match self.fail(e) {
-                StoreError::Conflict { .. } => StoreError::Conflict { entity: "instance" },
-                other => other,
-            }),
+            Err(e) => Err(self.fail(e).conflict_on("instance")),
         }
     }
 }

@@ -49,10 +49,7 @@ impl KeyStore for SqliteTx {
             Ok(_) => Ok(()),
             // Either the kid's primary key or the one-current-key partial index: both mean another
             // node got there first.
-            Err(e) => Err(match self.fail(e) {
-                StoreError::Conflict { .. } => StoreError::Conflict { entity: "signing key" },
-                other => other,
-            }),
+            Err(e) => Err(self.fail(e).conflict_on("signing key")),
         }
     }
 }

@@ -92,10 +92,7 @@ impl SessionStore for SqliteTx {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(match self.fail(e) {
-                StoreError::Conflict { .. } => StoreError::Conflict { entity: "session" },
-                other => other,
-            }),
+            Err(e) => Err(self.fail(e).conflict_on("session")),
         }
     }
 
@@ -216,10 +213,7 @@ impl SessionStore for SqliteTx {
                 .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(match self.fail(e) {
-                StoreError::Conflict { .. } => StoreError::Conflict { entity: "refresh token" },
-                other => other,
-            }),
+            Err(e) => Err(self.fail(e).conflict_on("refresh token")),
         }
     }
 

@@ -26,3 +26,14 @@ pub enum StoreError {
     #[error("database error")]
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
+
+impl StoreError {
+    /// Names the entity of a uniqueness conflict: the engine's error only says "record", the
+    /// statement that hit it knows what was duplicated.
+    pub fn conflict_on(self, entity: &'static str) -> Self {
+        match self {
+            StoreError::Conflict { .. } => StoreError::Conflict { entity },
+            other => other,
+        }
+    }
+}

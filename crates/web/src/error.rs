@@ -56,9 +56,11 @@ impl ApiError {
                     Some((header::WWW_AUTHENTICATE, HeaderValue::from_static(BEARER_CHALLENGE))),
                 );
             }
-            AppError::Forbidden(reason) if reason.contains("CSRF") => {
-                Problem::new(ProblemType::CSRF_REJECTED, reason)
-            }
+            // 403 with its own type, so a client can tell a stale page from a missing right.
+            AppError::CsrfRejected => Problem::new(
+                ProblemType::CSRF_REJECTED,
+                "The CSRF token or request origin is missing or wrong.",
+            ),
             // 403 with the reason, which names the missing right and nothing else.
             AppError::Forbidden(reason) => Problem::new(ProblemType::FORBIDDEN, reason),
             // 400: unknown, spent, expired or for another purpose all look alike.
