@@ -29,8 +29,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use libfuzzer_sys::fuzz_target;
 use portcullis_app::mail::FileOutbox;
 use portcullis_app::{
-    App, AppSettings, ClientContext, FixedClock, HashAlgorithm, IssuedCredentials, LoginMode, LoginOutcome,
-    Principal, SessionTransport,
+    App, AppSettings, ClientContext, FixedClock, HashAlgorithm, IssuedCredentials, KekSet, LoginMode,
+    LoginOutcome, Principal, SessionTransport,
 };
 use portcullis_domain::{BuiltinRole, Timestamp};
 use portcullis_store::Store;
@@ -56,14 +56,18 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     let fixture = runtime.block_on(async {
         let store = SqliteStore::open_in_memory().await.expect("an in-memory store");
         store.migrate().await.expect("migrations");
-        let mut settings =
-            AppSettings::new(SecretSlice::from(vec![7u8; 32]), "fuzz", "https://id.example.com");
+        let mut settings = AppSettings::new(
+            SecretSlice::from(vec![7u8; 32]),
+            KekSet::parse(&KekSet::generate_entry("fuzz").expect("a KEK")).expect("a KEK"),
+            "fuzz",
+            "https://id.example.com",
+        );
         // Hashing is not what is fuzzed here: the cheapest argon2id keeps start-up short.
         settings.password_hash = HashAlgorithm::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 };
         let mailer = FileOutbox::new(outbox.path(), "f@example.com").expect("an outbox");
         let clock = FixedClock::new(Timestamp::from_unix_millis(NOW_MILLIS));
         let app = App::new(Arc::new(store), Arc::new(clock), settings, Arc::new(mailer)).expect("an app");
-        app.load_signing_keys().await.expect("a signing key");
+        app.load_keys().await.expect("the keyring");
 
         let password = "velvet otter migrates at dusk";
         app.create_user_as_operator(

@@ -3,6 +3,8 @@
 //! and the caller's profile (`App::profile`, behind `GET /v1/me`) from the per-node profile cache and
 //! from SQLite once the cached copy is older than `PROFILE_CACHE_MILLIS`.
 //!
+//! The `fields` group measures the field-level encryption of personal data on its own.
+//!
 //! The app runs on in-memory SQLite, like the use-case tests, with a clock the benchmark moves. Run with
 //! `cargo bench -p portcullis-app --bench tokens`; `scripts/bench/me.sh` measures the same request
 //! through the whole server.
@@ -16,8 +18,8 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use portcullis_app::mail::FileOutbox;
 use portcullis_app::{
-    App, AppSettings, ClientContext, FixedClock, HashAlgorithm, HashPoolSize, IssuedCredentials, LoginMode,
-    LoginOutcome, PROFILE_CACHE_MILLIS,
+    App, AppSettings, ClientContext, FixedClock, HashAlgorithm, HashPoolSize, IssuedCredentials, KekSet,
+    LoginMode, LoginOutcome, PROFILE_CACHE_MILLIS,
 };
 use portcullis_domain::{BuiltinRole, Timestamp};
 use portcullis_store::Store as _;
@@ -48,15 +50,16 @@ fn fixture() -> Result<Fixture, Box<dyn std::error::Error>> {
     let (app, credentials) = runtime.block_on(async {
         let store = SqliteStore::open_in_memory().await?;
         store.migrate().await?;
+        let keks = KekSet::parse(&KekSet::generate_entry("bench")?)?;
         let mut settings =
-            AppSettings::new(SecretSlice::from(vec![7u8; 32]), "bench", "https://id.example.com");
+            AppSettings::new(SecretSlice::from(vec![7u8; 32]), keks, "bench", "https://id.example.com");
         // Hashing is not measured here; cheap parameters keep the setup short.
         settings.password_hash = HashAlgorithm::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 };
         settings.hash_pool = HashPoolSize { workers: 1, queue: 1 };
         let mailer =
             Arc::new(FileOutbox::new(outbox.path().join("outbox"), "Portcullis <no-reply@example.com>")?);
         let app = App::new(Arc::new(store), clock.clone(), settings, mailer)?;
-        app.load_signing_keys().await?;
+        app.load_keys().await?;
         app.create_user_as_operator(EMAIL, Some("Bench"), SecretString::from(PASSWORD), BuiltinRole::Member)
             .await?;
         let outcome = app
@@ -126,9 +129,21 @@ fn bench_tokens(c: &mut Criterion) {
     group.finish();
 }
 
+/// The personal-data encryption a request pays (issue 4): the blind index and two decryptions of a
+/// login, the two decryptions of an uncached profile read, and the sealing of a signup. Compare with
+/// the server CPU per request that `scripts/bench/login.sh` and `scripts/bench/me.sh` report.
+fn bench_fields(c: &mut Criterion) {
+    let work = portcullis_app::benchmarking::FieldWork::new(EMAIL, "Bench User").expect("field keys");
+    let mut group = c.benchmark_group("fields");
+    group.bench_function("login_index_and_open", |b| b.iter(|| black_box(work.login())));
+    group.bench_function("profile_open", |b| b.iter(|| black_box(work.open_row())));
+    group.bench_function("signup_seal_and_index", |b| b.iter(|| black_box(work.seal_row())));
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench_tokens
+    targets = bench_tokens, bench_fields
 }
 criterion_main!(benches);

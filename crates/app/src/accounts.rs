@@ -7,9 +7,9 @@
 
 use portcullis_domain::{
     BuiltinRole, DisplayName, Email, OneTimePurpose, OneTimeToken, PasswordRule, RevokeReason,
-    SecurityEventKind, Timestamp, User, UserId, UserStatus, normalize_password,
+    SecurityEventId, SecurityEventKind, Timestamp, User, UserId, UserStatus, normalize_password,
 };
-use portcullis_store::{StoreError, StoreTx};
+use portcullis_store::StoreTx;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::FieldIssue;
@@ -219,10 +219,16 @@ impl App {
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
         if let Some(invite) = &request.invite_token {
-            let spent = tx
-                .spend_one_time_token(&hash_token(invite.expose_secret()), OneTimePurpose::Invite, now)
+            let spent = self
+                .spend_one_time_token(
+                    tx.as_mut(),
+                    &hash_token(invite.expose_secret()),
+                    OneTimePurpose::Invite,
+                    now,
+                )
                 .await?;
-            let matches = spent.is_some_and(|t| t.email.is_none_or(|e| e.key() == account.email.key()));
+            let matches =
+                spent.is_some_and(|(_, email)| email.is_none_or(|e| e.key() == account.email.key()));
             if !matches {
                 return Err(AppError::SignupNotAllowed);
             }
@@ -290,16 +296,12 @@ impl App {
         hash: &str,
         now: Timestamp,
     ) -> Result<(), AppError> {
-        if tx.user_by_email(&user.email).await?.is_some() {
+        // Every blind-index key is checked, not only the unique index: while the index is rebuilt
+        // under a new key, the same address may be indexed under the previous one.
+        if self.find_user_by_email(tx, &user.email).await?.is_some() {
             return Err(AppError::invalid("/email", "an account with this address already exists"));
         }
-        match tx.insert_user(user).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict { .. }) => {
-                return Err(AppError::invalid("/email", "an account with this address already exists"));
-            }
-            Err(other) => return Err(other.into()),
-        }
+        self.store_user(tx, user).await?;
         tx.set_password_hash(user.id, hash, now).await?;
         Ok(())
     }
@@ -314,15 +316,14 @@ impl App {
         now: Timestamp,
     ) -> Result<String, AppError> {
         let token = SecretToken::generate()?;
-        tx.insert_one_time_token(&OneTimeToken {
+        let record = OneTimeToken {
             hash: token.hash(),
             purpose,
             user_id: user.map(|u| u.id),
-            email: email.cloned(),
             created_at: now,
             expires_at: now.plus_millis(purpose.lifetime_millis()),
-        })
-        .await?;
+        };
+        self.store_one_time_token(tx, record, email).await?;
         let page = match purpose {
             OneTimePurpose::VerifyEmail => "verify-email",
             OneTimePurpose::PasswordReset => "reset-password",
@@ -345,7 +346,7 @@ impl App {
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, AppError> {
         let mut tx = self.inner.store.begin_read().await?;
-        let user = tx.user_by_email(email).await?;
+        let user = self.find_user_by_email(tx.as_mut(), email).await?;
         tx.rollback().await?;
         Ok(user)
     }
@@ -354,8 +355,10 @@ impl App {
     pub async fn verify_email(&self, token: &str) -> Result<(), AppError> {
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
-        let spent = tx.spend_one_time_token(&hash_token(token), OneTimePurpose::VerifyEmail, now).await?;
-        let user = spent.and_then(|t| t.user_id).ok_or(AppError::InvalidToken)?;
+        let spent = self
+            .spend_one_time_token(tx.as_mut(), &hash_token(token), OneTimePurpose::VerifyEmail, now)
+            .await?;
+        let user = spent.and_then(|(t, _)| t.user_id).ok_or(AppError::InvalidToken)?;
         if !tx.mark_email_verified(user, now).await? {
             return Err(AppError::InvalidToken);
         }
@@ -374,7 +377,7 @@ impl App {
             return Ok(profile);
         }
         let mut tx = self.inner.store.begin_read().await?;
-        let user = tx.user_by_id(principal.user_id).await?;
+        let user = self.load_user(tx.as_mut(), principal.user_id).await?;
         tx.rollback().await?;
         let profile = user.map(Profile::from).ok_or(AppError::Unauthenticated)?;
         self.inner.profiles.insert(profile.clone(), now);
@@ -390,7 +393,7 @@ impl App {
         new: SecretString,
     ) -> Result<(), AppError> {
         let mut tx = self.inner.store.begin_read().await?;
-        let user = tx.user_by_id(principal.user_id).await?.ok_or(AppError::Unauthenticated)?;
+        let user = self.load_user(tx.as_mut(), principal.user_id).await?.ok_or(AppError::Unauthenticated)?;
         let stored = tx.password_hash(user.id).await?;
         tx.rollback().await?;
         let current = self
@@ -451,7 +454,8 @@ impl App {
         };
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
-        let user = tx.user_by_email(&email).await?.filter(|u| u.status == UserStatus::Active);
+        let user =
+            self.find_user_by_email(tx.as_mut(), &email).await?.filter(|u| u.status == UserStatus::Active);
         match user {
             Some(user) => {
                 let link = self
@@ -470,14 +474,14 @@ impl App {
             }
             None => {
                 // One write on this path too, so both paths cost the same.
-                tx.insert_security_event(&portcullis_domain::SecurityEvent {
+                let event = portcullis_domain::SecurityEvent {
+                    id: SecurityEventId::from_random_bytes(random_id_bytes()?),
                     at: now,
                     kind: SecurityEventKind::PasswordResetForUnknownAccount,
                     user_id: None,
                     session_id: None,
-                    ip: client.ip.clone(),
-                })
-                .await?;
+                };
+                tx.insert_security_event(&self.seal_security_event(event, client.ip.as_deref())?).await?;
                 tx.commit().await?;
             }
         }
@@ -496,9 +500,11 @@ impl App {
         // full pool sheds the request here, before the link is spent.
         let hash = self.inner.hasher.hash(new.clone()).await?;
         let mut tx = self.inner.store.begin().await?;
-        let spent = tx.spend_one_time_token(&hash_token(token), OneTimePurpose::PasswordReset, now).await?;
-        let user_id = spent.and_then(|t| t.user_id).ok_or(AppError::InvalidToken)?;
-        let user = tx.user_by_id(user_id).await?.ok_or(AppError::InvalidToken)?;
+        let spent = self
+            .spend_one_time_token(tx.as_mut(), &hash_token(token), OneTimePurpose::PasswordReset, now)
+            .await?;
+        let user_id = spent.and_then(|(t, _)| t.user_id).ok_or(AppError::InvalidToken)?;
+        let user = self.load_user(tx.as_mut(), user_id).await?.ok_or(AppError::InvalidToken)?;
         // A policy failure returns before commit: the spend rolls back and the link still works.
         self.check_password_rules(&new, Some(&user.email), user.display_name.as_ref())
             .map_err(|rule| AppError::invalid("/new_password", rule))?;
@@ -527,15 +533,14 @@ impl App {
             return Ok(None);
         }
         let token = SecretToken::generate()?;
-        tx.insert_one_time_token(&OneTimeToken {
+        let record = OneTimeToken {
             hash: token.hash(),
             purpose: OneTimePurpose::Setup,
             user_id: None,
-            email: None,
             created_at: now,
             expires_at: now.plus_millis(OneTimePurpose::Setup.lifetime_millis()),
-        })
-        .await?;
+        };
+        self.store_one_time_token(tx.as_mut(), record, None).await?;
         tx.commit().await?;
         Ok(Some(token))
     }
@@ -564,7 +569,8 @@ impl App {
         // Two setups at once (two live tokens, after a restart or on two nodes) must not both see
         // no account and both create an owner.
         tx.lock_users().await?;
-        let spent = tx.spend_one_time_token(&hash_token(token), OneTimePurpose::Setup, now).await?;
+        let spent =
+            self.spend_one_time_token(tx.as_mut(), &hash_token(token), OneTimePurpose::Setup, now).await?;
         if spent.is_none() || tx.count_users().await? > 0 {
             return Err(AppError::InvalidToken);
         }

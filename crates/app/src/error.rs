@@ -65,6 +65,12 @@ pub enum AppError {
     #[error("service temporarily unavailable")]
     Unavailable(#[source] StoreError),
 
+    /// The keyring cannot be opened or used: a key-encryption key is missing or wrong, or data names a
+    /// key that no longer exists. The message is for the operator (it never holds key material).
+    /// HTTP 500 with no detail.
+    #[error("keyring: {0}")]
+    Keyring(String),
+
     /// Anything else: a bug or a broken invariant. HTTP 500 with no detail.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -5,6 +5,8 @@
 //! a fixed clock.
 
 mod accounts;
+#[doc(hidden)]
+pub mod benchmarking;
 mod clock;
 mod csrf;
 mod error;
@@ -12,6 +14,7 @@ mod instance;
 mod keys;
 pub mod mail;
 mod passwords;
+mod pii;
 mod readiness;
 mod secret_token;
 mod sessions;
@@ -27,6 +30,9 @@ use portcullis_domain::{PasswordPolicy, SessionLifetimes};
 use portcullis_store::Store;
 use secrecy::SecretSlice;
 
+pub use keys::{KEK_BYTES, KEY_SYNC_SECS, KekSet, KeyInfo, KeySettings, Reencryption, Rotation};
+pub use portcullis_store::{KeyPurpose, KeyState};
+
 pub use accounts::{PROFILE_CACHE_MILLIS, Profile, SignupPolicy, SignupRequest};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{AppError, FieldIssue};
@@ -40,8 +46,9 @@ pub use sessions::{
 pub use tokens::{AccessClaims, SigningAlgorithm, TokenSettings};
 
 use crate::csrf::CsrfKey;
+use crate::keys::LoadedKeys;
 use crate::mail::Mailer;
-use crate::tokens::{Keyring, VerifiedTokens, WrappingKey};
+use crate::tokens::VerifiedTokens;
 
 /// Account rules chosen by configuration.
 #[derive(Debug, Clone)]
@@ -58,9 +65,12 @@ pub struct AccountSettings {
 /// Settings the use cases need, already validated by the server's configuration loader.
 #[derive(Debug)]
 pub struct AppSettings {
-    /// The per-installation secret that keys derived secrets (CSRF tokens, the seal on signing keys).
-    /// At least 32 bytes; never logged.
+    /// The per-installation secret that keys derived secrets (CSRF tokens). At least 32 bytes; never
+    /// logged.
     pub instance_secret: SecretSlice<u8>,
+    /// The key-encryption keys that wrap the keyring; the first wraps new keys.
+    pub keks: KekSet,
+    pub keys: KeySettings,
     /// The version string recorded in the instance metadata.
     pub version: &'static str,
     pub accounts: AccountSettings,
@@ -70,11 +80,18 @@ pub struct AppSettings {
 }
 
 impl AppSettings {
-    /// Production defaults around an instance secret and public URL.
-    pub fn new(instance_secret: SecretSlice<u8>, version: &'static str, public_url: &str) -> Self {
+    /// Production defaults around an instance secret, the KEKs and the public URL.
+    pub fn new(
+        instance_secret: SecretSlice<u8>,
+        keks: KekSet,
+        version: &'static str,
+        public_url: &str,
+    ) -> Self {
         let public_url = public_url.trim_end_matches('/').to_owned();
         Self {
             instance_secret,
+            keks,
+            keys: KeySettings::default(),
             version,
             accounts: AccountSettings {
                 signup: SignupPolicy::Closed,
@@ -110,9 +127,8 @@ struct Inner {
     mailer: Arc<dyn Mailer>,
     hasher: PasswordHasher,
     csrf: CsrfKey,
-    wrapping_key: WrappingKey,
     /// Replaced whole when keys load or change; readers clone the `Arc` and never wait on a writer.
-    keyring: RwLock<Arc<Keyring>>,
+    keys: RwLock<Arc<LoadedKeys>>,
     verified_tokens: VerifiedTokens,
     profiles: accounts::ProfileCache,
     revoked: sessions::RevokedSessions,
@@ -120,7 +136,7 @@ struct Inner {
 
 impl App {
     /// Wires the use cases to a store, a clock and a mailer. Computes the dummy password hash (one
-    /// hash's worth of CPU); signing keys load in [`App::bootstrap_instance`].
+    /// hash's worth of CPU); keys load in [`App::load_keys`].
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
@@ -129,7 +145,6 @@ impl App {
     ) -> Result<Self, AppError> {
         let hasher = PasswordHasher::new(settings.password_hash, settings.hash_pool)?;
         let csrf = CsrfKey::derive(&settings.instance_secret)?;
-        let wrapping_key = WrappingKey::derive(&settings.instance_secret)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -138,8 +153,7 @@ impl App {
                 mailer,
                 hasher,
                 csrf,
-                wrapping_key,
-                keyring: RwLock::new(Arc::new(Keyring::empty())),
+                keys: RwLock::new(Arc::new(LoadedKeys::empty())),
                 verified_tokens: VerifiedTokens::default(),
                 profiles: accounts::ProfileCache::default(),
                 revoked: sessions::RevokedSessions::default(),
@@ -167,13 +181,5 @@ impl App {
 
     fn now(&self) -> portcullis_domain::Timestamp {
         self.inner.clock.now()
-    }
-
-    fn keyring(&self) -> Arc<Keyring> {
-        match self.inner.keyring.read() {
-            Ok(guard) => guard.clone(),
-            // A writer panicked mid-swap; the Arc inside is still whole.
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
     }
 }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use portcullis_domain::{
-    Email, RevokeReason, SecurityEvent, SecurityEventKind, Session, SessionId, SessionKind, Timestamp,
-    UserId, UserStatus, normalize_password,
+    Email, RevokeReason, SecurityEvent, SecurityEventId, SecurityEventKind, Session, SessionId, SessionKind,
+    Timestamp, UserId, UserStatus, normalize_password,
 };
 use portcullis_store::{RefreshSpend, StoreTx};
 use secrecy::{ExposeSecret, SecretString};
@@ -154,7 +154,7 @@ impl App {
         let (user, stored) = match Email::parse(email) {
             Ok(email) => {
                 let mut tx = self.inner.store.begin_read().await?;
-                let user = tx.user_by_email(&email).await?;
+                let user = self.find_user_by_email(tx.as_mut(), &email).await?;
                 let stored = match &user {
                     Some(user) => tx.password_hash(user.id).await?,
                     None => None,
@@ -217,13 +217,13 @@ impl App {
             last_seen_at: now,
             expires_at: now.plus_millis(lifetimes.absolute_millis),
             mfa_level: 0,
-            ip: client.ip.clone(),
-            user_agent: client.user_agent.as_ref().map(|ua| truncate(ua, 256)),
             revoked_at: None,
         };
+        let user_agent = client.user_agent.as_ref().map(|ua| truncate(ua, 256));
+        let (ip, user_agent) = (client.ip.as_deref(), user_agent.as_deref());
         let credentials = match mode {
             LoginMode::Bearer => {
-                tx.insert_session(&session, None).await?;
+                self.store_session(tx, &session, ip, user_agent, None).await?;
                 let refresh_token = SecretToken::generate()?;
                 tx.insert_refresh_token(session.id, &refresh_token.hash(), now).await?;
                 let (access_token, expires_in) = self.access_token(&session, now)?;
@@ -231,7 +231,7 @@ impl App {
             }
             LoginMode::Cookie => {
                 let cookie = SecretToken::generate()?;
-                tx.insert_session(&session, Some(&cookie.hash())).await?;
+                self.store_session(tx, &session, ip, user_agent, Some(&cookie.hash())).await?;
                 let csrf_token = self.inner.csrf.token_for(session.id);
                 IssuedCredentials::Cookie {
                     cookie,
@@ -260,7 +260,7 @@ impl App {
             exp,
             jti,
         };
-        Ok((self.keyring().sign(&claims)?, exp - iat))
+        Ok((self.loaded_keys().signing.sign(&claims)?, exp - iat))
     }
 
     /// Exchanges a refresh token for a new access token and a new refresh token (ASVS 7.2.4: rotate on
@@ -282,13 +282,13 @@ impl App {
                     tx.revoke_session(session.user_id, session.id, now, RevokeReason::RefreshReuse).await?;
                 }
                 let event = SecurityEvent {
+                    id: SecurityEventId::from_random_bytes(random_id_bytes()?),
                     at: now,
                     kind: SecurityEventKind::RefreshTokenReuse,
                     user_id: session.as_ref().map(|s| s.user_id),
                     session_id: Some(session_id),
-                    ip: client.ip.clone(),
                 };
-                tx.insert_security_event(&event).await?;
+                tx.insert_security_event(&self.seal_security_event(event, client.ip.as_deref())?).await?;
                 tx.commit().await?;
                 self.forget_session(session_id, now);
                 tracing::warn!(session = %session_id, "a spent refresh token was presented; session revoked");
@@ -318,7 +318,7 @@ impl App {
         let grant = match self.inner.verified_tokens.get(token, now) {
             Some(grant) => grant,
             None => {
-                let claims = self.keyring().verify(token, &self.inner.settings.tokens, now)?;
+                let claims = self.loaded_keys().signing.verify(token, &self.inner.settings.tokens, now)?;
                 let grant = AccessGrant {
                     user_id: UserId::parse(&claims.sub).map_err(|_| AppError::Unauthenticated)?,
                     session_id: SessionId::parse(&claims.sid).map_err(|_| AppError::Unauthenticated)?,
@@ -464,20 +464,23 @@ impl App {
         let now = self.now();
         let lifetimes = self.inner.settings.accounts.sessions;
         let mut tx = self.inner.store.begin_read().await?;
-        let sessions = tx.sessions_of(principal.user_id, now).await?;
+        let sessions = self.load_sessions_of(tx.as_mut(), principal.user_id, now).await?;
         tx.rollback().await?;
         Ok(sessions
             .into_iter()
-            .filter(|s| s.is_live(lifetimes, now))
-            .map(|s| SessionSummary {
-                current: s.id == principal.session_id,
-                id: s.id,
-                kind: s.kind,
-                created_at: s.created_at,
-                last_seen_at: s.last_seen_at,
-                expires_at: s.expires_at,
-                ip: s.ip,
-                user_agent: s.user_agent,
+            .filter(|s| s.session.is_live(lifetimes, now))
+            .map(|opened| {
+                let s = opened.session;
+                SessionSummary {
+                    current: s.id == principal.session_id,
+                    id: s.id,
+                    kind: s.kind,
+                    created_at: s.created_at,
+                    last_seen_at: s.last_seen_at,
+                    expires_at: s.expires_at,
+                    ip: opened.ip,
+                    user_agent: opened.user_agent,
+                }
             })
             .collect())
     }
@@ -534,7 +537,9 @@ impl App {
         session_id: Option<SessionId>,
         client: &ClientContext,
     ) -> Result<(), AppError> {
-        let event = SecurityEvent { at: self.now(), kind, user_id, session_id, ip: client.ip.clone() };
+        let id = SecurityEventId::from_random_bytes(random_id_bytes()?);
+        let event = SecurityEvent { id, at: self.now(), kind, user_id, session_id };
+        let event = self.seal_security_event(event, client.ip.as_deref())?;
         let mut tx = self.inner.store.begin().await?;
         tx.insert_security_event(&event).await?;
         tx.commit().await?;
@@ -554,7 +559,7 @@ pub(crate) async fn revoke_sessions_in(
 ) -> Result<Vec<SessionId>, AppError> {
     let live = tx.sessions_of(user, now).await?;
     tx.revoke_sessions_of(user, keep, now, reason).await?;
-    Ok(live.into_iter().map(|s| s.id).filter(|id| Some(*id) != keep).collect())
+    Ok(live.into_iter().map(|s| s.session.id).filter(|id| Some(*id) != keep).collect())
 }
 
 /// At most `max` bytes of `text`, cut on a character boundary.

@@ -10,7 +10,7 @@ use portcullis_store_sqlite::SqliteStore;
 use secrecy::SecretSlice;
 
 use crate::mail::{MailError, Mailer, OutgoingEmail};
-use crate::{App, AppSettings, FixedClock, HashAlgorithm, HashPoolSize, SignupPolicy};
+use crate::{App, AppSettings, FixedClock, HashAlgorithm, HashPoolSize, KekSet, SignupPolicy};
 
 /// The fixed clock's starting time.
 pub const START: i64 = 1_700_000_000_000;
@@ -36,12 +36,30 @@ pub struct TestApp {
 
 /// Test settings: open signup, no verification required, cheap argon2id.
 pub fn settings() -> AppSettings {
-    let mut settings = AppSettings::new(SecretSlice::from(vec![7u8; 32]), "test", "https://id.example.com");
+    let mut settings =
+        AppSettings::new(SecretSlice::from(vec![7u8; 32]), test_keks(), "test", "https://id.example.com");
     settings.accounts.signup = SignupPolicy::Open;
     settings.accounts.require_verified_email = false;
     settings.password_hash = HashAlgorithm::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 };
     settings.hash_pool = HashPoolSize { workers: 2, queue: 8 };
     settings
+}
+
+/// The KEKs tests run with: `test` (active) and `old` (a previous one).
+pub fn test_keks() -> KekSet {
+    KekSet::parse(&kek_entries(&[("test", 5), ("old", 6)])).unwrap()
+}
+
+/// A KEK list of `id:key` entries whose 32 key bytes all equal the given byte.
+pub fn kek_entries(entries: &[(&str, u8)]) -> String {
+    use base64::Engine;
+    entries
+        .iter()
+        .map(|(id, byte)| {
+            format!("{id}:{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([*byte; 32]))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// An app on `store` (not migrated by this function).
@@ -70,6 +88,6 @@ pub async fn app() -> TestApp {
     let store = SqliteStore::open_in_memory().await.unwrap();
     store.migrate().await.unwrap();
     let test = app_on(store);
-    test.app.load_signing_keys().await.unwrap();
+    test.app.load_keys().await.unwrap();
     test
 }

@@ -11,14 +11,10 @@ use std::sync::Mutex;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use portcullis_domain::{SessionId, Timestamp, UserId};
-use portcullis_store::StoredSigningKey;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
-use secrecy::{ExposeSecret, SecretSlice};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -42,7 +38,7 @@ impl SigningAlgorithm {
         }
     }
 
-    fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         match name {
             "EdDSA" => Some(SigningAlgorithm::EdDsa),
             "ES256" => Some(SigningAlgorithm::Es256),
@@ -146,33 +142,40 @@ impl Keyring {
         &self.jwks
     }
 
-    /// Builds the keyring from stored keys, decrypting private halves with the wrapping key.
-    pub(crate) fn from_stored(stored: &[StoredSigningKey], wrap: &WrappingKey) -> Result<Self, AppError> {
+    /// Builds the keyring from the published keys (`id`, algorithm, public key) and the unwrapped
+    /// PKCS#8 private key of the one that signs, if any.
+    pub(crate) fn build(
+        published: &[(&str, &str, &[u8])],
+        signer: Option<(&str, &[u8])>,
+    ) -> Result<Self, AppError> {
         let mut ring = Keyring::empty();
         let mut jwks = Vec::new();
-        for key in stored {
-            let algorithm = SigningAlgorithm::parse(&key.algorithm)
-                .ok_or_else(|| AppError::Internal(format!("signing key {}: unknown alg", key.kid).into()))?;
-            let (jwk, decoding) = public_jwk(algorithm, &key.public_key, &key.kid)?;
+        for &(kid, algorithm, public) in published {
+            let algorithm = SigningAlgorithm::parse(algorithm)
+                .ok_or_else(|| AppError::Internal(format!("signing key {kid}: unknown alg").into()))?;
+            let (jwk, decoding) = public_jwk(algorithm, public, kid)?;
             jwks.push(jwk);
-            ring.verifiers.insert(key.kid.clone(), VerifyingKey { algorithm, key: decoding });
-            if key.state == "current" {
-                let pkcs8 = zeroize::Zeroizing::new(wrap.open(&key.private_key, &key.kid)?);
-                let signer = match algorithm {
-                    SigningAlgorithm::EdDsa => Signer::Ed25519(
-                        Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| internal("ed25519 key", e))?,
-                    ),
-                    SigningAlgorithm::Es256 => Signer::Es256(
-                        EcdsaKeyPair::from_pkcs8(
-                            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-                            &pkcs8,
-                            &SystemRandom::new(),
-                        )
-                        .map_err(|e| internal("p-256 key", e))?,
-                    ),
-                };
-                ring.current = Some(SigningKey { kid: key.kid.clone(), algorithm, signer });
-            }
+            ring.verifiers.insert(kid.to_owned(), VerifyingKey { algorithm, key: decoding });
+        }
+        if let Some((kid, pkcs8)) = signer {
+            let algorithm =
+                ring.verifiers.get(kid).map(|v| v.algorithm).ok_or_else(|| {
+                    AppError::Internal(format!("signing key {kid} is not published").into())
+                })?;
+            let signer = match algorithm {
+                SigningAlgorithm::EdDsa => Signer::Ed25519(
+                    Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|e| internal("ed25519 key", e))?,
+                ),
+                SigningAlgorithm::Es256 => Signer::Es256(
+                    EcdsaKeyPair::from_pkcs8(
+                        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                        pkcs8,
+                        &SystemRandom::new(),
+                    )
+                    .map_err(|e| internal("p-256 key", e))?,
+                ),
+            };
+            ring.current = Some(SigningKey { kid: kid.to_owned(), algorithm, signer });
         }
         ring.jwks = serde_json::json!({ "keys": jwks });
         Ok(ring)
@@ -287,12 +290,15 @@ fn thumbprint(algorithm: SigningAlgorithm, public: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
 }
 
-/// Makes a new signing key, its private half sealed under `wrap`.
-pub(crate) fn generate_signing_key(
-    algorithm: SigningAlgorithm,
-    wrap: &WrappingKey,
-    now: Timestamp,
-) -> Result<StoredSigningKey, AppError> {
+/// A new signing key pair: its kid (the RFC 7638 thumbprint), PKCS#8 private key and raw public key.
+pub(crate) struct NewSigningKey {
+    pub kid: String,
+    pub pkcs8: zeroize::Zeroizing<Vec<u8>>,
+    pub public: Vec<u8>,
+}
+
+/// Makes a new signing key pair.
+pub(crate) fn generate_signing_key(algorithm: SigningAlgorithm) -> Result<NewSigningKey, AppError> {
     let rng = SystemRandom::new();
     let (pkcs8, public) = match algorithm {
         SigningAlgorithm::EdDsa => {
@@ -308,62 +314,7 @@ pub(crate) fn generate_signing_key(
             (zeroize::Zeroizing::new(pkcs8.as_ref().to_vec()), pair.public_key().as_ref().to_vec())
         }
     };
-    let kid = thumbprint(algorithm, &public);
-    let private_key = wrap.seal(&pkcs8, &kid)?;
-    Ok(StoredSigningKey {
-        kid,
-        algorithm: algorithm.jws_name().to_owned(),
-        private_key,
-        public_key: public,
-        created_at: now,
-        state: "current".to_owned(),
-    })
-}
-
-/// The key that seals private signing keys at rest: HKDF-SHA256 of the instance secret, used with
-/// ChaCha20-Poly1305. The key id is bound in as associated data, so a sealed key cannot be moved to
-/// another row. The keys issue replaces this with the versioned keyring.
-pub(crate) struct WrappingKey(Key);
-
-impl std::fmt::Debug for WrappingKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WrappingKey(..)")
-    }
-}
-
-impl WrappingKey {
-    pub(crate) fn derive(instance_secret: &SecretSlice<u8>) -> Result<Self, AppError> {
-        let mut key = Key::default();
-        hkdf::Hkdf::<Sha256>::new(None, instance_secret.expose_secret())
-            .expand(b"portcullis/signing-key-wrap/v1", &mut key)
-            .map_err(|e| internal("hkdf", e))?;
-        Ok(Self(key))
-    }
-
-    fn seal(&self, plaintext: &[u8], kid: &str) -> Result<Vec<u8>, AppError> {
-        let mut nonce = [0u8; 12];
-        getrandom::fill(&mut nonce).map_err(|e| AppError::Internal(Box::new(e)))?;
-        let sealed = ChaCha20Poly1305::new(&self.0)
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: kid.as_bytes() })
-            .map_err(|_| AppError::Internal("sealing a signing key failed".into()))?;
-        Ok([nonce.as_slice(), &sealed].concat())
-    }
-
-    fn open(&self, sealed: &[u8], kid: &str) -> Result<Vec<u8>, AppError> {
-        if sealed.len() < 12 {
-            return Err(AppError::Internal("sealed signing key is truncated".into()));
-        }
-        let (nonce, ciphertext) = sealed.split_at(12);
-        ChaCha20Poly1305::new(&self.0)
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: kid.as_bytes() })
-            .map_err(|_| {
-                AppError::Internal(
-                    "a signing key does not decrypt: the instance secret differs from the one it was \
-                     sealed under"
-                        .into(),
-                )
-            })
-    }
+    Ok(NewSigningKey { kid: thumbprint(algorithm, &public), pkcs8, public })
 }
 
 /// Already-verified access tokens, so a token is verified once per node rather than on every
@@ -419,9 +370,9 @@ mod tests {
     }
 
     fn keyring(algorithm: SigningAlgorithm) -> Keyring {
-        let wrap = WrappingKey::derive(&SecretSlice::from(vec![9u8; 32])).unwrap();
-        let key = generate_signing_key(algorithm, &wrap, Timestamp::from_unix_millis(NOW)).unwrap();
-        Keyring::from_stored(&[key], &wrap).unwrap()
+        let key = generate_signing_key(algorithm).unwrap();
+        Keyring::build(&[(&key.kid, algorithm.jws_name(), &key.public)], Some((&key.kid, &key.pkcs8)))
+            .unwrap()
     }
 
     fn claims(s: &TokenSettings) -> AccessClaims {
@@ -518,18 +469,6 @@ mod tests {
         for junk in ["", ".", "..", "a.b.c", "Bearer x", &"a".repeat(10_000)] {
             assert!(rejected(junk), "{junk:.20}");
         }
-    }
-
-    #[test]
-    fn a_sealed_key_does_not_open_under_another_instance_secret_or_another_kid() {
-        let wrap = WrappingKey::derive(&SecretSlice::from(vec![9u8; 32])).unwrap();
-        let other = WrappingKey::derive(&SecretSlice::from(vec![8u8; 32])).unwrap();
-        let key =
-            generate_signing_key(SigningAlgorithm::EdDsa, &wrap, Timestamp::from_unix_millis(NOW)).unwrap();
-        assert!(Keyring::from_stored(std::slice::from_ref(&key), &other).is_err());
-        let mut moved = key.clone();
-        moved.kid = "another".into();
-        assert!(Keyring::from_stored(&[moved], &wrap).is_err());
     }
 
     #[test]

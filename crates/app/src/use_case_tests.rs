@@ -13,9 +13,11 @@ use portcullis_domain::{
     BuiltinRole, Email, OneTimePurpose, OneTimeToken, PasswordRule, SecurityEvent, SecurityEventKind,
     Session, SessionId, Timestamp, UserId,
 };
-use portcullis_store::{Store, StoreTx};
+use portcullis_store::{Store, StoreTx, StoredOneTimeToken};
 use portcullis_store_sqlite::{SqliteOptions, SqliteStore};
 use secrecy::SecretString;
+
+mod keys;
 
 use crate::mail::OutgoingEmail;
 use crate::testing::{self, RecordingMailer, TestApp};
@@ -133,20 +135,25 @@ async fn read_tx(app: &App) -> Box<dyn StoreTx> {
     app.store().begin_read().await.unwrap()
 }
 
-async fn events_of(app: &App, user: UserId) -> Vec<SecurityEvent> {
+/// The user's security events, newest first, each with its client ip opened.
+async fn events_of(app: &App, user: UserId) -> Vec<(SecurityEvent, Option<String>)> {
     let mut tx = read_tx(app).await;
     let events = tx.security_events_of(user, 10).await.unwrap();
+    let mut opened = Vec::new();
+    for event in events {
+        opened.push(app.open_security_event(tx.as_mut(), event).await.unwrap());
+    }
     tx.rollback().await.unwrap();
-    events
+    opened
 }
 
 async fn event_kinds_of(app: &App, user: UserId) -> Vec<SecurityEventKind> {
-    events_of(app, user).await.into_iter().map(|e| e.kind).collect()
+    events_of(app, user).await.into_iter().map(|(e, _)| e.kind).collect()
 }
 
 async fn user_id_of(app: &App, email: &str) -> UserId {
     let mut tx = read_tx(app).await;
-    let user = tx.user_by_email(&Email::parse(email).unwrap()).await.unwrap();
+    let user = app.find_user_by_email(tx.as_mut(), &Email::parse(email).unwrap()).await.unwrap();
     tx.rollback().await.unwrap();
     user.expect("the account exists").id
 }
@@ -190,7 +197,7 @@ async fn app_with_settings(settings: AppSettings) -> TestApp {
     let store = SqliteStore::open_in_memory().await.unwrap();
     store.migrate().await.unwrap();
     let test = testing::app_with(store, settings);
-    test.app.load_signing_keys().await.unwrap();
+    test.app.load_keys().await.unwrap();
     test
 }
 
@@ -199,8 +206,8 @@ async fn two_nodes_on(store: SqliteStore) -> (TestApp, TestApp) {
     let clock = Arc::new(FixedClock::new(Timestamp::from_unix_millis(testing::START)));
     let a = testing::app_with_clock(store.clone(), testing::settings(), clock.clone());
     let b = testing::app_with_clock(store, testing::settings(), clock);
-    a.app.load_signing_keys().await.unwrap();
-    b.app.load_signing_keys().await.unwrap();
+    a.app.load_keys().await.unwrap();
+    b.app.load_keys().await.unwrap();
     (a, b)
 }
 
@@ -285,8 +292,8 @@ async fn a_spent_refresh_token_presented_again_revokes_the_whole_session_and_rai
     assert!(stored_session(&t.app, victim.session).await.revoked_at.is_some());
     let events = events_of(&t.app, victim.user).await;
     assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0].kind, SecurityEventKind::RefreshTokenReuse);
-    assert_eq!(events[0].session_id, Some(victim.session));
+    assert_eq!(events[0].0.kind, SecurityEventKind::RefreshTokenReuse);
+    assert_eq!(events[0].0.session_id, Some(victim.session));
 }
 
 #[tokio::test]
@@ -474,9 +481,8 @@ async fn a_state_changing_cookie_request_needs_its_own_sessions_csrf_token() {
 
     let events = events_of(&t.app, alice.principal.user_id).await;
     assert_eq!(events.len(), 5, "{events:?}");
-    assert!(events.iter().all(
-        |e| e.kind == SecurityEventKind::CsrfRejected && e.session_id == Some(alice.principal.session_id)
-    ));
+    assert!(events.iter().all(|(e, _)| e.kind == SecurityEventKind::CsrfRejected
+        && e.session_id == Some(alice.principal.session_id)));
 }
 
 #[tokio::test]
@@ -763,7 +769,7 @@ async fn every_failed_login_looks_the_same_and_a_wrong_password_is_recorded() {
     assert!(
         events
             .iter()
-            .all(|e| e.kind == SecurityEventKind::LoginFailed && e.ip.as_deref() == Some("203.0.113.7"))
+            .all(|(e, ip)| e.kind == SecurityEventKind::LoginFailed && ip.as_deref() == Some("203.0.113.7"))
     );
 }
 
@@ -782,14 +788,14 @@ async fn a_login_upgrades_a_hash_made_with_weaker_argon2_parameters() {
     let store = SqliteStore::open_in_memory().await.unwrap();
     store.migrate().await.unwrap();
     let old = testing::app_with(store.clone(), testing::settings());
-    old.app.load_signing_keys().await.unwrap();
+    old.app.load_keys().await.unwrap();
     signup(&old.app, ALICE, PASSWORD).await;
     let alice = user_id_of(&old.app, ALICE).await;
     assert!(stored_hash(&old.app, alice).await.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
     let mut stronger = testing::settings();
     stronger.password_hash = HashAlgorithm::Argon2id { memory_kib: 128, iterations: 2, parallelism: 1 };
     let new = testing::app_with(store, stronger);
-    new.app.load_signing_keys().await.unwrap();
+    new.app.load_keys().await.unwrap();
 
     login_bearer(&new.app, ALICE, PASSWORD).await;
 
@@ -1078,16 +1084,14 @@ async fn a_setup_token_cannot_verify_an_email_and_a_verification_token_cannot_se
     let verification = SecretToken::generate().unwrap();
     let now = Timestamp::from_unix_millis(testing::START);
     let mut tx = t.app.store().begin().await.unwrap();
-    tx.insert_one_time_token(&OneTimeToken {
+    let token = OneTimeToken {
         hash: verification.hash(),
         purpose: OneTimePurpose::VerifyEmail,
         user_id: None,
-        email: None,
         created_at: now,
         expires_at: now.plus_millis(OneTimePurpose::VerifyEmail.lifetime_millis()),
-    })
-    .await
-    .unwrap();
+    };
+    tx.insert_one_time_token(&StoredOneTimeToken { token, email: None, pii_key: None }).await.unwrap();
     tx.commit().await.unwrap();
 
     let as_verification = t.app.verify_email(setup.expose()).await;

@@ -47,6 +47,10 @@ random_id!(
     /// One login session (a browser cookie or a refresh-token family).
     SessionId
 );
+random_id!(
+    /// One security event (its identity binds its sealed client address to its row).
+    SecurityEventId
+);
 
 #[cfg(test)]
 mod tests {

@@ -20,7 +20,7 @@ pub use account::{BuiltinRole, User, UserStatus};
 pub use display_name::{DisplayName, DisplayNameError};
 pub use email::{Email, EmailError};
 pub use error_chain::error_chain;
-pub use ids::{InvalidId, SessionId, UserId};
+pub use ids::{InvalidId, SecurityEventId, SessionId, UserId};
 pub use instance::{InstanceId, InstanceMeta};
 pub use password_policy::{PasswordPolicy, PasswordRule, normalize_password};
 pub use request_id::{RequestId, RequestIdError};

@@ -1,6 +1,6 @@
 //! Security events: things a defender wants to see and alert on, kept apart from the request log.
 
-use crate::{SessionId, Timestamp, UserId};
+use crate::{SecurityEventId, SessionId, Timestamp, UserId};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,9 +78,9 @@ mod tests {
 /// One security event as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecurityEvent {
+    pub id: SecurityEventId,
     pub at: Timestamp,
     pub kind: SecurityEventKind,
     pub user_id: Option<UserId>,
     pub session_id: Option<SessionId>,
-    pub ip: Option<String>,
 }

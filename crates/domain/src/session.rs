@@ -41,6 +41,8 @@ pub enum RevokeReason {
     PasswordChanged,
     /// A spent refresh token was presented again: someone holds a stolen copy.
     RefreshReuse,
+    /// The signing key that signed its tokens was retired in an emergency (suspected compromise).
+    SigningKeyCompromised,
 }
 
 impl RevokeReason {
@@ -51,12 +53,13 @@ impl RevokeReason {
             RevokeReason::UserRevoked => "user_revoked",
             RevokeReason::PasswordChanged => "password_changed",
             RevokeReason::RefreshReuse => "refresh_reuse",
+            RevokeReason::SigningKeyCompromised => "signing_key_compromised",
         }
     }
 }
 
-/// One session as stored. Client ip and user agent are recorded at creation for the owner's session
-/// list; they are never used to decide anything.
+/// One session's security state. The client's ip and user agent, recorded at creation for the owner's
+/// session list, are personal data that `app` seals separately; they never decide anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub id: SessionId,
@@ -68,8 +71,6 @@ pub struct Session {
     pub expires_at: Timestamp,
     /// How many second factors were proven at login (0 until the MFA issue).
     pub mfa_level: u8,
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
     pub revoked_at: Option<Timestamp>,
 }
 
@@ -111,8 +112,6 @@ mod tests {
             last_seen_at: Timestamp::from_unix_millis(created),
             expires_at: Timestamp::from_unix_millis(created + 1_000),
             mfa_level: 0,
-            ip: None,
-            user_agent: None,
             revoked_at: None,
         }
     }

@@ -1,6 +1,6 @@
 //! Bearer secrets as stored: only their SHA-256, never the secret itself.
 
-use crate::{Email, Timestamp, UserId};
+use crate::{Timestamp, UserId};
 
 /// The SHA-256 digest of a bearer secret (refresh token, cookie, emailed link, invite, setup token).
 ///
@@ -59,8 +59,6 @@ pub struct OneTimeToken {
     pub purpose: OneTimePurpose,
     /// The account it acts on (verify, reset); `None` for invites and setup.
     pub user_id: Option<UserId>,
-    /// The address an invite was sent to.
-    pub email: Option<Email>,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
 }

@@ -1,4 +1,4 @@
-//! The command line: `portcullis serve | migrate | users create | config check | version`.
+//! The command line: `portcullis serve | migrate | users create | keys … | config check | version`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +46,9 @@ pub enum Command {
     /// Manage accounts.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Manage the keyring: signing, personal-data and blind-index keys, and the KEK that wraps them.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -86,6 +89,40 @@ pub struct CreateUserArgs {
     /// The built-in role: owner, admin, auditor or member.
     #[arg(long, default_value = "member")]
     pub role: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List every key with its purpose, state, KEK and times (never key material).
+    List,
+    /// Rotate the keys of one purpose. Signing: publish a next key that signs after the
+    /// publish-ahead time. pii / blind-index: a new key now; rows are re-encrypted in the background
+    /// by `serve`, or at once with `keys reencrypt`.
+    Rotate(RotateArgs),
+    /// Re-wrap every key under the first KEK in `keys.kek`, so older KEKs can be removed.
+    RotateKek,
+    /// Re-encrypt every row still under a retired key now, with a progress bar.
+    Reencrypt,
+    /// Print a new random KEK entry (`id:key`) for `keys.kek`.
+    GenerateKek(GenerateKekArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RotateArgs {
+    /// Which keys: signing, pii or blind-index.
+    #[arg(long)]
+    pub purpose: String,
+    /// Signing keys only, for a suspected compromise: the new key signs at once, the old one stops
+    /// verifying, and every bearer session it issued tokens to is revoked.
+    #[arg(long)]
+    pub emergency: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateKekArgs {
+    /// The new KEK's id (1-32 of A-Z a-z 0-9 - _ .).
+    #[arg(long)]
+    pub id: String,
 }
 
 #[derive(Debug, Subcommand)]

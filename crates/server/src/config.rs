@@ -21,17 +21,20 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::cli::GlobalArgs;
 
 mod accounts;
+mod keys;
 
 pub use accounts::{
     AccountsConfig, EmailConfig, EmailTransport, PasswordAlgorithmName, PasswordConfig, SignupPolicyName,
     SmtpSecurityName, TokenAlgorithm, TokensConfig,
 };
+pub use keys::KeysConfig;
 
 /// The environment prefix of every configuration variable.
 pub const ENV_PREFIX: &str = "PORTCULLIS_";
 
 /// Keys that hold secrets: readable from `*_FILE` variables, never printed.
-pub const SECRET_KEYS: &[&str] = &["secrets.instance_secret", "database.url", "email.smtp_password"];
+pub const SECRET_KEYS: &[&str] =
+    &["secrets.instance_secret", "database.url", "email.smtp_password", "keys.kek"];
 
 /// Secret values printed in config/example.toml and the docs. A production server refuses them:
 /// a secret that is published is not a secret.
@@ -111,6 +114,7 @@ pub struct Config {
     pub password: PasswordConfig,
     pub tokens: TokensConfig,
     pub email: EmailConfig,
+    pub keys: KeysConfig,
     /// Files that secrets were read from (for the permission checks); not a configuration key.
     #[serde(skip)]
     pub secret_files: Vec<(String, PathBuf)>,
@@ -134,6 +138,7 @@ impl Default for Config {
             password: PasswordConfig::default(),
             tokens: TokensConfig::default(),
             email: EmailConfig::default(),
+            keys: KeysConfig::default(),
             secret_files: Vec::new(),
             config_file: None,
         }
@@ -545,6 +550,7 @@ impl Config {
             problems.push("database.max_connections: must be at least 1".into());
         }
         problems.extend(self.account_problems());
+        problems.extend(self.key_problems());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {e} (use a level such as info, debug, or a filter like portcullis=debug,info)"
@@ -576,6 +582,7 @@ impl Config {
             problems.push(problem);
         }
         problems.extend(self.account_production_problems());
+        problems.extend(self.key_production_problems());
         if let Some(secret) = &self.email.smtp_password {
             problems.extend(
                 secret_problem("email.smtp_password", secret.expose()).filter(|p| p.contains("example")),
@@ -901,6 +908,7 @@ mod tests {
             ("PORTCULLIS_MODE", "production"),
             ("PORTCULLIS_HTTP__PUBLIC_URL", "https://id.example.com"),
             ("PORTCULLIS_EMAIL__SMTP_HOST", "smtp.example.com"),
+            ("PORTCULLIS_KEYS__KEK", "prod1:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio"),
         ];
         pairs.extend_from_slice(extra);
         load_from(&GlobalArgs::default(), env(&pairs)).unwrap()

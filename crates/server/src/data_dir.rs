@@ -14,6 +14,9 @@ use crate::config::Secret;
 /// Name of the generated instance secret inside the data dir.
 pub const INSTANCE_SECRET_FILE: &str = "instance-secret";
 
+/// Name of the generated development key-encryption key inside the data dir.
+pub const KEK_FILE: &str = "kek";
+
 /// Creates the data dir (and parents) with mode 0700 if it does not exist.
 ///
 /// Returns a warning when an existing directory is accessible by other users; production mode refuses
@@ -66,6 +69,23 @@ pub fn development_instance_secret(data_dir: &Path) -> std::io::Result<(Secret, 
         )));
     }
     Ok((Secret::new(secret.to_owned()), path))
+}
+
+/// The development key-encryption key: read from the data dir, or generated there on first start
+/// (written whole or not at all, like the instance secret). It sits beside the database only in
+/// development; production takes `keys.kek` from configuration and never writes it to disk.
+pub fn development_kek(data_dir: &Path) -> std::io::Result<(Secret, PathBuf)> {
+    let path = data_dir.join(KEK_FILE);
+    if !path.exists() {
+        let entry = portcullis_app::KekSet::generate_entry("dev1").map_err(std::io::Error::other)?;
+        let partial = data_dir.join(format!("{KEK_FILE}.partial"));
+        let _ = std::fs::remove_file(&partial);
+        write_private(&partial, entry.as_bytes())?;
+        std::fs::rename(&partial, &path)?;
+        tracing::debug!(path = %path.display(), "generated development key-encryption key");
+    }
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path)?);
+    Ok((Secret::new(text.trim_end().to_owned()), path))
 }
 
 /// Holds an exclusive lock on `DATA_DIR/portcullis.lock` for as long as it lives, so two servers

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_app::{App, AppSettings, SystemClock};
+use portcullis_app::{App, AppSettings, KekSet, SystemClock};
 use portcullis_store::{Store, StoreError};
 use portcullis_store_postgres::{PostgresOptions, PostgresStore};
 use portcullis_store_sqlite::{SqliteOptions, SqliteStore};
@@ -138,6 +138,20 @@ fn instance_secret(config: &Config) -> Result<config::Secret, StartError> {
     }
 }
 
+/// The key-encryption keys: configured, or in development generated once into the data dir.
+fn keks(config: &Config) -> Result<KekSet, StartError> {
+    let data_dir_error = |source| StartError::DataDir { path: config.data_dir.display().to_string(), source };
+    let text = match (&config.keys.kek, config.mode) {
+        (Some(kek), _) => kek.clone(),
+        (None, Mode::Development) => data_dir::development_kek(&config.data_dir).map_err(data_dir_error)?.0,
+        // `production_problems` has already refused this; the arm keeps the match total.
+        (None, Mode::Production) => {
+            return Err(ConfigError { problems: vec!["keys.kek: missing".into()] }.into());
+        }
+    };
+    KekSet::parse(text.expose()).map_err(|e| ConfigError { problems: vec![format!("keys.kek: {e}")] }.into())
+}
+
 /// The use cases for a one-off command (`portcullis users create`): the same settings as `serve`,
 /// against a database whose schema must already be current.
 pub async fn open_app(config: &Config) -> Result<App, StartError> {
@@ -146,6 +160,7 @@ pub async fn open_app(config: &Config) -> Result<App, StartError> {
         tracing::warn!("{warning}");
     }
     let instance_secret = instance_secret(config)?;
+    let keks = keks(config)?;
     let store = open_store(config).await?;
     // Like `serve`: a fresh data dir needs no separate `migrate` before its first account.
     if config.database.migrate_on_start {
@@ -160,12 +175,16 @@ pub async fn open_app(config: &Config) -> Result<App, StartError> {
     }
     let mut settings = AppSettings::new(
         SecretSlice::from(instance_secret.expose().as_bytes().to_vec()),
+        keks,
         VERSION,
         &config.public_url(config.tls.cert_file.is_some(), config.http.listen),
     );
     config.apply_account_settings(&mut settings);
+    settings.keys = config.key_settings();
     let mailer = config.mailer().map_err(|e| ConfigError { problems: vec![e] })?;
-    Ok(App::new(store, Arc::new(SystemClock), settings, mailer)?)
+    let app = App::new(store, Arc::new(SystemClock), settings, mailer)?;
+    app.load_keys().await?;
+    Ok(app)
 }
 
 /// Opens the database the configuration selects.
@@ -200,6 +219,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
     }
     let data_dir_lock = data_dir::lock(&config.data_dir).map_err(data_dir_error)?;
     let instance_secret = instance_secret(config)?;
+    let keks = keks(config)?;
 
     let tls = match (&config.tls.cert_file, &config.tls.key_file, options.dev_tls) {
         (Some(cert), Some(key), _) => Some(Arc::new(TlsReloader::load(cert, key)?)),
@@ -224,16 +244,19 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         listener.local_addr().map_err(|source| StartError::Bind { addr: config.http.listen, source })?;
     let mut settings = AppSettings::new(
         SecretSlice::from(instance_secret.expose().as_bytes().to_vec()),
+        keks,
         VERSION,
         &config.public_url(tls.is_some(), local_addr),
     );
     config.apply_account_settings(&mut settings);
+    settings.keys = config.key_settings();
     let mailer = config.mailer().map_err(|e| ConfigError { problems: vec![e] })?;
     let app = App::new(store.clone(), Arc::new(SystemClock), settings, mailer)?;
     let (shutdown, receiver) = watch::channel(false);
     let mut tasks = Vec::new();
     // Runs from the start; it waits for the keys when the schema is not current yet.
     tasks.push(tokio::spawn(sync_revocations(app.clone(), receiver.clone())));
+    tasks.push(tokio::spawn(maintain_keys(app.clone(), receiver.clone())));
     if store.migration_status().await?.is_current() {
         app.finish_bootstrap().await?;
         app.sync_revocations().await?;
@@ -302,6 +325,43 @@ async fn sync_revocations(app: App, mut shutdown: watch::Receiver<bool>) {
                 }
                 if let Err(error) = app.sync_revocations().await {
                     tracing::warn!(error = %portcullis_domain::error_chain(&error), "revocation sync failed");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Until shutdown: reloads keys other nodes (or the CLI) changed, runs the rotation schedule, and
+/// moves rows still under a retired data key to the active one, a batch at a time.
+async fn maintain_keys(app: App, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(portcullis_app::KEY_SYNC_SECS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if !app.can_sign_tokens() {
+                    continue;
+                }
+                let work = async {
+                    app.reload_keys_if_changed().await?;
+                    app.run_key_schedule().await?;
+                    if app.reencryption_remaining().await? > 0 {
+                        let step = app.reencrypt_step().await?;
+                        tracing::info!(
+                            resealed = step.resealed,
+                            reindexed = step.reindexed,
+                            remaining = step.remaining,
+                            "re-encrypting personal data under the active keys"
+                        );
+                    }
+                    Ok::<_, portcullis_app::AppError>(())
+                };
+                tokio::select! {
+                    result = work => if let Err(error) = result {
+                        tracing::warn!(error = %portcullis_domain::error_chain(&error), "key maintenance failed");
+                    },
+                    _ = shutdown.changed() => return,
                 }
             }
             _ = shutdown.changed() => return,

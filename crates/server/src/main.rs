@@ -7,7 +7,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use portcullis::cli::{Cli, Command, ConfigCommand, CreateUserArgs, MigrateArgs, ServeArgs, UsersCommand};
+use portcullis::cli::{
+    Cli, Command, ConfigCommand, CreateUserArgs, KeysCommand, MigrateArgs, RotateArgs, ServeArgs,
+    UsersCommand,
+};
 use portcullis::config::{self, Config};
 use portcullis::{StartError, StartOptions, VERSION, telemetry};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -33,6 +36,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_async(serve(config, args)),
         Command::Migrate(args) => run_async(migrate(config, args)),
         Command::Users(UsersCommand::Create(args)) => run_async(create_user(config, args)),
+        Command::Keys(KeysCommand::GenerateKek(args)) => generate_kek(&args.id),
+        Command::Keys(command) => run_async(keys(config, command)),
         Command::Version => ExitCode::SUCCESS,
     }
 }
@@ -164,8 +169,14 @@ async fn create_user(config: Config, args: CreateUserArgs) -> Result<(), StartEr
     let app = portcullis::open_app(&config).await?;
     let result = app.create_user_as_operator(&args.email, args.display_name.as_deref(), password, role).await;
     app.shutdown().await;
-    let profile = result.map_err(|error| match error {
-        // Which field broke which rule, named as the flag the operator typed.
+    let profile = result.map_err(as_flag_error)?;
+    println!("created {} ({}) with role {}", profile.email, profile.id, profile.role.as_str());
+    Ok(())
+}
+
+/// A use case's error, with validation issues named as the flags the operator typed.
+fn as_flag_error(error: portcullis_app::AppError) -> StartError {
+    match error {
         portcullis_app::AppError::Validation(issues) => StartError::Config(config::ConfigError {
             problems: issues
                 .into_iter()
@@ -173,9 +184,130 @@ async fn create_user(config: Config, args: CreateUserArgs) -> Result<(), StartEr
                 .collect(),
         }),
         other => StartError::from(other),
-    })?;
-    println!("created {} ({}) with role {}", profile.email, profile.id, profile.role.as_str());
+    }
+}
+
+/// `keys generate-kek`: a new KEK entry on stdout, for the operator to put in a secret store.
+fn generate_kek(id: &str) -> ExitCode {
+    let entry = match portcullis_app::KekSet::generate_entry(id) {
+        Ok(entry) => entry,
+        Err(error) => {
+            eprintln!("portcullis: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(problem) = portcullis_app::KekSet::parse(&entry) {
+        eprintln!("portcullis: --id: {problem}");
+        return ExitCode::from(2);
+    }
+    println!("{}", entry.as_str());
+    ExitCode::SUCCESS
+}
+
+/// `keys list | rotate | rotate-kek | reencrypt`.
+async fn keys(config: Config, command: KeysCommand) -> Result<(), StartError> {
+    telemetry::init(&config.log, config.mode);
+    let app = portcullis::open_app(&config).await?;
+    let result = keys_with(&app, command).await;
+    app.shutdown().await;
+    result
+}
+
+async fn keys_with(app: &portcullis_app::App, command: KeysCommand) -> Result<(), StartError> {
+    use portcullis_app::KeyPurpose;
+    match command {
+        KeysCommand::List => {
+            println!(
+                "{:<46} {:<12} {:<19} {:<9} {:<10} {:<24} {:<24} RETIRED",
+                "ID", "PURPOSE", "ALGORITHM", "STATE", "KEK", "CREATED", "ACTIVATED"
+            );
+            let time = |t: Option<portcullis_domain::Timestamp>| t.map_or("-".to_owned(), |t| t.to_rfc3339());
+            for key in app.list_keys().await? {
+                println!(
+                    "{:<46} {:<12} {:<19} {:<9} {:<10} {:<24} {:<24} {}",
+                    key.id,
+                    key.purpose.as_str(),
+                    key.algorithm,
+                    key.state.as_str(),
+                    key.kek_id,
+                    key.created_at.to_rfc3339(),
+                    time(key.activated_at),
+                    time(key.retired_at)
+                );
+            }
+        }
+        KeysCommand::Rotate(RotateArgs { purpose, emergency }) => {
+            let purpose = KeyPurpose::parse(&purpose)
+                .filter(|p| *p != KeyPurpose::Audit)
+                .ok_or_else(|| flag_problem("--purpose: must be signing, pii or blind-index"))?;
+            let rotation = app.rotate_key(purpose, emergency).await.map_err(as_flag_error)?;
+            println!(
+                "{} key {} is active from {}; it replaces {}{}",
+                purpose.as_str(),
+                rotation.new_key,
+                rotation.active_from.to_rfc3339(),
+                rotation.old_key.as_deref().unwrap_or("nothing"),
+                if emergency {
+                    format!(" (destroyed; {} session(s) revoked)", rotation.revoked_sessions)
+                } else {
+                    String::new()
+                }
+            );
+            if purpose == KeyPurpose::BlindIndex {
+                println!(
+                    "every node looks accounts up under it from its next key sync; from then on new \
+                     indexes use it and accounts are re-indexed by a running server or `portcullis keys reencrypt`"
+                );
+            }
+            if purpose == KeyPurpose::Pii {
+                println!(
+                    "{} row(s) are re-encrypted by a running server, or now with `portcullis keys reencrypt`",
+                    app.reencryption_remaining().await?
+                );
+            }
+        }
+        KeysCommand::RotateKek => {
+            let count = app.rotate_kek().await?;
+            println!(
+                "re-wrapped {count} key(s) under the first KEK of keys.kek; older KEKs can now be removed"
+            );
+        }
+        KeysCommand::Reencrypt => {
+            // Promotes a waiting blind-index key whose time has come, so its re-indexing runs too.
+            app.run_key_schedule().await?;
+            let total = app.reencryption_remaining().await?;
+            let bar = indicatif::ProgressBar::new(total).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} rows re-encrypted ({eta} left)",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let mut remaining = total;
+            while remaining > 0 {
+                let step = app.reencrypt_step().await?;
+                if step.resealed + step.reindexed == 0 && step.remaining == remaining {
+                    bar.abandon();
+                    return Err(StartError::App(portcullis_app::AppError::Keyring(format!(
+                        "{remaining} row(s) could not be moved to the active keys"
+                    ))));
+                }
+                remaining = step.remaining;
+                bar.set_position(total.saturating_sub(remaining));
+            }
+            bar.finish();
+            let destroyed = app.run_key_schedule().await?;
+            println!(
+                "{total} row(s) re-encrypted; retired keys are destroyed {}",
+                if destroyed { "now" } else { "once their grace period ends (by a running server)" }
+            );
+        }
+        KeysCommand::GenerateKek(_) => {}
+    }
     Ok(())
+}
+
+fn flag_problem(problem: &str) -> StartError {
+    StartError::Config(config::ConfigError { problems: vec![problem.to_owned()] })
 }
 
 /// The new account's password: prompted twice on a terminal, else the first line of standard input.

@@ -9,6 +9,7 @@
 mod accounts;
 mod instance;
 mod keys;
+mod pii;
 mod security_events;
 mod sessions;
 

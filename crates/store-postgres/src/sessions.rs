@@ -2,12 +2,12 @@
 
 use async_trait::async_trait;
 use portcullis_domain::{RevokeReason, Session, SessionId, SessionKind, Timestamp, TokenHash, UserId};
-use portcullis_store::{RefreshSpend, SessionStore, StoreError};
+use portcullis_store::{RefreshSpend, Sealed, SessionStore, StoreError, StoredSession};
 
 use crate::{PostgresTx, corrupt};
 
 const SESSION_COLUMNS: &str = "id, user_id, kind, created_at, last_seen_at, expires_at, mfa_level, ip, \
-                               user_agent, revoked_at";
+                               user_agent, pii_key, revoked_at";
 
 /// A `sessions` row as stored, before its text is parsed back into domain types.
 #[derive(sqlx::FromRow)]
@@ -19,14 +19,15 @@ struct SessionRow {
     last_seen_at: i64,
     expires_at: i64,
     mfa_level: i32,
-    ip: Option<String>,
-    user_agent: Option<String>,
+    ip: Option<Vec<u8>>,
+    user_agent: Option<Vec<u8>>,
+    pii_key: Option<String>,
     revoked_at: Option<i64>,
 }
 
 impl SessionRow {
-    fn into_session(self) -> Result<Session, StoreError> {
-        Ok(Session {
+    fn into_session(self) -> Result<StoredSession, StoreError> {
+        let session = Session {
             id: session_id(&self.id)?,
             user_id: UserId::parse(&self.user_id).map_err(|_| corrupt("sessions.user_id is not a uuid"))?,
             kind: SessionKind::parse(&self.kind).ok_or_else(|| corrupt("sessions.kind is unknown"))?,
@@ -35,9 +36,13 @@ impl SessionRow {
             expires_at: Timestamp::from_unix_millis(self.expires_at),
             mfa_level: u8::try_from(self.mfa_level)
                 .map_err(|_| corrupt("sessions.mfa_level is out of range"))?,
-            ip: self.ip,
-            user_agent: self.user_agent,
             revoked_at: self.revoked_at.map(Timestamp::from_unix_millis),
+        };
+        Ok(StoredSession {
+            session,
+            ip: self.ip.map(Sealed),
+            user_agent: self.user_agent.map(Sealed),
+            pii_key: self.pii_key,
         })
     }
 }
@@ -52,7 +57,7 @@ impl PostgresTx {
         &mut self,
         condition: &'static str,
         value: T,
-    ) -> Result<Option<Session>, StoreError>
+    ) -> Result<Option<StoredSession>, StoreError>
     where
         T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'static,
     {
@@ -70,12 +75,14 @@ impl PostgresTx {
 impl SessionStore for PostgresTx {
     async fn insert_session(
         &mut self,
-        session: &Session,
+        stored: &StoredSession,
         cookie: Option<&TokenHash>,
     ) -> Result<(), StoreError> {
+        let session = &stored.session;
         let result = sqlx::query(
             "INSERT INTO sessions (id, user_id, kind, cookie_hash, created_at, last_seen_at, expires_at, \
-             mfa_level, ip, user_agent, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             mfa_level, ip, user_agent, pii_key, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(session.id.to_string())
         .bind(session.user_id.to_string())
@@ -85,8 +92,9 @@ impl SessionStore for PostgresTx {
         .bind(session.last_seen_at.as_unix_millis())
         .bind(session.expires_at.as_unix_millis())
         .bind(i32::from(session.mfa_level))
-        .bind(session.ip.as_deref())
-        .bind(session.user_agent.as_deref())
+        .bind(stored.ip.as_ref().map(|ip| ip.0.as_slice()))
+        .bind(stored.user_agent.as_ref().map(|ua| ua.0.as_slice()))
+        .bind(stored.pii_key.as_deref())
         .bind(session.revoked_at.map(Timestamp::as_unix_millis))
         .execute(&mut *self.tx)
         .await;
@@ -97,14 +105,14 @@ impl SessionStore for PostgresTx {
     }
 
     async fn session(&mut self, id: SessionId) -> Result<Option<Session>, StoreError> {
-        self.session_where("id = $1", id.to_string()).await
+        Ok(self.session_where("id = $1", id.to_string()).await?.map(|s| s.session))
     }
 
     async fn session_by_cookie(&mut self, cookie: &TokenHash) -> Result<Option<Session>, StoreError> {
-        self.session_where("cookie_hash = $1", cookie.0.to_vec()).await
+        Ok(self.session_where("cookie_hash = $1", cookie.0.to_vec()).await?.map(|s| s.session))
     }
 
-    async fn sessions_of(&mut self, user: UserId, now: Timestamp) -> Result<Vec<Session>, StoreError> {
+    async fn sessions_of(&mut self, user: UserId, now: Timestamp) -> Result<Vec<StoredSession>, StoreError> {
         // COLLATE "C" breaks ties byte-wise, as SQLite's BINARY collation does, whatever the
         // database's locale, so both engines list sessions in the same order.
         let sql = format!(
@@ -184,6 +192,31 @@ impl SessionStore for PostgresTx {
             Ok(done) => Ok(done.rows_affected()),
             Err(e) => Err(self.fail(e)),
         }
+    }
+
+    async fn revoke_sessions_seen_since(
+        &mut self,
+        since: Timestamp,
+        at: Timestamp,
+        reason: RevokeReason,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        // One conditional statement: a session revoked meanwhile by another transaction is re-checked
+        // after its row lock is released (READ COMMITTED) and keeps its first revocation.
+        let ids: Vec<String> = match sqlx::query_scalar(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+             WHERE kind = 'bearer' AND revoked_at IS NULL AND expires_at > $2 AND last_seen_at >= $1 \
+             RETURNING id",
+        )
+        .bind(since.as_unix_millis())
+        .bind(at.as_unix_millis())
+        .bind(reason.as_str())
+        .fetch_all(&mut *self.tx)
+        .await
+        {
+            Ok(ids) => ids,
+            Err(e) => return Err(self.fail(e)),
+        };
+        ids.iter().map(|id| session_id(id)).collect()
     }
 
     async fn sessions_revoked_since(&mut self, since: Timestamp) -> Result<Vec<SessionId>, StoreError> {

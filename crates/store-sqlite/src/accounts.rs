@@ -2,26 +2,28 @@
 
 use async_trait::async_trait;
 use portcullis_domain::{
-    BuiltinRole, DisplayName, Email, OneTimePurpose, OneTimeToken, Timestamp, TokenHash, User, UserId,
-    UserStatus,
+    BuiltinRole, OneTimePurpose, OneTimeToken, Timestamp, TokenHash, UserId, UserStatus,
 };
-use portcullis_store::{AccountStore, StoreError};
+use portcullis_store::{AccountStore, BlindIndex, Sealed, StoreError, StoredOneTimeToken, StoredUser};
 
 use crate::{SqliteTx, corrupt};
 
 /// The only credential kind so far; the MFA issue adds others to the same table.
 const PASSWORD: &str = "password";
 
-const USER_COLUMNS: &str = "id, email, email_verified_at, display_name, status, role, created_at, \
-                            updated_at, last_login_at";
+const USER_COLUMNS: &str = "id, email, email_index, index_key, email_verified_at, display_name, pii_key, \
+                            status, role, created_at, updated_at, last_login_at";
 
 /// A `users` row as stored, before its text is parsed back into domain types.
 #[derive(sqlx::FromRow)]
-struct UserRow {
+pub(crate) struct UserRow {
     id: String,
-    email: String,
+    email: Vec<u8>,
+    email_index: Vec<u8>,
+    index_key: String,
     email_verified_at: Option<i64>,
-    display_name: Option<String>,
+    display_name: Option<Vec<u8>>,
+    pii_key: String,
     status: String,
     role: String,
     created_at: i64,
@@ -32,16 +34,17 @@ struct UserRow {
 impl UserRow {
     /// Stored text goes back through the domain parsers, so a row written around this code (or by a
     /// future version with other rules) is reported as corrupt rather than trusted.
-    fn into_user(self) -> Result<User, StoreError> {
-        Ok(User {
+    pub(crate) fn into_user(self) -> Result<StoredUser, StoreError> {
+        Ok(StoredUser {
             id: UserId::parse(&self.id).map_err(|_| corrupt("users.id is not a uuid"))?,
-            email: Email::parse(&self.email).map_err(|_| corrupt("users.email is not a valid address"))?,
+            email: Sealed(self.email),
+            email_index: BlindIndex(
+                self.email_index.try_into().map_err(|_| corrupt("users.email_index is not 32 bytes"))?,
+            ),
+            index_key: self.index_key,
             email_verified_at: self.email_verified_at.map(Timestamp::from_unix_millis),
-            display_name: self
-                .display_name
-                .map(|name| DisplayName::parse(&name))
-                .transpose()
-                .map_err(|_| corrupt("users.display_name is not a valid display name"))?,
+            display_name: self.display_name.map(Sealed),
+            pii_key: self.pii_key,
             status: UserStatus::parse(&self.status).ok_or_else(|| corrupt("users.status is unknown"))?,
             role: BuiltinRole::parse(&self.role).ok_or_else(|| corrupt("users.role is unknown"))?,
             created_at: Timestamp::from_unix_millis(self.created_at),
@@ -53,7 +56,14 @@ impl UserRow {
 
 impl SqliteTx {
     /// The user matching `condition`, a constant predicate on `$1` (never built from input).
-    async fn user_where(&mut self, condition: &'static str, value: &str) -> Result<Option<User>, StoreError> {
+    async fn user_where<T>(
+        &mut self,
+        condition: &'static str,
+        value: T,
+    ) -> Result<Option<StoredUser>, StoreError>
+    where
+        T: for<'q> sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send + 'static,
+    {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE {condition}");
         let row: Option<UserRow> = match sqlx::query_as(&sql).bind(value).fetch_optional(&mut *self.tx).await
         {
@@ -66,16 +76,19 @@ impl SqliteTx {
 
 #[async_trait]
 impl AccountStore for SqliteTx {
-    async fn insert_user(&mut self, user: &User) -> Result<(), StoreError> {
+    async fn insert_user(&mut self, user: &StoredUser) -> Result<(), StoreError> {
         let result = sqlx::query(
-            "INSERT INTO users (id, email, email_key, email_verified_at, display_name, status, role, \
-             created_at, updated_at, last_login_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO users (id, email, email_index, index_key, email_verified_at, display_name, \
+             pii_key, status, role, created_at, updated_at, last_login_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(user.id.to_string())
-        .bind(user.email.as_str())
-        .bind(user.email.key())
+        .bind(user.email.0.as_slice())
+        .bind(user.email_index.0.as_slice())
+        .bind(&user.index_key)
         .bind(user.email_verified_at.map(Timestamp::as_unix_millis))
-        .bind(user.display_name.as_ref().map(DisplayName::as_str))
+        .bind(user.display_name.as_ref().map(|name| name.0.as_slice()))
+        .bind(&user.pii_key)
         .bind(user.status.as_str())
         .bind(user.role.as_str())
         .bind(user.created_at.as_unix_millis())
@@ -85,17 +98,17 @@ impl AccountStore for SqliteTx {
         .await;
         match result {
             Ok(_) => Ok(()),
-            // The unique email key is what makes a second spelling of an address a conflict.
+            // The unique blind index is what makes a second spelling of an address a conflict.
             Err(e) => Err(self.fail(e).conflict_on("user")),
         }
     }
 
-    async fn user_by_id(&mut self, id: UserId) -> Result<Option<User>, StoreError> {
-        self.user_where("id = $1", &id.to_string()).await
+    async fn user_by_id(&mut self, id: UserId) -> Result<Option<StoredUser>, StoreError> {
+        self.user_where("id = $1", id.to_string()).await
     }
 
-    async fn user_by_email(&mut self, email: &Email) -> Result<Option<User>, StoreError> {
-        self.user_where("email_key = $1", &email.key()).await
+    async fn user_by_email_index(&mut self, index: &BlindIndex) -> Result<Option<StoredUser>, StoreError> {
+        self.user_where("email_index = $1", index.0.to_vec()).await
     }
 
     async fn count_users(&mut self) -> Result<u64, StoreError> {
@@ -194,15 +207,17 @@ impl AccountStore for SqliteTx {
         }
     }
 
-    async fn insert_one_time_token(&mut self, token: &OneTimeToken) -> Result<(), StoreError> {
+    async fn insert_one_time_token(&mut self, stored: &StoredOneTimeToken) -> Result<(), StoreError> {
+        let token = &stored.token;
         let result = sqlx::query(
-            "INSERT INTO one_time_tokens (hash, purpose, user_id, email, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO one_time_tokens (hash, purpose, user_id, email, pii_key, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(token.hash.0.as_slice())
         .bind(token.purpose.as_str())
         .bind(token.user_id.map(|id| id.to_string()))
-        .bind(token.email.as_ref().map(Email::as_str))
+        .bind(stored.email.as_ref().map(|email| email.0.as_slice()))
+        .bind(stored.pii_key.as_deref())
         .bind(token.created_at.as_unix_millis())
         .bind(token.expires_at.as_unix_millis())
         .execute(&mut *self.tx)
@@ -218,12 +233,13 @@ impl AccountStore for SqliteTx {
         hash: &TokenHash,
         purpose: OneTimePurpose,
         now: Timestamp,
-    ) -> Result<Option<OneTimeToken>, StoreError> {
+    ) -> Result<Option<StoredOneTimeToken>, StoreError> {
         // Check and spend in one conditional statement: of two callers, only one finds used_at NULL.
-        let row: Option<(Option<String>, Option<String>, i64, i64)> = match sqlx::query_as(
+        type Row = (Option<String>, Option<Vec<u8>>, Option<String>, i64, i64);
+        let row: Option<Row> = match sqlx::query_as(
             "UPDATE one_time_tokens SET used_at = $3 \
              WHERE hash = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > $3 \
-             RETURNING user_id, email, created_at, expires_at",
+             RETURNING user_id, email, pii_key, created_at, expires_at",
         )
         .bind(hash.0.as_slice())
         .bind(purpose.as_str())
@@ -234,20 +250,20 @@ impl AccountStore for SqliteTx {
             Ok(row) => row,
             Err(e) => return Err(self.fail(e)),
         };
-        row.map(|(user_id, email, created_at, expires_at)| {
-            Ok(OneTimeToken {
-                hash: *hash,
-                purpose,
-                user_id: user_id
-                    .map(|id| UserId::parse(&id))
-                    .transpose()
-                    .map_err(|_| corrupt("one_time_tokens.user_id is not a uuid"))?,
-                email: email
-                    .map(|email| Email::parse(&email))
-                    .transpose()
-                    .map_err(|_| corrupt("one_time_tokens.email is not a valid address"))?,
-                created_at: Timestamp::from_unix_millis(created_at),
-                expires_at: Timestamp::from_unix_millis(expires_at),
+        row.map(|(user_id, email, pii_key, created_at, expires_at)| {
+            Ok(StoredOneTimeToken {
+                token: OneTimeToken {
+                    hash: *hash,
+                    purpose,
+                    user_id: user_id
+                        .map(|id| UserId::parse(&id))
+                        .transpose()
+                        .map_err(|_| corrupt("one_time_tokens.user_id is not a uuid"))?,
+                    created_at: Timestamp::from_unix_millis(created_at),
+                    expires_at: Timestamp::from_unix_millis(expires_at),
+                },
+                email: email.map(Sealed),
+                pii_key,
             })
         })
         .transpose()

@@ -1,27 +1,69 @@
 //! SQLite implementation of the security event record.
 
 use async_trait::async_trait;
-use portcullis_domain::{SecurityEvent, SecurityEventKind, SessionId, Timestamp, UserId};
-use portcullis_store::{SecurityEventStore, StoreError};
+use portcullis_domain::{SecurityEvent, SecurityEventId, SecurityEventKind, SessionId, Timestamp, UserId};
+use portcullis_store::{Sealed, SecurityEventStore, StoreError, StoredSecurityEvent};
 
 use crate::{SqliteTx, corrupt};
 
+/// A `security_events` row as stored.
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: String,
+    at: i64,
+    kind: String,
+    user_id: Option<String>,
+    session_id: Option<String>,
+    ip: Option<Vec<u8>>,
+    pii_key: Option<String>,
+}
+
+impl EventRow {
+    fn into_event(self) -> Result<StoredSecurityEvent, StoreError> {
+        Ok(StoredSecurityEvent {
+            event: SecurityEvent {
+                id: SecurityEventId::parse(&self.id)
+                    .map_err(|_| corrupt("security_events.id is not a uuid"))?,
+                at: Timestamp::from_unix_millis(self.at),
+                kind: SecurityEventKind::parse(&self.kind)
+                    .ok_or_else(|| corrupt("security_events.kind is unknown"))?,
+                user_id: self
+                    .user_id
+                    .map(|id| UserId::parse(&id))
+                    .transpose()
+                    .map_err(|_| corrupt("security_events.user_id is not a uuid"))?,
+                session_id: self
+                    .session_id
+                    .map(|id| SessionId::parse(&id))
+                    .transpose()
+                    .map_err(|_| corrupt("security_events.session_id is not a uuid"))?,
+            },
+            ip: self.ip.map(Sealed),
+            pii_key: self.pii_key,
+        })
+    }
+}
+
 #[async_trait]
 impl SecurityEventStore for SqliteTx {
-    async fn insert_security_event(&mut self, event: &SecurityEvent) -> Result<(), StoreError> {
+    async fn insert_security_event(&mut self, stored: &StoredSecurityEvent) -> Result<(), StoreError> {
+        let event = &stored.event;
         let result = sqlx::query(
-            "INSERT INTO security_events (at, kind, user_id, session_id, ip) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO security_events (id, at, kind, user_id, session_id, ip, pii_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
+        .bind(event.id.to_string())
         .bind(event.at.as_unix_millis())
         .bind(event.kind.as_str())
         .bind(event.user_id.map(|id| id.to_string()))
         .bind(event.session_id.map(|id| id.to_string()))
-        .bind(event.ip.as_deref())
+        .bind(stored.ip.as_ref().map(|ip| ip.0.as_slice()))
+        .bind(stored.pii_key.as_deref())
         .execute(&mut *self.tx)
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.fail(e)),
+            Err(e) => Err(self.fail(e).conflict_on("security event")),
         }
     }
 
@@ -29,11 +71,11 @@ impl SecurityEventStore for SqliteTx {
         &mut self,
         user: UserId,
         limit: u32,
-    ) -> Result<Vec<SecurityEvent>, StoreError> {
-        // The id breaks ties between events of the same millisecond in the order they were recorded.
-        let rows: Vec<(i64, String, Option<String>, Option<String>, Option<String>)> = match sqlx::query_as(
-            "SELECT at, kind, user_id, session_id, ip FROM security_events WHERE user_id = $1 \
-             ORDER BY at DESC, id DESC LIMIT $2",
+    ) -> Result<Vec<StoredSecurityEvent>, StoreError> {
+        // seq breaks ties between events of the same millisecond in the order they were recorded.
+        let rows: Vec<EventRow> = match sqlx::query_as(
+            "SELECT id, at, kind, user_id, session_id, ip, pii_key FROM security_events \
+             WHERE user_id = $1 ORDER BY at DESC, seq DESC LIMIT $2",
         )
         .bind(user.to_string())
         .bind(i64::from(limit))
@@ -43,23 +85,6 @@ impl SecurityEventStore for SqliteTx {
             Ok(rows) => rows,
             Err(e) => return Err(self.fail(e)),
         };
-        rows.into_iter()
-            .map(|(at, kind, user_id, session_id, ip)| {
-                Ok(SecurityEvent {
-                    at: Timestamp::from_unix_millis(at),
-                    kind: SecurityEventKind::parse(&kind)
-                        .ok_or_else(|| corrupt("security_events.kind is unknown"))?,
-                    user_id: user_id
-                        .map(|id| UserId::parse(&id))
-                        .transpose()
-                        .map_err(|_| corrupt("security_events.user_id is not a uuid"))?,
-                    session_id: session_id
-                        .map(|id| SessionId::parse(&id))
-                        .transpose()
-                        .map_err(|_| corrupt("security_events.session_id is not a uuid"))?,
-                    ip,
-                })
-            })
-            .collect()
+        rows.into_iter().map(EventRow::into_event).collect()
     }
 }

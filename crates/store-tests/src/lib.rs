@@ -14,11 +14,14 @@ use std::pin::Pin;
 use std::slice;
 
 use portcullis_domain::{
-    BuiltinRole, DisplayName, Email, InstanceId, InstanceMeta, OneTimePurpose, OneTimeToken, RevokeReason,
-    SecurityEvent, SecurityEventKind, Session, SessionId, SessionKind, Timestamp, TokenHash, User, UserId,
+    BuiltinRole, InstanceId, InstanceMeta, OneTimePurpose, OneTimeToken, RevokeReason, SecurityEvent,
+    SecurityEventId, SecurityEventKind, Session, SessionId, SessionKind, Timestamp, TokenHash, UserId,
     UserStatus, error_chain,
 };
-use portcullis_store::{RefreshSpend, Store, StoreError, StoreTx, StoredSigningKey};
+use portcullis_store::{
+    BlindIndex, KeyPurpose, KeyState, PiiRow, PiiTable, RefreshSpend, Sealed, Store, StoreError, StoreTx,
+    StoredKey, StoredOneTimeToken, StoredSecurityEvent, StoredSession, StoredUser,
+};
 
 /// Why a check failed, in words that name the step and the engine's error chain.
 #[derive(Debug)]
@@ -105,12 +108,12 @@ pub const CHECKS: &[Check] = &[
         run: |s| Box::pin(a_read_transaction_refuses_writes(s)),
     },
     Check {
-        name: "a_user_round_trips_and_is_found_by_email_in_any_case",
-        run: |s| Box::pin(a_user_round_trips_and_is_found_by_email_in_any_case(s)),
+        name: "a_user_round_trips_and_is_found_by_its_email_index",
+        run: |s| Box::pin(a_user_round_trips_and_is_found_by_its_email_index(s)),
     },
     Check {
-        name: "a_second_account_with_the_same_email_in_another_case_is_a_conflict",
-        run: |s| Box::pin(a_second_account_with_the_same_email_in_another_case_is_a_conflict(s)),
+        name: "a_second_account_with_the_same_email_index_is_a_conflict",
+        run: |s| Box::pin(a_second_account_with_the_same_email_index_is_a_conflict(s)),
     },
     Check {
         name: "verifying_an_email_and_logging_in_are_recorded",
@@ -149,6 +152,10 @@ pub const CHECKS: &[Check] = &[
         run: |s| Box::pin(sessions_of_lists_live_sessions_newest_first(s)),
     },
     Check {
+        name: "a_sessions_sealed_client_details_come_back_with_the_session_list",
+        run: |s| Box::pin(a_sessions_sealed_client_details_come_back_with_the_session_list(s)),
+    },
+    Check {
         name: "revoking_another_accounts_session_is_refused_and_changes_nothing",
         run: |s| Box::pin(revoking_another_accounts_session_is_refused_and_changes_nothing(s)),
     },
@@ -165,6 +172,12 @@ pub const CHECKS: &[Check] = &[
         run: |s| Box::pin(sessions_revoked_since_lists_revocations_from_that_instant(s)),
     },
     Check {
+        name: "revoking_sessions_seen_since_an_instant_ends_only_live_bearer_sessions_seen_from_then",
+        run: |s| {
+            Box::pin(revoking_sessions_seen_since_an_instant_ends_only_live_bearer_sessions_seen_from_then(s))
+        },
+    },
+    Check {
         name: "a_refresh_token_is_spent_once_then_reported_as_already_spent",
         run: |s| Box::pin(a_refresh_token_is_spent_once_then_reported_as_already_spent(s)),
     },
@@ -173,20 +186,60 @@ pub const CHECKS: &[Check] = &[
         run: |s| Box::pin(two_transactions_spending_one_refresh_token_at_once_get_exactly_one_spent(s)),
     },
     Check {
-        name: "signing_keys_round_trip_oldest_first",
-        run: |s| Box::pin(signing_keys_round_trip_oldest_first(s)),
+        name: "keys_round_trip_oldest_first_with_every_field",
+        run: |s| Box::pin(keys_round_trip_oldest_first_with_every_field(s)),
     },
     Check {
-        name: "a_second_current_signing_key_or_a_reused_kid_is_a_conflict",
-        run: |s| Box::pin(a_second_current_signing_key_or_a_reused_kid_is_a_conflict(s)),
+        name: "a_second_active_or_next_key_of_a_purpose_or_a_reused_id_is_a_conflict",
+        run: |s| Box::pin(a_second_active_or_next_key_of_a_purpose_or_a_reused_id_is_a_conflict(s)),
     },
     Check {
-        name: "two_nodes_creating_the_first_signing_key_at_once_agree_on_one",
-        run: |s| Box::pin(two_nodes_creating_the_first_signing_key_at_once_agree_on_one(s)),
+        name: "a_key_moves_only_from_the_state_it_is_in_and_destroying_it_erases_its_secret",
+        run: |s| Box::pin(a_key_moves_only_from_the_state_it_is_in_and_destroying_it_erases_its_secret(s)),
+    },
+    Check {
+        name: "two_nodes_creating_the_first_active_key_of_a_purpose_at_once_agree_on_one",
+        run: |s| Box::pin(two_nodes_creating_the_first_active_key_of_a_purpose_at_once_agree_on_one(s)),
+    },
+    Check {
+        name: "two_nodes_rotating_one_purpose_at_once_rotate_it_once",
+        run: |s| Box::pin(two_nodes_rotating_one_purpose_at_once_rotate_it_once(s)),
+    },
+    Check {
+        name: "a_key_inserted_as_active_while_another_node_promotes_one_is_a_conflict",
+        run: |s| Box::pin(a_key_inserted_as_active_while_another_node_promotes_one_is_a_conflict(s)),
+    },
+    Check {
+        name: "rewrapping_a_key_replaces_its_kek_and_secret_but_not_those_of_a_destroyed_key",
+        run: |s| Box::pin(rewrapping_a_key_replaces_its_kek_and_secret_but_not_those_of_a_destroyed_key(s)),
     },
     Check {
         name: "security_events_round_trip_newest_first_up_to_the_limit",
         run: |s| Box::pin(security_events_round_trip_newest_first_up_to_the_limit(s)),
+    },
+    Check {
+        name: "sealed_fields_of_every_table_round_trip_byte_for_byte",
+        run: |s| Box::pin(sealed_fields_of_every_table_round_trip_byte_for_byte(s)),
+    },
+    Check {
+        name: "rows_sealed_under_other_keys_are_found_in_every_table_up_to_the_limit",
+        run: |s| Box::pin(rows_sealed_under_other_keys_are_found_in_every_table_up_to_the_limit(s)),
+    },
+    Check {
+        name: "a_row_is_resealed_only_while_it_is_still_under_the_key_it_was_read_under",
+        run: |s| Box::pin(a_row_is_resealed_only_while_it_is_still_under_the_key_it_was_read_under(s)),
+    },
+    Check {
+        name: "rows_under_a_key_are_counted_over_all_four_tables",
+        run: |s| Box::pin(rows_under_a_key_are_counted_over_all_four_tables(s)),
+    },
+    Check {
+        name: "a_user_is_reindexed_only_from_the_key_it_was_indexed_with",
+        run: |s| Box::pin(a_user_is_reindexed_only_from_the_key_it_was_indexed_with(s)),
+    },
+    Check {
+        name: "reindexing_a_user_onto_another_accounts_index_is_a_conflict",
+        run: |s| Box::pin(reindexing_a_user_onto_another_accounts_index_is_a_conflict(s)),
     },
     Check { name: "ping_answers", run: |s| Box::pin(ping_answers(s)) },
     Check { name: "close_is_clean", run: |s| Box::pin(close_is_clean(s)) },
@@ -471,54 +524,52 @@ pub async fn a_read_transaction_refuses_writes(store: &dyn Store) -> Outcome {
 // The account aggregate
 // ---------------------------------------------------------------------------------------------
 
-/// Every field of an account comes back as written, the optional ones both empty and set, and the
-/// account is found by its address whatever the case of the lookup (addresses are one identity
-/// however they are typed).
-pub async fn a_user_round_trips_and_is_found_by_email_in_any_case(store: &dyn Store) -> Outcome {
+/// Every field of an account comes back as written, the optional ones both empty and set, the sealed
+/// ones byte for byte, and the account is found by the blind index of its address (computed in `app`
+/// from the case-folded address, so one index is every spelling of it).
+pub async fn a_user_round_trips_and_is_found_by_its_email_index(store: &dyn Store) -> Outcome {
     migrated(store).await?;
-    let bare = user(1, "bare@example.com")?;
-    let full = User {
+    let bare = user(1, "bare@example.com");
+    let full = StoredUser {
         email_verified_at: Some(at(5)),
-        display_name: Some(display_name("Zoë d'Arc")?),
+        display_name: Some(sealed("Zoë d'Arc")),
         status: UserStatus::Locked,
         role: BuiltinRole::Owner,
         updated_at: at(7),
         last_login_at: Some(at(9)),
-        ..user(2, "Full.Name@Example.COM")?
+        pii_key: "pii-2".to_owned(),
+        index_key: "bi-2".to_owned(),
+        ..user(2, "Full.Name@Example.COM")
     };
 
     write_users(store, &[bare.clone(), full.clone()]).await?;
     let mut tx = store.begin_read().await.step("begin a read")?;
     let by_id = tx.user_by_id(full.id).await.step("read the full user by id")?;
     let bare_by_id = tx.user_by_id(bare.id).await.step("read the bare user by id")?;
-    let by_lower = tx.user_by_email(&email("full.name@example.com")?).await.step("look up in lower case")?;
-    let by_upper = tx.user_by_email(&email("FULL.NAME@EXAMPLE.COM")?).await.step("look up in upper case")?;
+    let by_index = tx.user_by_email_index(&index(2)).await.step("look up by the blind index")?;
     let unknown_id = tx.user_by_id(user_id(3)).await.step("read an unknown id")?;
-    let unknown_email =
-        tx.user_by_email(&email("nobody@example.com")?).await.step("look up an unknown address")?;
+    let unknown_index = tx.user_by_email_index(&index(3)).await.step("look up an unknown blind index")?;
     let count = tx.count_users().await.step("count the users")?;
     tx.commit().await.step("end the read")?;
 
     ensure_eq("full user by id", &by_id, &Some(full.clone()))?;
     ensure_eq("bare user by id", &bare_by_id, &Some(bare))?;
-    ensure_eq("user by lower-case address", &by_lower, &Some(full.clone()))?;
-    ensure_eq("user by upper-case address", &by_upper, &Some(full))?;
+    ensure_eq("user by blind index", &by_index, &Some(full))?;
     ensure_eq("unknown id", &unknown_id, &None)?;
-    ensure_eq("unknown address", &unknown_email, &None)?;
+    ensure_eq("unknown blind index", &unknown_index, &None)?;
     ensure_eq("number of users", &count, &2)
 }
 
-/// An address already taken in another case is `Conflict { entity: "user" }`, and the first
-/// account is left alone: a sign-up cannot take over `Alice@` by registering `alice@`.
-pub async fn a_second_account_with_the_same_email_in_another_case_is_a_conflict(
-    store: &dyn Store,
-) -> Outcome {
+/// An address already taken (the same blind index, whatever its sealed spelling) is
+/// `Conflict { entity: "user" }`, and the first account is left alone: a sign-up cannot take over
+/// `Alice@` by registering `alice@`.
+pub async fn a_second_account_with_the_same_email_index_is_a_conflict(store: &dyn Store) -> Outcome {
     migrated(store).await?;
-    let first = user(1, "Alice@example.com")?;
+    let first = user(1, "Alice@example.com");
     write_users(store, slice::from_ref(&first)).await?;
 
     let mut tx = store.begin().await.step("begin the second sign-up")?;
-    let second = tx.insert_user(&user(2, "alice@EXAMPLE.com")?).await;
+    let second = tx.insert_user(&StoredUser { email_index: index(1), ..user(2, "alice@EXAMPLE.com") }).await;
     tx.rollback().await.step("roll back after the conflict")?;
     let found = committed_user(store, first.id).await?;
     let intruder = committed_user(store, user_id(2)).await?;
@@ -532,7 +583,7 @@ pub async fn a_second_account_with_the_same_email_in_another_case_is_a_conflict(
 /// A login records its time without counting as a change to the account.
 pub async fn verifying_an_email_and_logging_in_are_recorded(store: &dyn Store) -> Outcome {
     migrated(store).await?;
-    let alice = user(1, "alice@example.com")?;
+    let alice = user(1, "alice@example.com");
     write_users(store, slice::from_ref(&alice)).await?;
 
     let mut tx = store.begin().await.step("begin")?;
@@ -544,8 +595,12 @@ pub async fn verifying_an_email_and_logging_in_are_recorded(store: &dyn Store) -
 
     ensure_eq("verifying an existing account", &verified, &true)?;
     ensure_eq("verifying an unknown account", &unknown, &false)?;
-    let expected =
-        User { email_verified_at: Some(at(10)), updated_at: at(10), last_login_at: Some(at(20)), ..alice };
+    let expected = StoredUser {
+        email_verified_at: Some(at(10)),
+        updated_at: at(10),
+        last_login_at: Some(at(20)),
+        ..alice
+    };
     ensure_eq("the account afterwards", &found, &Some(expected))
 }
 
@@ -555,8 +610,8 @@ pub async fn a_password_hash_is_set_replaced_and_only_swapped_while_still_expect
     store: &dyn Store,
 ) -> Outcome {
     migrated(store).await?;
-    let alice = user(1, "alice@example.com")?;
-    let bob = user(2, "bob@example.com")?;
+    let alice = user(1, "alice@example.com");
+    let bob = user(2, "bob@example.com");
     write_users(store, &[alice.clone(), bob.clone()]).await?;
 
     let mut tx = store.begin().await.step("begin")?;
@@ -593,15 +648,16 @@ pub async fn a_password_hash_is_set_replaced_and_only_swapped_while_still_expect
     ensure_eq("the other account's hash", &bobs, &None)
 }
 
-/// A single-use token comes back whole exactly once, only for the purpose it was minted for, and
-/// not from the instant it expires.
+/// A single-use token comes back whole (an invite's sealed address byte for byte, with its key)
+/// exactly once, only for the purpose it was minted for, and not from the instant it expires.
 pub async fn a_one_time_token_is_spent_once_for_its_purpose_before_it_expires(store: &dyn Store) -> Outcome {
     migrated(store).await?;
-    let alice = user(1, "alice@example.com")?;
+    let alice = user(1, "alice@example.com");
     write_users(store, slice::from_ref(&alice)).await?;
     let reset = one_time(1, OneTimePurpose::PasswordReset, Some(alice.id), 0);
-    let invite = OneTimeToken {
-        email: Some(email("Invitee@Example.com")?),
+    let invite = StoredOneTimeToken {
+        email: Some(sealed("Invitee@Example.com")),
+        pii_key: Some(PII_KEY.to_owned()),
         ..one_time(2, OneTimePurpose::Invite, None, 0)
     };
     let expiring = one_time(3, OneTimePurpose::VerifyEmail, Some(alice.id), 0);
@@ -609,24 +665,35 @@ pub async fn a_one_time_token_is_spent_once_for_its_purpose_before_it_expires(st
 
     let mut tx = store.begin().await.step("begin")?;
     let wrong_purpose = tx
-        .spend_one_time_token(&reset.hash, OneTimePurpose::VerifyEmail, at(1))
+        .spend_one_time_token(&reset.token.hash, OneTimePurpose::VerifyEmail, at(1))
         .await
         .step("spend as another purpose")?;
-    let spent =
-        tx.spend_one_time_token(&reset.hash, reset.purpose, at(1)).await.step("spend the reset token")?;
-    let again = tx.spend_one_time_token(&reset.hash, reset.purpose, at(2)).await.step("spend it again")?;
-    let invited =
-        tx.spend_one_time_token(&invite.hash, invite.purpose, at(1)).await.step("spend the invite")?;
+    let spent = tx
+        .spend_one_time_token(&reset.token.hash, reset.token.purpose, at(1))
+        .await
+        .step("spend the reset token")?;
+    let again = tx
+        .spend_one_time_token(&reset.token.hash, reset.token.purpose, at(2))
+        .await
+        .step("spend it again")?;
+    let invited = tx
+        .spend_one_time_token(&invite.token.hash, invite.token.purpose, at(1))
+        .await
+        .step("spend the invite")?;
     let expired = tx
-        .spend_one_time_token(&expiring.hash, expiring.purpose, expiring.expires_at)
+        .spend_one_time_token(&expiring.token.hash, expiring.token.purpose, expiring.token.expires_at)
         .await
         .step("spend at the expiry instant")?;
-    let unknown =
-        tx.spend_one_time_token(&token(9), reset.purpose, at(1)).await.step("spend an unknown token")?;
+    let unknown = tx
+        .spend_one_time_token(&token(9), reset.token.purpose, at(1))
+        .await
+        .step("spend an unknown token")?;
     tx.commit().await.step("commit")?;
     let mut tx = store.begin().await.step("begin a second transaction")?;
-    let after_commit =
-        tx.spend_one_time_token(&reset.hash, reset.purpose, at(3)).await.step("spend once more")?;
+    let after_commit = tx
+        .spend_one_time_token(&reset.token.hash, reset.token.purpose, at(3))
+        .await
+        .step("spend once more")?;
     tx.rollback().await.step("roll back")?;
 
     ensure_eq("spend as another purpose", &wrong_purpose, &None)?;
@@ -644,8 +711,8 @@ pub async fn voiding_one_time_tokens_spends_only_that_accounts_tokens_of_that_pu
     store: &dyn Store,
 ) -> Outcome {
     migrated(store).await?;
-    let alice = user(1, "alice@example.com")?;
-    let bob = user(2, "bob@example.com")?;
+    let alice = user(1, "alice@example.com");
+    let bob = user(2, "bob@example.com");
     write_users(store, &[alice.clone(), bob.clone()]).await?;
     let reset = OneTimePurpose::PasswordReset;
     let tokens = [
@@ -664,7 +731,8 @@ pub async fn voiding_one_time_tokens_spends_only_that_accounts_tokens_of_that_pu
     let mut tx = store.begin().await.step("begin the spends")?;
     let mut spendable = Vec::new();
     for t in &tokens {
-        let spent = tx.spend_one_time_token(&t.hash, t.purpose, at(5)).await.step("spend a token")?;
+        let spent =
+            tx.spend_one_time_token(&t.token.hash, t.token.purpose, at(5)).await.step("spend a token")?;
         spendable.push(spent.is_some());
     }
     tx.rollback().await.step("roll back")?;
@@ -682,13 +750,17 @@ pub async fn a_live_one_time_token_is_unused_unexpired_and_of_the_purpose(store:
 
     let mut tx = store.begin().await.step("begin")?;
     let with_other_purpose =
-        tx.has_live_one_time_token(setup.purpose, at(1)).await.step("ask before setup")?;
+        tx.has_live_one_time_token(setup.token.purpose, at(1)).await.step("ask before setup")?;
     tx.insert_one_time_token(&setup).await.step("insert the setup token")?;
-    let live = tx.has_live_one_time_token(setup.purpose, at(1)).await.step("ask while live")?;
-    let at_expiry =
-        tx.has_live_one_time_token(setup.purpose, setup.expires_at).await.step("ask at its expiry")?;
-    tx.spend_one_time_token(&setup.hash, setup.purpose, at(2)).await.step("spend the setup token")?;
-    let spent = tx.has_live_one_time_token(setup.purpose, at(2)).await.step("ask once spent")?;
+    let live = tx.has_live_one_time_token(setup.token.purpose, at(1)).await.step("ask while live")?;
+    let at_expiry = tx
+        .has_live_one_time_token(setup.token.purpose, setup.token.expires_at)
+        .await
+        .step("ask at its expiry")?;
+    tx.spend_one_time_token(&setup.token.hash, setup.token.purpose, at(2))
+        .await
+        .step("spend the setup token")?;
+    let spent = tx.has_live_one_time_token(setup.token.purpose, at(2)).await.step("ask once spent")?;
     tx.commit().await.step("commit")?;
 
     ensure_eq("live setup token with only an invite stored", &with_other_purpose, &false)?;
@@ -705,7 +777,7 @@ pub async fn a_live_one_time_token_is_unused_unexpired_and_of_the_purpose(store:
 /// PostgreSQL its conditional `UPDATE` waits on the first one's row lock and then matches nothing.
 pub async fn two_transactions_spending_one_one_time_token_at_once_get_it_once(store: &dyn Store) -> Outcome {
     migrated(store).await?;
-    let alice = user(1, "alice@example.com")?;
+    let alice = user(1, "alice@example.com");
     write_users(store, slice::from_ref(&alice)).await?;
     let reset = one_time(1, OneTimePurpose::PasswordReset, Some(alice.id), 0);
     write_tokens(store, slice::from_ref(&reset)).await?;
@@ -713,7 +785,7 @@ pub async fn two_transactions_spending_one_one_time_token_at_once_get_it_once(st
 
     let mut first = store.begin().await.step("begin the first reset")?;
     let first_spend = first
-        .spend_one_time_token(&reset.hash, reset.purpose, at(1))
+        .spend_one_time_token(&reset.token.hash, reset.token.purpose, at(1))
         .await
         .step("the first reset's spend")?;
     let rest_of_first = async move {
@@ -721,8 +793,10 @@ pub async fn two_transactions_spending_one_one_time_token_at_once_get_it_once(st
         first.revoke_sessions_of(alice.id, None, at(1), RevokeReason::PasswordChanged).await?;
         first.commit().await
     };
-    let (second, first_commit) =
-        tokio::join!(spend_one_time_token_alone(store, reset.hash, reset.purpose, at(2)), rest_of_first);
+    let (second, first_commit) = tokio::join!(
+        spend_one_time_token_alone(store, reset.token.hash, reset.token.purpose, at(2)),
+        rest_of_first
+    );
     first_commit.step("finish the first reset")?;
     let second = second.step("the second reset")?;
 
@@ -737,8 +811,8 @@ pub async fn two_transactions_spending_one_one_time_token_at_once_get_it_once(st
 pub async fn two_first_owner_setups_at_once_create_one_account(store: &dyn Store) -> Outcome {
     migrated(store).await?;
     open_two_connections(store).await?;
-    let alice = user(1, "alice@example.com")?;
-    let bob = user(2, "bob@example.com")?;
+    let alice = user(1, "alice@example.com");
+    let bob = user(2, "bob@example.com");
 
     let mut first = store.begin().await.step("begin the first setup")?;
     first.lock_users().await.step("the first setup's lock")?;
@@ -780,25 +854,30 @@ pub async fn two_first_owner_setups_at_once_create_one_account(store: &dyn Store
 // ---------------------------------------------------------------------------------------------
 
 /// Every field of a session comes back as written, the optional ones both empty and set; a cookie
-/// session is found by its cookie's hash, and nothing is found by an unknown hash or id.
+/// session is found by its cookie's hash, and nothing is found by an unknown hash or id. (Its sealed
+/// client details come back only with the session list; see the next checks.)
 pub async fn a_session_round_trips_and_is_found_by_its_cookie(store: &dyn Store) -> Outcome {
     migrated(store).await?;
-    let alice = user(1, "alice@example.com")?;
+    let alice = user(1, "alice@example.com");
     write_users(store, slice::from_ref(&alice)).await?;
     let bearer = session(1, alice.id, 0);
     let cookie = Session {
         kind: SessionKind::Cookie,
         last_seen_at: at(3),
         mfa_level: 2,
-        ip: Some("2001:db8::1".into()),
-        user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) \"quoted\" ✓".into()),
         revoked_at: Some(at(4)),
         ..session(2, alice.id, 1)
     };
+    let cookie_stored = StoredSession {
+        ip: Some(sealed("2001:db8::1")),
+        user_agent: Some(sealed("Mozilla/5.0 (X11; Linux x86_64) \"quoted\" ✓")),
+        pii_key: Some(PII_KEY.to_owned()),
+        ..unsealed(cookie.clone())
+    };
 
     let mut tx = store.begin().await.step("begin")?;
-    tx.insert_session(&bearer, None).await.step("insert the bearer session")?;
-    tx.insert_session(&cookie, Some(&token(2))).await.step("insert the cookie session")?;
+    tx.insert_session(&unsealed(bearer.clone()), None).await.step("insert the bearer session")?;
+    tx.insert_session(&cookie_stored, Some(&token(2))).await.step("insert the cookie session")?;
     tx.commit().await.step("commit")?;
     let mut tx = store.begin_read().await.step("begin a read")?;
     let bearer_read = tx.session(bearer.id).await.step("read the bearer session")?;
@@ -819,8 +898,8 @@ pub async fn a_session_round_trips_and_is_found_by_its_cookie(store: &dyn Store)
 /// absolute expiry, newest first, ties broken by id so both engines list them alike.
 pub async fn sessions_of_lists_live_sessions_newest_first(store: &dyn Store) -> Outcome {
     migrated(store).await?;
-    let alice = user(1, "alice@example.com")?;
-    let bob = user(2, "bob@example.com")?;
+    let alice = user(1, "alice@example.com");
+    let bob = user(2, "bob@example.com");
     write_users(store, &[alice.clone(), bob.clone()]).await?;
     let now = at(1_000);
     let oldest = session(1, alice.id, 10);
@@ -841,12 +920,41 @@ pub async fn sessions_of_lists_live_sessions_newest_first(store: &dyn Store) -> 
     ensure_eq("alice's live sessions", &listed, &vec![newest, tie_high, tie_low, oldest])
 }
 
+/// The session list carries each session's sealed ip and user agent byte for byte with the key that
+/// sealed them, and a session recorded without them comes back without them (and without a key).
+pub async fn a_sessions_sealed_client_details_come_back_with_the_session_list(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    let alice = user(1, "alice@example.com");
+    write_users(store, slice::from_ref(&alice)).await?;
+    let full = StoredSession {
+        ip: Some(sealed("198.51.100.23")),
+        user_agent: Some(sealed("curl/8.5.0")),
+        pii_key: Some("pii-2".to_owned()),
+        ..unsealed(session(1, alice.id, 20))
+    };
+    let ip_only = StoredSession {
+        ip: Some(sealed("2001:db8::2")),
+        pii_key: Some(PII_KEY.to_owned()),
+        ..unsealed(session(2, alice.id, 10))
+    };
+    let bare = unsealed(session(3, alice.id, 0));
+
+    let mut tx = store.begin().await.step("begin")?;
+    for stored in [&full, &ip_only, &bare] {
+        tx.insert_session(stored, None).await.step("insert a session")?;
+    }
+    tx.commit().await.step("commit")?;
+    let listed = committed_stored_sessions_of(store, alice.id, at(100)).await?;
+
+    ensure_eq("alice's sessions with their client details", &listed, &vec![full, ip_only, bare])
+}
+
 /// Revoking is scoped to the owner: another account's session id is refused exactly as an unknown
 /// or already revoked one is, and its session stays live.
 pub async fn revoking_another_accounts_session_is_refused_and_changes_nothing(store: &dyn Store) -> Outcome {
     migrated(store).await?;
-    let alice = user(1, "alice@example.com")?;
-    let mallory = user(2, "mallory@example.com")?;
+    let alice = user(1, "alice@example.com");
+    let mallory = user(2, "mallory@example.com");
     write_users(store, &[alice.clone(), mallory.clone()]).await?;
     let target = session(1, alice.id, 0);
     write_sessions(store, slice::from_ref(&target)).await?;
@@ -887,8 +995,8 @@ pub async fn revoking_another_accounts_session_is_refused_and_changes_nothing(st
 /// counts what it revoked ("live" as in `sessions_of`).
 pub async fn revoking_all_sessions_of_an_account_keeps_the_one_asked_for(store: &dyn Store) -> Outcome {
     migrated(store).await?;
-    let alice = user(1, "alice@example.com")?;
-    let bob = user(2, "bob@example.com")?;
+    let alice = user(1, "alice@example.com");
+    let bob = user(2, "bob@example.com");
     write_users(store, &[alice.clone(), bob.clone()]).await?;
     let keep = session(1, alice.id, 0);
     let other = session(2, alice.id, 1);
@@ -924,11 +1032,11 @@ pub async fn revoking_all_sessions_of_an_account_keeps_the_one_asked_for(store: 
     let none_left = committed_sessions_of(store, alice.id, at(13)).await?;
 
     ensure_eq("sessions revoked", &revoked, &2)?;
-    ensure_eq("alice's sessions left", &left, &vec![keep])?;
+    ensure_eq("alice's sessions left", &left, &vec![unsealed(keep)])?;
     ensure_eq("a revoked session", &other_read, &Some(Session { revoked_at: Some(at(10)), ..other }))?;
     ensure_eq("the earlier revocation", &earlier_read, &Some(earlier))?;
     ensure_eq("the expired session", &expired_read, &Some(expired))?;
-    ensure_eq("bob's sessions", &bobs_left, &vec![bobs])?;
+    ensure_eq("bob's sessions", &bobs_left, &vec![unsealed(bobs)])?;
     ensure_eq("sessions revoked without keeping one", &rest, &1)?;
     ensure_eq("alice's sessions at the end", &none_left, &Vec::new())
 }
@@ -937,7 +1045,7 @@ pub async fn revoking_all_sessions_of_an_account_keeps_the_one_asked_for(store: 
 /// look idle sooner.
 pub async fn touching_a_session_moves_last_seen_forward_and_never_back(store: &dyn Store) -> Outcome {
     migrated(store).await?;
-    let alice = user(1, "alice@example.com")?;
+    let alice = user(1, "alice@example.com");
     write_users(store, slice::from_ref(&alice)).await?;
     let target = session(1, alice.id, 0);
     write_sessions(store, slice::from_ref(&target)).await?;
@@ -958,7 +1066,7 @@ pub async fn touching_a_session_moves_last_seen_forward_and_never_back(store: &d
 /// and none revoked before it or not revoked at all.
 pub async fn sessions_revoked_since_lists_revocations_from_that_instant(store: &dyn Store) -> Outcome {
     migrated(store).await?;
-    let alice = user(1, "alice@example.com")?;
+    let alice = user(1, "alice@example.com");
     write_users(store, slice::from_ref(&alice)).await?;
     let sessions =
         [session(1, alice.id, 0), session(2, alice.id, 0), session(3, alice.id, 0), session(4, alice.id, 0)];
@@ -981,12 +1089,80 @@ pub async fn sessions_revoked_since_lists_revocations_from_that_instant(store: &
     ensure_eq("sessions revoked after the last revocation", &after_all, &Vec::new())
 }
 
+/// After a signing key is suspected compromised, every live bearer session seen since it became active
+/// may hold a token it signed: those, of every account, are revoked and their ids returned (to drop
+/// cached grants); sessions last seen before the instant, already revoked, past their absolute
+/// expiry, or browser sessions (which are never issued access tokens) are left as they were.
+pub async fn revoking_sessions_seen_since_an_instant_ends_only_live_bearer_sessions_seen_from_then(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let alice = user(1, "alice@example.com");
+    let bob = user(2, "bob@example.com");
+    write_users(store, &[alice.clone(), bob.clone()]).await?;
+    let since = at(100);
+    let now = at(500);
+    let seen_at_the_instant = Session { last_seen_at: since, ..session(1, alice.id, 0) };
+    let seen_after = Session { last_seen_at: at(200), ..session(2, alice.id, 0) };
+    let seen_before = Session { last_seen_at: at(99), ..session(3, alice.id, 0) };
+    let already_revoked =
+        Session { last_seen_at: at(150), revoked_at: Some(at(160)), ..session(4, alice.id, 0) };
+    let expired = Session { last_seen_at: at(150), expires_at: now, ..session(5, alice.id, 0) };
+    let browser = Session { kind: SessionKind::Cookie, last_seen_at: at(150), ..session(6, alice.id, 0) };
+    let bobs = Session { last_seen_at: at(300), ..session(7, bob.id, 0) };
+    let all = [
+        seen_at_the_instant.clone(),
+        seen_after.clone(),
+        seen_before.clone(),
+        already_revoked.clone(),
+        expired.clone(),
+        browser.clone(),
+        bobs.clone(),
+    ];
+    write_sessions(store, &all).await?;
+
+    let mut tx = store.begin().await.step("begin")?;
+    let mut revoked = tx
+        .revoke_sessions_seen_since(since, now, RevokeReason::SigningKeyCompromised)
+        .await
+        .step("revoke the sessions seen since the instant")?;
+    tx.commit().await.step("commit")?;
+    revoked.sort();
+    let mut reader = store.begin_read().await.step("begin a read")?;
+    let mut read = Vec::new();
+    for s in &all {
+        read.push(reader.session(s.id).await.step("read a session")?);
+    }
+    let mut announced = reader.sessions_revoked_since(now).await.step("list the revocations")?;
+    reader.commit().await.step("end the read")?;
+    announced.sort();
+
+    let mut expected = vec![seen_at_the_instant.id, seen_after.id, bobs.id];
+    expected.sort();
+    let ended = |s: Session| Some(Session { revoked_at: Some(now), ..s });
+    ensure_eq("sessions revoked", &revoked, &expected)?;
+    ensure_eq("revocations other nodes see", &announced, &expected)?;
+    ensure_eq(
+        "the sessions afterwards",
+        &read,
+        &vec![
+            ended(seen_at_the_instant),
+            ended(seen_after),
+            Some(seen_before),
+            Some(already_revoked),
+            Some(expired),
+            Some(browser),
+            ended(bobs),
+        ],
+    )
+}
+
 /// A refresh token is spent once; presenting it again reports `AlreadySpent` with its session (so
 /// the theft can be answered by revoking that session), also after the spend committed; a token
 /// never issued is `Unknown`.
 pub async fn a_refresh_token_is_spent_once_then_reported_as_already_spent(store: &dyn Store) -> Outcome {
     migrated(store).await?;
-    let alice = user(1, "alice@example.com")?;
+    let alice = user(1, "alice@example.com");
     write_users(store, slice::from_ref(&alice)).await?;
     let target = session(1, alice.id, 0);
     write_sessions(store, slice::from_ref(&target)).await?;
@@ -1018,7 +1194,7 @@ pub async fn two_transactions_spending_one_refresh_token_at_once_get_exactly_one
     store: &dyn Store,
 ) -> Outcome {
     migrated(store).await?;
-    let alice = user(1, "alice@example.com")?;
+    let alice = user(1, "alice@example.com");
     write_users(store, slice::from_ref(&alice)).await?;
     let target = session(1, alice.id, 0);
     write_sessions(store, slice::from_ref(&target)).await?;
@@ -1045,106 +1221,291 @@ pub async fn two_transactions_spending_one_refresh_token_at_once_get_exactly_one
 }
 
 // ---------------------------------------------------------------------------------------------
-// Signing keys
+// The keyring
 // ---------------------------------------------------------------------------------------------
 
-/// Keys come back whole (key material byte for byte), oldest first.
-pub async fn signing_keys_round_trip_oldest_first(store: &dyn Store) -> Outcome {
+/// Keys of every purpose and state come back whole, oldest first (ties by id, byte-wise, so both
+/// engines list them alike): the wrapped secret and public half byte for byte, the id of the
+/// key-encryption key, and every time, set or not.
+pub async fn keys_round_trip_oldest_first_with_every_field(store: &dyn Store) -> Outcome {
     migrated(store).await?;
-    let retired = signing_key("k-old", "retired", 0);
-    let current = signing_key("k-new", "current", 10);
+    let destroyed = key("sig-0", KeyPurpose::Signing, KeyState::Destroyed, 0);
+    let retired =
+        StoredKey { kek_id: "kek-0".to_owned(), ..key("sig-1", KeyPurpose::Signing, KeyState::Retired, 10) };
+    let active = key("sig-2", KeyPurpose::Signing, KeyState::Active, 20);
+    let next = key("sig-3", KeyPurpose::Signing, KeyState::Next, 30);
+    let pii = key("pii-a", KeyPurpose::Pii, KeyState::Active, 20);
+    // 'Z' sorts before 'b' byte-wise, after it in most locales' collations.
+    let audit = key("Z-audit", KeyPurpose::Audit, KeyState::Active, 40);
+    let index = key("bi-a", KeyPurpose::BlindIndex, KeyState::Active, 40);
 
     let mut tx = store.begin().await.step("begin")?;
-    let empty = tx.signing_keys().await.step("read the empty keyring")?;
-    tx.insert_signing_key(&current).await.step("insert the current key")?;
-    tx.insert_signing_key(&retired).await.step("insert the retired key")?;
+    let empty = tx.keys().await.step("read the empty keyring")?;
+    for k in [&index, &next, &active, &audit, &destroyed, &pii, &retired] {
+        tx.insert_key(k).await.step("insert a key")?;
+    }
+    let in_transaction = tx.keys().await.step("read the keyring in the writing transaction")?;
     tx.commit().await.step("commit")?;
-    let mut tx = store.begin_read().await.step("begin a read")?;
-    let keys = tx.signing_keys().await.step("read the keyring")?;
-    tx.commit().await.step("end the read")?;
+    let keys = committed_keys(store).await?;
 
+    let expected = vec![destroyed, retired, pii, active, next, audit, index];
     ensure_eq("keyring before any key", &empty, &Vec::new())?;
-    ensure_eq("keyring", &keys, &vec![retired, current])
+    ensure_eq("keyring seen by the writing transaction", &in_transaction, &expected)?;
+    ensure_eq("keyring", &keys, &expected)
 }
 
-/// There is at most one current key, and a kid names one key: either duplicate is
-/// `Conflict { entity: "signing key" }` and leaves the keyring as it was.
-pub async fn a_second_current_signing_key_or_a_reused_kid_is_a_conflict(store: &dyn Store) -> Outcome {
+/// A purpose has at most one `active` and at most one `next` key, and an id names one key: a second
+/// active or next key (inserted, or promoted from `next`) or a reused id is
+/// `Conflict { entity: "key" }` and leaves the keyring as it was; keys of other purposes, and any
+/// number of retired or destroyed keys, sit beside them.
+pub async fn a_second_active_or_next_key_of_a_purpose_or_a_reused_id_is_a_conflict(
+    store: &dyn Store,
+) -> Outcome {
     migrated(store).await?;
-    let current = signing_key("k-1", "current", 0);
+    let active = key("sig-1", KeyPurpose::Signing, KeyState::Active, 0);
+    let next = key("sig-2", KeyPurpose::Signing, KeyState::Next, 1);
+    write_keys(store, &[active.clone(), next.clone()]).await?;
+
+    let second_active =
+        try_insert_key(store, &key("sig-3", KeyPurpose::Signing, KeyState::Active, 2)).await?;
+    let second_next = try_insert_key(store, &key("sig-4", KeyPurpose::Signing, KeyState::Next, 3)).await?;
+    let reused_id = try_insert_key(store, &key("sig-1", KeyPurpose::Pii, KeyState::Retired, 4)).await?;
+    let mut tx = store.begin().await.step("begin the promotion")?;
+    let promoted = tx.transition_key(&next.id, KeyState::Next, KeyState::Active, at(5)).await.map(|_| ());
+    tx.rollback().await.step("roll back the promotion")?;
+    let beside = [
+        key("pii-1", KeyPurpose::Pii, KeyState::Active, 6),
+        key("pii-2", KeyPurpose::Pii, KeyState::Next, 7),
+        key("sig-5", KeyPurpose::Signing, KeyState::Retired, 8),
+        key("sig-6", KeyPurpose::Signing, KeyState::Retired, 9),
+        key("sig-7", KeyPurpose::Signing, KeyState::Destroyed, 10),
+        key("sig-8", KeyPurpose::Signing, KeyState::Destroyed, 11),
+    ];
+    write_keys(store, &beside).await?;
+    let keys = committed_keys(store).await?;
+
+    ensure_conflict("a second active signing key", second_active, "key")?;
+    ensure_conflict("a second next signing key", second_next, "key")?;
+    ensure_conflict("a reused id", reused_id, "key")?;
+    ensure_conflict("promoting the next key while another is active", promoted, "key")?;
+    let mut expected = vec![active, next];
+    expected.extend(beside);
+    ensure_eq("keyring", &keys, &expected)
+}
+
+/// A key moves only from the state it is in (a move from another state, or of an unknown key, says
+/// false and changes nothing): becoming active records when, retiring records when, and destroying
+/// erases the wrapped secret, keeping an earlier retirement time or recording one.
+pub async fn a_key_moves_only_from_the_state_it_is_in_and_destroying_it_erases_its_secret(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let old = key("sig-1", KeyPurpose::Signing, KeyState::Active, 0);
+    let new = key("sig-2", KeyPurpose::Signing, KeyState::Next, 1);
+    let spare = key("pii-1", KeyPurpose::Pii, KeyState::Next, 2);
+    write_keys(store, &[old.clone(), new.clone(), spare.clone()]).await?;
+
     let mut tx = store.begin().await.step("begin")?;
-    tx.insert_signing_key(&current).await.step("insert the current key")?;
+    let wrong_from = tx
+        .transition_key(&new.id, KeyState::Active, KeyState::Retired, at(10))
+        .await
+        .step("move from a wrong state")?;
+    let unknown = tx
+        .transition_key("unknown", KeyState::Next, KeyState::Active, at(10))
+        .await
+        .step("move an unknown key")?;
+    let unchanged = tx.keys().await.step("read the keyring after the refused moves")?;
+    let retired = tx
+        .transition_key(&old.id, KeyState::Active, KeyState::Retired, at(10))
+        .await
+        .step("retire the old key")?;
+    let promoted = tx
+        .transition_key(&new.id, KeyState::Next, KeyState::Active, at(11))
+        .await
+        .step("promote the new key")?;
+    let promoted_again = tx
+        .transition_key(&new.id, KeyState::Next, KeyState::Active, at(12))
+        .await
+        .step("promote the new key again")?;
+    let destroyed = tx
+        .transition_key(&old.id, KeyState::Retired, KeyState::Destroyed, at(20))
+        .await
+        .step("destroy the retired key")?;
+    let destroyed_unused = tx
+        .transition_key(&spare.id, KeyState::Next, KeyState::Destroyed, at(30))
+        .await
+        .step("destroy a key that never became active")?;
     tx.commit().await.step("commit")?;
+    let keys = committed_keys(store).await?;
 
-    let mut tx = store.begin().await.step("begin the second current key")?;
-    let second_current = tx.insert_signing_key(&signing_key("k-2", "current", 1)).await;
-    tx.rollback().await.step("roll back the second current key")?;
-    let mut tx = store.begin().await.step("begin the reused kid")?;
-    let reused_kid = tx.insert_signing_key(&signing_key("k-1", "retired", 2)).await;
-    tx.rollback().await.step("roll back the reused kid")?;
-    let retired = signing_key("k-3", "retired", 3);
-    let mut tx = store.begin().await.step("begin the retired key")?;
-    tx.insert_signing_key(&retired).await.step("insert a retired key beside the current one")?;
-    let keys = tx.signing_keys().await.step("read the keyring")?;
-    tx.commit().await.step("commit the retired key")?;
-
-    ensure_conflict("a second current key", second_current, "signing key")?;
-    ensure_conflict("a reused kid", reused_kid, "signing key")?;
-    ensure_eq("keyring", &keys, &vec![current, retired])
+    ensure_eq("moving from a state the key is not in", &wrong_from, &false)?;
+    ensure_eq("moving an unknown key", &unknown, &false)?;
+    ensure_eq("keyring after the refused moves", &unchanged, &vec![old.clone(), new.clone(), spare.clone()])?;
+    ensure_eq("retiring the active key", &retired, &true)?;
+    ensure_eq("promoting the next key", &promoted, &true)?;
+    ensure_eq("promoting it a second time", &promoted_again, &false)?;
+    ensure_eq("destroying the retired key", &destroyed, &true)?;
+    ensure_eq("destroying an unused key", &destroyed_unused, &true)?;
+    let old_after = StoredKey { state: KeyState::Destroyed, wrapped: None, retired_at: Some(at(10)), ..old };
+    let new_after = StoredKey { state: KeyState::Active, activated_at: Some(at(11)), ..new };
+    let spare_after =
+        StoredKey { state: KeyState::Destroyed, wrapped: None, retired_at: Some(at(30)), ..spare };
+    ensure_eq("keyring afterwards", &keys, &vec![old_after, new_after, spare_after])
 }
 
-/// Nodes starting together each try to create the first key; whichever commits first wins and the
-/// other gets `Conflict`, then reads the winner's key (see `KeyStore::insert_signing_key`).
-pub async fn two_nodes_creating_the_first_signing_key_at_once_agree_on_one(store: &dyn Store) -> Outcome {
+/// Nodes starting together each try to create the first key of a purpose; whichever commits first
+/// wins and the other gets `Conflict { entity: "key" }`, then reads the winner's key (see
+/// `KeyStore::insert_key`). SQLite makes the second wait for the single writer; PostgreSQL makes its
+/// insert wait on the first one's uncommitted entry in the one-active index, then fail it.
+pub async fn two_nodes_creating_the_first_active_key_of_a_purpose_at_once_agree_on_one(
+    store: &dyn Store,
+) -> Outcome {
     migrated(store).await?;
-    let winner = signing_key("k-a", "current", 0);
+    open_two_connections(store).await?;
+    let winner = key("sig-a", KeyPurpose::Signing, KeyState::Active, 0);
     let mut first = store.begin().await.step("begin the first node's key")?;
-    first.insert_signing_key(&winner).await.step("insert the first node's key")?;
+    first.insert_key(&winner).await.step("insert the first node's key")?;
 
     let second = async {
         let mut tx = store.begin().await?;
-        let inserted = tx.insert_signing_key(&signing_key("k-b", "current", 0)).await;
+        let inserted = tx.insert_key(&key("sig-b", KeyPurpose::Signing, KeyState::Active, 0)).await;
         drop(tx);
         inserted
     };
     let (second, first_commit) = tokio::join!(second, first.commit());
-    let mut tx = store.begin_read().await.step("begin a read")?;
-    let keys = tx.signing_keys().await.step("read the keyring")?;
-    tx.commit().await.step("end the read")?;
+    let keys = committed_keys(store).await?;
 
     first_commit.step("commit the first node's key")?;
-    ensure_conflict("the second node's key", second, "signing key")?;
+    ensure_conflict("the second node's key", second, "key")?;
     ensure_eq("keyring after the race", &keys, &vec![winner])
+}
+
+/// Rotates one purpose's keys: retires `active`, then promotes `next`, each move conditional on the
+/// state it was read in; false (and nothing done) when `active` was no longer active.
+async fn rotate(tx: &mut dyn StoreTx, active: &str, next: &str, at: Timestamp) -> Result<bool, StoreError> {
+    if !tx.transition_key(active, KeyState::Active, KeyState::Retired, at).await? {
+        return Ok(false);
+    }
+    tx.transition_key(next, KeyState::Next, KeyState::Active, at).await
+}
+
+/// Two nodes rotating one purpose at once: the first retires the active key and promotes the next
+/// one; the second's retirement waits for it (SQLite's single writer; PostgreSQL's row lock, after
+/// which READ COMMITTED re-checks the state), finds the key no longer active, and does nothing. The
+/// keyring ends with exactly one active key, with the first node's times.
+pub async fn two_nodes_rotating_one_purpose_at_once_rotate_it_once(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    let old = key("sig-1", KeyPurpose::Signing, KeyState::Active, 0);
+    let new = key("sig-2", KeyPurpose::Signing, KeyState::Next, 1);
+    write_keys(store, &[old.clone(), new.clone()]).await?;
+    open_two_connections(store).await?;
+
+    let mut first = store.begin().await.step("begin the first rotation")?;
+    let first_rotated = rotate(&mut *first, &old.id, &new.id, at(10)).await.step("the first rotation")?;
+    let second = async {
+        let mut tx = store.begin().await?;
+        let rotated = rotate(&mut *tx, &old.id, &new.id, at(20)).await?;
+        tx.commit().await?;
+        Ok::<bool, StoreError>(rotated)
+    };
+    let (second, first_commit) = tokio::join!(second, first.commit());
+    first_commit.step("commit the first rotation")?;
+    let second_rotated = second.step("the second rotation")?;
+    let keys = committed_keys(store).await?;
+
+    ensure_eq("the first rotation", &first_rotated, &true)?;
+    ensure_eq("the second rotation", &second_rotated, &false)?;
+    let old_after = StoredKey { state: KeyState::Retired, retired_at: Some(at(10)), ..old };
+    let new_after = StoredKey { state: KeyState::Active, activated_at: Some(at(10)), ..new };
+    ensure_eq("keyring after the race", &keys, &vec![old_after, new_after])
+}
+
+/// A node inserting a fresh active key while another promotes its next key: the insert waits for
+/// the promotion to commit and then fails with `Conflict { entity: "key" }`, so the purpose still has
+/// one active key.
+pub async fn a_key_inserted_as_active_while_another_node_promotes_one_is_a_conflict(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let old = key("sig-1", KeyPurpose::Signing, KeyState::Active, 0);
+    let new = key("sig-2", KeyPurpose::Signing, KeyState::Next, 1);
+    write_keys(store, &[old.clone(), new.clone()]).await?;
+    open_two_connections(store).await?;
+
+    let mut first = store.begin().await.step("begin the rotation")?;
+    let rotated = rotate(&mut *first, &old.id, &new.id, at(10)).await.step("the rotation")?;
+    let second = async {
+        let mut tx = store.begin().await?;
+        let inserted = tx.insert_key(&key("sig-3", KeyPurpose::Signing, KeyState::Active, 20)).await;
+        drop(tx);
+        inserted
+    };
+    let (second, first_commit) = tokio::join!(second, first.commit());
+    first_commit.step("commit the rotation")?;
+    let keys = committed_keys(store).await?;
+
+    ensure_eq("the rotation", &rotated, &true)?;
+    ensure_conflict("the inserted active key", second, "key")?;
+    let old_after = StoredKey { state: KeyState::Retired, retired_at: Some(at(10)), ..old };
+    let new_after = StoredKey { state: KeyState::Active, activated_at: Some(at(10)), ..new };
+    ensure_eq("keyring after the race", &keys, &vec![old_after, new_after])
+}
+
+/// Rewrapping (moving to another key-encryption key) replaces the id of the key-encryption key and
+/// the wrapped secret of a key that still has one, whatever its state, and touches nothing else; a
+/// destroyed key has nothing to rewrap, and neither it nor an unknown key changes.
+pub async fn rewrapping_a_key_replaces_its_kek_and_secret_but_not_those_of_a_destroyed_key(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let gone = key("pii-0", KeyPurpose::Pii, KeyState::Destroyed, 0);
+    let active = key("pii-1", KeyPurpose::Pii, KeyState::Active, 1);
+    let retired = key("sig-1", KeyPurpose::Signing, KeyState::Retired, 2);
+    write_keys(store, &[gone.clone(), active.clone(), retired.clone()]).await?;
+
+    let mut tx = store.begin().await.step("begin")?;
+    let active_rewrapped =
+        tx.rewrap_key(&active.id, "kek-2", &[0x02, 0x00, 0xfe]).await.step("rewrap the active key")?;
+    let retired_rewrapped =
+        tx.rewrap_key(&retired.id, "kek-2", &[0x03, 0x00, 0xfd]).await.step("rewrap the retired key")?;
+    let gone_rewrapped = tx.rewrap_key(&gone.id, "kek-2", &[0x04]).await.step("rewrap the destroyed key")?;
+    let unknown = tx.rewrap_key("unknown", "kek-2", &[0x05]).await.step("rewrap an unknown key")?;
+    tx.commit().await.step("commit")?;
+    let keys = committed_keys(store).await?;
+
+    ensure_eq("rewrapping the active key", &active_rewrapped, &true)?;
+    ensure_eq("rewrapping the retired key", &retired_rewrapped, &true)?;
+    ensure_eq("rewrapping the destroyed key", &gone_rewrapped, &false)?;
+    ensure_eq("rewrapping an unknown key", &unknown, &false)?;
+    let active_after =
+        StoredKey { kek_id: "kek-2".to_owned(), wrapped: Some(vec![0x02, 0x00, 0xfe]), ..active };
+    let retired_after =
+        StoredKey { kek_id: "kek-2".to_owned(), wrapped: Some(vec![0x03, 0x00, 0xfd]), ..retired };
+    ensure_eq("keyring afterwards", &keys, &vec![gone, active_after, retired_after])
 }
 
 // ---------------------------------------------------------------------------------------------
 // Security events
 // ---------------------------------------------------------------------------------------------
 
-/// An account's events come back whole, newest first (in recording order within one millisecond),
-/// at most `limit` of them, and without other accounts' events.
+/// An account's events come back whole (a sealed address byte for byte, with its key), newest first
+/// (in recording order within one millisecond, whatever their ids), at most `limit` of them, and
+/// without other accounts' events.
 pub async fn security_events_round_trip_newest_first_up_to_the_limit(store: &dyn Store) -> Outcome {
     migrated(store).await?;
     let alice = user_id(1);
-    let bare = SecurityEvent {
-        at: at(1),
-        kind: SecurityEventKind::LoginFailed,
-        user_id: Some(alice),
-        session_id: None,
-        ip: None,
+    let bare = event(1, SecurityEventKind::LoginFailed, Some(alice), 1);
+    let mut full = StoredSecurityEvent {
+        ip: Some(sealed("192.0.2.7")),
+        pii_key: Some(PII_KEY.to_owned()),
+        ..event(2, SecurityEventKind::RefreshTokenReuse, Some(alice), 3)
     };
-    let full = SecurityEvent {
-        at: at(3),
-        kind: SecurityEventKind::RefreshTokenReuse,
-        user_id: Some(alice),
-        session_id: Some(session_id(1)),
-        ip: Some("192.0.2.7".into()),
-    };
-    let same_instant_first =
-        SecurityEvent { kind: SecurityEventKind::CsrfRejected, at: at(2), ..bare.clone() };
-    let same_instant_second = SecurityEvent { at: at(2), ..bare.clone() };
-    let someone_else = SecurityEvent { user_id: Some(user_id(2)), at: at(9), ..bare.clone() };
-    let anonymous = SecurityEvent { user_id: None, at: at(9), ..bare.clone() };
+    full.event.session_id = Some(session_id(1));
+    // Recorded first but with the larger id: only the recording order puts it second.
+    let same_instant_first = event(8, SecurityEventKind::CsrfRejected, Some(alice), 2);
+    let same_instant_second = event(4, SecurityEventKind::LoginFailed, Some(alice), 2);
+    let someone_else = event(5, SecurityEventKind::LoginFailed, Some(user_id(2)), 9);
+    let anonymous = event(6, SecurityEventKind::LoginFailed, None, 9);
 
     let mut tx = store.begin().await.step("begin")?;
     for event in [&bare, &full, &same_instant_first, &same_instant_second, &someone_else, &anonymous] {
@@ -1164,6 +1525,422 @@ pub async fn security_events_round_trip_newest_first_up_to_the_limit(store: &dyn
     )?;
     ensure_eq("alice's two newest events", &two, &vec![full, same_instant_second])?;
     ensure_eq("events of an account without any", &none, &Vec::new())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sealed personal data
+// ---------------------------------------------------------------------------------------------
+
+/// Every byte value, in order.
+fn every_byte() -> Vec<u8> {
+    (0..=u8::MAX).collect()
+}
+
+/// Sealed values are opaque bytes to the store: every byte value (NUL, invalid UTF-8) and a value of
+/// several kilobytes come back unchanged from each table that holds them, with the key that sealed
+/// them, through each way they are read (a user by id and by index, the session list, a spent
+/// token, an account's events).
+pub async fn sealed_fields_of_every_table_round_trip_byte_for_byte(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    let reversed: Vec<u8> = every_byte().into_iter().rev().collect();
+    let alice = StoredUser {
+        email: Sealed(every_byte()),
+        display_name: Some(Sealed(reversed.clone())),
+        ..user(1, "alice@example.com")
+    };
+    let stored_session = StoredSession {
+        ip: Some(Sealed(reversed)),
+        user_agent: Some(Sealed(every_byte().repeat(16))),
+        pii_key: Some(PII_KEY.to_owned()),
+        ..unsealed(session(1, alice.id, 0))
+    };
+    let invite = StoredOneTimeToken {
+        email: Some(Sealed(every_byte())),
+        pii_key: Some(PII_KEY.to_owned()),
+        ..one_time(1, OneTimePurpose::Invite, None, 0)
+    };
+    let stored_event = StoredSecurityEvent {
+        ip: Some(Sealed(every_byte())),
+        pii_key: Some(PII_KEY.to_owned()),
+        ..event(1, SecurityEventKind::LoginFailed, Some(alice.id), 1)
+    };
+
+    let mut tx = store.begin().await.step("begin")?;
+    tx.insert_user(&alice).await.step("insert the user")?;
+    tx.insert_session(&stored_session, None).await.step("insert the session")?;
+    tx.insert_one_time_token(&invite).await.step("insert the invite")?;
+    tx.insert_security_event(&stored_event).await.step("insert the event")?;
+    tx.commit().await.step("commit")?;
+    let mut tx = store.begin().await.step("begin the reads")?;
+    let by_id = tx.user_by_id(alice.id).await.step("read the user by id")?;
+    let by_index = tx.user_by_email_index(&alice.email_index).await.step("look up the user by index")?;
+    let sessions = tx.sessions_of(alice.id, at(1)).await.step("list the sessions")?;
+    let spent = tx
+        .spend_one_time_token(&invite.token.hash, invite.token.purpose, at(1))
+        .await
+        .step("spend the invite")?;
+    let events = tx.security_events_of(alice.id, 10).await.step("read the events")?;
+    tx.rollback().await.step("roll back")?;
+
+    ensure_eq("user by id", &by_id, &Some(alice.clone()))?;
+    ensure_eq("user by index", &by_index, &Some(alice))?;
+    ensure_eq("session list", &sessions, &vec![stored_session])?;
+    ensure_eq("spent invite", &spent, &Some(invite))?;
+    ensure_eq("events", &events, &vec![stored_event])
+}
+
+/// Rows in all four tables, sealed under `pii-0`, `pii-1` and `pii-2`, and rows without personal
+/// data (no key), as [`write_sealed_rows`] writes them.
+struct SealedRows {
+    users: [StoredUser; 3],
+    sessions: [StoredSession; 4],
+    tokens: [StoredOneTimeToken; 3],
+    events: [StoredSecurityEvent; 4],
+}
+
+/// Writes [`SealedRows`] and returns them. Under `pii-1`: one user, two sessions, one token, one
+/// event; under `pii-2`: one of each; under `pii-0`: one user and one event; without a key: one
+/// session, one token, one event.
+async fn write_sealed_rows(store: &dyn Store) -> Result<SealedRows, Failure> {
+    let under = |key: &str| Some(key.to_owned());
+    let alice = user(1, "alice@example.com");
+    let bob = StoredUser {
+        display_name: Some(sealed("Bob")),
+        pii_key: "pii-2".to_owned(),
+        ..user(2, "bob@example.com")
+    };
+    let carol = StoredUser {
+        display_name: Some(sealed("Carol")),
+        pii_key: "pii-0".to_owned(),
+        ..user(3, "carol@example.com")
+    };
+    let sessions = [
+        StoredSession {
+            ip: Some(sealed("192.0.2.1")),
+            user_agent: Some(sealed("agent 1")),
+            pii_key: under("pii-1"),
+            ..unsealed(session(1, alice.id, 0))
+        },
+        unsealed(session(2, alice.id, 0)),
+        StoredSession {
+            ip: Some(sealed("192.0.2.3")),
+            pii_key: under("pii-2"),
+            ..unsealed(session(3, alice.id, 0))
+        },
+        StoredSession {
+            user_agent: Some(sealed("agent 4")),
+            pii_key: under("pii-1"),
+            ..unsealed(session(4, bob.id, 0))
+        },
+    ];
+    let tokens = [
+        StoredOneTimeToken {
+            email: Some(sealed("invitee1@example.com")),
+            pii_key: under("pii-1"),
+            ..one_time(1, OneTimePurpose::Invite, None, 0)
+        },
+        one_time(2, OneTimePurpose::PasswordReset, Some(alice.id), 0),
+        StoredOneTimeToken {
+            email: Some(sealed("invitee3@example.com")),
+            pii_key: under("pii-2"),
+            ..one_time(3, OneTimePurpose::Invite, None, 0)
+        },
+    ];
+    let sealed_event = |seed: u8, key: &str| StoredSecurityEvent {
+        ip: Some(sealed(&format!("198.51.100.{seed}"))),
+        pii_key: under(key),
+        ..event(seed, SecurityEventKind::LoginFailed, Some(alice.id), i64::from(seed))
+    };
+    let events = [
+        sealed_event(1, "pii-1"),
+        event(2, SecurityEventKind::LoginFailed, Some(alice.id), 2),
+        sealed_event(3, "pii-2"),
+        sealed_event(4, "pii-0"),
+    ];
+    let rows = SealedRows { users: [alice, bob, carol], sessions, tokens, events };
+
+    let mut tx = store.begin().await.step("begin a write")?;
+    for u in &rows.users {
+        tx.insert_user(u).await.step("insert a user")?;
+    }
+    for s in &rows.sessions {
+        tx.insert_session(s, None).await.step("insert a session")?;
+    }
+    for t in &rows.tokens {
+        tx.insert_one_time_token(t).await.step("insert a one-time token")?;
+    }
+    for e in &rows.events {
+        tx.insert_security_event(e).await.step("insert a security event")?;
+    }
+    tx.commit().await.step("commit the sealed rows")?;
+    Ok(rows)
+}
+
+/// The re-encryption job's view of a user: its id, key and sealed columns.
+fn user_row(u: &StoredUser) -> PiiRow {
+    PiiRow {
+        id: u.id.to_string(),
+        key: u.pii_key.clone(),
+        fields: vec![Some(u.email.clone()), u.display_name.clone()],
+    }
+}
+
+/// The re-encryption job's view of a session (which must have a key).
+fn session_row(s: &StoredSession) -> PiiRow {
+    PiiRow {
+        id: s.session.id.to_string(),
+        key: s.pii_key.clone().unwrap_or_default(),
+        fields: vec![s.ip.clone(), s.user_agent.clone()],
+    }
+}
+
+/// The re-encryption job's view of a one-time token (which must have a key): its id is the hash in
+/// lowercase hex.
+fn token_row(t: &StoredOneTimeToken) -> PiiRow {
+    PiiRow {
+        id: t.token.hash.0.iter().map(|b| format!("{b:02x}")).collect(),
+        key: t.pii_key.clone().unwrap_or_default(),
+        fields: vec![t.email.clone()],
+    }
+}
+
+/// The re-encryption job's view of a security event (which must have a key).
+fn event_row(e: &StoredSecurityEvent) -> PiiRow {
+    PiiRow {
+        id: e.event.id.to_string(),
+        key: e.pii_key.clone().unwrap_or_default(),
+        fields: vec![e.ip.clone()],
+    }
+}
+
+/// The rows of `table` not sealed under `key`, up to `limit`, in a read transaction of their own.
+async fn committed_pii_rows_not_under(
+    store: &dyn Store,
+    table: PiiTable,
+    key: &str,
+    limit: u32,
+) -> Result<Vec<PiiRow>, Failure> {
+    let mut reader = store.begin_read().await.step("begin a read")?;
+    let rows = reader.pii_rows_not_under(table, key, limit).await.step("find rows under other keys")?;
+    reader.commit().await.step("end the read")?;
+    Ok(rows)
+}
+
+/// The re-encryption job finds, in each of the four tables, the rows sealed under any key but the one
+/// asked for (in id order, byte-wise, so both engines hand out the same batches), with their id, key
+/// and sealed columns in [`PiiTable::columns`] order; rows without personal data (no key) are never
+/// found, and `limit` bounds the batch.
+pub async fn rows_sealed_under_other_keys_are_found_in_every_table_up_to_the_limit(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let SealedRows { users, sessions, tokens, events } = write_sealed_rows(store).await?;
+
+    let mut found = Vec::new();
+    for (key, limit) in [("pii-2", 10), ("pii-1", 10), ("pii-2", 1)] {
+        for table in PiiTable::ALL {
+            found.push(committed_pii_rows_not_under(store, table, key, limit).await?);
+        }
+    }
+    let none = committed_pii_rows_not_under(store, PiiTable::Users, "pii-2", 0).await?;
+
+    let expected = vec![
+        // Not under pii-2.
+        vec![user_row(&users[0]), user_row(&users[2])],
+        vec![session_row(&sessions[0]), session_row(&sessions[3])],
+        vec![token_row(&tokens[0])],
+        vec![event_row(&events[0]), event_row(&events[3])],
+        // Not under pii-1.
+        vec![user_row(&users[1]), user_row(&users[2])],
+        vec![session_row(&sessions[2])],
+        vec![token_row(&tokens[2])],
+        vec![event_row(&events[2]), event_row(&events[3])],
+        // Not under pii-2, one at a time.
+        vec![user_row(&users[0])],
+        vec![session_row(&sessions[0])],
+        vec![token_row(&tokens[0])],
+        vec![event_row(&events[0])],
+    ];
+    ensure_eq("rows under other keys (users, sessions, tokens, events per key)", &found, &expected)?;
+    ensure_eq("a batch of none", &none, &Vec::new())
+}
+
+/// The new sealed form of a field: distinct bytes, so a reseal shows.
+fn resealed(field: &Option<Sealed>) -> Option<Sealed> {
+    field.as_ref().map(|s| Sealed([b"re:".as_slice(), &s.0].concat()))
+}
+
+/// Resealing replaces a row's sealed columns and its key, in every table, and nothing else about the
+/// row; but only while the row is still under the key it was read under: a second reseal from the
+/// stale read (someone resealed or rewrote the row meanwhile) says false and changes nothing.
+pub async fn a_row_is_resealed_only_while_it_is_still_under_the_key_it_was_read_under(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let SealedRows { users, sessions, tokens, events } = write_sealed_rows(store).await?;
+
+    let mut tx = store.begin().await.step("begin the reseal")?;
+    let mut batches = Vec::new();
+    let mut resealed_all = Vec::new();
+    for table in PiiTable::ALL {
+        let rows = tx.pii_rows_not_under(table, "pii-2", 10).await.step("read a batch")?;
+        for row in &rows {
+            let new = PiiRow { fields: row.fields.iter().map(resealed).collect(), ..row.clone() };
+            resealed_all.push(tx.reseal_pii_row(table, &new, "pii-2").await.step("reseal a row")?);
+        }
+        batches.push((table, rows));
+    }
+    tx.commit().await.step("commit the reseal")?;
+    let mut tx = store.begin().await.step("begin the stale reseal")?;
+    let mut stale = Vec::new();
+    for (table, rows) in &batches {
+        for row in rows {
+            let other =
+                PiiRow { fields: row.fields.iter().map(|_| Some(sealed("stale"))).collect(), ..row.clone() };
+            stale.push(tx.reseal_pii_row(*table, &other, "pii-3").await.step("reseal from a stale read")?);
+        }
+    }
+    tx.commit().await.step("commit the stale reseal")?;
+    let mut left = Vec::new();
+    for table in PiiTable::ALL {
+        left.extend(committed_pii_rows_not_under(store, table, "pii-2", 10).await?);
+    }
+    let mut tx = store.begin().await.step("begin the reads")?;
+    let alice = tx.user_by_id(users[0].id).await.step("read alice")?;
+    let carol = tx.user_by_id(users[2].id).await.step("read carol")?;
+    let alices_sessions = tx.sessions_of(users[0].id, at(1)).await.step("list alice's sessions")?;
+    let bobs_sessions = tx.sessions_of(users[1].id, at(1)).await.step("list bob's sessions")?;
+    let invite = tx
+        .spend_one_time_token(&tokens[0].token.hash, tokens[0].token.purpose, at(1))
+        .await
+        .step("spend the invite")?;
+    let alices_events = tx.security_events_of(users[0].id, 10).await.step("read alice's events")?;
+    tx.rollback().await.step("roll back the reads")?;
+
+    ensure_eq("rows resealed", &resealed_all, &vec![true; 7])?;
+    ensure_eq("rows resealed from a stale read", &stale, &vec![false; 7])?;
+    ensure_eq("rows left under other keys", &left, &Vec::new())?;
+    let moved_user = |u: &StoredUser| StoredUser {
+        email: Sealed([b"re:".as_slice(), &u.email.0].concat()),
+        display_name: resealed(&u.display_name),
+        pii_key: "pii-2".to_owned(),
+        ..u.clone()
+    };
+    ensure_eq("alice", &alice, &Some(moved_user(&users[0])))?;
+    ensure_eq("carol", &carol, &Some(moved_user(&users[2])))?;
+    let moved_session = |s: &StoredSession| StoredSession {
+        ip: resealed(&s.ip),
+        user_agent: resealed(&s.user_agent),
+        pii_key: Some("pii-2".to_owned()),
+        ..s.clone()
+    };
+    // Alice's sessions were all created at once: listed by id, descending.
+    ensure_eq(
+        "alice's sessions",
+        &alices_sessions,
+        &vec![sessions[2].clone(), sessions[1].clone(), moved_session(&sessions[0])],
+    )?;
+    ensure_eq("bob's sessions", &bobs_sessions, &vec![moved_session(&sessions[3])])?;
+    let moved_invite = StoredOneTimeToken {
+        email: resealed(&tokens[0].email),
+        pii_key: Some("pii-2".to_owned()),
+        ..tokens[0].clone()
+    };
+    ensure_eq("the invite", &invite, &Some(moved_invite))?;
+    let moved_event = |e: &StoredSecurityEvent| StoredSecurityEvent {
+        ip: resealed(&e.ip),
+        pii_key: Some("pii-2".to_owned()),
+        ..e.clone()
+    };
+    ensure_eq(
+        "alice's events",
+        &alices_events,
+        &vec![moved_event(&events[3]), events[2].clone(), events[1].clone(), moved_event(&events[0])],
+    )
+}
+
+/// The count that tells when a retired key seals nothing any more adds up the rows of all four
+/// tables sealed under it, and rows without a key count for none.
+pub async fn rows_under_a_key_are_counted_over_all_four_tables(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    write_sealed_rows(store).await?;
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let mut counts = Vec::new();
+    for key in ["pii-0", "pii-1", "pii-2", "pii-9"] {
+        counts.push(tx.count_pii_rows_under(key).await.step("count the rows under a key")?);
+    }
+    tx.commit().await.step("end the read")?;
+
+    ensure_eq("rows under pii-0, pii-1, pii-2 and pii-9", &counts, &vec![2, 5, 4, 0])
+}
+
+/// The blind-index job finds the users indexed under any key but the current one (whole, in id
+/// order, up to the limit), counts users per key, and moves a user to a new index only while it is
+/// still indexed with the key it was read under; afterwards the new index finds the account and the
+/// old one does not.
+pub async fn a_user_is_reindexed_only_from_the_key_it_was_indexed_with(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    let alice = user(1, "alice@example.com");
+    let bob = StoredUser { index_key: "bi-2".to_owned(), ..user(2, "bob@example.com") };
+    let carol = user(3, "carol@example.com");
+    write_users(store, &[alice.clone(), bob.clone(), carol.clone()]).await?;
+
+    let mut tx = store.begin().await.step("begin")?;
+    let not_indexed = tx.users_not_indexed_under("bi-2", 10).await.step("find users under other keys")?;
+    let first = tx.users_not_indexed_under("bi-2", 1).await.step("find one user under other keys")?;
+    let before = [
+        tx.count_users_indexed_under(INDEX_KEY).await.step("count under the old key")?,
+        tx.count_users_indexed_under("bi-2").await.step("count under the new key")?,
+    ];
+    let moved = tx.reindex_user(alice.id, INDEX_KEY, "bi-2", &index(11)).await.step("reindex alice")?;
+    let stale = tx.reindex_user(alice.id, INDEX_KEY, "bi-2", &index(12)).await.step("reindex alice again")?;
+    let wrong_key =
+        tx.reindex_user(carol.id, "bi-0", "bi-2", &index(13)).await.step("reindex from a wrong key")?;
+    let unknown =
+        tx.reindex_user(user_id(9), INDEX_KEY, "bi-2", &index(14)).await.step("reindex an unknown user")?;
+    tx.commit().await.step("commit")?;
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let by_new = tx.user_by_email_index(&index(11)).await.step("look up by the new index")?;
+    let by_old = tx.user_by_email_index(&index(1)).await.step("look up by the old index")?;
+    let left = tx.users_not_indexed_under("bi-2", 10).await.step("find users left under other keys")?;
+    let after = [
+        tx.count_users_indexed_under(INDEX_KEY).await.step("count under the old key")?,
+        tx.count_users_indexed_under("bi-2").await.step("count under the new key")?,
+    ];
+    tx.commit().await.step("end the read")?;
+
+    ensure_eq("users under other keys", &not_indexed, &vec![alice.clone(), carol.clone()])?;
+    ensure_eq("the first user under other keys", &first, &vec![alice.clone()])?;
+    ensure_eq("users under the old and new keys before", &before, &[2, 1])?;
+    ensure_eq("reindexing alice", &moved, &true)?;
+    ensure_eq("reindexing alice from a stale read", &stale, &false)?;
+    ensure_eq("reindexing from a key the user is not under", &wrong_key, &false)?;
+    ensure_eq("reindexing an unknown user", &unknown, &false)?;
+    let alice_after = StoredUser { email_index: index(11), index_key: "bi-2".to_owned(), ..alice };
+    ensure_eq("user by the new index", &by_new, &Some(alice_after))?;
+    ensure_eq("user by the old index", &by_old, &None)?;
+    ensure_eq("users left under other keys", &left, &vec![carol])?;
+    ensure_eq("users under the old and new keys after", &after, &[1, 2])
+}
+
+/// A new index that another account already holds (two addresses that the new key folds alike, or a
+/// bug) is `Conflict { entity: "user" }`, and neither account changes.
+pub async fn reindexing_a_user_onto_another_accounts_index_is_a_conflict(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    let alice = StoredUser { index_key: "bi-2".to_owned(), ..user(1, "alice@example.com") };
+    let bob = user(2, "bob@example.com");
+    write_users(store, &[alice.clone(), bob.clone()]).await?;
+
+    let mut tx = store.begin().await.step("begin")?;
+    let taken = tx.reindex_user(bob.id, INDEX_KEY, "bi-2", &alice.email_index).await.map(|_| ());
+    tx.rollback().await.step("roll back after the conflict")?;
+    let alice_after = committed_user(store, alice.id).await?;
+    let bob_after = committed_user(store, bob.id).await?;
+
+    ensure_conflict("reindexing onto alice's index", taken, "user")?;
+    ensure_eq("alice", &alice_after, &Some(alice))?;
+    ensure_eq("bob", &bob_after, &Some(bob))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1228,28 +2005,38 @@ fn token(seed: u8) -> TokenHash {
     TokenHash([seed; 32])
 }
 
-fn email(text: &str) -> Result<Email, Failure> {
-    Email::parse(text).map_err(|e| Failure(format!("fixture address {text:?} does not parse: {e}")))
+/// The personal-data key the fixtures seal under, and the blind-index key they index with.
+const PII_KEY: &str = "pii-1";
+const INDEX_KEY: &str = "bi-1";
+
+/// Stand-in ciphertext: `app` seals, the store only keeps bytes, so any bytes do. A NUL, a byte that
+/// is not UTF-8 and a high byte show that nothing along the way treats them as text.
+fn sealed(text: &str) -> Sealed {
+    Sealed([b"sealed:", text.as_bytes(), &[0x00, 0xff, 0x80]].concat())
 }
 
-fn display_name(text: &str) -> Result<DisplayName, Failure> {
-    DisplayName::parse(text)
-        .map_err(|e| Failure(format!("fixture display name {text:?} does not parse: {e}")))
+/// A distinct blind index for each seed.
+fn index(seed: u8) -> BlindIndex {
+    BlindIndex([seed; 32])
 }
 
-/// An active member with nothing optional set, created at [`T0`].
-fn user(seed: u8, address: &str) -> Result<User, Failure> {
-    Ok(User {
+/// An active member with nothing optional set, created at [`T0`], its address sealed under
+/// [`PII_KEY`] and indexed (as `index(seed)`) under [`INDEX_KEY`].
+fn user(seed: u8, address: &str) -> StoredUser {
+    StoredUser {
         id: user_id(seed),
-        email: email(address)?,
-        email_verified_at: None,
+        email: sealed(address),
+        email_index: index(seed),
+        index_key: INDEX_KEY.to_owned(),
         display_name: None,
+        pii_key: PII_KEY.to_owned(),
+        email_verified_at: None,
         status: UserStatus::Active,
         role: BuiltinRole::Member,
         created_at: at(0),
         updated_at: at(0),
         last_login_at: None,
-    })
+    }
 }
 
 /// A live bearer session created `created` milliseconds after [`T0`], good for a day.
@@ -1262,38 +2049,73 @@ fn session(seed: u8, owner: UserId, created: i64) -> Session {
         last_seen_at: at(created),
         expires_at: at(created + 86_400_000),
         mfa_level: 0,
-        ip: None,
-        user_agent: None,
         revoked_at: None,
     }
 }
 
-/// A token of `purpose` minted `created` milliseconds after [`T0`], with the purpose's lifetime.
-fn one_time(seed: u8, purpose: OneTimePurpose, owner: Option<UserId>, created: i64) -> OneTimeToken {
-    OneTimeToken {
-        hash: token(seed),
-        purpose,
-        user_id: owner,
+/// The session as stored without client details (and so without a personal-data key).
+fn unsealed(session: Session) -> StoredSession {
+    StoredSession { session, ip: None, user_agent: None, pii_key: None }
+}
+
+/// A token of `purpose` minted `created` milliseconds after [`T0`], with the purpose's lifetime and
+/// no address.
+fn one_time(seed: u8, purpose: OneTimePurpose, owner: Option<UserId>, created: i64) -> StoredOneTimeToken {
+    StoredOneTimeToken {
+        token: OneTimeToken {
+            hash: token(seed),
+            purpose,
+            user_id: owner,
+            created_at: at(created),
+            expires_at: at(created + purpose.lifetime_millis()),
+        },
         email: None,
-        created_at: at(created),
-        expires_at: at(created + purpose.lifetime_millis()),
+        pii_key: None,
     }
 }
 
-/// A key with material derived from its kid, so two keys never share bytes by accident.
-fn signing_key(kid: &str, state: &str, created: i64) -> StoredSigningKey {
-    StoredSigningKey {
-        kid: kid.to_owned(),
-        algorithm: "EdDSA".to_owned(),
-        private_key: [kid.as_bytes(), &[0x00, 0xff, 0x80]].concat(),
-        public_key: [&[0x00, 0x01], kid.as_bytes()].concat(),
+/// A security event about `owner` at `offset` milliseconds after [`T0`], without a client address.
+fn event(seed: u8, kind: SecurityEventKind, owner: Option<UserId>, offset: i64) -> StoredSecurityEvent {
+    StoredSecurityEvent {
+        event: SecurityEvent {
+            id: SecurityEventId::from_random_bytes([seed; 16]),
+            at: at(offset),
+            kind,
+            user_id: owner,
+            session_id: None,
+        },
+        ip: None,
+        pii_key: None,
+    }
+}
+
+/// A key with a secret derived from its id (so two keys never share bytes by accident), wrapped
+/// under `kek-1`, with the times its state implies: activated when created unless still `next`,
+/// retired 5 ms later once retired or destroyed. Destroyed keys have no secret; only signing keys
+/// have a public half.
+fn key(id: &str, purpose: KeyPurpose, state: KeyState, created: i64) -> StoredKey {
+    let algorithm = match purpose {
+        KeyPurpose::Signing => "EdDSA",
+        KeyPurpose::Pii => "XChaCha20-Poly1305",
+        KeyPurpose::BlindIndex => "HMAC-SHA256",
+        KeyPurpose::Audit => "Ed25519",
+    };
+    StoredKey {
+        id: id.to_owned(),
+        purpose,
+        algorithm: algorithm.to_owned(),
+        state,
+        kek_id: "kek-1".to_owned(),
+        wrapped: (state != KeyState::Destroyed).then(|| [id.as_bytes(), &[0x00, 0xff, 0x80]].concat()),
+        public_key: (purpose == KeyPurpose::Signing).then(|| [&[0x00, 0x01], id.as_bytes()].concat()),
         created_at: at(created),
-        state: state.to_owned(),
+        activated_at: (state != KeyState::Next).then(|| at(created)),
+        retired_at: matches!(state, KeyState::Retired | KeyState::Destroyed).then(|| at(created + 5)),
     }
 }
 
 /// Inserts and commits the users in a transaction of their own.
-async fn write_users(store: &dyn Store, users: &[User]) -> Outcome {
+async fn write_users(store: &dyn Store, users: &[StoredUser]) -> Outcome {
     let mut tx = store.begin().await.step("begin a write")?;
     for user in users {
         tx.insert_user(user).await.step("insert a user")?;
@@ -1301,17 +2123,17 @@ async fn write_users(store: &dyn Store, users: &[User]) -> Outcome {
     tx.commit().await.step("commit the users")
 }
 
-/// Inserts and commits the sessions (without cookies) in a transaction of their own.
+/// Inserts and commits the sessions (without cookies or client details) in a transaction of their own.
 async fn write_sessions(store: &dyn Store, sessions: &[Session]) -> Outcome {
     let mut tx = store.begin().await.step("begin a write")?;
     for session in sessions {
-        tx.insert_session(session, None).await.step("insert a session")?;
+        tx.insert_session(&unsealed(session.clone()), None).await.step("insert a session")?;
     }
     tx.commit().await.step("commit the sessions")
 }
 
 /// Inserts and commits the single-use tokens in a transaction of their own.
-async fn write_tokens(store: &dyn Store, tokens: &[OneTimeToken]) -> Outcome {
+async fn write_tokens(store: &dyn Store, tokens: &[StoredOneTimeToken]) -> Outcome {
     let mut tx = store.begin().await.step("begin a write")?;
     for token in tokens {
         tx.insert_one_time_token(token).await.step("insert a one-time token")?;
@@ -1320,7 +2142,7 @@ async fn write_tokens(store: &dyn Store, tokens: &[OneTimeToken]) -> Outcome {
 }
 
 /// The account as a new read transaction sees it.
-async fn committed_user(store: &dyn Store, id: UserId) -> Result<Option<User>, Failure> {
+async fn committed_user(store: &dyn Store, id: UserId) -> Result<Option<StoredUser>, Failure> {
     let mut reader = store.begin_read().await.step("begin a read")?;
     let found = reader.user_by_id(id).await.step("read the user")?;
     reader.commit().await.step("end the read")?;
@@ -1335,16 +2157,50 @@ async fn committed_session(store: &dyn Store, id: SessionId) -> Result<Option<Se
     Ok(found)
 }
 
-/// The account's session list as a new read transaction sees it.
+/// The account's session list as a new read transaction sees it, without the client details.
 async fn committed_sessions_of(
     store: &dyn Store,
     user: UserId,
     now: Timestamp,
 ) -> Result<Vec<Session>, Failure> {
+    Ok(committed_stored_sessions_of(store, user, now).await?.into_iter().map(|s| s.session).collect())
+}
+
+/// The account's session list, with the sealed client details, as a new read transaction sees it.
+async fn committed_stored_sessions_of(
+    store: &dyn Store,
+    user: UserId,
+    now: Timestamp,
+) -> Result<Vec<StoredSession>, Failure> {
     let mut reader = store.begin_read().await.step("begin a read")?;
     let found = reader.sessions_of(user, now).await.step("list the sessions")?;
     reader.commit().await.step("end the read")?;
     Ok(found)
+}
+
+/// The keyring as a new read transaction sees it.
+async fn committed_keys(store: &dyn Store) -> Result<Vec<StoredKey>, Failure> {
+    let mut reader = store.begin_read().await.step("begin a read")?;
+    let found = reader.keys().await.step("read the keyring")?;
+    reader.commit().await.step("end the read")?;
+    Ok(found)
+}
+
+/// Inserts and commits the keys in a transaction of their own.
+async fn write_keys(store: &dyn Store, keys: &[StoredKey]) -> Outcome {
+    let mut tx = store.begin().await.step("begin a write")?;
+    for key in keys {
+        tx.insert_key(key).await.step("insert a key")?;
+    }
+    tx.commit().await.step("commit the keys")
+}
+
+/// Inserts one key in a transaction of its own and rolls it back, returning what the insert said.
+async fn try_insert_key(store: &dyn Store, key: &StoredKey) -> Result<Result<(), StoreError>, Failure> {
+    let mut tx = store.begin().await.step("begin an insert")?;
+    let inserted = tx.insert_key(key).await;
+    tx.rollback().await.step("roll back the insert")?;
+    Ok(inserted)
 }
 
 /// Spends a refresh token in a write transaction of its own, as one refresh request does.
@@ -1365,7 +2221,7 @@ async fn spend_one_time_token_alone(
     token: TokenHash,
     purpose: OneTimePurpose,
     now: Timestamp,
-) -> Result<Option<OneTimeToken>, StoreError> {
+) -> Result<Option<StoredOneTimeToken>, StoreError> {
     let mut tx = store.begin().await?;
     let spent = tx.spend_one_time_token(&token, purpose, now).await?;
     tx.commit().await?;

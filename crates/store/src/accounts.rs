@@ -2,22 +2,24 @@
 //! them (email verification, password reset, invites, first-admin setup).
 
 use async_trait::async_trait;
-use portcullis_domain::{Email, OneTimePurpose, OneTimeToken, Timestamp, TokenHash, User, UserId};
+use portcullis_domain::{OneTimePurpose, Timestamp, TokenHash, UserId};
+
+use crate::pii::{BlindIndex, StoredOneTimeToken, StoredUser};
 
 use crate::StoreError;
 
 /// Users, password credentials and single-use tokens.
 #[async_trait]
 pub trait AccountStore {
-    /// Creates an account. An account with the same email key (the whole address case-folded)
-    /// already existing is [`StoreError::Conflict`] with entity `"user"`.
-    async fn insert_user(&mut self, user: &User) -> Result<(), StoreError>;
+    /// Creates an account. An account with the same email blind index already existing is
+    /// [`StoreError::Conflict`] with entity `"user"`.
+    async fn insert_user(&mut self, user: &StoredUser) -> Result<(), StoreError>;
 
     /// The account with this id.
-    async fn user_by_id(&mut self, id: UserId) -> Result<Option<User>, StoreError>;
+    async fn user_by_id(&mut self, id: UserId) -> Result<Option<StoredUser>, StoreError>;
 
-    /// The account whose email matches case-insensitively (by [`Email::key`]).
-    async fn user_by_email(&mut self, email: &Email) -> Result<Option<User>, StoreError>;
+    /// The account whose email has this blind index.
+    async fn user_by_email_index(&mut self, index: &BlindIndex) -> Result<Option<StoredUser>, StoreError>;
 
     /// How many accounts exist (to decide whether a first-admin setup token is needed).
     async fn count_users(&mut self) -> Result<u64, StoreError>;
@@ -51,7 +53,7 @@ pub trait AccountStore {
     ) -> Result<bool, StoreError>;
 
     /// Stores a new single-use token (only its hash).
-    async fn insert_one_time_token(&mut self, token: &OneTimeToken) -> Result<(), StoreError>;
+    async fn insert_one_time_token(&mut self, token: &StoredOneTimeToken) -> Result<(), StoreError>;
 
     /// Spends a token of `purpose`: marks it used if it exists, is unused and has not expired at `now`,
     /// and returns it; otherwise `None`. The write is conditional, so of two concurrent callers on any
@@ -61,7 +63,7 @@ pub trait AccountStore {
         hash: &TokenHash,
         purpose: OneTimePurpose,
         now: Timestamp,
-    ) -> Result<Option<OneTimeToken>, StoreError>;
+    ) -> Result<Option<StoredOneTimeToken>, StoreError>;
 
     /// Marks every unused token of `purpose` for `user` as used (a reset link is void once the
     /// password changes); returns how many.

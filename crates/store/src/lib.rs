@@ -8,6 +8,7 @@ mod accounts;
 mod error;
 mod instance;
 mod keys;
+mod pii;
 mod security_events;
 mod sessions;
 
@@ -16,7 +17,11 @@ use async_trait::async_trait;
 pub use accounts::AccountStore;
 pub use error::StoreError;
 pub use instance::InstanceStore;
-pub use keys::{KeyStore, StoredSigningKey};
+pub use keys::{KeyPurpose, KeyState, KeyStore, StoredKey};
+pub use pii::{
+    BlindIndex, PiiRow, PiiStore, PiiTable, Sealed, StoredOneTimeToken, StoredSecurityEvent, StoredSession,
+    StoredUser,
+};
 pub use security_events::SecurityEventStore;
 pub use sessions::{RefreshSpend, SessionStore};
 
@@ -114,7 +119,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// refuse to commit a transaction in which an operation failed, so both engines behave alike.
 #[async_trait]
 pub trait StoreTx:
-    InstanceStore + AccountStore + SessionStore + KeyStore + SecurityEventStore + Send
+    InstanceStore + AccountStore + SessionStore + KeyStore + SecurityEventStore + PiiStore + Send
 {
     /// Makes every change in the transaction durable.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;

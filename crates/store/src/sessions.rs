@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use portcullis_domain::{RevokeReason, Session, SessionId, Timestamp, TokenHash, UserId};
 
 use crate::StoreError;
+use crate::pii::StoredSession;
 
 /// What spending a refresh token found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +23,7 @@ pub trait SessionStore {
     /// Creates a session; `cookie` is the hash of a browser session's cookie value.
     async fn insert_session(
         &mut self,
-        session: &Session,
+        session: &StoredSession,
         cookie: Option<&TokenHash>,
     ) -> Result<(), StoreError>;
 
@@ -33,8 +34,8 @@ pub trait SessionStore {
     async fn session_by_cookie(&mut self, cookie: &TokenHash) -> Result<Option<Session>, StoreError>;
 
     /// The user's sessions that are not revoked and not past their absolute expiry at `now`, newest
-    /// first.
-    async fn sessions_of(&mut self, user: UserId, now: Timestamp) -> Result<Vec<Session>, StoreError>;
+    /// first, with their sealed client details (for the owner's session list).
+    async fn sessions_of(&mut self, user: UserId, now: Timestamp) -> Result<Vec<StoredSession>, StoreError>;
 
     /// Moves `last_seen_at` forward to `at` (never back).
     async fn touch_session(&mut self, id: SessionId, at: Timestamp) -> Result<(), StoreError>;
@@ -57,6 +58,16 @@ pub trait SessionStore {
         at: Timestamp,
         reason: RevokeReason,
     ) -> Result<u64, StoreError>;
+
+    /// Revokes every live bearer session (of any user) last seen at or after `since`: the sessions
+    /// that may hold an access token signed by a key active since then (a bearer session is touched
+    /// whenever it is issued a token). Returns their ids.
+    async fn revoke_sessions_seen_since(
+        &mut self,
+        since: Timestamp,
+        at: Timestamp,
+        reason: RevokeReason,
+    ) -> Result<Vec<SessionId>, StoreError>;
 
     /// Ids of sessions revoked at or after `since`, so other nodes can drop cached access grants.
     async fn sessions_revoked_since(&mut self, since: Timestamp) -> Result<Vec<SessionId>, StoreError>;

@@ -83,8 +83,9 @@ impl ApiError {
                 tracing::warn!(error = %error_chain(&error), "request failed: unavailable");
                 Problem::new(ProblemType::UNAVAILABLE, "The service is temporarily unavailable; retry later.")
             }
-            // 500: a bug; the log has the cause chain, the client has the request id.
-            error @ AppError::Internal(_) => {
+            // 500: a bug, or a keyring that cannot open stored data (the operator's message names
+            // keys, never key material, and still stays in the log); the client has the request id.
+            error @ (AppError::Internal(_) | AppError::Keyring(_)) => {
                 tracing::error!(error = %error_chain(&error), "request failed: internal error");
                 Problem::new(
                     ProblemType::INTERNAL,

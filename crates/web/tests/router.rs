@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use portcullis_app::mail::FileOutbox;
-use portcullis_app::{App, AppSettings, HashAlgorithm, SystemClock};
+use portcullis_app::{App, AppSettings, HashAlgorithm, KekSet, SystemClock};
 use portcullis_store::Store;
 use portcullis_store_sqlite::SqliteStore;
 use portcullis_web::{AppState, ConnectionInfo, CorsConfig, Json, WebConfig};
@@ -27,13 +27,14 @@ async fn app(migrated: bool) -> App {
     if migrated {
         store.migrate().await.unwrap();
     }
-    let mut settings = AppSettings::new(SecretSlice::from(vec![7u8; 32]), "test", "http://localhost");
+    let keks = KekSet::parse(&KekSet::generate_entry("test").unwrap()).unwrap();
+    let mut settings = AppSettings::new(SecretSlice::from(vec![7u8; 32]), keks, "test", "http://localhost");
     settings.password_hash = HashAlgorithm::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 };
     // Nothing here sends email; an outbox in a temporary folder keeps the wiring real.
     let outbox = FileOutbox::new(tempfile::tempdir().unwrap().keep(), "test@example.com").unwrap();
     let app = App::new(Arc::new(store), Arc::new(SystemClock), settings, Arc::new(outbox)).unwrap();
     if migrated {
-        app.load_signing_keys().await.unwrap();
+        app.load_keys().await.unwrap();
     }
     app
 }

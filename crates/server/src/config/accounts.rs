@@ -373,9 +373,13 @@ mod tests {
         load_from(&GlobalArgs::default(), env)
     }
 
+    fn keks() -> portcullis_app::KekSet {
+        portcullis_app::KekSet::parse(&portcullis_app::KekSet::generate_entry("t").unwrap()).unwrap()
+    }
+
     fn settings_of(config: &Config) -> portcullis_app::AppSettings {
         let mut settings =
-            portcullis_app::AppSettings::new(SecretSlice::from(vec![0u8; 32]), "t", "https://x");
+            portcullis_app::AppSettings::new(SecretSlice::from(vec![0u8; 32]), keks(), "t", "https://x");
         config.apply_account_settings(&mut settings);
         settings
     }

@@ -120,6 +120,7 @@ fn a_first_start_creates_a_private_data_dir_logs_one_line_and_stops_cleanly_on_s
     assert_eq!(mode(&data), 0o700);
     let files: Vec<_> = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(files.iter().any(|f| f.ends_with("instance-secret")), "{files:?}");
+    assert!(files.iter().any(|f| f.ends_with("kek")), "the development KEK: {files:?}");
     assert!(files.iter().any(|f| f.ends_with("portcullis.db")), "{files:?}");
     for file in &files {
         let expected = if file.is_dir() { 0o700 } else { 0o600 };
@@ -210,6 +211,8 @@ fn refused(extra: &[(&str, &str)], args: &[&str], expected: &[&str]) {
 }
 
 const STRONG: &str = "a-strong-production-secret-0123456789abcdef";
+/// A production KEK entry (32 bytes of 0x2a, base64url).
+const KEK: (&str, &str) = ("PORTCULLIS_KEYS__KEK", "prod1:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio");
 const PROXY: (&str, &str) = ("PORTCULLIS_HTTP__TRUSTED_PROXIES", "[\"10.0.0.1/32\"]");
 
 #[test]
@@ -229,6 +232,16 @@ fn production_refuses_a_missing_short_or_example_secret() {
         &[PROXY, ("PORTCULLIS_SECRETS__INSTANCE_SECRET", "change-me-to-32-or-more-random-bytes-0000")],
         &[],
         &["example value"],
+    );
+}
+
+#[test]
+fn production_refuses_to_start_without_a_configured_kek() {
+    refused(&[PROXY, ("PORTCULLIS_SECRETS__INSTANCE_SECRET", STRONG)], &[], &["keys.kek", "missing"]);
+    refused(
+        &[PROXY, ("PORTCULLIS_SECRETS__INSTANCE_SECRET", STRONG), ("PORTCULLIS_KEYS__KEK", "prod1:c2hvcnQ")],
+        &[],
+        &["keys.kek: KEK `prod1` is 5 bytes"],
     );
 }
 
@@ -323,6 +336,7 @@ fn production_mode_logs_json_lines() {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"])
         .env("PORTCULLIS_MODE", "production")
         .env("PORTCULLIS_SECRETS__INSTANCE_SECRET", STRONG)
+        .env(KEK.0, KEK.1)
         .env("PORTCULLIS_HTTP__PUBLIC_URL", "https://id.example.com")
         .env("PORTCULLIS_EMAIL__SMTP_HOST", "smtp.example.com")
         .env(PROXY.0, PROXY.1);

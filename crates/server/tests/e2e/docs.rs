@@ -475,3 +475,25 @@ fn anchor(id: &str, name: &str) -> String {
         })
         .collect()
 }
+
+#[test]
+fn the_key_inventory_names_every_keyring_purpose_and_algorithm() {
+    let adr =
+        std::fs::read_to_string(root().join("docs/decisions/0005-keyring-and-field-encryption.md")).unwrap();
+    let inventory = adr.split("## Key inventory").nth(1).and_then(|rest| rest.split("\n## ").next()).unwrap();
+    for purpose in portcullis_app::KeyPurpose::ALL {
+        assert!(
+            inventory.contains(&format!("| `{}` |", purpose.as_str())),
+            "{} is not in the inventory",
+            purpose.as_str()
+        );
+    }
+    for algorithm in ["XChaCha20-Poly1305", "HMAC-SHA256", "EdDSA", "ES256", "Ed25519", "HKDF-SHA256"] {
+        assert!(inventory.contains(algorithm), "{algorithm} is not in the inventory");
+    }
+    let config = std::fs::read_to_string(root().join("config/example.toml")).unwrap();
+    assert!(
+        inventory.contains("`keys.kek`") && config.contains("# kek = "),
+        "the KEK is documented in both places"
+    );
+}

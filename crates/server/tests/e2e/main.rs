@@ -10,6 +10,7 @@ mod docs;
 mod http_stack;
 mod hygiene;
 mod interop;
+mod keys;
 mod lifecycle;
 mod sessions;
 mod support;
