@@ -297,7 +297,13 @@ impl App {
         now: Timestamp,
     ) -> Result<(), AppError> {
         // Every blind-index key is checked, not only the unique index: while the index is rebuilt
-        // under a new key, the same address may be indexed under the previous one.
+        // under a new key, the same address may be indexed under the previous one. Then two nodes
+        // may index one address under different keys, which the unique index cannot catch, so
+        // signups take the accounts lock and check against the keyring as it is now.
+        if self.blind_index_in_rotation(tx).await? {
+            tx.lock_users().await?;
+            self.install_keys_from(tx).await?;
+        }
         if self.find_user_by_email(tx, &user.email).await?.is_some() {
             return Err(AppError::invalid("/email", "an account with this address already exists"));
         }

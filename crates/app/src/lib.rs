@@ -129,6 +129,9 @@ struct Inner {
     csrf: CsrfKey,
     /// Replaced whole when keys load or change; readers clone the `Arc` and never wait on a writer.
     keys: RwLock<Arc<LoadedKeys>>,
+    /// When this node last read the keyring successfully (unix millis), for readiness: a node that
+    /// cannot follow key changes must stop taking traffic.
+    keys_synced_at: std::sync::atomic::AtomicI64,
     verified_tokens: VerifiedTokens,
     profiles: accounts::ProfileCache,
     revoked: sessions::RevokedSessions,
@@ -154,6 +157,7 @@ impl App {
                 hasher,
                 csrf,
                 keys: RwLock::new(Arc::new(LoadedKeys::empty())),
+                keys_synced_at: std::sync::atomic::AtomicI64::new(i64::MIN),
                 verified_tokens: VerifiedTokens::default(),
                 profiles: accounts::ProfileCache::default(),
                 revoked: sessions::RevokedSessions::default(),

@@ -1,5 +1,5 @@
 //! Readiness: whether this node should receive traffic (database answers, schema current, a token
-//! signing key loaded).
+//! signing key loaded and the keyring followed).
 
 use crate::App;
 
@@ -62,10 +62,9 @@ impl App {
     }
 
     fn keys_state(&self) -> CheckState {
-        if self.can_sign_tokens() {
-            CheckState::Ok
-        } else {
-            CheckState::Failed("no token signing key is loaded".into())
+        match self.keys_problem() {
+            None => CheckState::Ok,
+            Some(problem) => CheckState::Failed(problem),
         }
     }
 }

@@ -142,40 +142,45 @@ impl Keyring {
         &self.jwks
     }
 
-    /// Builds the keyring from the published keys (`id`, algorithm, public key) and the unwrapped
-    /// PKCS#8 private key of the one that signs, if any.
-    pub(crate) fn build(
-        published: &[(&str, &str, &[u8])],
-        signer: Option<(&str, &[u8])>,
-    ) -> Result<Self, AppError> {
+    /// Builds the keyring from the unwrapped PKCS#8 private keys of every published key (`kid`,
+    /// algorithm, key) and the kid of the one that signs, if any. Each public half is derived from its
+    /// private key and its kid must be that key's RFC 7638 thumbprint: a public key or kid altered in
+    /// the database (which has no KEK to forge a wrapped private key) is refused, not published.
+    pub(crate) fn build(published: &[(&str, &str, &[u8])], signer: Option<&str>) -> Result<Self, AppError> {
         let mut ring = Keyring::empty();
         let mut jwks = Vec::new();
-        for &(kid, algorithm, public) in published {
+        for &(kid, algorithm, pkcs8) in published {
             let algorithm = SigningAlgorithm::parse(algorithm)
-                .ok_or_else(|| AppError::Internal(format!("signing key {kid}: unknown alg").into()))?;
-            let (jwk, decoding) = public_jwk(algorithm, public, kid)?;
-            jwks.push(jwk);
-            ring.verifiers.insert(kid.to_owned(), VerifyingKey { algorithm, key: decoding });
-        }
-        if let Some((kid, pkcs8)) = signer {
-            let algorithm =
-                ring.verifiers.get(kid).map(|v| v.algorithm).ok_or_else(|| {
-                    AppError::Internal(format!("signing key {kid} is not published").into())
-                })?;
-            let signer = match algorithm {
-                SigningAlgorithm::EdDsa => Signer::Ed25519(
-                    Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|e| internal("ed25519 key", e))?,
-                ),
-                SigningAlgorithm::Es256 => Signer::Es256(
-                    EcdsaKeyPair::from_pkcs8(
+                .ok_or_else(|| AppError::Keyring(format!("signing key {kid}: unknown algorithm")))?;
+            let (signer_key, public) = match algorithm {
+                SigningAlgorithm::EdDsa => {
+                    let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
+                        .map_err(|_| AppError::Keyring(format!("signing key {kid} is not an Ed25519 key")))?;
+                    let public = pair.public_key().as_ref().to_vec();
+                    (Signer::Ed25519(pair), public)
+                }
+                SigningAlgorithm::Es256 => {
+                    let pair = EcdsaKeyPair::from_pkcs8(
                         &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
                         pkcs8,
                         &SystemRandom::new(),
                     )
-                    .map_err(|e| internal("p-256 key", e))?,
-                ),
+                    .map_err(|_| AppError::Keyring(format!("signing key {kid} is not a P-256 key")))?;
+                    let public = pair.public_key().as_ref().to_vec();
+                    (Signer::Es256(pair), public)
+                }
             };
-            ring.current = Some(SigningKey { kid: kid.to_owned(), algorithm, signer });
+            if thumbprint(algorithm, &public) != kid {
+                return Err(AppError::Keyring(format!(
+                    "signing key {kid}: the kid is not the thumbprint of its key; the row was altered"
+                )));
+            }
+            let (jwk, decoding) = public_jwk(algorithm, &public, kid)?;
+            jwks.push(jwk);
+            ring.verifiers.insert(kid.to_owned(), VerifyingKey { algorithm, key: decoding });
+            if signer == Some(kid) {
+                ring.current = Some(SigningKey { kid: kid.to_owned(), algorithm, signer: signer_key });
+            }
         }
         ring.jwks = serde_json::json!({ "keys": jwks });
         Ok(ring)
@@ -236,6 +241,13 @@ impl Keyring {
             .claims;
         let now_secs = now.as_unix_millis().div_euclid(1000);
         if claims.exp + settings.leeway_secs <= now_secs || claims.nbf - settings.leeway_secs > now_secs {
+            return Err(AppError::Unauthenticated);
+        }
+        // We never issue a token that lives longer than the configured lifetime, so one that claims
+        // to was not made by us: refused, so that a forged long-lived token cannot outlast a key.
+        if claims.exp - claims.nbf > settings.access_ttl_secs
+            || claims.exp > now_secs + settings.access_ttl_secs
+        {
             return Err(AppError::Unauthenticated);
         }
         Ok(claims)
@@ -345,6 +357,14 @@ impl VerifiedTokens {
         entries.insert(token.to_owned(), grant);
     }
 
+    /// Forgets every token: the set of keys that verify changed (an emergency rotation must not leave
+    /// a token forged with the destroyed key alive in the cache).
+    pub(crate) fn clear(&self) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.clear();
+        }
+    }
+
     /// Forgets every token of a revoked session.
     pub(crate) fn forget_session(&self, session: SessionId) {
         if let Ok(mut entries) = self.entries.lock() {
@@ -371,8 +391,7 @@ mod tests {
 
     fn keyring(algorithm: SigningAlgorithm) -> Keyring {
         let key = generate_signing_key(algorithm).unwrap();
-        Keyring::build(&[(&key.kid, algorithm.jws_name(), &key.public)], Some((&key.kid, &key.pkcs8)))
-            .unwrap()
+        Keyring::build(&[(&key.kid, algorithm.jws_name(), &key.pkcs8)], Some(&key.kid)).unwrap()
     }
 
     fn claims(s: &TokenSettings) -> AccessClaims {
@@ -469,6 +488,27 @@ mod tests {
         for junk in ["", ".", "..", "a.b.c", "Bearer x", &"a".repeat(10_000)] {
             assert!(rejected(junk), "{junk:.20}");
         }
+    }
+
+    #[test]
+    fn a_token_claiming_a_longer_life_than_we_issue_is_refused() {
+        let (ring, s) = (keyring(SigningAlgorithm::EdDsa), settings(SigningAlgorithm::EdDsa));
+        let now = Timestamp::from_unix_millis(NOW);
+        let long = AccessClaims { exp: NOW / 1000 + 10 * 365 * 86_400, ..claims(&s) };
+        assert!(matches!(ring.verify(&ring.sign(&long).unwrap(), &s, now), Err(AppError::Unauthenticated)));
+        let early = AccessClaims { nbf: NOW / 1000 - 3_600, ..claims(&s) };
+        assert!(matches!(ring.verify(&ring.sign(&early).unwrap(), &s, now), Err(AppError::Unauthenticated)));
+        assert!(ring.verify(&ring.sign(&claims(&s)).unwrap(), &s, now).is_ok());
+    }
+
+    #[test]
+    fn a_key_whose_kid_is_not_its_thumbprint_is_refused() {
+        let key = generate_signing_key(SigningAlgorithm::EdDsa).unwrap();
+        let other = generate_signing_key(SigningAlgorithm::EdDsa).unwrap();
+        let swapped = Keyring::build(&[(&other.kid, "EdDSA", &key.pkcs8)], None);
+        assert!(matches!(swapped, Err(AppError::Keyring(_))));
+        let wrong_alg = Keyring::build(&[(&key.kid, "ES256", &key.pkcs8)], None);
+        assert!(matches!(wrong_alg, Err(AppError::Keyring(_))));
     }
 
     #[test]

@@ -256,7 +256,8 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
     let mut tasks = Vec::new();
     // Runs from the start; it waits for the keys when the schema is not current yet.
     tasks.push(tokio::spawn(sync_revocations(app.clone(), receiver.clone())));
-    tasks.push(tokio::spawn(maintain_keys(app.clone(), receiver.clone())));
+    tasks.push(tokio::spawn(sync_keys(app.clone(), receiver.clone())));
+    tasks.push(tokio::spawn(reencrypt(app.clone(), receiver.clone())));
     if store.migration_status().await?.is_current() {
         app.finish_bootstrap().await?;
         app.sync_revocations().await?;
@@ -332,9 +333,35 @@ async fn sync_revocations(app: App, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Until shutdown: reloads keys other nodes (or the CLI) changed, runs the rotation schedule, and
-/// moves rows still under a retired data key to the active one, a batch at a time.
-async fn maintain_keys(app: App, mut shutdown: watch::Receiver<bool>) {
+/// Until shutdown: reloads keys other nodes (or the CLI) changed and runs the rotation schedule, every
+/// [`portcullis_app::KEY_SYNC_SECS`]. Kept apart from re-encryption, whose batches must never delay
+/// a node learning that a key was destroyed.
+async fn sync_keys(app: App, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(portcullis_app::KEY_SYNC_SECS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if !app.can_sign_tokens() {
+                    continue;
+                }
+                let result = async {
+                    app.reload_keys_if_changed().await?;
+                    app.run_key_schedule().await
+                }
+                .await;
+                if let Err(error) = result {
+                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "key sync failed");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Until shutdown: moves rows still under a retired personal-data or blind-index key to the active
+/// one, a batch per table at a time.
+async fn reencrypt(app: App, mut shutdown: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(Duration::from_secs(portcullis_app::KEY_SYNC_SECS));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -344,22 +371,22 @@ async fn maintain_keys(app: App, mut shutdown: watch::Receiver<bool>) {
                     continue;
                 }
                 let work = async {
-                    app.reload_keys_if_changed().await?;
-                    app.run_key_schedule().await?;
-                    if app.reencryption_remaining().await? > 0 {
-                        let step = app.reencrypt_step().await?;
-                        tracing::info!(
-                            resealed = step.resealed,
-                            reindexed = step.reindexed,
-                            remaining = step.remaining,
-                            "re-encrypting personal data under the active keys"
-                        );
+                    if app.reencryption_remaining().await? == 0 {
+                        return Ok(());
                     }
+                    let step = app.reencrypt_step().await?;
+                    tracing::info!(
+                        resealed = step.resealed,
+                        reindexed = step.reindexed,
+                        skipped = step.skipped,
+                        remaining = step.remaining,
+                        "re-encrypting personal data under the active keys"
+                    );
                     Ok::<_, portcullis_app::AppError>(())
                 };
                 tokio::select! {
                     result = work => if let Err(error) = result {
-                        tracing::warn!(error = %portcullis_domain::error_chain(&error), "key maintenance failed");
+                        tracing::warn!(error = %portcullis_domain::error_chain(&error), "re-encryption failed");
                     },
                     _ = shutdown.changed() => return,
                 }

@@ -288,7 +288,9 @@ async fn keys_with(app: &portcullis_app::App, command: KeysCommand) -> Result<()
                 if step.resealed + step.reindexed == 0 && step.remaining == remaining {
                     bar.abandon();
                     return Err(StartError::App(portcullis_app::AppError::Keyring(format!(
-                        "{remaining} row(s) could not be moved to the active keys"
+                        "{remaining} row(s) could not be moved to the active keys ({} do not open; \
+                         their ids are in the log)",
+                        step.skipped
                     ))));
                 }
                 remaining = step.remaining;

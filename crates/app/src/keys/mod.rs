@@ -32,6 +32,10 @@ pub const RETIRED_KEY_GRACE_MILLIS: i64 = 10 * 60 * 1000;
 /// How often the server reloads keys written by other nodes and runs the schedule.
 pub const KEY_SYNC_SECS: u64 = 10;
 
+/// A node whose last successful keyring read is older than this reports itself not ready: it may be
+/// signing with a destroyed key or sealing under one about to be destroyed.
+pub const KEY_SYNC_STALE_MILLIS: i64 = 6 * 10 * 1000;
+
 /// How long a new blind-index key waits as `next` before it indexes new accounts: three key syncs,
 /// so every node is already looking accounts up under it.
 pub const BLIND_INDEX_PUBLISH_AHEAD_MILLIS: i64 = 3 * 10 * 1000;
@@ -106,6 +110,9 @@ pub struct Reencryption {
     pub resealed: u64,
     /// Users whose blind index was recomputed with the active key in this step.
     pub reindexed: u64,
+    /// Rows skipped because they do not open (logged with their ids); they stay under their key,
+    /// which is then never destroyed.
+    pub skipped: u64,
     /// Rows (and indexes) still under a retired key after this step.
     pub remaining: u64,
 }
@@ -160,10 +167,31 @@ impl App {
     pub async fn reload_keys_if_changed(&self) -> Result<bool, AppError> {
         let stored = self.read_keys().await?;
         if fingerprint(&stored) == self.loaded_keys().fingerprint {
+            self.mark_keys_synced();
             return Ok(false);
         }
         self.install_keys(&stored)?;
         Ok(true)
+    }
+
+    /// Whether this node's keyring is current enough to serve: loaded, and read successfully within
+    /// [`KEY_SYNC_STALE_MILLIS`]; otherwise why not.
+    pub(crate) fn keys_problem(&self) -> Option<String> {
+        if !self.can_sign_tokens() {
+            return Some("no token signing key is loaded".into());
+        }
+        let synced = self.inner.keys_synced_at.load(std::sync::atomic::Ordering::Relaxed);
+        let age = self.now().as_unix_millis().saturating_sub(synced);
+        (age > KEY_SYNC_STALE_MILLIS).then(|| {
+            format!(
+                "the keyring was last read {} s ago; key maintenance is failing (see the log)",
+                age / 1000
+            )
+        })
+    }
+
+    fn mark_keys_synced(&self) {
+        self.inner.keys_synced_at.store(self.now().as_unix_millis(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether a signing key is loaded (a readiness check).
@@ -235,8 +263,12 @@ impl App {
         {
             changed |= self.promote(active, next, now).await?;
         }
-        let verify_window =
-            (self.inner.settings.tokens.access_ttl_secs + self.inner.settings.tokens.leeway_secs) * 1000;
+        // A node may sign with the old key until its next key sync after the promotion: a few syncs
+        // of margin keep those tokens verifiable for their whole life.
+        let verify_window = (self.inner.settings.tokens.access_ttl_secs
+            + self.inner.settings.tokens.leeway_secs
+            + 3 * KEY_SYNC_SECS as i64)
+            * 1000;
         for key in stored.iter().filter(|k| k.state == KeyState::Retired) {
             let retired_at = key.retired_at.unwrap_or(key.created_at);
             let done = match key.purpose {
@@ -265,9 +297,10 @@ impl App {
     /// Starts a rotation of `purpose` now (`portcullis keys rotate`).
     ///
     /// - Signing: publishes a next key, which signs after the publish-ahead time. With `emergency`,
-    ///   the new key signs at once, the active key is destroyed (its tokens stop verifying
-    ///   everywhere within one key sync) and every bearer session that was issued a token while it
-    ///   was active is revoked.
+    ///   the new key signs at once, every other signing key (active, next, retired) is destroyed, so
+    ///   tokens they signed stop verifying on every node within one key sync (each node's cache of
+    ///   verified tokens is emptied when its keys change), and every bearer session that was issued
+    ///   a token while one of them was active is revoked.
     /// - Personal data: a new key becomes active at once and the old one is retired; the
     ///   re-encryption job then moves every row to the new key (a node meeting a value sealed under a
     ///   key it has not loaded reloads the keyring first).
@@ -302,20 +335,34 @@ impl App {
                 }
             }
             (KeyPurpose::Signing, true) => {
+                // Whoever holds one signing key's secret may hold them all (they share the database
+                // and the KEK): every signing key that is not yet destroyed goes, the next one too,
+                // read and moved inside the one transaction so a concurrent promotion cannot slip in.
                 let key = self.new_key(purpose, KeyState::Active)?;
                 let mut tx = self.inner.store.begin().await?;
-                let mut revoked = Vec::new();
-                if let Some(old) = active {
-                    tx.transition_key(&old.id, KeyState::Active, KeyState::Destroyed, now).await?;
-                    let since = old.activated_at.unwrap_or(old.created_at);
-                    revoked = tx
-                        .revoke_sessions_seen_since(since, now, RevokeReason::SigningKeyCompromised)
-                        .await?;
+                let live: Vec<StoredKey> = tx
+                    .keys()
+                    .await?
+                    .into_iter()
+                    .filter(|k| k.purpose == KeyPurpose::Signing && k.state != KeyState::Destroyed)
+                    .collect();
+                for old in &live {
+                    if !tx.transition_key(&old.id, old.state, KeyState::Destroyed, now).await? {
+                        return Err(conflict_as_busy(StoreError::Conflict { entity: "key" }, purpose));
+                    }
                 }
+                let since = live.iter().map(|k| k.activated_at.unwrap_or(k.created_at)).min();
+                let revoked = match since {
+                    Some(since) => {
+                        tx.revoke_sessions_seen_since(since, now, RevokeReason::SigningKeyCompromised).await?
+                    }
+                    None => Vec::new(),
+                };
                 tx.insert_key(&key).await.map_err(|e| conflict_as_busy(e, purpose))?;
                 tx.commit().await?;
                 self.forget_sessions(&revoked, now);
-                tracing::warn!(new = %key.id, old = ?active.map(|k| &k.id), revoked = revoked.len(), "emergency signing key rotation");
+                let destroyed: Vec<&str> = live.iter().map(|k| k.id.as_str()).collect();
+                tracing::warn!(new = %key.id, ?destroyed, revoked = revoked.len(), "emergency signing key rotation");
                 Rotation {
                     new_key: key.id,
                     old_key: active.map(|k| k.id.clone()),
@@ -417,18 +464,16 @@ impl App {
             let mut tx = self.inner.store.begin().await?;
             let rows = tx.pii_rows_not_under(table, &active, batch).await?;
             for mut row in rows {
-                let mut fields = Vec::with_capacity(row.fields.len());
-                for (column, field) in table.columns().iter().zip(&row.fields) {
-                    let place = Place { table, column, row: &row.id };
-                    fields.push(match field {
-                        Some(sealed) => {
-                            let plain = keys.fields.open(sealed, place)?;
-                            Some(keys.fields.seal_under(&active, &plain, place)?)
-                        }
-                        None => None,
-                    });
+                // One row that does not open (altered, or under a key that is gone) is reported and
+                // skipped; it must not stop every other row from moving to the new key.
+                match reseal_fields(&keys.fields, table, &row, &active) {
+                    Ok(fields) => row.fields = fields,
+                    Err(error) => {
+                        tracing::error!(table = table.name(), row = %row.id, error = %error, "re-encryption skipped a row that does not open");
+                        step.skipped += 1;
+                        continue;
+                    }
                 }
-                row.fields = fields;
                 if tx.reseal_pii_row(table, &row, &active).await? {
                     step.resealed += 1;
                 }
@@ -439,12 +484,30 @@ impl App {
         let mut tx = self.inner.store.begin().await?;
         for user in tx.users_not_indexed_under(&index_key, batch).await? {
             let row = user.id.to_string();
-            let email = keys
+            let index = match keys
                 .fields
-                .open_text(&user.email, Place { table: PiiTable::Users, column: "email", row: &row })?;
-            let email = portcullis_domain::Email::parse(&email)
-                .map_err(|_| AppError::Internal("a stored email no longer parses".into()))?;
-            let index = keys.fields.email_index_under(&index_key, &email)?;
+                .open_text(&user.email, Place { table: PiiTable::Users, column: "email", row: &row })
+                .and_then(|email| {
+                    portcullis_domain::Email::parse(&email)
+                        .map_err(|_| AppError::Internal("a stored email no longer parses".into()))
+                })
+                .and_then(|email| keys.fields.email_index_under(&index_key, &email))
+            {
+                Ok(index) => index,
+                Err(error) => {
+                    tracing::error!(user = %row, error = %error, "re-indexing skipped an account whose address does not open");
+                    step.skipped += 1;
+                    continue;
+                }
+            };
+            // Another account already indexed under the new key with the same address: two accounts
+            // were created for one address during a rotation. Reported for an operator to merge,
+            // not written (it would be a conflict, and on PostgreSQL end the batch).
+            if tx.user_by_email_index(&index).await?.is_some_and(|other| other.id != user.id) {
+                tracing::error!(user = %row, "re-indexing skipped an account whose address another account holds");
+                step.skipped += 1;
+                continue;
+            }
             if tx.reindex_user(user.id, &user.index_key, &index_key, &index).await? {
                 step.reindexed += 1;
             }
@@ -461,6 +524,22 @@ impl App {
             // A writer panicked mid-swap; the Arc inside is still whole.
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Whether more than one blind-index key can be in use (a rotation is under way), as the
+    /// transaction sees the keyring.
+    pub(crate) async fn blind_index_in_rotation(&self, tx: &mut dyn StoreTx) -> Result<bool, AppError> {
+        let keys = tx.keys().await?;
+        Ok(keys.iter().filter(|k| k.purpose == KeyPurpose::BlindIndex && k.wrapped.is_some()).count() > 1)
+    }
+
+    /// Installs the keyring as `tx` sees it, if it differs from the loaded one.
+    pub(crate) async fn install_keys_from(&self, tx: &mut dyn StoreTx) -> Result<(), AppError> {
+        let stored = tx.keys().await?;
+        if fingerprint(&stored) != self.loaded_keys().fingerprint {
+            self.install_keys(&stored)?;
+        }
+        Ok(())
     }
 
     /// The loaded keys, reloaded first (through `tx`, the transaction that read the row) if `pii_key`
@@ -565,22 +644,13 @@ impl App {
     fn build_keys(&self, stored: &[StoredKey]) -> Result<LoadedKeys, AppError> {
         let keks = &self.inner.settings.keks;
         let mut fields = FieldKeys::default();
-        let mut published: Vec<(&str, &str, &[u8])> = Vec::new();
-        let mut signer: Option<(&str, Zeroizing<Vec<u8>>)> = None;
+        let mut signing_keys: Vec<(&StoredKey, Zeroizing<Vec<u8>>)> = Vec::new();
         for key in stored {
             let Some(wrapped) = &key.wrapped else { continue };
             let secret = keks.unwrap(wrapped, &key.kek_id, &key.id, key.purpose)?;
             let active = key.state == KeyState::Active;
             match key.purpose {
-                KeyPurpose::Signing => {
-                    let public = key.public_key.as_deref().ok_or_else(|| {
-                        AppError::Keyring(format!("signing key {} has no public key", key.id))
-                    })?;
-                    published.push((&key.id, &key.algorithm, public));
-                    if active {
-                        signer = Some((&key.id, secret));
-                    }
-                }
+                KeyPurpose::Signing => signing_keys.push((key, secret)),
                 KeyPurpose::Pii => fields.add_pii(&key.id, fields::key_bytes(&secret, &key.id)?, active),
                 KeyPurpose::BlindIndex => {
                     fields.add_index(&key.id, fields::key_bytes(&secret, &key.id)?, active)
@@ -588,19 +658,49 @@ impl App {
                 KeyPurpose::Audit => {}
             }
         }
-        let signing =
-            Keyring::build(&published, signer.as_ref().map(|(kid, pkcs8)| (*kid, pkcs8.as_slice())))?;
+        let published: Vec<(&str, &str, &[u8])> = signing_keys
+            .iter()
+            .map(|(key, pkcs8)| (key.id.as_str(), key.algorithm.as_str(), pkcs8.as_slice()))
+            .collect();
+        let signer =
+            signing_keys.iter().find(|(key, _)| key.state == KeyState::Active).map(|(k, _)| k.id.as_str());
+        let signing = Keyring::build(&published, signer)?;
         Ok(LoadedKeys { signing, fields, fingerprint: fingerprint(stored) })
     }
 
     fn install_keys(&self, stored: &[StoredKey]) -> Result<(), AppError> {
         let keys = Arc::new(self.build_keys(stored)?);
+        let changed = keys.fingerprint != self.loaded_keys().fingerprint;
         match self.inner.keys.write() {
             Ok(mut guard) => *guard = keys,
             Err(poisoned) => *poisoned.into_inner() = keys,
         }
+        self.mark_keys_synced();
+        if changed {
+            // Tokens are cached once verified; a key that stopped verifying must take its tokens
+            // (forged ones included, whatever session they name) with it.
+            self.inner.verified_tokens.clear();
+        }
         Ok(())
     }
+}
+
+/// A row's sealed fields opened and sealed again under `active`.
+fn reseal_fields(
+    keys: &FieldKeys,
+    table: PiiTable,
+    row: &portcullis_store::PiiRow,
+    active: &str,
+) -> Result<Vec<Option<portcullis_store::Sealed>>, AppError> {
+    let mut fields = Vec::with_capacity(row.fields.len());
+    for (column, field) in table.columns().iter().zip(&row.fields) {
+        let place = Place { table, column, row: &row.id };
+        fields.push(match field {
+            Some(sealed) => Some(keys.seal_under(active, &keys.open(sealed, place)?, place)?),
+            None => None,
+        });
+    }
+    Ok(fields)
 }
 
 fn fingerprint(stored: &[StoredKey]) -> Vec<(String, KeyState, String)> {

@@ -225,8 +225,11 @@ async fn the_jwks_publishes_the_next_key_ahead_and_the_previous_key_until_its_to
     assert_eq!(kid_of(&new_token.access), next);
     assert_eq!(jwks_kids(&t.app), vec![first.clone(), next.clone()]);
 
-    // Once every token the old key signed has expired, it leaves the JWKS and verifies nothing.
+    // Once every token the old key signed has expired (with a margin of three key syncs for nodes
+    // that signed with it until they synced), it leaves the JWKS and verifies nothing.
     t.clock.advance_millis(ACCESS_TTL + LEEWAY);
+    assert!(!t.app.run_key_schedule().await.unwrap());
+    t.clock.advance_millis(3 * crate::KEY_SYNC_SECS as i64 * SECOND);
     assert!(t.app.run_key_schedule().await.unwrap());
     assert_eq!(jwks_kids(&t.app), vec![next.clone()]);
     assert_eq!(key_of(&t.app, KeyPurpose::Signing, KeyState::Destroyed).await, Some(first));
@@ -264,11 +267,12 @@ async fn an_emergency_rotation_stops_the_old_key_at_once_and_revokes_the_session
     let bob = login_bearer(&t.app, BOB, PASSWORD).await;
     let browser = login_cookie(&t.app, BOB, PASSWORD).await;
     let old = kid_of(&alice.access);
+    let waiting = t.app.rotate_key(KeyPurpose::Signing, false).await.unwrap().new_key;
 
     let rotation = t.app.rotate_key(KeyPurpose::Signing, true).await.unwrap();
 
     assert_eq!((rotation.old_key.as_deref(), rotation.revoked_sessions), (Some(&*old), 2));
-    assert_eq!(jwks_kids(&t.app), vec![rotation.new_key.clone()]);
+    assert_eq!(jwks_kids(&t.app), vec![rotation.new_key.clone()], "the waiting next key went too");
     for token in [&alice.access, &bob.access] {
         assert!(matches!(t.app.authenticate_bearer(token), Err(AppError::Unauthenticated)));
     }
@@ -277,9 +281,59 @@ async fn an_emergency_rotation_stops_the_old_key_at_once_and_revokes_the_session
     let again = login_bearer(&t.app, ALICE, PASSWORD).await;
     assert_eq!(kid_of(&again.access), rotation.new_key);
     assert!(t.app.authenticate_bearer(&again.access).is_ok());
-    assert_eq!(key_of(&t.app, KeyPurpose::Signing, KeyState::Destroyed).await, Some(old));
+    let destroyed: Vec<String> = t
+        .app
+        .list_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.purpose == KeyPurpose::Signing && k.state == KeyState::Destroyed)
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(destroyed, vec![old, waiting]);
     let emergency = t.app.rotate_key(KeyPurpose::Pii, true).await;
     assert!(matches!(emergency, Err(AppError::Validation(_))), "{emergency:?}");
+}
+
+#[tokio::test]
+async fn a_token_cached_by_another_node_stops_working_there_once_it_syncs_an_emergency_rotation() {
+    let (a, b) = two_nodes().await;
+    signup(&a.app, ALICE, PASSWORD).await;
+    let alice = login_bearer(&a.app, ALICE, PASSWORD).await;
+    assert!(b.app.authenticate_bearer(&alice.access).is_ok(), "verified and cached on node b");
+
+    a.app.rotate_key(KeyPurpose::Signing, true).await.unwrap();
+    // Node b has not synced revocations, only its keys: the destroyed key's token must still go.
+    assert!(b.app.authenticate_bearer(&alice.access).is_ok(), "before its key sync, b still knows the key");
+    assert!(b.app.reload_keys_if_changed().await.unwrap());
+
+    assert!(matches!(b.app.authenticate_bearer(&alice.access), Err(AppError::Unauthenticated)));
+}
+
+#[tokio::test]
+async fn a_row_that_does_not_open_is_skipped_by_the_reencryption_and_the_rest_still_move() {
+    let t = testing::app().await;
+    signup_named(&t.app, ALICE, NAME).await;
+    signup_named(&t.app, BOB, NAME).await;
+    let (alice, bob) = (user_id_of(&t.app, ALICE).await, user_id_of(&t.app, BOB).await);
+    let mut tx = t.app.store().begin().await.unwrap();
+    let bob_row = tx.user_by_id(bob).await.unwrap().unwrap();
+    let alice_row = tx.user_by_id(alice).await.unwrap().unwrap();
+    let planted = PiiRow {
+        id: alice.to_string(),
+        key: alice_row.pii_key.clone(),
+        fields: vec![Some(bob_row.email.clone()), alice_row.display_name.clone()],
+    };
+    assert!(tx.reseal_pii_row(PiiTable::Users, &planted, &alice_row.pii_key).await.unwrap());
+    tx.commit().await.unwrap();
+    t.app.rotate_key(KeyPurpose::Pii, false).await.unwrap();
+
+    let step = t.app.reencrypt_step().await.unwrap();
+
+    assert_eq!(step.skipped, 1, "{step:?}");
+    assert!(step.resealed >= 1, "Bob's row and the sessions moved: {step:?}");
+    assert_eq!(step.remaining, 1, "only the bad row is left under the retired key");
+    login_bearer(&t.app, BOB, PASSWORD).await;
 }
 
 #[tokio::test]
