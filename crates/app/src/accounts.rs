@@ -625,13 +625,9 @@ impl App {
         })
     }
 
-    /// Sends a single-use signup invite (7 days) to `email`. Needs the `owner` or `admin` role until
-    /// the authorization issue brings scoped permissions (`users:invite`).
+    /// Sends a single-use signup invite (7 days) to `email`. Needs `invites:create`.
     pub async fn invite(&self, principal: &Principal, email: &str) -> Result<(), AppError> {
-        let caller = self.profile(principal).await?;
-        if !matches!(caller.role, BuiltinRole::Owner | BuiltinRole::Admin) {
-            return Err(AppError::Forbidden("inviting people needs the owner or admin role"));
-        }
+        self.require(principal, "invites:create", portcullis_domain::Resource::default()).await?;
         let email = Email::parse(email).map_err(|e| AppError::invalid("/email", e))?;
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;

@@ -40,9 +40,10 @@ pub enum AppError {
     #[error("the CSRF token or request origin is missing or wrong")]
     CsrfRejected,
 
-    /// The caller is authenticated but may not do this. HTTP 403.
+    /// The caller is authenticated but may not do this; the message says what is missing (a
+    /// permission's name, a guard rail), never anything about the target. HTTP 403.
     #[error("forbidden: {0}")]
-    Forbidden(&'static str),
+    Forbidden(String),
 
     /// A single-use link or token is unknown, spent, expired or meant for something else. HTTP 400.
     #[error("invalid or expired token")]

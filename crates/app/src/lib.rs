@@ -5,6 +5,8 @@
 //! a fixed clock.
 
 mod accounts;
+mod admin;
+mod authz;
 #[doc(hidden)]
 pub mod benchmarking;
 mod clock;
@@ -34,6 +36,8 @@ pub use keys::{KEK_BYTES, KEY_SYNC_SECS, KekSet, KeyInfo, KeySettings, Reencrypt
 pub use portcullis_store::{KeyPurpose, KeyState};
 
 pub use accounts::{PROFILE_CACHE_MILLIS, Profile, SignupPolicy, SignupRequest};
+pub use admin::{AdminUser, DEFAULT_PAGE, MAX_PAGE, StatusChange, UserPage};
+pub use authz::{CheckRequest, MAX_CHECK_BATCH};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{AppError, FieldIssue};
 pub use passwords::{BCRYPT_MAX_BYTES, HashAlgorithm, HashPoolSize, HashSlot, PasswordHasher, Verified};
@@ -134,6 +138,7 @@ struct Inner {
     keys_synced_at: std::sync::atomic::AtomicI64,
     verified_tokens: VerifiedTokens,
     profiles: accounts::ProfileCache,
+    role_grants: authz::RoleGrants,
     revoked: sessions::RevokedSessions,
 }
 
@@ -160,6 +165,7 @@ impl App {
                 keys_synced_at: std::sync::atomic::AtomicI64::new(i64::MIN),
                 verified_tokens: VerifiedTokens::default(),
                 profiles: accounts::ProfileCache::default(),
+                role_grants: authz::RoleGrants::default(),
                 revoked: sessions::RevokedSessions::default(),
             }),
         })

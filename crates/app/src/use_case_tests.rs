@@ -17,6 +17,7 @@ use portcullis_store::{Store, StoreTx, StoredOneTimeToken};
 use portcullis_store_sqlite::{SqliteOptions, SqliteStore};
 use secrecy::SecretString;
 
+mod admin;
 mod keys;
 
 use crate::mail::OutgoingEmail;

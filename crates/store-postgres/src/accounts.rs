@@ -129,6 +129,88 @@ impl AccountStore for PostgresTx {
         }
     }
 
+    async fn list_users(
+        &mut self,
+        after: Option<UserId>,
+        status: Option<UserStatus>,
+        limit: u32,
+    ) -> Result<Vec<StoredUser>, StoreError> {
+        // COLLATE "C": the same byte order of ids as SQLite, whatever the database's locale.
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users \
+             WHERE ($1::text IS NULL OR id COLLATE \"C\" > $1::text) AND ($2::text IS NULL OR status = $2::text) \
+             ORDER BY id COLLATE \"C\" LIMIT $3"
+        );
+        let rows: Vec<UserRow> = match sqlx::query_as(&sql)
+            .bind(after.map(|id| id.to_string()))
+            .bind(status.map(UserStatus::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.tx)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return Err(self.fail(e)),
+        };
+        rows.into_iter().map(UserRow::into_user).collect()
+    }
+
+    async fn count_active_with_role(&mut self, role: BuiltinRole) -> Result<u64, StoreError> {
+        let result: Result<i64, _> =
+            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = $1 AND status = 'active'")
+                .bind(role.as_str())
+                .fetch_one(&mut *self.tx)
+                .await;
+        match result {
+            Ok(count) => u64::try_from(count).map_err(|_| corrupt("COUNT(*) of users is negative")),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn set_user_status(
+        &mut self,
+        id: UserId,
+        status: UserStatus,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query("UPDATE users SET status = $2, updated_at = $3 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(status.as_str())
+            .bind(at.as_unix_millis())
+            .execute(&mut *self.tx)
+            .await;
+        match result {
+            Ok(done) => Ok(done.rows_affected() == 1),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn set_user_role(
+        &mut self,
+        id: UserId,
+        role: BuiltinRole,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query("UPDATE users SET role = $2, updated_at = $3 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(role.as_str())
+            .bind(at.as_unix_millis())
+            .execute(&mut *self.tx)
+            .await;
+        match result {
+            Ok(done) => Ok(done.rows_affected() == 1),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn delete_user(&mut self, id: UserId) -> Result<bool, StoreError> {
+        let result =
+            sqlx::query("DELETE FROM users WHERE id = $1").bind(id.to_string()).execute(&mut *self.tx).await;
+        match result {
+            Ok(done) => Ok(done.rows_affected() == 1),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
     async fn mark_email_verified(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
         let result = sqlx::query("UPDATE users SET email_verified_at = $2, updated_at = $2 WHERE id = $1")
             .bind(id.to_string())

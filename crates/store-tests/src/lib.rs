@@ -55,6 +55,18 @@ pub struct Check {
 /// it must write behind the store's back.
 pub const CHECKS: &[Check] = &[
     Check {
+        name: "users_are_listed_a_page_at_a_time_in_id_order_and_by_status",
+        run: |s| Box::pin(users_are_listed_a_page_at_a_time_in_id_order_and_by_status(s)),
+    },
+    Check {
+        name: "an_accounts_status_and_role_change_and_active_owners_are_counted",
+        run: |s| Box::pin(an_accounts_status_and_role_change_and_active_owners_are_counted(s)),
+    },
+    Check {
+        name: "deleting_an_account_takes_its_sessions_and_credentials_with_it",
+        run: |s| Box::pin(deleting_an_account_takes_its_sessions_and_credentials_with_it(s)),
+    },
+    Check {
         name: "a_fresh_database_has_every_migration_pending",
         run: |s| Box::pin(a_fresh_database_has_every_migration_pending(s)),
     },
@@ -558,6 +570,99 @@ pub async fn a_user_round_trips_and_is_found_by_its_email_index(store: &dyn Stor
     ensure_eq("unknown id", &unknown_id, &None)?;
     ensure_eq("unknown blind index", &unknown_index, &None)?;
     ensure_eq("number of users", &count, &2)
+}
+
+/// Keyset pagination: pages in id order that neither skip nor repeat, and a status filter.
+pub async fn users_are_listed_a_page_at_a_time_in_id_order_and_by_status(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    let mut users: Vec<StoredUser> = (1..=5).map(|n| user(n, &format!("user{n}@example.com"))).collect();
+    users[1].status = UserStatus::Disabled;
+    users[3].status = UserStatus::Disabled;
+    write_users(store, &users).await?;
+    let mut ids: Vec<UserId> = users.iter().map(|u| u.id).collect();
+    ids.sort_by_key(|id| id.to_string());
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let first = tx.list_users(None, None, 2).await.step("first page")?;
+    let second = tx.list_users(first.last().map(|u| u.id), None, 2).await.step("second page")?;
+    let third = tx.list_users(second.last().map(|u| u.id), None, 2).await.step("third page")?;
+    let disabled = tx.list_users(None, Some(UserStatus::Disabled), 10).await.step("disabled ones")?;
+    let after_last = tx.list_users(ids.last().copied(), None, 10).await.step("after the last")?;
+    tx.commit().await.step("end the read")?;
+
+    let paged: Vec<UserId> = first.iter().chain(&second).chain(&third).map(|u| u.id).collect();
+    ensure_eq("page sizes", &(first.len(), second.len(), third.len()), &(2, 2, 1))?;
+    ensure_eq("every user once, in id order", &paged, &ids)?;
+    let mut expected: Vec<UserId> = vec![users[1].id, users[3].id];
+    expected.sort_by_key(|id| id.to_string());
+    ensure_eq("the disabled users", &disabled.iter().map(|u| u.id).collect::<Vec<_>>(), &expected)?;
+    ensure_eq("nothing after the last", &after_last.len(), &0)
+}
+
+/// Status and role updates land on the one account named, report a missing one, and only active
+/// owners count as owners.
+pub async fn an_accounts_status_and_role_change_and_active_owners_are_counted(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    let owner = StoredUser { role: BuiltinRole::Owner, ..user(1, "owner@example.com") };
+    let second = StoredUser { role: BuiltinRole::Owner, ..user(2, "second@example.com") };
+    let member = user(3, "member@example.com");
+    write_users(store, &[owner.clone(), second.clone(), member.clone()]).await?;
+
+    let mut tx = store.begin().await.step("begin")?;
+    let owners_before = tx.count_active_with_role(BuiltinRole::Owner).await.step("count owners")?;
+    let disabled = tx.set_user_status(second.id, UserStatus::Disabled, at(10)).await.step("disable")?;
+    let promoted = tx.set_user_role(member.id, BuiltinRole::Admin, at(11)).await.step("promote")?;
+    let missing =
+        tx.set_user_status(user_id(9), UserStatus::Disabled, at(12)).await.step("disable a stranger")?;
+    let missing_role =
+        tx.set_user_role(user_id(9), BuiltinRole::Owner, at(12)).await.step("promote a stranger")?;
+    let owners_after = tx.count_active_with_role(BuiltinRole::Owner).await.step("count owners again")?;
+    tx.commit().await.step("commit")?;
+
+    ensure_eq("owners before", &owners_before, &2)?;
+    ensure_eq("owners after one is disabled", &owners_after, &1)?;
+    ensure_eq(
+        "updates found their rows",
+        &(disabled, promoted, missing, missing_role),
+        &(true, true, false, false),
+    )?;
+    let second_now = committed_user(store, second.id).await?;
+    ensure_eq(
+        "disabled",
+        &second_now.map(|u| (u.status, u.updated_at)),
+        &Some((UserStatus::Disabled, at(10))),
+    )?;
+    let member_now = committed_user(store, member.id).await?;
+    ensure_eq("promoted", &member_now.map(|u| (u.role, u.updated_at)), &Some((BuiltinRole::Admin, at(11))))?;
+    let owner_now = committed_user(store, owner.id).await?;
+    ensure_eq("the other owner is untouched", &owner_now, &Some(owner))
+}
+
+/// Deleting an account removes it with its sessions and password; deleting it again reports false.
+pub async fn deleting_an_account_takes_its_sessions_and_credentials_with_it(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    let doomed = user(1, "doomed@example.com");
+    let kept = user(2, "kept@example.com");
+    write_users(store, &[doomed.clone(), kept.clone()]).await?;
+    let (gone, stays) = (session(1, doomed.id, 0), session(2, kept.id, 0));
+    write_sessions(store, &[gone.clone(), stays.clone()]).await?;
+    let mut tx = store.begin().await.step("begin")?;
+    tx.set_password_hash(doomed.id, "$argon2id$doomed", at(1)).await.step("set a password")?;
+    tx.commit().await.step("commit the password")?;
+
+    let mut tx = store.begin().await.step("begin the delete")?;
+    let deleted = tx.delete_user(doomed.id).await.step("delete")?;
+    let again = tx.delete_user(doomed.id).await.step("delete again")?;
+    tx.commit().await.step("commit the delete")?;
+
+    ensure_eq("deleted once", &(deleted, again), &(true, false))?;
+    ensure_eq("the account is gone", &committed_user(store, doomed.id).await?, &None)?;
+    ensure_eq("its session is gone", &committed_session(store, gone.id).await?, &None)?;
+    ensure_eq("the other session stays", &committed_session(store, stays.id).await?.is_some(), &true)?;
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let hash = tx.password_hash(doomed.id).await.step("read the password")?;
+    tx.commit().await.step("end the read")?;
+    ensure_eq("its password is gone", &hash, &None)
 }
 
 /// An address already taken (the same blind index, whatever its sealed spelling) is

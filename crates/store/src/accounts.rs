@@ -2,7 +2,7 @@
 //! them (email verification, password reset, invites, first-admin setup).
 
 use async_trait::async_trait;
-use portcullis_domain::{OneTimePurpose, Timestamp, TokenHash, UserId};
+use portcullis_domain::{BuiltinRole, OneTimePurpose, Timestamp, TokenHash, UserId, UserStatus};
 
 use crate::pii::{BlindIndex, StoredOneTimeToken, StoredUser};
 
@@ -29,6 +29,39 @@ pub trait AccountStore {
     /// accounts. SQLite's write transactions already run one at a time; PostgreSQL's READ COMMITTED
     /// would otherwise let two of them both count zero.
     async fn lock_users(&mut self) -> Result<(), StoreError>;
+
+    /// Up to `limit` accounts with an id greater than `after` (all when `None`), in id order, of the
+    /// given status if one is given: keyset pagination, stable under concurrent inserts.
+    async fn list_users(
+        &mut self,
+        after: Option<UserId>,
+        status: Option<UserStatus>,
+        limit: u32,
+    ) -> Result<Vec<StoredUser>, StoreError>;
+
+    /// How many accounts hold `role` with status `active` (the last-owner guard reads this under
+    /// [`AccountStore::lock_users`]).
+    async fn count_active_with_role(&mut self, role: BuiltinRole) -> Result<u64, StoreError>;
+
+    /// Sets an account's status; returns false if it does not exist.
+    async fn set_user_status(
+        &mut self,
+        id: UserId,
+        status: UserStatus,
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Sets an account's built-in role; returns false if it does not exist.
+    async fn set_user_role(
+        &mut self,
+        id: UserId,
+        role: BuiltinRole,
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes an account and, by cascade, its credentials, tokens and sessions; returns false if it
+    /// did not exist. Security events keep its id (they outlive it).
+    async fn delete_user(&mut self, id: UserId) -> Result<bool, StoreError>;
 
     /// Records that the owner proved the address; returns false if the account does not exist.
     async fn mark_email_verified(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError>;

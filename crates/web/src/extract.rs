@@ -283,3 +283,30 @@ mod tests {
         }
     }
 }
+
+/// Query-string parameters. Unlike axum's own, a malformed or unknown parameter is a 400 problem.
+/// Target types are expected to use `#[serde(deny_unknown_fields)]` and `Option<String>` fields,
+/// leaving the meaning of each value to the use case, which names the field in its 422.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Query<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(_) => Err(Problem::new(
+                ProblemType::MALFORMED_REQUEST,
+                "The query string is malformed or names an unknown parameter.",
+            )),
+        }
+    }
+}

@@ -13,7 +13,7 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::handlers::{admin, auth, health, me, well_known};
+use crate::handlers::{admin, auth, authz, health, me, well_known};
 use crate::middleware::edge::{EdgeLayer, X_REQUEST_ID};
 use crate::middleware::panic::panic_response;
 use crate::openapi;
@@ -56,8 +56,18 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
         .routes(routes!(me::change_password))
         .routes(routes!(me::sessions))
         .routes(routes!(me::revoke_session))
-        // Administrators (owner or admin role).
+        // Authenticated: the check API (deciding for someone else needs `authz:check`).
+        .routes(routes!(authz::check))
+        .routes(routes!(authz::check_batch))
+        // Administration: each use case requires its own permission (docs in each handler).
         .routes(routes!(admin::create_invite))
+        .routes(routes!(admin::list_users, admin::create_user))
+        .routes(routes!(admin::get_user, admin::delete_user))
+        .routes(routes!(admin::set_user_role))
+        .routes(routes!(admin::disable_user))
+        .routes(routes!(admin::enable_user))
+        .routes(routes!(admin::unlock_user))
+        .routes(routes!(admin::revoke_user_sessions))
         .split_for_parts();
     let document = openapi::document(api);
     let document = openapi::Rendered(bytes::Bytes::from(serde_json::to_vec(&document).unwrap_or_default()));

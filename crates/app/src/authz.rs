@@ -1,0 +1,137 @@
+//! Authorization: the one path every permission check takes ([`App::require`]), and the check API that
+//! applications ask (`POST /v1/authz/check`). Deny by default; the decision itself is the pure
+//! [`portcullis_domain::decide`].
+//!
+//! A principal's grants come from its account's role, read through the per-node profile cache (2 s):
+//! a change made on this node drops the cached entry at once, one made on another node shows within
+//! that time, as revocations do.
+
+use std::sync::Arc;
+
+use portcullis_domain::{BuiltinRole, Decision, Grant, Permission, Resource, UserId, decide};
+
+use crate::{App, AppError, Principal};
+
+/// The grants of each built-in role, computed once.
+#[derive(Debug)]
+pub(crate) struct RoleGrants([Arc<[Grant]>; 4]);
+
+impl Default for RoleGrants {
+    fn default() -> Self {
+        Self(BuiltinRole::ALL.map(|role| Arc::from(role.grants())))
+    }
+}
+
+impl RoleGrants {
+    pub(crate) fn of(&self, role: BuiltinRole) -> Arc<[Grant]> {
+        let index = BuiltinRole::ALL.iter().position(|r| *r == role).unwrap_or(BuiltinRole::ALL.len() - 1);
+        self.0.get(index).cloned().unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+}
+
+/// One question for the check API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRequest {
+    /// The permission asked about (`resource:action`, no wildcards).
+    pub permission: String,
+    /// The owner of the resource asked about, if it has one.
+    pub owner: Option<UserId>,
+    /// Whom to decide for; the caller itself when `None`. Asking about someone else needs
+    /// `authz:check`.
+    pub subject: Option<UserId>,
+}
+
+/// Most checks in one batch.
+pub const MAX_CHECK_BATCH: usize = 100;
+
+impl App {
+    /// The caller's grants.
+    pub(crate) async fn grants_of(&self, principal: &Principal) -> Result<Arc<[Grant]>, AppError> {
+        let profile = self.profile(principal).await?;
+        Ok(self.inner.role_grants.of(profile.role))
+    }
+
+    /// Refuses unless the caller holds `permission` over `resource`: the one authorization path of
+    /// every use case. `permission` is a constant of the caller (never user input).
+    pub(crate) async fn require(
+        &self,
+        principal: &Principal,
+        permission: &'static str,
+        resource: Resource,
+    ) -> Result<Arc<[Grant]>, AppError> {
+        let wanted = Permission::parse_concrete(permission)
+            .map_err(|_| AppError::Internal(format!("{permission:?} is not a permission").into()))?;
+        let grants = self.grants_of(principal).await?;
+        let decision = decide(&grants, principal.user_id, &wanted, &resource);
+        if !decision.allowed {
+            tracing::info!(user = %principal.user_id, permission, reason = %decision.reason, "authorization denied");
+            return Err(AppError::Forbidden(format!("this needs the {permission} permission")));
+        }
+        Ok(grants)
+    }
+
+    /// Answers an application's question: may the caller (or, with `authz:check`, `subject`) do
+    /// `permission` to a resource owned by `owner`? A subject that does not exist, or is not active,
+    /// is denied, never an error that would reveal which accounts exist.
+    pub async fn check(&self, principal: &Principal, request: &CheckRequest) -> Result<Decision, AppError> {
+        Ok(self.check_batch(principal, std::slice::from_ref(request)).await?.remove(0))
+    }
+
+    /// Up to [`MAX_CHECK_BATCH`] questions in one call, answered in order.
+    pub async fn check_batch(
+        &self,
+        principal: &Principal,
+        requests: &[CheckRequest],
+    ) -> Result<Vec<Decision>, AppError> {
+        if requests.is_empty() || requests.len() > MAX_CHECK_BATCH {
+            return Err(AppError::invalid("/checks", format!("must hold 1 to {MAX_CHECK_BATCH} checks")));
+        }
+        let mut wanted = Vec::with_capacity(requests.len());
+        let mut issues = Vec::new();
+        for (n, request) in requests.iter().enumerate() {
+            match Permission::parse_concrete(&request.permission) {
+                Ok(permission) => wanted.push(permission),
+                Err(e) => issues.push(crate::FieldIssue::new(
+                    if requests.len() == 1 { "/permission" } else { "/checks/permission" },
+                    format!("check {}: {e}", n + 1),
+                )),
+            }
+        }
+        if !issues.is_empty() {
+            return Err(AppError::Validation(issues));
+        }
+        if requests.iter().any(|r| r.subject.is_some_and(|s| s != principal.user_id)) {
+            self.require(principal, "authz:check", Resource::default()).await?;
+        }
+        let own = self.grants_of(principal).await?;
+        let mut decisions = Vec::with_capacity(requests.len());
+        for (request, wanted) in requests.iter().zip(&wanted) {
+            let subject = request.subject.unwrap_or(principal.user_id);
+            let grants = if subject == principal.user_id {
+                own.clone()
+            } else {
+                self.grants_of_subject(subject).await?
+            };
+            let decision = decide(&grants, subject, wanted, &Resource { owner: request.owner });
+            if !decision.allowed {
+                // The audit trail (issue 8) records denials; until then, the log does.
+                tracing::info!(caller = %principal.user_id, %subject, permission = %wanted, "check denied");
+            }
+            decisions.push(decision);
+        }
+        Ok(decisions)
+    }
+
+    /// The grants of another account: none unless it exists and is active.
+    async fn grants_of_subject(&self, subject: UserId) -> Result<Arc<[Grant]>, AppError> {
+        let mut tx = self.inner.store.begin_read().await?;
+        let user = self.load_user(tx.as_mut(), subject).await?;
+        tx.rollback().await?;
+        Ok(match user {
+            Some(user) if user.status == portcullis_domain::UserStatus::Active => {
+                self.inner.role_grants.of(user.role)
+            }
+            _ => Arc::from(Vec::new()),
+        })
+    }
+}

@@ -1,0 +1,98 @@
+//! `/v1/authz/*`: the check API applications ask before acting for a user.
+
+use axum::extract::State;
+use portcullis_app::{AppError, CheckRequest};
+use portcullis_domain::{Decision, UserId};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::auth::Authenticated;
+use crate::error::ApiError;
+use crate::extract::Json;
+
+/// What the resource asked about belongs to.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResourceBody {
+    /// The account that owns the resource.
+    owner: Option<String>,
+}
+
+/// One question: may the caller (or `subject`) do `permission` to `resource`?
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckBody {
+    /// `resource:action`, for example `users:read`.
+    #[schema(max_length = 64)]
+    permission: String,
+    resource: Option<ResourceBody>,
+    /// Decide for this account instead of the caller (needs `authz:check`).
+    subject: Option<String>,
+}
+
+fn request(body: CheckBody) -> Result<CheckRequest, AppError> {
+    let id = |field: &'static str, text: Option<String>| {
+        text.map(|t| UserId::parse(&t).map_err(|_| AppError::invalid(field, "is not an account id")))
+            .transpose()
+    };
+    Ok(CheckRequest {
+        permission: body.permission,
+        owner: id("/resource/owner", body.resource.and_then(|r| r.owner))?,
+        subject: id("/subject", body.subject)?,
+    })
+}
+
+/// The answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DecisionResponse {
+    allowed: bool,
+    /// Which grant allowed it, or why nothing did.
+    reason: String,
+}
+
+impl From<Decision> for DecisionResponse {
+    fn from(d: Decision) -> Self {
+        Self { allowed: d.allowed, reason: d.reason }
+    }
+}
+
+/// Answers one authorization question for the caller, or for `subject` with `authz:check`.
+#[utoipa::path(post, path = "/v1/authz/check", tag = "authz", operation_id = "authz_check",
+    security(("bearer" = []), ("session_cookie" = [])), request_body = CheckBody,
+    responses((status = 200, description = "The decision.", body = DecisionResponse)))]
+pub(crate) async fn check(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    Json(body): Json<CheckBody>,
+) -> Result<axum::Json<DecisionResponse>, ApiError> {
+    Ok(axum::Json(state.app.check(&principal, &request(body)?).await?.into()))
+}
+
+/// Up to 100 questions.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckBatchBody {
+    #[schema(max_items = 100)]
+    checks: Vec<CheckBody>,
+}
+
+/// The answers, in the order asked.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DecisionsResponse {
+    decisions: Vec<DecisionResponse>,
+}
+
+/// Answers up to 100 authorization questions in one call.
+#[utoipa::path(post, path = "/v1/authz/check-batch", tag = "authz", operation_id = "authz_check_batch",
+    security(("bearer" = []), ("session_cookie" = [])), request_body = CheckBatchBody,
+    responses((status = 200, description = "The decisions.", body = DecisionsResponse)))]
+pub(crate) async fn check_batch(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    Json(body): Json<CheckBatchBody>,
+) -> Result<axum::Json<DecisionsResponse>, ApiError> {
+    let requests = body.checks.into_iter().map(request).collect::<Result<Vec<_>, _>>()?;
+    let decisions = state.app.check_batch(&principal, &requests).await?;
+    Ok(axum::Json(DecisionsResponse { decisions: decisions.into_iter().map(Into::into).collect() }))
+}

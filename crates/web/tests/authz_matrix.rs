@@ -1,0 +1,369 @@
+//! The authorization matrix: every administration and check route × every kind of caller, against
+//! the written table below, through the real router and middleware (no socket). A route added under
+//! `/v1/admin` or `/v1/authz` without a row here fails `every_guarded_route_has_a_row_in_the_matrix`.
+//!
+//! Organizations (and so "an org admin of another org") do not exist yet; when they do, they add a
+//! column here.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly by design")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use http::{Request, header};
+use http_body_util::BodyExt;
+use portcullis_app::mail::FileOutbox;
+use portcullis_app::{
+    App, AppSettings, HashAlgorithm, IssuedCredentials, KekSet, LoginMode, LoginOutcome, SystemClock,
+};
+use portcullis_domain::BuiltinRole;
+use portcullis_store::Store;
+use portcullis_store_sqlite::SqliteStore;
+use portcullis_web::{AppState, WebConfig};
+use secrecy::SecretString;
+use tower::ServiceExt;
+
+const PASSWORD: &str = "velvet otter migrates at dusk";
+
+/// Who calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Anonymous,
+    Member,
+    Auditor,
+    Admin,
+    Owner,
+}
+
+const CALLERS: [Caller; 5] =
+    [Caller::Anonymous, Caller::Member, Caller::Auditor, Caller::Admin, Caller::Owner];
+
+/// One row: a route (`{id}` is a fresh member account made for each call, `{self}` the caller's own
+/// account), its body, and the expected status for each caller in the order of [`CALLERS`].
+struct Row {
+    method: &'static str,
+    path: &'static str,
+    body: Option<&'static str>,
+    expected: [u16; 5],
+}
+
+/// The table. Reading across: anonymous, member, auditor, admin, owner.
+const MATRIX: &[Row] = &[
+    Row { method: "GET", path: "/v1/admin/users", body: None, expected: [401, 403, 200, 200, 200] },
+    Row {
+        method: "POST",
+        path: "/v1/admin/users",
+        body: Some(r#"{"email":"{email}","password":"velvet otter migrates at dusk"}"#),
+        expected: [401, 403, 403, 201, 201],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/admin/users",
+        body: Some(r#"{"email":"{email}","password":"velvet otter migrates at dusk","role":"owner"}"#),
+        expected: [401, 403, 403, 403, 201],
+    },
+    Row { method: "GET", path: "/v1/admin/users/{id}", body: None, expected: [401, 403, 200, 200, 200] },
+    Row { method: "GET", path: "/v1/admin/users/{self}", body: None, expected: [401, 403, 200, 200, 200] },
+    Row { method: "DELETE", path: "/v1/admin/users/{id}", body: None, expected: [401, 403, 403, 204, 204] },
+    Row {
+        method: "DELETE",
+        path: "/v1/admin/users/{owner}",
+        body: None,
+        expected: [401, 403, 403, 403, 204],
+    },
+    Row {
+        method: "PUT",
+        path: "/v1/admin/users/{id}/role",
+        body: Some(r#"{"role":"auditor"}"#),
+        expected: [401, 403, 403, 200, 200],
+    },
+    Row {
+        method: "PUT",
+        path: "/v1/admin/users/{id}/role",
+        body: Some(r#"{"role":"owner"}"#),
+        expected: [401, 403, 403, 403, 200],
+    },
+    Row {
+        method: "PUT",
+        path: "/v1/admin/users/{self}/role",
+        body: Some(r#"{"role":"owner"}"#),
+        expected: [401, 403, 403, 403, 403],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/admin/users/{id}/disable",
+        body: None,
+        expected: [401, 403, 403, 200, 200],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/admin/users/{owner}/disable",
+        body: None,
+        expected: [401, 403, 403, 403, 200],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/admin/users/{self}/disable",
+        body: None,
+        expected: [401, 403, 403, 403, 403],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/admin/users/{id}/enable",
+        body: None,
+        expected: [401, 403, 403, 200, 200],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/admin/users/{id}/unlock",
+        body: None,
+        expected: [401, 403, 403, 200, 200],
+    },
+    Row {
+        method: "DELETE",
+        path: "/v1/admin/users/{id}/sessions",
+        body: None,
+        expected: [401, 403, 403, 200, 200],
+    },
+    Row {
+        method: "DELETE",
+        path: "/v1/admin/users/{self}/sessions",
+        body: None,
+        expected: [401, 200, 200, 200, 200],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/admin/invites",
+        body: Some(r#"{"email":"{email}"}"#),
+        expected: [401, 403, 403, 202, 202],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/authz/check",
+        body: Some(r#"{"permission":"users:read"}"#),
+        expected: [401, 200, 200, 200, 200],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/authz/check",
+        body: Some(r#"{"permission":"users:read","subject":"{id}"}"#),
+        expected: [401, 403, 403, 200, 200],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/authz/check-batch",
+        body: Some(r#"{"checks":[{"permission":"users:read"}]}"#),
+        expected: [401, 200, 200, 200, 200],
+    },
+];
+
+struct World {
+    app: App,
+    router: Router,
+    counter: AtomicUsize,
+}
+
+impl World {
+    async fn new() -> World {
+        let store = SqliteStore::open_in_memory().await.unwrap();
+        store.migrate().await.unwrap();
+        let keks = KekSet::parse(&KekSet::generate_entry("test").unwrap()).unwrap();
+        let mut settings =
+            AppSettings::new(secrecy::SecretSlice::from(vec![7u8; 32]), keks, "test", "http://localhost");
+        settings.password_hash = HashAlgorithm::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 };
+        let outbox = FileOutbox::new(tempfile::tempdir().unwrap().keep(), "test@example.com").unwrap();
+        let app = App::new(Arc::new(store), Arc::new(SystemClock), settings, Arc::new(outbox)).unwrap();
+        app.load_keys().await.unwrap();
+        let router = portcullis_web::router(AppState::new(app.clone()), &WebConfig::default()).unwrap();
+        World { app, router, counter: AtomicUsize::new(0) }
+    }
+
+    fn fresh_email(&self, what: &str) -> String {
+        format!("{what}{}@example.com", self.counter.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A new account of `role`, with a bearer token.
+    async fn account(&self, role: BuiltinRole) -> (String, String) {
+        let email = self.fresh_email(role.as_str());
+        let profile =
+            self.app.create_user_as_operator(&email, None, SecretString::from(PASSWORD), role).await.unwrap();
+        let LoginOutcome::Authenticated { credentials, .. } = self
+            .app
+            .login(&email, SecretString::from(PASSWORD), LoginMode::Bearer, &Default::default())
+            .await
+            .unwrap();
+        let IssuedCredentials::Bearer { access_token, .. } = credentials else { panic!("bearer") };
+        (profile.id.to_string(), access_token)
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<String>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request.header(header::CONTENT_TYPE, "application/json").body(Body::from(body)),
+            None => request.body(Body::empty()),
+        }
+        .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn every_route_answers_every_kind_of_caller_as_the_matrix_says() {
+    let world = World::new().await;
+    // Two owners, so that one owner may act on the other without being the last.
+    world.account(BuiltinRole::Owner).await;
+    let mut failures = Vec::new();
+    for row in MATRIX {
+        for (caller, expected) in CALLERS.iter().zip(row.expected) {
+            let (self_id, token) = match caller {
+                Caller::Anonymous => (String::new(), None),
+                Caller::Member => {
+                    let (id, t) = world.account(BuiltinRole::Member).await;
+                    (id, Some(t))
+                }
+                Caller::Auditor => {
+                    let (id, t) = world.account(BuiltinRole::Auditor).await;
+                    (id, Some(t))
+                }
+                Caller::Admin => {
+                    let (id, t) = world.account(BuiltinRole::Admin).await;
+                    (id, Some(t))
+                }
+                Caller::Owner => {
+                    let (id, t) = world.account(BuiltinRole::Owner).await;
+                    (id, Some(t))
+                }
+            };
+            let (target, _) = world.account(BuiltinRole::Member).await;
+            let (other_owner, _) = world.account(BuiltinRole::Owner).await;
+            let fill = |text: &str| {
+                text.replace("{id}", &target)
+                    .replace("{owner}", &other_owner)
+                    .replace("{self}", if self_id.is_empty() { &target } else { &self_id })
+                    .replace("{email}", &world.fresh_email("new"))
+            };
+            let (status, json) =
+                world.send(row.method, &fill(row.path), token.as_deref(), row.body.map(fill)).await;
+            if status != expected {
+                failures.push(format!(
+                    "{} {} as {caller:?}: {status}, expected {expected} ({json})",
+                    row.method, row.path
+                ));
+            }
+            if status >= 400 {
+                assert!(
+                    json["type"].as_str().is_some_and(|t| t.starts_with("urn:portcullis:problem:")),
+                    "{json}"
+                );
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} cells differ from the matrix:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[tokio::test]
+async fn another_accounts_id_a_missing_id_and_a_malformed_id_look_the_same_to_an_admin_route() {
+    let world = World::new().await;
+    let (_, admin) = world.account(BuiltinRole::Admin).await;
+    let (member, _) = world.account(BuiltinRole::Member).await;
+    world
+        .app
+        .create_user_as_operator("gone@example.com", None, SecretString::from(PASSWORD), BuiltinRole::Member)
+        .await
+        .unwrap();
+    let (deleted, _) = world.account(BuiltinRole::Member).await;
+    assert_eq!(world.send("DELETE", &format!("/v1/admin/users/{deleted}"), Some(&admin), None).await.0, 204);
+    for id in [deleted.as_str(), "00000000-0000-4000-8000-000000000000", "not-a-uuid", "%00"] {
+        let (status, json) = world.send("GET", &format!("/v1/admin/users/{id}"), Some(&admin), None).await;
+        assert_eq!(status, 404, "{id}: {json}");
+        assert_eq!(json["type"], "urn:portcullis:problem:not-found");
+    }
+    assert_eq!(world.send("GET", &format!("/v1/admin/users/{member}"), Some(&admin), None).await.0, 200);
+}
+
+#[tokio::test]
+async fn escalation_attempts_are_refused_and_change_nothing() {
+    let world = World::new().await;
+    let (admin_id, admin) = world.account(BuiltinRole::Admin).await;
+    let (member_id, member) = world.account(BuiltinRole::Member).await;
+    // A member makes itself admin; an admin makes itself owner; an admin creates an owner.
+    let attempts = [
+        (
+            "PUT",
+            format!("/v1/admin/users/{member_id}/role"),
+            Some(r#"{"role":"admin"}"#.to_owned()),
+            member.clone(),
+        ),
+        (
+            "PUT",
+            format!("/v1/admin/users/{admin_id}/role"),
+            Some(r#"{"role":"owner"}"#.to_owned()),
+            admin.clone(),
+        ),
+        (
+            "POST",
+            "/v1/admin/users".to_owned(),
+            Some(format!(r#"{{"email":"x@example.com","password":"{PASSWORD}","role":"owner"}}"#)),
+            admin.clone(),
+        ),
+        ("POST", "/v1/authz/check".to_owned(), Some(r#"{"permission":"*:*"}"#.to_owned()), member.clone()),
+    ];
+    for (method, path, body, token) in attempts {
+        let (status, json) = world.send(method, &path, Some(&token), body).await;
+        assert!(status == 403 || status == 422, "{method} {path}: {status} {json}");
+    }
+    let (_, me) = world.send("GET", "/v1/me", Some(&member), None).await;
+    assert_eq!(me["role"], "member");
+    let (_, me) = world.send("GET", "/v1/me", Some(&admin), None).await;
+    assert_eq!(me["role"], "admin");
+    let (_, list) = world.send("GET", "/v1/admin/users?limit=200", Some(&admin), None).await;
+    assert!(list["users"].as_array().unwrap().iter().all(|u| u["email"] != "x@example.com"));
+}
+
+#[tokio::test]
+async fn the_user_list_rejects_malformed_and_unknown_query_parameters_with_problems() {
+    let world = World::new().await;
+    let (_, admin) = world.account(BuiltinRole::Admin).await;
+    for (query, status) in [
+        ("?limit=0", 422),
+        ("?limit=abc", 422),
+        ("?status=sleeping", 422),
+        ("?after=zzz", 422),
+        ("?admin=true", 400),
+    ] {
+        let (got, json) = world.send("GET", &format!("/v1/admin/users{query}"), Some(&admin), None).await;
+        assert_eq!(got, status, "{query}: {json}");
+    }
+}
+
+#[tokio::test]
+async fn every_guarded_route_has_a_row_in_the_matrix() {
+    let world = World::new().await;
+    let (_, json) = world.send("GET", "/openapi.json", None, None).await;
+    for (path, item) in json["paths"].as_object().unwrap() {
+        if !(path.starts_with("/v1/admin") || path.starts_with("/v1/authz")) {
+            continue;
+        }
+        for method in item.as_object().unwrap().keys() {
+            let covered = MATRIX.iter().any(|row| {
+                row.method.eq_ignore_ascii_case(method)
+                    && row.path.replace("{self}", "{id}").replace("{owner}", "{id}") == *path
+            });
+            assert!(covered, "{method} {path} has no row in the authorization matrix");
+        }
+    }
+}
