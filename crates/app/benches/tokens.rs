@@ -3,7 +3,8 @@
 //! and the caller's profile (`App::profile`, behind `GET /v1/me`) from the per-node profile cache and
 //! from SQLite once the cached copy is older than `PROFILE_CACHE_MILLIS`.
 //!
-//! The `fields` group measures the field-level encryption of personal data on its own.
+//! The `fields` group measures the field-level encryption of personal data on its own; the `authz`
+//! group the authorization decision and the check API's path inside `app`.
 //!
 //! The app runs on in-memory SQLite, like the use-case tests, with a clock the benchmark moves. Run with
 //! `cargo bench -p portcullis-app --bench tokens`; `scripts/bench/me.sh` measures the same request
@@ -129,6 +130,31 @@ fn bench_tokens(c: &mut Criterion) {
     group.finish();
 }
 
+/// Authorization (issue 5): the pure decision alone, and `App::check` for the caller's own resource
+/// (grants from the profile cache, the permission parsed, the decision), what `POST /v1/authz/check`
+/// pays inside `app` and what every `require` in a use case pays.
+fn bench_authz(c: &mut Criterion) {
+    let fixture = fixture().expect("benchmark fixture");
+    let app = fixture.app.clone();
+    let principal = app.authenticate_bearer(&fixture.access_token).expect("the login's token verifies");
+    let grants = BuiltinRole::Admin.grants();
+    let wanted = portcullis_domain::Permission::parse_concrete("sessions:delete").expect("a permission");
+    let resource = portcullis_domain::Resource { owner: Some(principal.user_id) };
+    let request = portcullis_app::CheckRequest {
+        permission: "sessions:delete".into(),
+        owner: Some(principal.user_id),
+        subject: None,
+    };
+    let mut group = c.benchmark_group("authz");
+    group.bench_function("decide_admin", |b| {
+        b.iter(|| portcullis_domain::decide(black_box(&grants), principal.user_id, &wanted, &resource))
+    });
+    group.bench_function("check_own_cached", |b| {
+        b.iter(|| fixture.runtime.block_on(app.check(black_box(&principal), black_box(&request))))
+    });
+    group.finish();
+}
+
 /// The personal-data encryption a request pays (issue 4): the blind index and two decryptions of a
 /// login, the two decryptions of an uncached profile read, and the sealing of a signup. Compare with
 /// the server CPU per request that `scripts/bench/login.sh` and `scripts/bench/me.sh` report.
@@ -144,6 +170,6 @@ fn bench_fields(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench_tokens, bench_fields
+    targets = bench_tokens, bench_fields, bench_authz
 }
 criterion_main!(benches);

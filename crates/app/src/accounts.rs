@@ -87,6 +87,8 @@ pub struct Profile {
     pub email_verified: bool,
     pub display_name: Option<String>,
     pub role: BuiltinRole,
+    /// Only an active account's profile is ever returned; the field is for the cache's check.
+    pub status: UserStatus,
     pub created_at: Timestamp,
     pub last_login_at: Option<Timestamp>,
 }
@@ -99,6 +101,7 @@ impl From<User> for Profile {
             email_verified: user.email_verified_at.is_some(),
             display_name: user.display_name.map(|d| d.as_str().to_owned()),
             role: user.role,
+            status: user.status,
             created_at: user.created_at,
             last_login_at: user.last_login_at,
         }
@@ -106,15 +109,15 @@ impl From<User> for Profile {
 }
 
 /// Validated account details, before anything is stored.
-struct NewAccount {
-    email: Email,
-    display_name: Option<DisplayName>,
-    password: SecretString,
+pub(crate) struct NewAccount {
+    pub(crate) email: Email,
+    pub(crate) display_name: Option<DisplayName>,
+    pub(crate) password: SecretString,
 }
 
 impl App {
     /// Checks every field of a new account at once, so the client sees all problems together.
-    fn validate_new_account(
+    pub(crate) fn validate_new_account(
         &self,
         email: &str,
         display_name: Option<&str>,
@@ -289,7 +292,7 @@ impl App {
 
     /// Inserts a user and its password; a taken address is a `Validation` error for the caller to
     /// disguise or report.
-    async fn insert_account(
+    pub(crate) async fn insert_account(
         &self,
         tx: &mut dyn StoreTx,
         user: &User,
@@ -379,14 +382,22 @@ impl App {
     /// another node show within that time, as revocations do.
     pub async fn profile(&self, principal: &Principal) -> Result<Profile, AppError> {
         let now = self.now();
-        if let Some(profile) = self.inner.profiles.get(principal.user_id, now) {
-            return Ok(profile);
+        let profile = match self.inner.profiles.get(principal.user_id, now) {
+            Some(profile) => profile,
+            None => {
+                let mut tx = self.inner.store.begin_read().await?;
+                let user = self.load_user(tx.as_mut(), principal.user_id).await?;
+                tx.rollback().await?;
+                let profile = user.map(Profile::from).ok_or(AppError::Unauthenticated)?;
+                self.inner.profiles.insert(profile.clone(), now);
+                profile
+            }
+        };
+        // A disabled or locked account's sessions are revoked when it changes; this also stops
+        // every permission of one whose session survived a race, within the cache's lifetime.
+        if profile.status != UserStatus::Active {
+            return Err(AppError::Unauthenticated);
         }
-        let mut tx = self.inner.store.begin_read().await?;
-        let user = self.load_user(tx.as_mut(), principal.user_id).await?;
-        tx.rollback().await?;
-        let profile = user.map(Profile::from).ok_or(AppError::Unauthenticated)?;
-        self.inner.profiles.insert(profile.clone(), now);
         Ok(profile)
     }
 
@@ -606,7 +617,7 @@ impl App {
         Ok(user.into())
     }
 
-    fn new_operator_account(
+    pub(crate) fn new_operator_account(
         &self,
         account: NewAccount,
         role: BuiltinRole,

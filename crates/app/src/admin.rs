@@ -10,7 +10,6 @@ use portcullis_domain::{
 };
 use secrecy::SecretString;
 
-use crate::accounts::Profile;
 use crate::sessions::revoke_sessions_in;
 use crate::{App, AppError, Principal};
 
@@ -95,8 +94,7 @@ impl App {
         let stored = tx.list_users(after, status, limit + 1).await?;
         let mut users = Vec::with_capacity(stored.len());
         for row in stored {
-            let id = row.id;
-            users.push(self.load_user(tx.as_mut(), id).await?.ok_or(AppError::NotFound)?.into());
+            users.push(self.open_user(tx.as_mut(), row).await?.into());
         }
         tx.rollback().await?;
         let next = (users.len() > limit as usize).then(|| {
@@ -117,7 +115,8 @@ impl App {
     }
 
     /// Creates an account with a password the administrator sets (its address counts as verified).
-    /// Needs `users:create`, and every grant of `role`.
+    /// Needs `users:create`, and every grant of `role`, both checked again on the caller's current
+    /// account under the accounts lock.
     pub async fn admin_create_user(
         &self,
         principal: &Principal,
@@ -125,15 +124,22 @@ impl App {
         display_name: Option<&str>,
         password: SecretString,
         role: BuiltinRole,
-    ) -> Result<Profile, AppError> {
+    ) -> Result<AdminUser, AppError> {
         let grants = self.require(principal, "users:create", Resource::default()).await?;
-        if !holds_all(&grants, &self.inner.role_grants.of(role)) {
-            return Err(AppError::Forbidden(format!(
-                "only someone holding every permission of {} can make one",
-                role.as_str()
-            )));
-        }
-        self.create_user_as_operator(email, display_name, password, role).await
+        self.may_hand_out(&grants, role)?;
+        let account = self.validate_new_account(email, display_name, &password)?;
+        let hash = self.inner.hasher.hash(account.password.clone()).await?;
+        let mut tx = self.inner.store.begin().await?;
+        tx.lock_users().await?;
+        let grants =
+            self.caller_under_lock(tx.as_mut(), principal, "users:create", Resource::default()).await?;
+        self.may_hand_out(&grants, role)?;
+        let now = self.now();
+        let user = self.new_operator_account(account, role, now)?;
+        self.insert_account(tx.as_mut(), &user, &hash, now).await?;
+        tx.commit().await?;
+        tracing::info!(admin = %principal.user_id, user = %user.id, role = role.as_str(), "account created");
+        Ok(user.into())
     }
 
     /// Gives an account another built-in role. Needs `users:write`, and every grant of both the old
@@ -149,9 +155,13 @@ impl App {
         if id == principal.user_id {
             return Err(AppError::Forbidden("nobody changes their own role".into()));
         }
-        let now = self.now();
+        drop(grants);
         let mut tx = self.inner.store.begin().await?;
         tx.lock_users().await?;
+        let now = self.now();
+        let grants = self
+            .caller_under_lock(tx.as_mut(), principal, "users:write", Resource { owner: Some(id) })
+            .await?;
         let user = self.load_user(tx.as_mut(), id).await?.ok_or(AppError::NotFound)?;
         for touched in [user.role, role] {
             if !holds_all(&grants, &self.inner.role_grants.of(touched)) {
@@ -182,12 +192,16 @@ impl App {
     ) -> Result<AdminUser, AppError> {
         let id = UserId::parse(id).map_err(|_| AppError::NotFound)?;
         let grants = self.require(principal, "users:write", Resource { owner: Some(id) }).await?;
-        if id == principal.user_id && change == StatusChange::Disable {
-            return Err(AppError::Forbidden("nobody disables their own account".into()));
+        if id == principal.user_id {
+            return Err(AppError::Forbidden("nobody changes the status of their own account".into()));
         }
-        let now = self.now();
+        drop(grants);
         let mut tx = self.inner.store.begin().await?;
         tx.lock_users().await?;
+        let now = self.now();
+        let grants = self
+            .caller_under_lock(tx.as_mut(), principal, "users:write", Resource { owner: Some(id) })
+            .await?;
         let user = self.load_user(tx.as_mut(), id).await?.ok_or(AppError::NotFound)?;
         self.outranks(&grants, &user)?;
         let status = match (change, user.status) {
@@ -223,16 +237,20 @@ impl App {
         if id == principal.user_id {
             return Err(AppError::Forbidden("nobody deletes their own account here".into()));
         }
-        let now = self.now();
+        drop(grants);
         let mut tx = self.inner.store.begin().await?;
         tx.lock_users().await?;
+        let now = self.now();
+        let grants = self
+            .caller_under_lock(tx.as_mut(), principal, "users:delete", Resource { owner: Some(id) })
+            .await?;
         let user = self.load_user(tx.as_mut(), id).await?.ok_or(AppError::NotFound)?;
         self.outranks(&grants, &user)?;
         if user.role == BuiltinRole::Owner {
             self.keep_an_owner(tx.as_mut(), &user).await?;
         }
         let revoked = revoke_sessions_in(tx.as_mut(), id, None, RevokeReason::UserRevoked, now).await?;
-        tx.delete_user(id).await?;
+        tx.delete_user(id, now).await?;
         tx.commit().await?;
         self.forget_sessions(&revoked, now);
         self.inner.profiles.forget(id);
@@ -251,6 +269,43 @@ impl App {
             self.outranks(&grants, &user)?;
         }
         self.revoke_all_sessions(id, None, RevokeReason::UserRevoked).await
+    }
+
+    /// The caller as it is now, read inside the write transaction after the accounts lock: still
+    /// active, and its current role still granting `permission` over `resource`. `require` answered
+    /// from a cache up to 2 s old; a just-demoted or just-disabled administrator must not act on it
+    /// (for example promote a stand-in owner before its own demotion shows).
+    async fn caller_under_lock(
+        &self,
+        tx: &mut dyn portcullis_store::StoreTx,
+        principal: &Principal,
+        permission: &'static str,
+        resource: Resource,
+    ) -> Result<std::sync::Arc<[portcullis_domain::Grant]>, AppError> {
+        let caller = self
+            .load_user(tx, principal.user_id)
+            .await?
+            .filter(|u| u.status == UserStatus::Active)
+            .ok_or(AppError::Unauthenticated)?;
+        let grants = self.inner.role_grants.of(caller.role);
+        let wanted = portcullis_domain::Permission::parse_concrete(permission)
+            .map_err(|_| AppError::Internal(format!("{permission:?} is not a permission").into()))?;
+        if !portcullis_domain::decide(&grants, principal.user_id, &wanted, &resource).allowed {
+            return Err(AppError::Forbidden(format!("this needs the {permission} permission")));
+        }
+        Ok(grants)
+    }
+
+    /// Refuses unless `grants` cover every grant of `role`: nobody hands out more than they hold.
+    fn may_hand_out(&self, grants: &[portcullis_domain::Grant], role: BuiltinRole) -> Result<(), AppError> {
+        if holds_all(grants, &self.inner.role_grants.of(role)) {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden(format!(
+                "only someone holding every permission of {} can make one",
+                role.as_str()
+            )))
+        }
     }
 
     /// Refuses unless `grants` cover every grant of `user`'s role: an admin cannot act on an owner.

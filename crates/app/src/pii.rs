@@ -79,7 +79,7 @@ impl App {
         })
     }
 
-    async fn open_user(&self, tx: &mut dyn StoreTx, stored: StoredUser) -> Result<User, AppError> {
+    pub(crate) async fn open_user(&self, tx: &mut dyn StoreTx, stored: StoredUser) -> Result<User, AppError> {
         let keys = self.keys_holding(tx, Some(&stored.pii_key)).await?;
         let row = stored.id.to_string();
         let email = keys.fields.open_text(&stored.email, users(&row, "email"))?;

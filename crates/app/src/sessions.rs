@@ -188,7 +188,12 @@ impl App {
             // Conditional: a password changed since we read it is never overwritten.
             tx.replace_password_hash(user.id, &old, &new, now).await?;
         }
-        tx.record_login(user.id, now).await?;
+        if !tx.record_login(user.id, now).await? {
+            // Disabled, locked or deleted since it was read (an administrator's change committed
+            // while the password was being checked): no session for it.
+            drop(tx);
+            return Err(AppError::InvalidCredentials);
+        }
         let (session, credentials) = self.open_session(tx.as_mut(), user.id, mode, client, now).await?;
         tx.commit().await?;
         self.inner.profiles.forget(user.id);

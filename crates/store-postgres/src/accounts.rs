@@ -121,8 +121,10 @@ impl AccountStore for PostgresTx {
     }
 
     async fn lock_users(&mut self) -> Result<(), StoreError> {
-        // SHARE ROW EXCLUSIVE conflicts with itself and with inserts, not with plain reads: two
-        // first-owner setups queue, and logins carry on.
+        // SHARE ROW EXCLUSIVE conflicts with itself and with every write to users (inserts, and the
+        // UPDATE a login makes), not with plain reads: first-owner setups, signups during a
+        // blind-index rotation and account administration queue behind each other, and a login's
+        // write waits for them (it is short); lookups carry on.
         match sqlx::query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE").execute(&mut *self.tx).await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.fail(e)),
@@ -202,7 +204,20 @@ impl AccountStore for PostgresTx {
         }
     }
 
-    async fn delete_user(&mut self, id: UserId) -> Result<bool, StoreError> {
+    async fn delete_user(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
+        // The sessions stay, revoked and without client details, so other nodes see the revocation.
+        let sessions = sqlx::query(
+            "UPDATE sessions SET ip = NULL, user_agent = NULL, pii_key = NULL, \
+             revoked_at = COALESCE(revoked_at, $2), revoked_reason = COALESCE(revoked_reason, 'user_deleted') \
+             WHERE user_id = $1",
+        )
+        .bind(id.to_string())
+        .bind(at.as_unix_millis())
+        .execute(&mut *self.tx)
+        .await;
+        if let Err(e) = sessions {
+            return Err(self.fail(e));
+        }
         let result =
             sqlx::query("DELETE FROM users WHERE id = $1").bind(id.to_string()).execute(&mut *self.tx).await;
         match result {
@@ -223,15 +238,15 @@ impl AccountStore for PostgresTx {
         }
     }
 
-    async fn record_login(&mut self, id: UserId, at: Timestamp) -> Result<(), StoreError> {
+    async fn record_login(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
         // A login is activity, not a change to the account, so updated_at stays.
-        let result = sqlx::query("UPDATE users SET last_login_at = $2 WHERE id = $1")
+        let result = sqlx::query("UPDATE users SET last_login_at = $2 WHERE id = $1 AND status = 'active'")
             .bind(id.to_string())
             .bind(at.as_unix_millis())
             .execute(&mut *self.tx)
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(done) => Ok(done.rows_affected() == 1),
             Err(e) => Err(self.fail(e)),
         }
     }

@@ -49,10 +49,12 @@ CREATE INDEX one_time_tokens_pii_key ON one_time_tokens (pii_key);
 CREATE INDEX one_time_tokens_user_purpose ON one_time_tokens (user_id, purpose);
 
 -- Login sessions: bearer (refresh-token family) or cookie (only the cookie's hash is kept). The
--- client's ip and user agent are sealed like users' personal data.
+-- client's ip and user agent are sealed like users' personal data. No foreign key to users: a deleted
+-- account's sessions stay as revoked rows with their client details erased, so every node learns of
+-- the revocation (sessions_revoked_since) before they are purged.
 CREATE TABLE sessions (
     id             TEXT    PRIMARY KEY,
-    user_id        TEXT    NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    user_id        TEXT    NOT NULL,
     kind           TEXT    NOT NULL CHECK (kind IN ('bearer', 'cookie')),
     cookie_hash    BLOB    UNIQUE CHECK (length(cookie_hash) = 32),
     created_at     INTEGER NOT NULL,

@@ -196,7 +196,20 @@ impl AccountStore for SqliteTx {
         }
     }
 
-    async fn delete_user(&mut self, id: UserId) -> Result<bool, StoreError> {
+    async fn delete_user(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
+        // The sessions stay, revoked and without client details, so other nodes see the revocation.
+        let sessions = sqlx::query(
+            "UPDATE sessions SET ip = NULL, user_agent = NULL, pii_key = NULL, \
+             revoked_at = COALESCE(revoked_at, $2), revoked_reason = COALESCE(revoked_reason, 'user_deleted') \
+             WHERE user_id = $1",
+        )
+        .bind(id.to_string())
+        .bind(at.as_unix_millis())
+        .execute(&mut *self.tx)
+        .await;
+        if let Err(e) = sessions {
+            return Err(self.fail(e));
+        }
         let result =
             sqlx::query("DELETE FROM users WHERE id = $1").bind(id.to_string()).execute(&mut *self.tx).await;
         match result {
@@ -217,15 +230,15 @@ impl AccountStore for SqliteTx {
         }
     }
 
-    async fn record_login(&mut self, id: UserId, at: Timestamp) -> Result<(), StoreError> {
+    async fn record_login(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {
         // A login is activity, not a change to the account, so updated_at stays.
-        let result = sqlx::query("UPDATE users SET last_login_at = $2 WHERE id = $1")
+        let result = sqlx::query("UPDATE users SET last_login_at = $2 WHERE id = $1 AND status = 'active'")
             .bind(id.to_string())
             .bind(at.as_unix_millis())
             .execute(&mut *self.tx)
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(done) => Ok(done.rows_affected() == 1),
             Err(e) => Err(self.fail(e)),
         }
     }

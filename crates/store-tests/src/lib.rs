@@ -63,8 +63,10 @@ pub const CHECKS: &[Check] = &[
         run: |s| Box::pin(an_accounts_status_and_role_change_and_active_owners_are_counted(s)),
     },
     Check {
-        name: "deleting_an_account_takes_its_sessions_and_credentials_with_it",
-        run: |s| Box::pin(deleting_an_account_takes_its_sessions_and_credentials_with_it(s)),
+        name: "deleting_an_account_takes_its_credentials_and_leaves_its_sessions_revoked_and_erased",
+        run: |s| {
+            Box::pin(deleting_an_account_takes_its_credentials_and_leaves_its_sessions_revoked_and_erased(s))
+        },
     },
     Check {
         name: "a_fresh_database_has_every_migration_pending",
@@ -617,7 +619,10 @@ pub async fn an_accounts_status_and_role_change_and_active_owners_are_counted(st
     let missing_role =
         tx.set_user_role(user_id(9), BuiltinRole::Owner, at(12)).await.step("promote a stranger")?;
     let owners_after = tx.count_active_with_role(BuiltinRole::Owner).await.step("count owners again")?;
+    let disabled_login =
+        tx.record_login(second.id, at(13)).await.step("record a disabled account's login")?;
     tx.commit().await.step("commit")?;
+    ensure_eq("a disabled account's login is not recorded", &disabled_login, &false)?;
 
     ensure_eq("owners before", &owners_before, &2)?;
     ensure_eq("owners after one is disabled", &owners_after, &1)?;
@@ -638,31 +643,51 @@ pub async fn an_accounts_status_and_role_change_and_active_owners_are_counted(st
     ensure_eq("the other owner is untouched", &owner_now, &Some(owner))
 }
 
-/// Deleting an account removes it with its sessions and password; deleting it again reports false.
-pub async fn deleting_an_account_takes_its_sessions_and_credentials_with_it(store: &dyn Store) -> Outcome {
+/// Deleting an account removes it with its password; its sessions stay as revoked rows without client
+/// details (so other nodes learn of the revocation); deleting it again reports false.
+pub async fn deleting_an_account_takes_its_credentials_and_leaves_its_sessions_revoked_and_erased(
+    store: &dyn Store,
+) -> Outcome {
     migrated(store).await?;
     let doomed = user(1, "doomed@example.com");
     let kept = user(2, "kept@example.com");
     write_users(store, &[doomed.clone(), kept.clone()]).await?;
     let (gone, stays) = (session(1, doomed.id, 0), session(2, kept.id, 0));
-    write_sessions(store, &[gone.clone(), stays.clone()]).await?;
     let mut tx = store.begin().await.step("begin")?;
+    let sealed_session = StoredSession {
+        session: gone.clone(),
+        ip: Some(sealed("203.0.113.9")),
+        user_agent: Some(sealed("agent")),
+        pii_key: Some(PII_KEY.to_owned()),
+    };
+    tx.insert_session(&sealed_session, None).await.step("insert a session with client details")?;
+    tx.insert_session(&unsealed(stays.clone()), None).await.step("insert another account's session")?;
     tx.set_password_hash(doomed.id, "$argon2id$doomed", at(1)).await.step("set a password")?;
-    tx.commit().await.step("commit the password")?;
+    tx.commit().await.step("commit the setup")?;
 
     let mut tx = store.begin().await.step("begin the delete")?;
-    let deleted = tx.delete_user(doomed.id).await.step("delete")?;
-    let again = tx.delete_user(doomed.id).await.step("delete again")?;
+    let deleted = tx.delete_user(doomed.id, at(5)).await.step("delete")?;
+    let again = tx.delete_user(doomed.id, at(6)).await.step("delete again")?;
     tx.commit().await.step("commit the delete")?;
 
     ensure_eq("deleted once", &(deleted, again), &(true, false))?;
     ensure_eq("the account is gone", &committed_user(store, doomed.id).await?, &None)?;
-    ensure_eq("its session is gone", &committed_session(store, gone.id).await?, &None)?;
-    ensure_eq("the other session stays", &committed_session(store, stays.id).await?.is_some(), &true)?;
+    let left = committed_session(store, gone.id).await?;
+    ensure_eq("its session is revoked at the delete", &left.map(|s| s.revoked_at), &Some(Some(at(5))))?;
+    ensure_eq(
+        "the other session stays live",
+        &committed_session(store, stays.id).await?.map(|s| s.revoked_at),
+        &Some(None),
+    )?;
     let mut tx = store.begin_read().await.step("begin a read")?;
     let hash = tx.password_hash(doomed.id).await.step("read the password")?;
+    let revoked = tx.sessions_revoked_since(at(5)).await.step("list revocations")?;
+    let sealed_sessions =
+        tx.pii_rows_not_under(PiiTable::Sessions, "another-key", 10).await.step("find sealed sessions")?;
     tx.commit().await.step("end the read")?;
-    ensure_eq("its password is gone", &hash, &None)
+    ensure_eq("its password is gone", &hash, &None)?;
+    ensure_eq("other nodes learn of the revocation", &revoked, &vec![gone.id])?;
+    ensure_eq("no session keeps client details", &sealed_sessions, &Vec::new())
 }
 
 /// An address already taken (the same blind index, whatever its sealed spelling) is
@@ -694,7 +719,8 @@ pub async fn verifying_an_email_and_logging_in_are_recorded(store: &dyn Store) -
     let mut tx = store.begin().await.step("begin")?;
     let verified = tx.mark_email_verified(alice.id, at(10)).await.step("mark the address verified")?;
     let unknown = tx.mark_email_verified(user_id(9), at(10)).await.step("mark an unknown account")?;
-    tx.record_login(alice.id, at(20)).await.step("record a login")?;
+    let recorded = tx.record_login(alice.id, at(20)).await.step("record a login")?;
+    ensure_eq("an active account's login is recorded", &recorded, &true)?;
     tx.commit().await.step("commit")?;
     let found = committed_user(store, alice.id).await?;
 

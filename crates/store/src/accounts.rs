@@ -59,15 +59,20 @@ pub trait AccountStore {
         at: Timestamp,
     ) -> Result<bool, StoreError>;
 
-    /// Deletes an account and, by cascade, its credentials, tokens and sessions; returns false if it
-    /// did not exist. Security events keep its id (they outlive it).
-    async fn delete_user(&mut self, id: UserId) -> Result<bool, StoreError>;
+    /// Deletes an account with its credentials and single-use tokens; returns false if it did not
+    /// exist. Its sessions stay, revoked at `at` (if they were not already) and with their client
+    /// details erased, so other nodes learn of the revocation; security events keep its id.
+    async fn delete_user(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError>;
 
     /// Records that the owner proved the address; returns false if the account does not exist.
     async fn mark_email_verified(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError>;
 
     /// Records a successful login.
-    async fn record_login(&mut self, id: UserId, at: Timestamp) -> Result<(), StoreError>;
+    ///
+    /// Only an `active` account's login is recorded; returns false otherwise (missing, disabled or
+    /// locked): the login must then be refused. The condition is in the write, so a disable that
+    /// commits between the login's read and its write can never leave a session behind.
+    async fn record_login(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError>;
 
     /// The account's password hash (a PHC or modular-crypt string), if it has a password.
     async fn password_hash(&mut self, user: UserId) -> Result<Option<String>, StoreError>;

@@ -120,10 +120,10 @@ async fn nobody_grants_more_than_they_hold_or_acts_on_a_stronger_account() {
 }
 
 #[tokio::test]
-async fn the_last_active_owner_can_be_neither_demoted_disabled_nor_deleted() {
-    // Two owners on two nodes demote each other: node b still holds its owner's profile (and so its
-    // owner grants) in its 2 s cache when node a has already demoted it. Only the count of active
-    // owners, read under the accounts lock, stops the second demotion.
+async fn two_owners_demoting_each_other_on_two_nodes_leave_an_active_owner() {
+    // Node b still holds its owner's profile (and so its owner grants) in its 2 s cache when node a
+    // has already demoted it. The caller's role re-read under the accounts lock refuses the second
+    // demotion, and behind it the count of active owners (read under the same lock) would too.
     let (a, b) = two_nodes().await;
     for email in [OWNER, "second@example.com"] {
         a.app.create_user_as_operator(email, None, secret(PASSWORD), BuiltinRole::Owner).await.unwrap();
@@ -139,11 +139,64 @@ async fn the_last_active_owner_can_be_neither_demoted_disabled_nor_deleted() {
         b.app.admin_set_status(&second, &last, StatusChange::Disable).await.map(|_| ()),
         b.app.admin_delete_user(&second, &last).await,
     ] {
-        let Err(AppError::Forbidden(message)) = result else { panic!("expected a refusal: {result:?}") };
-        assert!(message.contains("last active owner"), "{message}");
+        forbidden(result);
     }
     let owner = a.app.admin_get_user(&first, &last).await.unwrap();
     assert_eq!((owner.role, owner.status), (BuiltinRole::Owner, UserStatus::Active));
+}
+
+#[tokio::test]
+async fn a_just_demoted_owner_cannot_act_on_its_stale_cached_grants_on_another_node() {
+    let (a, b) = two_nodes().await;
+    for email in [OWNER, "second@example.com", ALICE] {
+        let role = if email == ALICE { BuiltinRole::Member } else { BuiltinRole::Owner };
+        a.app.create_user_as_operator(email, None, secret(PASSWORD), role).await.unwrap();
+    }
+    let first = principal(&a.app, OWNER).await;
+    let second = principal(&b.app, "second@example.com").await;
+    b.app.profile(&second).await.unwrap();
+    a.app.admin_set_role(&first, &second.user_id.to_string(), BuiltinRole::Member).await.unwrap();
+
+    // Node b still caches the second owner's role; the writes re-read the caller under the lock.
+    let alice = principal(&a.app, ALICE).await.user_id.to_string();
+    forbidden(b.app.admin_set_role(&second, &alice, BuiltinRole::Owner).await);
+    forbidden(
+        b.app
+            .admin_create_user(&second, "puppet@example.com", None, secret(PASSWORD), BuiltinRole::Owner)
+            .await,
+    );
+    forbidden(b.app.admin_set_status(&second, &alice, StatusChange::Disable).await);
+    forbidden(b.app.admin_delete_user(&second, &alice).await);
+    assert_eq!(a.app.admin_get_user(&first, &alice).await.unwrap().role, BuiltinRole::Member);
+    assert_eq!(count_users(&a.app).await, 3, "no stand-in owner was made");
+}
+
+#[tokio::test]
+async fn a_disabled_account_holds_no_permission_even_where_its_profile_is_cached() {
+    let (a, b) = two_nodes().await;
+    a.app.create_user_as_operator(OWNER, None, secret(PASSWORD), BuiltinRole::Owner).await.unwrap();
+    a.app.create_user_as_operator(ADMIN, None, secret(PASSWORD), BuiltinRole::Admin).await.unwrap();
+    let owner = principal(&a.app, OWNER).await;
+    let admin = principal(&b.app, ADMIN).await;
+    b.app.profile(&admin).await.unwrap();
+    a.app.admin_set_status(&owner, &admin.user_id.to_string(), StatusChange::Disable).await.unwrap();
+
+    // Node b has neither synced the revocation nor let its cached profile expire.
+    forbidden_or_unauthenticated(
+        b.app.admin_set_status(&admin, &admin.user_id.to_string(), StatusChange::Enable).await,
+    );
+    forbidden_or_unauthenticated(
+        b.app
+            .admin_create_user(&admin, "stand-in@example.com", None, secret(PASSWORD), BuiltinRole::Admin)
+            .await,
+    );
+    b.clock.advance_millis(crate::PROFILE_CACHE_MILLIS);
+    assert!(matches!(b.app.profile(&admin).await, Err(AppError::Unauthenticated)));
+    assert_eq!(count_users(&a.app).await, 2);
+}
+
+fn forbidden_or_unauthenticated<T: std::fmt::Debug>(result: Result<T, AppError>) {
+    assert!(matches!(result, Err(AppError::Forbidden(_) | AppError::Unauthenticated)), "{result:?}");
 }
 
 #[tokio::test]

@@ -149,11 +149,10 @@ pub(crate) async fn create_user(
     Json(body): Json<CreateUserBody>,
 ) -> Result<(StatusCode, axum::Json<AdminUserResponse>), ApiError> {
     let role = parse_role(body.role.as_deref())?;
-    let profile = state
+    let user = state
         .app
         .admin_create_user(&principal, &body.email, body.display_name.as_deref(), body.password, role)
         .await?;
-    let user = state.app.admin_get_user(&principal, &profile.id.to_string()).await?;
     Ok((StatusCode::CREATED, axum::Json(user.into())))
 }
 
