@@ -498,8 +498,10 @@ impl App {
                     user_id: None,
                     session_id: None,
                 };
-                tx.insert_security_event(&self.seal_security_event(event, client.ip.as_deref())?).await?;
+                tx.insert_security_event(&self.seal_security_event(event.clone(), client.ip.as_deref())?)
+                    .await?;
                 tx.commit().await?;
+                crate::sessions::log_security_event(&event, true);
             }
         }
         Ok(())

@@ -293,8 +293,10 @@ impl App {
                     user_id: session.as_ref().map(|s| s.user_id),
                     session_id: Some(session_id),
                 };
-                tx.insert_security_event(&self.seal_security_event(event, client.ip.as_deref())?).await?;
+                tx.insert_security_event(&self.seal_security_event(event.clone(), client.ip.as_deref())?)
+                    .await?;
                 tx.commit().await?;
+                log_security_event(&event, true);
                 self.forget_session(session_id, now);
                 tracing::warn!(session = %session_id, "a spent refresh token was presented; session revoked");
                 Err(AppError::Unauthenticated)
@@ -394,7 +396,14 @@ impl App {
         if principal.is_none() {
             // Nobody's session is at stake (a cross-site login attempt): logged, not stored, so that
             // forged requests cannot be turned into writes on the single SQLite writer.
-            tracing::info!(kind = SecurityEventKind::CsrfRejected.as_str(), "security event (not stored)");
+            let event = SecurityEvent {
+                id: SecurityEventId::from_random_bytes(random_id_bytes()?),
+                at: self.now(),
+                kind: SecurityEventKind::CsrfRejected,
+                user_id: None,
+                session_id: None,
+            };
+            log_security_event(&event, false);
             return Err(AppError::CsrfRejected);
         }
         self.record_security_event(
@@ -544,13 +553,29 @@ impl App {
     ) -> Result<(), AppError> {
         let id = SecurityEventId::from_random_bytes(random_id_bytes()?);
         let event = SecurityEvent { id, at: self.now(), kind, user_id, session_id };
-        let event = self.seal_security_event(event, client.ip.as_deref())?;
+        let sealed = self.seal_security_event(event.clone(), client.ip.as_deref())?;
         let mut tx = self.inner.store.begin().await?;
-        tx.insert_security_event(&event).await?;
+        tx.insert_security_event(&sealed).await?;
         tx.commit().await?;
-        tracing::info!(kind = kind.as_str(), user = ?user_id.map(|u| u.to_string()), "security event");
+        log_security_event(&event, true);
         Ok(())
     }
+}
+
+/// Every security event also goes to the log stream, once it is recorded (or when it is not stored
+/// at all), as one structured line with a stable `event.kind`, so a SIEM can follow them without the
+/// database. The client's ip is not in it: the request span that carries the line names the client.
+pub(crate) fn log_security_event(event: &SecurityEvent, stored: bool) {
+    let user = event.user_id.map(|u| u.to_string());
+    let session = event.session_id.map(|s| s.to_string());
+    tracing::info!(
+        event.kind = event.kind.as_str(),
+        event.id = %event.id,
+        event.stored = stored,
+        user = user.as_deref(),
+        session = session.as_deref(),
+        "security event"
+    );
 }
 
 /// Revokes a user's sessions inside `tx` (all, or all but `keep`); returns their ids so the caller

@@ -121,3 +121,45 @@ async fn secrets_pushed_through_the_account_endpoints_never_reach_the_logs() {
         assert!(!logs.contains(secret.as_str()), "a secret reached the logs: {:.12}…", secret);
     }
 }
+
+#[tokio::test]
+async fn every_security_event_is_also_a_structured_log_line_with_a_stable_kind() {
+    let app = spawn_app().await;
+    crate::support::register(&app, "siem@example.com", "velvet otter migrates at dusk").await;
+    let failed = crate::support::login_response(
+        &app,
+        serde_json::json!({"email": "siem@example.com", "password": "not the password at all"}),
+    )
+    .await;
+    assert_eq!(failed.status(), 401);
+    let login_request = failed.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let forgot =
+        app.post_json("/v1/auth/password/forgot", &serde_json::json!({"email": "nobody@example.com"})).await;
+    let forgot_request = forgot.headers()["x-request-id"].to_str().unwrap().to_owned();
+
+    let event_of = |request_id: &str| {
+        crate::support::log_lines()
+            .into_iter()
+            .find(|line| {
+                line["message"] == "security event"
+                    && line["spans"]
+                        .as_array()
+                        .is_some_and(|spans| spans.iter().any(|s| s["request_id"] == request_id))
+            })
+            .unwrap_or_else(|| {
+                let events: Vec<_> = crate::support::log_lines()
+                    .into_iter()
+                    .filter(|l| l["message"] == "security event")
+                    .collect();
+                panic!("no security event line for request {request_id}: {events:#?}")
+            })
+    };
+    let login_event = event_of(&login_request);
+    assert_eq!(login_event["event.kind"], "login_failed", "{login_event}");
+    assert_eq!(login_event["event.stored"], true);
+    assert!(login_event["user"].as_str().is_some_and(|u| u.len() == 36), "{login_event}");
+    assert_eq!(event_of(&forgot_request)["event.kind"], "password_reset_for_unknown_account");
+    let text = serde_json::to_string(&login_event).unwrap();
+    assert!(!text.contains("siem@example.com") && !text.contains("not the password"), "{text}");
+    app.stop().await;
+}
