@@ -497,3 +497,35 @@ fn the_key_inventory_names_every_keyring_purpose_and_algorithm() {
         "the KEK is documented in both places"
     );
 }
+
+#[test]
+fn env_example_lists_every_environment_variable_and_a_file_variant_for_every_secret() {
+    let example = std::fs::read_to_string(root().join("config/example.toml")).unwrap();
+    let env = std::fs::read_to_string(root().join(".env.example")).unwrap();
+    let names = |text: &str| -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("PORTCULLIS_") && !w.starts_with("PORTCULLIS_SECTION"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let documented = names(&example);
+    let listed: std::collections::BTreeSet<String> = env
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("# PORTCULLIS_")
+                .map(|rest| format!("PORTCULLIS_{}", rest.split('=').next().unwrap()))
+        })
+        .collect();
+    let missing: Vec<_> = documented.iter().filter(|n| !listed.contains(*n)).collect();
+    assert!(missing.is_empty(), ".env.example lacks {missing:?}");
+    for secret in portcullis::config::SECRET_KEYS {
+        let (section, key) = secret.split_once('.').unwrap();
+        let name = format!("PORTCULLIS_{}__{}", section.to_uppercase(), key.to_uppercase());
+        assert!(listed.contains(&name), ".env.example lacks {name}");
+        assert!(listed.contains(&format!("{name}_FILE")), ".env.example lacks {name}_FILE");
+        assert!(env.contains(&format!("# {name}=\n")), "{name} has an example value in .env.example");
+    }
+    let unknown: Vec<_> =
+        listed.iter().filter(|n| !documented.contains(*n) && !n.ends_with("_FILE")).collect();
+    assert!(unknown.is_empty(), ".env.example names variables config/example.toml does not: {unknown:?}");
+}
