@@ -36,12 +36,19 @@ fuzz_target!(|data: &[u8]| {
 
     let me = UserId::from_random_bytes([1; 16]);
     let other = UserId::from_random_bytes([2; 16]);
-    for resource in [Resource { owner: Some(me) }, Resource { owner: Some(other) }, Resource::default()] {
+    for resource in [
+        Resource { owner: Some(me), organization: None },
+        Resource { owner: Some(other), organization: None },
+        Resource::default(),
+    ] {
         let decision = decide(&grants, me, &wanted, &resource);
         let expected = grants.iter().any(|g| {
             g.permission.implies(&wanted) && (g.scope == Scope::System || resource.owner == Some(me))
         });
         assert_eq!(decision.allowed, expected, "{question:?} over {resource:?} with {grants:?}");
     }
-    assert!(!decide(&[], me, &wanted, &Resource { owner: Some(me) }).allowed, "allowed with no grant");
+    assert!(
+        !decide(&[], me, &wanted, &Resource { owner: Some(me), organization: None }).allowed,
+        "allowed with no grant"
+    );
 });

@@ -139,10 +139,11 @@ fn bench_authz(c: &mut Criterion) {
     let principal = app.authenticate_bearer(&fixture.access_token).expect("the login's token verifies");
     let grants = BuiltinRole::Admin.grants();
     let wanted = portcullis_domain::Permission::parse_concrete("sessions:delete").expect("a permission");
-    let resource = portcullis_domain::Resource { owner: Some(principal.user_id) };
+    let resource = portcullis_domain::Resource { owner: Some(principal.user_id), organization: None };
     let request = portcullis_app::CheckRequest {
         permission: "sessions:delete".into(),
         owner: Some(principal.user_id),
+        organization: None,
         subject: None,
     };
     let mut group = c.benchmark_group("authz");

@@ -56,6 +56,13 @@ impl ProfileCache {
             entries.remove(&user);
         }
     }
+
+    /// Drops every entry (a change that touches many accounts, such as deleting an organization).
+    pub(crate) fn clear(&self) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.clear();
+        }
+    }
 }
 
 /// Who may create an account by themselves.
@@ -89,6 +96,8 @@ pub struct Profile {
     pub role: BuiltinRole,
     /// Only an active account's profile is ever returned; the field is for the cache's check.
     pub status: UserStatus,
+    /// The organizations the account belongs to, with its role in each, in organization id order.
+    pub organizations: Vec<(portcullis_domain::OrganizationId, BuiltinRole)>,
     pub created_at: Timestamp,
     pub last_login_at: Option<Timestamp>,
 }
@@ -102,6 +111,7 @@ impl From<User> for Profile {
             display_name: user.display_name.map(|d| d.as_str().to_owned()),
             role: user.role,
             status: user.status,
+            organizations: Vec::new(),
             created_at: user.created_at,
             last_login_at: user.last_login_at,
         }
@@ -387,8 +397,11 @@ impl App {
             None => {
                 let mut tx = self.inner.store.begin_read().await?;
                 let user = self.load_user(tx.as_mut(), principal.user_id).await?;
+                let organizations = tx.memberships_of(principal.user_id).await?;
                 tx.rollback().await?;
-                let profile = user.map(Profile::from).ok_or(AppError::Unauthenticated)?;
+                let profile = user
+                    .map(|user| Profile { organizations, ..Profile::from(user) })
+                    .ok_or(AppError::Unauthenticated)?;
                 self.inner.profiles.insert(profile.clone(), now);
                 profile
             }

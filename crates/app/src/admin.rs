@@ -107,7 +107,7 @@ impl App {
     /// One account. Needs `users:read` over it; an unknown or malformed id is [`AppError::NotFound`].
     pub async fn admin_get_user(&self, principal: &Principal, id: &str) -> Result<AdminUser, AppError> {
         let id = UserId::parse(id).map_err(|_| AppError::NotFound)?;
-        self.require(principal, "users:read", Resource { owner: Some(id) }).await?;
+        self.require(principal, "users:read", Resource { owner: Some(id), organization: None }).await?;
         let mut tx = self.inner.store.begin_read().await?;
         let user = self.load_user(tx.as_mut(), id).await?;
         tx.rollback().await?;
@@ -151,7 +151,8 @@ impl App {
         role: BuiltinRole,
     ) -> Result<AdminUser, AppError> {
         let id = UserId::parse(id).map_err(|_| AppError::NotFound)?;
-        let grants = self.require(principal, "users:write", Resource { owner: Some(id) }).await?;
+        let grants =
+            self.require(principal, "users:write", Resource { owner: Some(id), organization: None }).await?;
         if id == principal.user_id {
             return Err(AppError::Forbidden("nobody changes their own role".into()));
         }
@@ -160,7 +161,12 @@ impl App {
         tx.lock_users().await?;
         let now = self.now();
         let grants = self
-            .caller_under_lock(tx.as_mut(), principal, "users:write", Resource { owner: Some(id) })
+            .caller_under_lock(
+                tx.as_mut(),
+                principal,
+                "users:write",
+                Resource { owner: Some(id), organization: None },
+            )
             .await?;
         let user = self.load_user(tx.as_mut(), id).await?.ok_or(AppError::NotFound)?;
         for touched in [user.role, role] {
@@ -191,7 +197,8 @@ impl App {
         change: StatusChange,
     ) -> Result<AdminUser, AppError> {
         let id = UserId::parse(id).map_err(|_| AppError::NotFound)?;
-        let grants = self.require(principal, "users:write", Resource { owner: Some(id) }).await?;
+        let grants =
+            self.require(principal, "users:write", Resource { owner: Some(id), organization: None }).await?;
         if id == principal.user_id {
             return Err(AppError::Forbidden("nobody changes the status of their own account".into()));
         }
@@ -200,7 +207,12 @@ impl App {
         tx.lock_users().await?;
         let now = self.now();
         let grants = self
-            .caller_under_lock(tx.as_mut(), principal, "users:write", Resource { owner: Some(id) })
+            .caller_under_lock(
+                tx.as_mut(),
+                principal,
+                "users:write",
+                Resource { owner: Some(id), organization: None },
+            )
             .await?;
         let user = self.load_user(tx.as_mut(), id).await?.ok_or(AppError::NotFound)?;
         self.outranks(&grants, &user)?;
@@ -233,7 +245,8 @@ impl App {
     /// grant of its role; the last active owner cannot be deleted, and nobody deletes themselves.
     pub async fn admin_delete_user(&self, principal: &Principal, id: &str) -> Result<(), AppError> {
         let id = UserId::parse(id).map_err(|_| AppError::NotFound)?;
-        let grants = self.require(principal, "users:delete", Resource { owner: Some(id) }).await?;
+        let grants =
+            self.require(principal, "users:delete", Resource { owner: Some(id), organization: None }).await?;
         if id == principal.user_id {
             return Err(AppError::Forbidden("nobody deletes their own account here".into()));
         }
@@ -242,7 +255,12 @@ impl App {
         tx.lock_users().await?;
         let now = self.now();
         let grants = self
-            .caller_under_lock(tx.as_mut(), principal, "users:delete", Resource { owner: Some(id) })
+            .caller_under_lock(
+                tx.as_mut(),
+                principal,
+                "users:delete",
+                Resource { owner: Some(id), organization: None },
+            )
             .await?;
         let user = self.load_user(tx.as_mut(), id).await?.ok_or(AppError::NotFound)?;
         self.outranks(&grants, &user)?;
@@ -261,7 +279,9 @@ impl App {
     /// Ends every session of an account. Needs `sessions:delete` over it.
     pub async fn admin_revoke_sessions(&self, principal: &Principal, id: &str) -> Result<u64, AppError> {
         let id = UserId::parse(id).map_err(|_| AppError::NotFound)?;
-        let grants = self.require(principal, "sessions:delete", Resource { owner: Some(id) }).await?;
+        let grants = self
+            .require(principal, "sessions:delete", Resource { owner: Some(id), organization: None })
+            .await?;
         let mut tx = self.inner.store.begin_read().await?;
         let user = self.load_user(tx.as_mut(), id).await?.ok_or(AppError::NotFound)?;
         tx.rollback().await?;
@@ -275,7 +295,7 @@ impl App {
     /// active, and its current role still granting `permission` over `resource`. `require` answered
     /// from a cache up to 2 s old; a just-demoted or just-disabled administrator must not act on it
     /// (for example promote a stand-in owner before its own demotion shows).
-    async fn caller_under_lock(
+    pub(crate) async fn caller_under_lock(
         &self,
         tx: &mut dyn portcullis_store::StoreTx,
         principal: &Principal,
@@ -287,7 +307,8 @@ impl App {
             .await?
             .filter(|u| u.status == UserStatus::Active)
             .ok_or(AppError::Unauthenticated)?;
-        let grants = self.inner.role_grants.of(caller.role);
+        let memberships = tx.memberships_of(principal.user_id).await?;
+        let grants = self.grants_for(caller.role, &memberships);
         let wanted = portcullis_domain::Permission::parse_concrete(permission)
             .map_err(|_| AppError::Internal(format!("{permission:?} is not a permission").into()))?;
         if !portcullis_domain::decide(&grants, principal.user_id, &wanted, &resource).allowed {

@@ -36,6 +36,8 @@ pub struct CheckRequest {
     pub permission: String,
     /// The owner of the resource asked about, if it has one.
     pub owner: Option<UserId>,
+    /// The organization the resource belongs to, if any.
+    pub organization: Option<portcullis_domain::OrganizationId>,
     /// Whom to decide for; the caller itself when `None`. Asking about someone else needs
     /// `authz:check`.
     pub subject: Option<UserId>,
@@ -48,7 +50,29 @@ impl App {
     /// The caller's grants.
     pub(crate) async fn grants_of(&self, principal: &Principal) -> Result<Arc<[Grant]>, AppError> {
         let profile = self.profile(principal).await?;
-        Ok(self.inner.role_grants.of(profile.role))
+        Ok(self.grants_for(profile.role, &profile.organizations))
+    }
+
+    /// The grants of an account with a system-wide `role` and `memberships`: the role's grants, and
+    /// each membership's role's grants narrowed to its organization.
+    pub(crate) fn grants_for(
+        &self,
+        role: BuiltinRole,
+        memberships: &[(portcullis_domain::OrganizationId, BuiltinRole)],
+    ) -> Arc<[Grant]> {
+        let system = self.inner.role_grants.of(role);
+        if memberships.is_empty() {
+            return system;
+        }
+        let mut grants: Vec<Grant> = system.to_vec();
+        for (organization, role) in memberships {
+            for grant in role.grants_in(*organization) {
+                if !grants.contains(&grant) {
+                    grants.push(grant);
+                }
+            }
+        }
+        Arc::from(grants)
     }
 
     /// Refuses unless the caller holds `permission` over `resource`: the one authorization path of
@@ -112,7 +136,8 @@ impl App {
             } else {
                 self.grants_of_subject(subject).await?
             };
-            let decision = decide(&grants, subject, wanted, &Resource { owner: request.owner });
+            let resource = Resource { owner: request.owner, organization: request.organization };
+            let decision = decide(&grants, subject, wanted, &resource);
             if !decision.allowed {
                 // The audit trail (issue 8) records denials; until then, the log does.
                 tracing::info!(caller = %principal.user_id, %subject, permission = %wanted, "check denied");

@@ -48,6 +48,10 @@ random_id!(
     SessionId
 );
 random_id!(
+    /// One organization (tenant).
+    OrganizationId
+);
+random_id!(
     /// One security event (its identity binds its sealed client address to its row).
     SecurityEventId
 );

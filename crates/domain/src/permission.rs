@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::{BuiltinRole, UserId};
+use crate::{BuiltinRole, OrganizationId, UserId};
 
 /// Longest permission string accepted (`resource:action`).
 pub const MAX_PERMISSION_LEN: usize = 64;
@@ -116,6 +116,8 @@ impl fmt::Display for Permission {
 pub enum Scope {
     /// Everything this installation holds.
     System,
+    /// Everything that belongs to one organization.
+    Organization(OrganizationId),
     /// Only the principal's own resources (its account, sessions, keys).
     Own,
 }
@@ -127,10 +129,12 @@ pub struct Grant {
     pub scope: Scope,
 }
 
-/// What a decision is about: the resource's owner, if it has one. `None` means a collection or a
-/// system-wide resource, which only a system-scoped grant covers.
+/// What a decision is about: the organization it belongs to and its owner, where it has them. A
+/// resource with neither is a collection or a system-wide thing, which only a system-scoped grant
+/// covers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Resource {
+    pub organization: Option<OrganizationId>,
     pub owner: Option<UserId>,
 }
 
@@ -155,10 +159,16 @@ pub fn decide(grants: &[Grant], principal: UserId, wanted: &Permission, resource
                     reason: format!("granted by {} (system)", grant.permission),
                 };
             }
+            Scope::Organization(org) if resource.organization == Some(org) => {
+                return Decision {
+                    allowed: true,
+                    reason: format!("granted by {} (organization {org})", grant.permission),
+                };
+            }
             Scope::Own if resource.owner == Some(principal) => {
                 return Decision { allowed: true, reason: format!("granted by {} (own)", grant.permission) };
             }
-            Scope::Own => {}
+            Scope::Organization(_) | Scope::Own => {}
         }
     }
     Decision { allowed: false, reason: format!("no grant of {wanted} covers this resource") }
@@ -168,14 +178,34 @@ pub fn decide(grants: &[Grant], principal: UserId, wanted: &Permission, resource
 /// a role edit) a permission they do not hold themselves, at a scope at least as wide.
 pub fn holds_all(holder: &[Grant], granted: &[Grant]) -> bool {
     granted.iter().all(|wanted| {
-        holder.iter().any(|held| {
-            held.permission.implies(&wanted.permission)
-                && (held.scope == Scope::System || wanted.scope == Scope::Own)
-        })
+        holder
+            .iter()
+            .any(|held| held.permission.implies(&wanted.permission) && covers(held.scope, wanted.scope))
     })
 }
 
+/// Whether a grant at `held` reaches at least as far as one at `wanted`.
+fn covers(held: Scope, wanted: Scope) -> bool {
+    match (held, wanted) {
+        (Scope::System, _) | (_, Scope::Own) => true,
+        (Scope::Organization(a), Scope::Organization(b)) => a == b,
+        (Scope::Organization(_) | Scope::Own, Scope::System) | (Scope::Own, Scope::Organization(_)) => false,
+    }
+}
+
 impl BuiltinRole {
+    /// The grants of a built-in role held in one organization: its system-wide grants narrowed to that
+    /// organization, its own-scoped grants as they are.
+    pub fn grants_in(self, organization: OrganizationId) -> Vec<Grant> {
+        self.grants()
+            .into_iter()
+            .map(|grant| match grant.scope {
+                Scope::System => Grant { scope: Scope::Organization(organization), ..grant },
+                Scope::Organization(_) | Scope::Own => grant,
+            })
+            .collect()
+    }
+
     /// The grants of a built-in role. `owner` holds everything; `admin` manages accounts, sessions,
     /// invites and keys but not owners; `auditor` reads, including the audit trail and security
     /// events; `member` manages only its own account.
@@ -197,6 +227,10 @@ impl BuiltinRole {
                 "sessions:*",
                 "invites:*",
                 "roles:read",
+                "orgs:create",
+                "orgs:read",
+                "orgs:write",
+                "memberships:*",
                 "apikeys:*",
                 "audit:read",
                 "security:read",
@@ -207,6 +241,8 @@ impl BuiltinRole {
                 "users:read",
                 "sessions:read",
                 "roles:read",
+                "orgs:read",
+                "memberships:read",
                 "apikeys:read",
                 "audit:read",
                 "security:read",
@@ -253,11 +289,17 @@ mod tests {
         let (alice, bob) = (UserId::from_random_bytes(ALICE), UserId::from_random_bytes(BOB));
         let member = BuiltinRole::Member.grants();
         let wanted = Permission::parse_concrete("sessions:delete").unwrap();
-        assert!(decide(&member, alice, &wanted, &Resource { owner: Some(alice) }).allowed);
-        assert!(!decide(&member, alice, &wanted, &Resource { owner: Some(bob) }).allowed);
+        assert!(
+            decide(&member, alice, &wanted, &Resource { owner: Some(alice), ..Resource::default() }).allowed
+        );
+        assert!(
+            !decide(&member, alice, &wanted, &Resource { owner: Some(bob), ..Resource::default() }).allowed
+        );
         assert!(!decide(&member, alice, &wanted, &Resource::default()).allowed, "a collection is not own");
         let admin = BuiltinRole::Admin.grants();
-        assert!(decide(&admin, alice, &wanted, &Resource { owner: Some(bob) }).allowed);
+        assert!(
+            decide(&admin, alice, &wanted, &Resource { owner: Some(bob), ..Resource::default() }).allowed
+        );
         let denied = decide(&admin, alice, &p("roles:write"), &Resource::default());
         assert!(!denied.allowed && denied.reason.contains("roles:write"), "{denied:?}");
     }
@@ -273,6 +315,29 @@ mod tests {
         let own_only = vec![Grant { permission: p("sessions:*"), scope: Scope::Own }];
         let system = vec![Grant { permission: p("sessions:read"), scope: Scope::System }];
         assert!(!holds_all(&own_only, &system));
+    }
+
+    #[test]
+    fn an_organization_scoped_grant_covers_only_that_organizations_resources() {
+        let alice = UserId::from_random_bytes(ALICE);
+        let (acme, globex) =
+            (OrganizationId::from_random_bytes([5; 16]), OrganizationId::from_random_bytes([6; 16]));
+        let org_admin = BuiltinRole::Admin.grants_in(acme);
+        let wanted = Permission::parse_concrete("memberships:write").unwrap();
+        let at = |organization| Resource { organization: Some(organization), owner: None };
+        assert!(decide(&org_admin, alice, &wanted, &at(acme)).allowed);
+        assert!(!decide(&org_admin, alice, &wanted, &at(globex)).allowed);
+        assert!(!decide(&org_admin, alice, &wanted, &Resource::default()).allowed, "not system-wide");
+        // An organization's admin can hand out that organization's member or admin role, nothing wider.
+        assert!(holds_all(&org_admin, &BuiltinRole::Member.grants_in(acme)));
+        assert!(holds_all(&org_admin, &BuiltinRole::Admin.grants_in(acme)));
+        assert!(!holds_all(&org_admin, &BuiltinRole::Auditor.grants_in(globex)), "another organization");
+        assert!(!holds_all(&org_admin, &BuiltinRole::Owner.grants_in(acme)));
+        assert!(
+            !holds_all(&org_admin, &BuiltinRole::Auditor.grants()),
+            "no system-wide grant from an org role"
+        );
+        assert!(holds_all(&BuiltinRole::Admin.grants(), &BuiltinRole::Admin.grants_in(globex)));
     }
 
     fn part() -> impl Strategy<Value = String> {
@@ -307,7 +372,7 @@ mod tests {
                 scope: if system { Scope::System } else { Scope::Own },
             }).collect();
             let wanted = Permission::parse_concrete(&format!("{wr}:{wa}")).unwrap();
-            let resource = Resource { owner: own.then_some(alice) };
+            let resource = Resource { owner: own.then_some(alice), organization: None };
             let expected = grants.iter().any(|g| g.permission.implies(&wanted) && (g.scope == Scope::System || own));
             prop_assert_eq!(decide(&grants, alice, &wanted, &resource).allowed, expected);
         }

@@ -8,6 +8,7 @@
 mod accounts;
 mod instance;
 mod keys;
+mod organizations;
 mod pii;
 mod security_events;
 mod sessions;

@@ -14,9 +14,9 @@ use std::pin::Pin;
 use std::slice;
 
 use portcullis_domain::{
-    BuiltinRole, InstanceId, InstanceMeta, OneTimePurpose, OneTimeToken, RevokeReason, SecurityEvent,
-    SecurityEventId, SecurityEventKind, Session, SessionId, SessionKind, Timestamp, TokenHash, UserId,
-    UserStatus, error_chain,
+    BuiltinRole, DisplayName, InstanceId, InstanceMeta, OneTimePurpose, OneTimeToken, Organization,
+    OrganizationId, OrganizationSlug, RevokeReason, SecurityEvent, SecurityEventId, SecurityEventKind,
+    Session, SessionId, SessionKind, Timestamp, TokenHash, UserId, UserStatus, error_chain,
 };
 use portcullis_store::{
     BlindIndex, KeyPurpose, KeyState, PiiRow, PiiTable, RefreshSpend, Sealed, Store, StoreError, StoreTx,
@@ -254,6 +254,40 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "reindexing_a_user_onto_another_accounts_index_is_a_conflict",
         run: |s| Box::pin(reindexing_a_user_onto_another_accounts_index_is_a_conflict(s)),
+    },
+    Check {
+        name: "an_organization_round_trips_by_id_and_by_slug_and_a_taken_slug_is_a_conflict",
+        run: |s| Box::pin(an_organization_round_trips_by_id_and_by_slug_and_a_taken_slug_is_a_conflict(s)),
+    },
+    Check {
+        name: "organizations_are_listed_a_page_at_a_time_in_id_order",
+        run: |s| Box::pin(organizations_are_listed_a_page_at_a_time_in_id_order(s)),
+    },
+    Check {
+        name: "renaming_an_organization_changes_only_its_name_and_reports_a_missing_one",
+        run: |s| Box::pin(renaming_an_organization_changes_only_its_name_and_reports_a_missing_one(s)),
+    },
+    Check {
+        name: "deleting_an_organization_takes_its_memberships_and_reports_false_the_second_time",
+        run: |s| {
+            Box::pin(deleting_an_organization_takes_its_memberships_and_reports_false_the_second_time(s))
+        },
+    },
+    Check {
+        name: "a_membership_is_set_changed_listed_a_page_at_a_time_and_removed_once",
+        run: |s| Box::pin(a_membership_is_set_changed_listed_a_page_at_a_time_and_removed_once(s)),
+    },
+    Check {
+        name: "a_membership_in_a_missing_organization_or_of_a_missing_account_is_a_conflict",
+        run: |s| Box::pin(a_membership_in_a_missing_organization_or_of_a_missing_account_is_a_conflict(s)),
+    },
+    Check {
+        name: "only_active_accounts_holding_the_role_in_that_organization_are_counted",
+        run: |s| Box::pin(only_active_accounts_holding_the_role_in_that_organization_are_counted(s)),
+    },
+    Check {
+        name: "deleting_an_account_ends_its_memberships",
+        run: |s| Box::pin(deleting_an_account_ends_its_memberships(s)),
     },
     Check { name: "ping_answers", run: |s| Box::pin(ping_answers(s)) },
     Check { name: "close_is_clean", run: |s| Box::pin(close_is_clean(s)) },
@@ -2075,6 +2109,337 @@ pub async fn reindexing_a_user_onto_another_accounts_index_is_a_conflict(store: 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Organizations and memberships
+// ---------------------------------------------------------------------------------------------
+
+/// Every field of an organization comes back as written, by id and by slug; unknown ones are `None`.
+/// A taken slug is `Conflict { entity: "organization" }` and the first organization is left alone.
+pub async fn an_organization_round_trips_by_id_and_by_slug_and_a_taken_slug_is_a_conflict(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let acme = Organization { name: display_name("Acme Société")?, ..organization(1, "acme")? };
+    write_organizations(store, slice::from_ref(&acme)).await?;
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let by_id = tx.organization(acme.id).await.step("read by id")?;
+    let by_slug = tx.organization_by_slug(&acme.slug).await.step("read by slug")?;
+    let unknown_id = tx.organization(organization_id(2)).await.step("read an unknown id")?;
+    let unknown_slug = tx.organization_by_slug(&slug("globex")?).await.step("read an unknown slug")?;
+    tx.commit().await.step("end the read")?;
+
+    let mut tx = store.begin().await.step("begin the second insert")?;
+    let taken = tx.insert_organization(&organization(3, "acme")?).await;
+    tx.rollback().await.step("roll back after the conflict")?;
+    let after = committed_organization(store, acme.id).await?;
+    let intruder = committed_organization(store, organization_id(3)).await?;
+
+    ensure_eq("organization by id", &by_id, &Some(acme.clone()))?;
+    ensure_eq("organization by slug", &by_slug, &Some(acme.clone()))?;
+    ensure_eq("unknown id", &unknown_id, &None)?;
+    ensure_eq("unknown slug", &unknown_slug, &None)?;
+    ensure_conflict("an organization with a taken slug", taken, "organization")?;
+    ensure_eq("the first organization", &after, &Some(acme))?;
+    ensure_eq("the second organization", &intruder, &None)
+}
+
+/// Keyset pagination of organizations: pages in id (byte) order that neither skip nor repeat,
+/// whatever order they were created in.
+pub async fn organizations_are_listed_a_page_at_a_time_in_id_order(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    let mut organizations = Vec::new();
+    for (n, seed) in [0xa1_u8, 0x3c, 0xf0, 0x0f, 0x55].into_iter().enumerate() {
+        organizations.push(organization(seed, &format!("org-{n}"))?);
+    }
+    write_organizations(store, &organizations).await?;
+    let mut ids: Vec<OrganizationId> = organizations.iter().map(|o| o.id).collect();
+    ids.sort_by_key(|id| id.to_string());
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let first = tx.organizations(None, 2).await.step("first page")?;
+    let second = tx.organizations(first.last().map(|o| o.id), 2).await.step("second page")?;
+    let third = tx.organizations(second.last().map(|o| o.id), 2).await.step("third page")?;
+    let after_last = tx.organizations(ids.last().copied(), 10).await.step("after the last")?;
+    tx.commit().await.step("end the read")?;
+
+    let paged: Vec<OrganizationId> = first.iter().chain(&second).chain(&third).map(|o| o.id).collect();
+    ensure_eq("page sizes", &(first.len(), second.len(), third.len()), &(2, 2, 1))?;
+    ensure_eq("every organization once, in id order", &paged, &ids)?;
+    let whole = first.iter().chain(&second).chain(&third).find(|o| o.id == organizations[2].id);
+    ensure_eq("a listed organization has every field", &whole, &Some(&organizations[2]))?;
+    ensure_eq("nothing after the last", &after_last.len(), &0)
+}
+
+/// A rename lands on the one organization named and changes nothing but its name; a missing one is
+/// reported as false.
+pub async fn renaming_an_organization_changes_only_its_name_and_reports_a_missing_one(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let acme = organization(1, "acme")?;
+    let globex = organization(2, "globex")?;
+    write_organizations(store, &[acme.clone(), globex.clone()]).await?;
+    let new_name = display_name("Acme Europe")?;
+
+    let mut tx = store.begin().await.step("begin")?;
+    let renamed = tx.rename_organization(acme.id, &new_name).await.step("rename")?;
+    let missing = tx.rename_organization(organization_id(9), &new_name).await.step("rename a stranger")?;
+    tx.commit().await.step("commit")?;
+
+    ensure_eq("renames found their rows", &(renamed, missing), &(true, false))?;
+    ensure_eq(
+        "the renamed organization",
+        &committed_organization(store, acme.id).await?,
+        &Some(Organization { name: new_name, ..acme }),
+    )?;
+    ensure_eq("the other organization", &committed_organization(store, globex.id).await?, &Some(globex))?;
+    ensure_eq("no organization was created", &committed_organization(store, organization_id(9)).await?, &None)
+}
+
+/// Deleting an organization removes it and every membership in it (and none elsewhere); deleting it
+/// again reports false.
+pub async fn deleting_an_organization_takes_its_memberships_and_reports_false_the_second_time(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let (doomed, kept) = (organization(1, "doomed")?, organization(2, "kept")?);
+    write_organizations(store, &[doomed.clone(), kept.clone()]).await?;
+    let (alice, bob) = (user(1, "alice@example.com"), user(2, "bob@example.com"));
+    write_users(store, &[alice.clone(), bob.clone()]).await?;
+    let mut tx = store.begin().await.step("begin the memberships")?;
+    tx.set_membership(doomed.id, alice.id, BuiltinRole::Owner, at(1)).await.step("alice joins doomed")?;
+    tx.set_membership(doomed.id, bob.id, BuiltinRole::Member, at(1)).await.step("bob joins doomed")?;
+    tx.set_membership(kept.id, alice.id, BuiltinRole::Admin, at(1)).await.step("alice joins kept")?;
+    tx.commit().await.step("commit the memberships")?;
+
+    let mut tx = store.begin().await.step("begin the delete")?;
+    let deleted = tx.delete_organization(doomed.id).await.step("delete")?;
+    let again = tx.delete_organization(doomed.id).await.step("delete again")?;
+    tx.commit().await.step("commit the delete")?;
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let by_id = tx.organization(doomed.id).await.step("read the deleted one by id")?;
+    let by_slug = tx.organization_by_slug(&doomed.slug).await.step("read the deleted one by slug")?;
+    let members = tx.members_of(doomed.id, None, 10).await.step("list its members")?;
+    let bobs = tx.membership(doomed.id, bob.id).await.step("read bob's membership")?;
+    let alices = tx.memberships_of(alice.id).await.step("list alice's memberships")?;
+    let listed = tx.organizations(None, 10).await.step("list the organizations")?;
+    tx.commit().await.step("end the read")?;
+
+    ensure_eq("deleted once", &(deleted, again), &(true, false))?;
+    ensure_eq("by id", &by_id, &None)?;
+    ensure_eq("by slug", &by_slug, &None)?;
+    ensure_eq("its members", &members, &Vec::new())?;
+    ensure_eq("bob's membership in it", &bobs, &None)?;
+    ensure_eq("alice's memberships", &alices, &vec![(kept.id, BuiltinRole::Admin)])?;
+    ensure_eq("the organizations left", &listed, &vec![kept])
+}
+
+/// `set_membership` inserts, then changes the role of an existing member (no second row);
+/// `memberships_of` lists an account's organizations in id order, `members_of` pages an
+/// organization's members in user id order without skipping or repeating, and a membership is
+/// removed once.
+pub async fn a_membership_is_set_changed_listed_a_page_at_a_time_and_removed_once(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let mut organizations = Vec::new();
+    for (n, seed) in [0xc3_u8, 0x2a, 0x71].into_iter().enumerate() {
+        organizations.push(organization(seed, &format!("org-{n}"))?);
+    }
+    write_organizations(store, &organizations).await?;
+    let acme = organizations[0].id;
+    let users: Vec<StoredUser> =
+        [0xe1_u8, 0x1e, 0x88].iter().map(|&n| user(n, &format!("u{n}@example.com"))).collect();
+    write_users(store, &users).await?;
+    let alice = users[0].id;
+
+    let mut tx = store.begin().await.step("begin")?;
+    tx.set_membership(acme, alice, BuiltinRole::Member, at(1)).await.step("alice joins")?;
+    let joined = tx.membership(acme, alice).await.step("read alice's membership")?;
+    tx.set_membership(acme, alice, BuiltinRole::Admin, at(2)).await.step("promote alice")?;
+    let promoted = tx.membership(acme, alice).await.step("read it again")?;
+    for other in &organizations[1..] {
+        tx.set_membership(other.id, alice, BuiltinRole::Auditor, at(3)).await.step("alice joins another")?;
+    }
+    for member in &users[1..] {
+        tx.set_membership(acme, member.id, BuiltinRole::Member, at(4)).await.step("another joins acme")?;
+    }
+    let outsider = tx.membership(organizations[1].id, users[1].id).await.step("read a non-member")?;
+    tx.commit().await.step("commit")?;
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let of_alice = tx.memberships_of(alice).await.step("list alice's memberships")?;
+    let first = tx.members_of(acme, None, 2).await.step("first page of members")?;
+    let second = tx.members_of(acme, first.last().map(|m| m.0), 2).await.step("second page")?;
+    let third = tx.members_of(acme, second.last().map(|m| m.0), 2).await.step("past the end")?;
+    let of_nobody = tx.memberships_of(user_id(9)).await.step("list a stranger's memberships")?;
+    tx.commit().await.step("end the read")?;
+
+    let mut tx = store.begin().await.step("begin the removal")?;
+    let removed = tx.remove_membership(acme, alice).await.step("remove alice")?;
+    let again = tx.remove_membership(acme, alice).await.step("remove alice again")?;
+    let stranger = tx.remove_membership(acme, user_id(9)).await.step("remove a stranger")?;
+    let after = tx.membership(acme, alice).await.step("read alice's membership after")?;
+    tx.commit().await.step("commit the removal")?;
+
+    ensure_eq("the role as joined", &joined, &Some(BuiltinRole::Member))?;
+    ensure_eq("the role after the change", &promoted, &Some(BuiltinRole::Admin))?;
+    ensure_eq("a non-member's role", &outsider, &None)?;
+    let mut expected: Vec<(OrganizationId, BuiltinRole)> = vec![(acme, BuiltinRole::Admin)];
+    expected.extend(organizations[1..].iter().map(|o| (o.id, BuiltinRole::Auditor)));
+    expected.sort_by_key(|(id, _)| id.to_string());
+    ensure_eq("alice's memberships, in organization id order", &of_alice, &expected)?;
+    let mut members: Vec<(UserId, BuiltinRole)> = vec![(alice, BuiltinRole::Admin)];
+    members.extend(users[1..].iter().map(|u| (u.id, BuiltinRole::Member)));
+    members.sort_by_key(|(id, _)| id.to_string());
+    let paged: Vec<(UserId, BuiltinRole)> = first.iter().chain(&second).copied().collect();
+    ensure_eq("page sizes", &(first.len(), second.len(), third.len()), &(2, 1, 0))?;
+    ensure_eq("every member once, in user id order", &paged, &members)?;
+    ensure_eq("a stranger's memberships", &of_nobody, &Vec::new())?;
+    ensure_eq("removed once", &(removed, again, stranger), &(true, false, false))?;
+    ensure_eq("alice's membership after the removal", &after, &None)?;
+    let of_alice_after = {
+        let mut tx = store.begin_read().await.step("begin a read")?;
+        let found = tx.memberships_of(alice).await.step("list alice's memberships after")?;
+        tx.commit().await.step("end the read")?;
+        found
+    };
+    ensure_eq("alice's other memberships stay", &of_alice_after.len(), &2)
+}
+
+/// A membership needs both sides: a missing organization or account is
+/// `Conflict { entity: "membership" }`, and the transaction (with what it wrote before) then refuses
+/// to commit, as after any failed statement.
+pub async fn a_membership_in_a_missing_organization_or_of_a_missing_account_is_a_conflict(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let (acme, globex) = (organization(1, "acme")?, organization(2, "globex")?);
+    write_organizations(store, &[acme.clone(), globex.clone()]).await?;
+    let alice = user(1, "alice@example.com");
+    write_users(store, slice::from_ref(&alice)).await?;
+
+    for (what, organization, member) in
+        [("a missing organization", organization_id(9), alice.id), ("a missing account", acme.id, user_id(9))]
+    {
+        let mut tx = store.begin().await.step("begin")?;
+        tx.set_membership(globex.id, alice.id, BuiltinRole::Member, at(1))
+            .await
+            .step("a valid membership before the failure")?;
+        let refused = tx.set_membership(organization, member, BuiltinRole::Owner, at(2)).await;
+        let commit = tx.commit().await;
+        ensure_conflict(&format!("a membership in {what}"), refused, "membership")?;
+        match commit {
+            Err(StoreError::Database(_)) => {}
+            other => {
+                return Err(Failure(format!(
+                    "commit after a membership in {what}: expected Database error, got {other:?}"
+                )));
+            }
+        }
+    }
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let of_alice = tx.memberships_of(alice.id).await.step("list alice's memberships")?;
+    let members = tx.members_of(acme.id, None, 10).await.step("list acme's members")?;
+    let phantom = tx.members_of(organization_id(9), None, 10).await.step("list a stranger's members")?;
+    tx.commit().await.step("end the read")?;
+    ensure_eq("alice's memberships (nothing committed)", &of_alice, &Vec::new())?;
+    ensure_eq("acme's members", &members, &Vec::new())?;
+    ensure_eq("a missing organization's members", &phantom, &Vec::new())
+}
+
+/// The last-owner guard's count: active accounts with that role in that organization only; not a
+/// disabled or locked member, not another role, not the same role elsewhere, and not the account's
+/// own instance-wide role.
+pub async fn only_active_accounts_holding_the_role_in_that_organization_are_counted(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let (acme, globex) = (organization(1, "acme")?, organization(2, "globex")?);
+    write_organizations(store, &[acme.clone(), globex.clone()]).await?;
+    let owner = user(1, "owner@example.com");
+    let disabled = user(2, "disabled@example.com");
+    let locked = StoredUser { status: UserStatus::Locked, ..user(3, "locked@example.com") };
+    let admin = StoredUser { role: BuiltinRole::Owner, ..user(4, "admin@example.com") };
+    let elsewhere = user(5, "elsewhere@example.com");
+    write_users(store, &[owner.clone(), disabled.clone(), locked.clone(), admin.clone(), elsewhere.clone()])
+        .await?;
+    let mut tx = store.begin().await.step("begin the memberships")?;
+    for (org, member, role) in [
+        (acme.id, owner.id, BuiltinRole::Owner),
+        (acme.id, disabled.id, BuiltinRole::Owner),
+        (acme.id, locked.id, BuiltinRole::Owner),
+        (acme.id, admin.id, BuiltinRole::Admin),
+        (globex.id, elsewhere.id, BuiltinRole::Owner),
+        (globex.id, owner.id, BuiltinRole::Member),
+    ] {
+        tx.set_membership(org, member, role, at(1)).await.step("set a membership")?;
+    }
+    tx.commit().await.step("commit the memberships")?;
+
+    let mut tx = store.begin().await.step("begin")?;
+    let before = tx.count_active_members_with_role(acme.id, BuiltinRole::Owner).await.step("count")?;
+    tx.set_user_status(disabled.id, UserStatus::Disabled, at(2)).await.step("disable a member")?;
+    let owners = tx.count_active_members_with_role(acme.id, BuiltinRole::Owner).await.step("count owners")?;
+    let admins = tx.count_active_members_with_role(acme.id, BuiltinRole::Admin).await.step("count admins")?;
+    let auditors =
+        tx.count_active_members_with_role(acme.id, BuiltinRole::Auditor).await.step("count auditors")?;
+    let globex_owners =
+        tx.count_active_members_with_role(globex.id, BuiltinRole::Owner).await.step("count globex owners")?;
+    let globex_members = tx
+        .count_active_members_with_role(globex.id, BuiltinRole::Member)
+        .await
+        .step("count globex members")?;
+    let nowhere = tx
+        .count_active_members_with_role(organization_id(9), BuiltinRole::Owner)
+        .await
+        .step("count in a missing organization")?;
+    tx.commit().await.step("commit")?;
+
+    ensure_eq("active owners of acme before the disable", &before, &2)?;
+    ensure_eq("active owners of acme", &owners, &1)?;
+    ensure_eq("active admins of acme", &admins, &1)?;
+    ensure_eq("active auditors of acme", &auditors, &0)?;
+    ensure_eq("active owners and members of globex", &(globex_owners, globex_members), &(1, 1))?;
+    ensure_eq("owners of a missing organization", &nowhere, &0)
+}
+
+/// Deleting an account ends every membership it had, and only its own.
+pub async fn deleting_an_account_ends_its_memberships(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    let (acme, globex) = (organization(1, "acme")?, organization(2, "globex")?);
+    write_organizations(store, &[acme.clone(), globex.clone()]).await?;
+    let (doomed, kept) = (user(1, "doomed@example.com"), user(2, "kept@example.com"));
+    write_users(store, &[doomed.clone(), kept.clone()]).await?;
+    let mut tx = store.begin().await.step("begin the memberships")?;
+    tx.set_membership(acme.id, doomed.id, BuiltinRole::Owner, at(1)).await.step("doomed joins acme")?;
+    tx.set_membership(globex.id, doomed.id, BuiltinRole::Member, at(1)).await.step("doomed joins globex")?;
+    tx.set_membership(acme.id, kept.id, BuiltinRole::Admin, at(1)).await.step("kept joins acme")?;
+    tx.commit().await.step("commit the memberships")?;
+
+    let mut tx = store.begin().await.step("begin the delete")?;
+    let deleted = tx.delete_user(doomed.id, at(5)).await.step("delete the account")?;
+    tx.commit().await.step("commit the delete")?;
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let of_doomed = tx.memberships_of(doomed.id).await.step("list the deleted account's memberships")?;
+    let in_globex = tx.membership(globex.id, doomed.id).await.step("read its globex membership")?;
+    let acme_members = tx.members_of(acme.id, None, 10).await.step("list acme's members")?;
+    let globex_members = tx.members_of(globex.id, None, 10).await.step("list globex's members")?;
+    let owners = tx.count_active_members_with_role(acme.id, BuiltinRole::Owner).await.step("count owners")?;
+    tx.commit().await.step("end the read")?;
+
+    ensure_eq("deleted", &deleted, &true)?;
+    ensure_eq("its memberships", &of_doomed, &Vec::new())?;
+    ensure_eq("its globex membership", &in_globex, &None)?;
+    ensure_eq("acme's members", &acme_members, &vec![(kept.id, BuiltinRole::Admin)])?;
+    ensure_eq("globex's members", &globex_members, &Vec::new())?;
+    ensure_eq("acme's active owners", &owners, &0)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Operations
 // ---------------------------------------------------------------------------------------------
 
@@ -2125,6 +2490,28 @@ fn at(offset: i64) -> Timestamp {
 
 fn user_id(seed: u8) -> UserId {
     UserId::from_random_bytes([seed; 16])
+}
+
+fn organization_id(seed: u8) -> OrganizationId {
+    OrganizationId::from_random_bytes([seed; 16])
+}
+
+fn slug(text: &str) -> Result<OrganizationSlug, Failure> {
+    OrganizationSlug::parse(text).map_err(|e| Failure(format!("fixture slug {text:?}: {e}")))
+}
+
+fn display_name(text: &str) -> Result<DisplayName, Failure> {
+    DisplayName::parse(text).map_err(|e| Failure(format!("fixture name {text:?}: {e}")))
+}
+
+/// An organization with the given slug, named after it, created at [`T0`] plus the seed.
+fn organization(seed: u8, slug_text: &str) -> Result<Organization, Failure> {
+    Ok(Organization {
+        id: organization_id(seed),
+        slug: slug(slug_text)?,
+        name: display_name(&format!("Organization {slug_text}"))?,
+        created_at: at(i64::from(seed)),
+    })
 }
 
 fn session_id(seed: u8) -> SessionId {
@@ -2252,6 +2639,26 @@ async fn write_users(store: &dyn Store, users: &[StoredUser]) -> Outcome {
         tx.insert_user(user).await.step("insert a user")?;
     }
     tx.commit().await.step("commit the users")
+}
+
+/// Inserts and commits the organizations in a transaction of their own.
+async fn write_organizations(store: &dyn Store, organizations: &[Organization]) -> Outcome {
+    let mut tx = store.begin().await.step("begin a write")?;
+    for organization in organizations {
+        tx.insert_organization(organization).await.step("insert an organization")?;
+    }
+    tx.commit().await.step("commit the organizations")
+}
+
+/// The organization as a new read transaction sees it.
+async fn committed_organization(
+    store: &dyn Store,
+    id: OrganizationId,
+) -> Result<Option<Organization>, Failure> {
+    let mut reader = store.begin_read().await.step("begin a read")?;
+    let found = reader.organization(id).await.step("read the organization")?;
+    reader.commit().await.step("end the read")?;
+    Ok(found)
 }
 
 /// Inserts and commits the sessions (without cookies or client details) in a transaction of their own.

@@ -8,6 +8,7 @@ mod accounts;
 mod error;
 mod instance;
 mod keys;
+mod organizations;
 mod pii;
 mod security_events;
 mod sessions;
@@ -18,6 +19,7 @@ pub use accounts::AccountStore;
 pub use error::StoreError;
 pub use instance::InstanceStore;
 pub use keys::{KeyPurpose, KeyState, KeyStore, StoredKey};
+pub use organizations::OrganizationStore;
 pub use pii::{
     BlindIndex, PiiRow, PiiStore, PiiTable, Sealed, StoredOneTimeToken, StoredSecurityEvent, StoredSession,
     StoredUser,
@@ -119,7 +121,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// refuse to commit a transaction in which an operation failed, so both engines behave alike.
 #[async_trait]
 pub trait StoreTx:
-    InstanceStore + AccountStore + SessionStore + KeyStore + SecurityEventStore + PiiStore + Send
+    InstanceStore
+    + AccountStore
+    + SessionStore
+    + KeyStore
+    + SecurityEventStore
+    + PiiStore
+    + OrganizationStore
+    + Send
 {
     /// Makes every change in the transaction durable.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;

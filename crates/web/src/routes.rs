@@ -13,7 +13,7 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::handlers::{admin, auth, authz, health, me, well_known};
+use crate::handlers::{admin, auth, authz, health, me, organizations, well_known};
 use crate::middleware::edge::{EdgeLayer, X_REQUEST_ID};
 use crate::middleware::panic::panic_response;
 use crate::openapi;
@@ -68,6 +68,14 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
         .routes(routes!(admin::enable_user))
         .routes(routes!(admin::unlock_user))
         .routes(routes!(admin::revoke_user_sessions))
+        .routes(routes!(organizations::list_organizations, organizations::create_organization))
+        .routes(routes!(
+            organizations::get_organization,
+            organizations::rename_organization,
+            organizations::delete_organization
+        ))
+        .routes(routes!(organizations::list_members))
+        .routes(routes!(organizations::set_member, organizations::remove_member))
         .split_for_parts();
     let document = openapi::document(api);
     let document = openapi::Rendered(bytes::Bytes::from(serde_json::to_vec(&document).unwrap_or_default()));

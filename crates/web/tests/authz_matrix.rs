@@ -2,8 +2,8 @@
 //! the written table below, through the real router and middleware (no socket). A route added under
 //! `/v1/admin` or `/v1/authz` without a row here fails `every_guarded_route_has_a_row_in_the_matrix`.
 //!
-//! Organizations (and so "an org admin of another org") do not exist yet; when they do, they add a
-//! column here.
+//! Callers: anonymous; system-wide member, auditor, admin and owner; the admin of the organization a
+//! route names (a member system-wide), and the admin of another organization.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly by design")]
 
@@ -35,127 +35,207 @@ enum Caller {
     Auditor,
     Admin,
     Owner,
+    OrgAdmin,
+    OtherOrgAdmin,
 }
 
-const CALLERS: [Caller; 5] =
-    [Caller::Anonymous, Caller::Member, Caller::Auditor, Caller::Admin, Caller::Owner];
+const CALLERS: [Caller; 7] = [
+    Caller::Anonymous,
+    Caller::Member,
+    Caller::Auditor,
+    Caller::Admin,
+    Caller::Owner,
+    Caller::OrgAdmin,
+    Caller::OtherOrgAdmin,
+];
 
 /// One row: a route (`{id}` is a fresh member account made for each call, `{self}` the caller's own
-/// account), its body, and the expected status for each caller in the order of [`CALLERS`].
+/// account, `{owner}` another owner, `{org}` a fresh organization and `{member}` a fresh member of it),
+/// its body, and the expected status for each caller in the order of [`CALLERS`].
 struct Row {
     method: &'static str,
     path: &'static str,
     body: Option<&'static str>,
-    expected: [u16; 5],
+    expected: [u16; 7],
 }
 
-/// The table. Reading across: anonymous, member, auditor, admin, owner.
+/// The table. Reading across: anonymous, member, auditor, admin, owner, the organization's admin,
+/// another organization's admin.
 const MATRIX: &[Row] = &[
-    Row { method: "GET", path: "/v1/admin/users", body: None, expected: [401, 403, 200, 200, 200] },
+    Row { method: "GET", path: "/v1/admin/users", body: None, expected: [401, 403, 200, 200, 200, 403, 403] },
     Row {
         method: "POST",
         path: "/v1/admin/users",
         body: Some(r#"{"email":"{email}","password":"velvet otter migrates at dusk"}"#),
-        expected: [401, 403, 403, 201, 201],
+        expected: [401, 403, 403, 201, 201, 403, 403],
     },
     Row {
         method: "POST",
         path: "/v1/admin/users",
         body: Some(r#"{"email":"{email}","password":"velvet otter migrates at dusk","role":"owner"}"#),
-        expected: [401, 403, 403, 403, 201],
+        expected: [401, 403, 403, 403, 201, 403, 403],
     },
-    Row { method: "GET", path: "/v1/admin/users/{id}", body: None, expected: [401, 403, 200, 200, 200] },
-    Row { method: "GET", path: "/v1/admin/users/{self}", body: None, expected: [401, 403, 200, 200, 200] },
-    Row { method: "DELETE", path: "/v1/admin/users/{id}", body: None, expected: [401, 403, 403, 204, 204] },
+    Row {
+        method: "GET",
+        path: "/v1/admin/users/{id}",
+        body: None,
+        expected: [401, 403, 200, 200, 200, 403, 403],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/users/{self}",
+        body: None,
+        expected: [401, 403, 200, 200, 200, 403, 403],
+    },
+    Row {
+        method: "DELETE",
+        path: "/v1/admin/users/{id}",
+        body: None,
+        expected: [401, 403, 403, 204, 204, 403, 403],
+    },
     Row {
         method: "DELETE",
         path: "/v1/admin/users/{owner}",
         body: None,
-        expected: [401, 403, 403, 403, 204],
+        expected: [401, 403, 403, 403, 204, 403, 403],
     },
     Row {
         method: "PUT",
         path: "/v1/admin/users/{id}/role",
         body: Some(r#"{"role":"auditor"}"#),
-        expected: [401, 403, 403, 200, 200],
+        expected: [401, 403, 403, 200, 200, 403, 403],
     },
     Row {
         method: "PUT",
         path: "/v1/admin/users/{id}/role",
         body: Some(r#"{"role":"owner"}"#),
-        expected: [401, 403, 403, 403, 200],
+        expected: [401, 403, 403, 403, 200, 403, 403],
     },
     Row {
         method: "PUT",
         path: "/v1/admin/users/{self}/role",
         body: Some(r#"{"role":"owner"}"#),
-        expected: [401, 403, 403, 403, 403],
+        expected: [401, 403, 403, 403, 403, 403, 403],
     },
     Row {
         method: "POST",
         path: "/v1/admin/users/{id}/disable",
         body: None,
-        expected: [401, 403, 403, 200, 200],
+        expected: [401, 403, 403, 200, 200, 403, 403],
     },
     Row {
         method: "POST",
         path: "/v1/admin/users/{owner}/disable",
         body: None,
-        expected: [401, 403, 403, 403, 200],
+        expected: [401, 403, 403, 403, 200, 403, 403],
     },
     Row {
         method: "POST",
         path: "/v1/admin/users/{self}/disable",
         body: None,
-        expected: [401, 403, 403, 403, 403],
+        expected: [401, 403, 403, 403, 403, 403, 403],
     },
     Row {
         method: "POST",
         path: "/v1/admin/users/{id}/enable",
         body: None,
-        expected: [401, 403, 403, 200, 200],
+        expected: [401, 403, 403, 200, 200, 403, 403],
     },
     Row {
         method: "POST",
         path: "/v1/admin/users/{id}/unlock",
         body: None,
-        expected: [401, 403, 403, 200, 200],
+        expected: [401, 403, 403, 200, 200, 403, 403],
     },
     Row {
         method: "DELETE",
         path: "/v1/admin/users/{id}/sessions",
         body: None,
-        expected: [401, 403, 403, 200, 200],
+        expected: [401, 403, 403, 200, 200, 403, 403],
     },
     Row {
         method: "DELETE",
         path: "/v1/admin/users/{self}/sessions",
         body: None,
-        expected: [401, 200, 200, 200, 200],
+        expected: [401, 200, 200, 200, 200, 200, 200],
     },
     Row {
         method: "POST",
         path: "/v1/admin/invites",
         body: Some(r#"{"email":"{email}"}"#),
-        expected: [401, 403, 403, 202, 202],
+        expected: [401, 403, 403, 202, 202, 403, 403],
     },
     Row {
         method: "POST",
         path: "/v1/authz/check",
         body: Some(r#"{"permission":"users:read"}"#),
-        expected: [401, 200, 200, 200, 200],
+        expected: [401, 200, 200, 200, 200, 200, 200],
     },
     Row {
         method: "POST",
         path: "/v1/authz/check",
         body: Some(r#"{"permission":"users:read","subject":"{id}"}"#),
-        expected: [401, 403, 403, 200, 200],
+        expected: [401, 403, 403, 200, 200, 403, 403],
     },
     Row {
         method: "POST",
         path: "/v1/authz/check-batch",
         body: Some(r#"{"checks":[{"permission":"users:read"}]}"#),
-        expected: [401, 200, 200, 200, 200],
+        expected: [401, 200, 200, 200, 200, 200, 200],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/organizations",
+        body: None,
+        expected: [401, 403, 200, 200, 200, 403, 403],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/admin/organizations",
+        body: Some(r#"{"slug":"{slug}","name":"New"}"#),
+        expected: [401, 403, 403, 201, 201, 403, 403],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/organizations/{org}",
+        body: None,
+        expected: [401, 404, 200, 200, 200, 200, 404],
+    },
+    Row {
+        method: "PATCH",
+        path: "/v1/admin/organizations/{org}",
+        body: Some(r#"{"name":"Renamed"}"#),
+        expected: [401, 404, 403, 200, 200, 200, 404],
+    },
+    Row {
+        method: "DELETE",
+        path: "/v1/admin/organizations/{org}",
+        body: None,
+        expected: [401, 404, 403, 403, 204, 403, 404],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/organizations/{org}/members",
+        body: None,
+        expected: [401, 404, 200, 200, 200, 200, 404],
+    },
+    Row {
+        method: "PUT",
+        path: "/v1/admin/organizations/{org}/members/{id}",
+        body: Some(r#"{"role":"member"}"#),
+        expected: [401, 404, 403, 200, 200, 200, 404],
+    },
+    Row {
+        method: "PUT",
+        path: "/v1/admin/organizations/{org}/members/{id}",
+        body: Some(r#"{"role":"owner"}"#),
+        expected: [401, 404, 403, 403, 200, 403, 404],
+    },
+    Row {
+        method: "DELETE",
+        path: "/v1/admin/organizations/{org}/members/{member}",
+        body: None,
+        expected: [401, 404, 403, 204, 204, 204, 404],
     },
 ];
 
@@ -163,6 +243,8 @@ struct World {
     app: App,
     router: Router,
     counter: AtomicUsize,
+    /// An owner who sets up organizations and memberships for the cells.
+    root: portcullis_app::Principal,
 }
 
 impl World {
@@ -177,7 +259,31 @@ impl World {
         let app = App::new(Arc::new(store), Arc::new(SystemClock), settings, Arc::new(outbox)).unwrap();
         app.load_keys().await.unwrap();
         let router = portcullis_web::router(AppState::new(app.clone()), &WebConfig::default()).unwrap();
-        World { app, router, counter: AtomicUsize::new(0) }
+        app.create_user_as_operator(
+            "root@example.com",
+            None,
+            SecretString::from(PASSWORD),
+            BuiltinRole::Owner,
+        )
+        .await
+        .unwrap();
+        let LoginOutcome::Authenticated { credentials, .. } = app
+            .login("root@example.com", SecretString::from(PASSWORD), LoginMode::Bearer, &Default::default())
+            .await
+            .unwrap();
+        let IssuedCredentials::Bearer { access_token, .. } = credentials else { panic!("bearer") };
+        let root = app.authenticate_bearer(&access_token).unwrap();
+        World { app, router, counter: AtomicUsize::new(0), root }
+    }
+
+    /// A fresh organization's id.
+    async fn organization(&self) -> String {
+        let slug = format!("org{}", self.counter.fetch_add(1, Ordering::Relaxed));
+        self.app.admin_create_organization(&self.root, &slug, "Org").await.unwrap().id.to_string()
+    }
+
+    async fn join(&self, org: &str, user: &str, role: BuiltinRole) {
+        self.app.admin_set_member(&self.root, org, user, role).await.unwrap();
     }
 
     fn fresh_email(&self, what: &str) -> String {
@@ -189,13 +295,24 @@ impl World {
         let email = self.fresh_email(role.as_str());
         let profile =
             self.app.create_user_as_operator(&email, None, SecretString::from(PASSWORD), role).await.unwrap();
+        let token = self.login(&email).await;
+        (profile.id.to_string(), token)
+    }
+
+    async fn login(&self, email: &str) -> String {
         let LoginOutcome::Authenticated { credentials, .. } = self
             .app
-            .login(&email, SecretString::from(PASSWORD), LoginMode::Bearer, &Default::default())
+            .login(email, SecretString::from(PASSWORD), LoginMode::Bearer, &Default::default())
             .await
             .unwrap();
         let IssuedCredentials::Bearer { access_token, .. } = credentials else { panic!("bearer") };
-        (profile.id.to_string(), access_token)
+        access_token
+    }
+
+    /// A new token for an existing account.
+    async fn token_of(&self, id: &str) -> String {
+        let user = self.app.admin_get_user(&self.root, id).await.unwrap();
+        self.login(&user.email).await
     }
 
     async fn send(
@@ -229,6 +346,8 @@ async fn every_route_answers_every_kind_of_caller_as_the_matrix_says() {
     let mut failures = Vec::new();
     for row in MATRIX {
         for (caller, expected) in CALLERS.iter().zip(row.expected) {
+            let org = world.organization().await;
+            let other_org = world.organization().await;
             let (self_id, token) = match caller {
                 Caller::Anonymous => (String::new(), None),
                 Caller::Member => {
@@ -247,12 +366,26 @@ async fn every_route_answers_every_kind_of_caller_as_the_matrix_says() {
                     let (id, t) = world.account(BuiltinRole::Owner).await;
                     (id, Some(t))
                 }
+                Caller::OrgAdmin | Caller::OtherOrgAdmin => {
+                    let (id, _) = world.account(BuiltinRole::Member).await;
+                    let home = if *caller == Caller::OrgAdmin { &org } else { &other_org };
+                    world.join(home, &id, BuiltinRole::Admin).await;
+                    // A token minted after joining, read fresh: the profile cache keeps an account's
+                    // memberships from its first read.
+                    let token = world.token_of(&id).await;
+                    (id, Some(token))
+                }
             };
+            let (member, _) = world.account(BuiltinRole::Member).await;
+            world.join(&org, &member, BuiltinRole::Member).await;
             let (target, _) = world.account(BuiltinRole::Member).await;
             let (other_owner, _) = world.account(BuiltinRole::Owner).await;
             let fill = |text: &str| {
                 text.replace("{id}", &target)
                     .replace("{owner}", &other_owner)
+                    .replace("{org}", &org)
+                    .replace("{member}", &member)
+                    .replace("{slug}", &format!("s{}", world.counter.fetch_add(1, Ordering::Relaxed)))
                     .replace("{self}", if self_id.is_empty() { &target } else { &self_id })
                     .replace("{email}", &world.fresh_email("new"))
             };
@@ -361,7 +494,14 @@ async fn every_guarded_route_has_a_row_in_the_matrix() {
         for method in item.as_object().unwrap().keys() {
             let covered = MATRIX.iter().any(|row| {
                 row.method.eq_ignore_ascii_case(method)
-                    && row.path.replace("{self}", "{id}").replace("{owner}", "{id}") == *path
+                    && row
+                        .path
+                        .replace("{self}", "{id}")
+                        .replace("{owner}", "{id}")
+                        .replace("{org}", "{id}")
+                        .replace("{member}", "{user_id}")
+                        .replace("/members/{id}", "/members/{user_id}")
+                        == *path
             });
             assert!(covered, "{method} {path} has no row in the authorization matrix");
         }

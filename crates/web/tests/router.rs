@@ -413,7 +413,7 @@ async fn readyz_is_a_503_problem_naming_pending_migrations() {
     let (response, json) = send(&router, request("GET", "/readyz").body(Body::empty()).unwrap()).await;
     assert_problem(&response, &json, StatusCode::SERVICE_UNAVAILABLE, "not-ready");
     assert_eq!(json["checks"]["database"], "ok");
-    assert_eq!(json["checks"]["migrations"], "2 migration(s) pending");
+    assert_eq!(json["checks"]["migrations"], "3 migration(s) pending");
     assert_eq!(json["checks"]["keys"], "no token signing key is loaded");
 }
 
@@ -443,6 +443,10 @@ async fn the_openapi_document_describes_every_route_its_access_and_its_problem_r
             "/openapi.json",
             "/readyz",
             "/v1/admin/invites",
+            "/v1/admin/organizations",
+            "/v1/admin/organizations/{id}",
+            "/v1/admin/organizations/{id}/members",
+            "/v1/admin/organizations/{id}/members/{user_id}",
             "/v1/admin/users",
             "/v1/admin/users/{id}",
             "/v1/admin/users/{id}/disable",
@@ -479,7 +483,9 @@ async fn the_openapi_document_describes_every_route_its_access_and_its_problem_r
                 operation["security"].is_array(),
                 "{method} {path} declares no access requirement (security)"
             );
-            let path = path.replace("{id}", "00000000-0000-4000-8000-000000000000");
+            let path = path
+                .replace("{id}", "00000000-0000-4000-8000-000000000000")
+                .replace("{user_id}", "00000000-0000-4000-8000-000000000000");
             let req = request(&method.to_uppercase(), &path).body(Body::empty()).unwrap();
             let (response, _) = send(&router, req).await;
             assert!(

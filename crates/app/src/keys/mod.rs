@@ -160,7 +160,7 @@ impl App {
     pub async fn finish_bootstrap(&self) -> Result<(), AppError> {
         self.load_keys().await?;
         self.bootstrap_instance().await?;
-        Ok(())
+        self.ensure_default_organization().await
     }
 
     /// Reloads the keyring if another node (or the CLI) changed it; returns whether it did.

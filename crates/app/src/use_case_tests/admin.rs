@@ -237,6 +237,7 @@ async fn the_check_api_answers_for_the_caller_and_for_a_subject_only_with_authz_
     let ask = |permission: &str, owner: Option<UserId>, subject: Option<UserId>| CheckRequest {
         permission: permission.into(),
         owner,
+        organization: None,
         subject,
     };
     let own = c.t.app.check(&c.alice, &ask("sessions:delete", Some(c.alice.user_id), None)).await.unwrap();
@@ -264,4 +265,83 @@ async fn the_check_api_answers_for_the_caller_and_for_a_subject_only_with_authz_
     }
     let too_many = vec![ask("users:read", None, None); crate::MAX_CHECK_BATCH + 1];
     assert!(matches!(c.t.app.check_batch(&c.alice, &too_many).await, Err(AppError::Validation(_))));
+}
+
+/// An owner, two organizations, and an admin of the first (a member system-wide).
+async fn tenants() -> (TestApp, Principal, String, String, Principal, UserId) {
+    let t = testing::app().await;
+    t.app.finish_bootstrap().await.unwrap();
+    t.app.create_user_as_operator(OWNER, None, secret(PASSWORD), BuiltinRole::Owner).await.unwrap();
+    let org_admin =
+        t.app.create_user_as_operator(ADMIN, None, secret(PASSWORD), BuiltinRole::Member).await.unwrap();
+    let alice =
+        t.app.create_user_as_operator(ALICE, None, secret(PASSWORD), BuiltinRole::Member).await.unwrap();
+    let owner = principal(&t.app, OWNER).await;
+    let acme = t.app.admin_create_organization(&owner, "acme", "Acme").await.unwrap().id.to_string();
+    let globex = t.app.admin_create_organization(&owner, "globex", "Globex").await.unwrap().id.to_string();
+    t.app.admin_set_member(&owner, &acme, &org_admin.id.to_string(), BuiltinRole::Admin).await.unwrap();
+    let org_admin = principal(&t.app, ADMIN).await;
+    (t, owner, acme, globex, org_admin, alice.id)
+}
+
+#[tokio::test]
+async fn an_organizations_admin_manages_its_members_and_another_tenant_looks_missing() {
+    let (t, owner, acme, globex, org_admin, alice) = tenants().await;
+    let alice_id = alice.to_string();
+
+    let added = t.app.admin_set_member(&org_admin, &acme, &alice_id, BuiltinRole::Member).await.unwrap();
+    assert_eq!(added.role, BuiltinRole::Member);
+    let (members, _) = t.app.admin_list_members(&org_admin, &acme, None, None).await.unwrap();
+    assert_eq!(members.len(), 2);
+    forbidden(t.app.admin_set_member(&org_admin, &acme, &alice_id, BuiltinRole::Owner).await);
+    forbidden(t.app.admin_delete_organization(&org_admin, &acme).await);
+    forbidden(t.app.admin_list_users(&org_admin, None, None, None).await);
+    // Globex, and an organization that does not exist, look the same to Acme's admin.
+    for org in [globex.as_str(), "00000000-0000-4000-8000-000000000000", "nonsense"] {
+        for result in [
+            t.app.admin_get_organization(&org_admin, org).await.map(|_| ()),
+            t.app.admin_list_members(&org_admin, org, None, None).await.map(|_| ()),
+            t.app.admin_set_member(&org_admin, org, &alice_id, BuiltinRole::Member).await.map(|_| ()),
+            t.app.admin_remove_member(&org_admin, org, &alice_id).await,
+            t.app.admin_rename_organization(&org_admin, org, "Mine now").await.map(|_| ()),
+        ] {
+            assert!(matches!(result, Err(AppError::NotFound)), "{org}: {result:?}");
+        }
+    }
+    assert_eq!(t.app.admin_get_organization(&owner, &globex).await.unwrap().name.as_str(), "Globex");
+    t.app.admin_remove_member(&org_admin, &acme, &alice_id).await.unwrap();
+    let check = CheckRequest {
+        permission: "memberships:write".into(),
+        owner: None,
+        organization: Some(portcullis_domain::OrganizationId::parse(&acme).unwrap()),
+        subject: None,
+    };
+    assert!(t.app.check(&org_admin, &check).await.unwrap().allowed);
+    let elsewhere = CheckRequest {
+        organization: Some(portcullis_domain::OrganizationId::parse(&globex).unwrap()),
+        ..check
+    };
+    assert!(!t.app.check(&org_admin, &elsewhere).await.unwrap().allowed);
+}
+
+#[tokio::test]
+async fn an_organizations_last_owner_stays_and_the_default_organization_cannot_be_deleted() {
+    let (t, owner, acme, _, _, alice) = tenants().await;
+    let alice_id = alice.to_string();
+    t.app.admin_set_member(&owner, &acme, &alice_id, BuiltinRole::Owner).await.unwrap();
+    // Alice owns Acme alone; the system owner holds every grant, yet cannot leave Acme without one.
+    let Err(AppError::Forbidden(message)) = t.app.admin_remove_member(&owner, &acme, &alice_id).await else {
+        panic!("the last owner of an organization must stay")
+    };
+    assert!(message.contains("last active owner"), "{message}");
+    forbidden(t.app.admin_set_member(&owner, &acme, &alice_id, BuiltinRole::Member).await);
+
+    let (organizations, _) = t.app.admin_list_organizations(&owner, None, None).await.unwrap();
+    let default =
+        organizations.iter().find(|o| o.slug.as_str() == "default").expect("a default organization");
+    forbidden(t.app.admin_delete_organization(&owner, &default.id.to_string()).await);
+    t.app.admin_delete_organization(&owner, &acme).await.unwrap();
+    assert!(matches!(t.app.admin_get_organization(&owner, &acme).await, Err(AppError::NotFound)));
+    let alice_now = principal(&t.app, ALICE).await;
+    assert!(t.app.profile(&alice_now).await.unwrap().organizations.is_empty());
 }

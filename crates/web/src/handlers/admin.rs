@@ -73,10 +73,13 @@ impl From<AdminUser> for AdminUserResponse {
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListUsersParams {
     /// The `next` cursor of the previous page.
+    #[param(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     after: Option<String>,
     /// Only accounts with this status: `active`, `locked` or `disabled`.
+    #[param(pattern = "^(active|locked|disabled)$")]
     status: Option<String>,
     /// Page size, 1 to 200 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     limit: Option<String>,
 }
 
@@ -126,6 +129,7 @@ pub(crate) struct CreateUserBody {
     #[schema(value_type = String, format = Password, min_length = 8, max_length = 128)]
     password: SecretString,
     /// `owner`, `admin`, `auditor` or `member` (default `member`).
+    #[schema(pattern = "^(owner|admin|auditor|member)$")]
     role: Option<String>,
 }
 
@@ -174,6 +178,7 @@ pub(crate) async fn get_user(
 #[serde(deny_unknown_fields)]
 pub(crate) struct RoleBody {
     /// `owner`, `admin`, `auditor` or `member`.
+    #[schema(pattern = "^(owner|admin|auditor|member)$")]
     role: String,
 }
 

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use portcullis_app::{AppError, CheckRequest};
-use portcullis_domain::{Decision, UserId};
+use portcullis_domain::{Decision, OrganizationId, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -15,7 +15,11 @@ use crate::extract::Json;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ResourceBody {
+    /// The organization the resource belongs to.
+    #[schema(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+    org: Option<String>,
     /// The account that owns the resource.
+    #[schema(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     owner: Option<String>,
 }
 
@@ -24,10 +28,11 @@ pub(crate) struct ResourceBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CheckBody {
     /// `resource:action`, for example `users:read`.
-    #[schema(max_length = 64)]
+    #[schema(max_length = 64, pattern = "^[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*$")]
     permission: String,
     resource: Option<ResourceBody>,
     /// Decide for this account instead of the caller (needs `authz:check`).
+    #[schema(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     subject: Option<String>,
 }
 
@@ -36,9 +41,17 @@ fn request(body: CheckBody) -> Result<CheckRequest, AppError> {
         text.map(|t| UserId::parse(&t).map_err(|_| AppError::invalid(field, "is not an account id")))
             .transpose()
     };
+    let (org, owner) = body.resource.map_or((None, None), |r| (r.org, r.owner));
+    let organization = org
+        .map(|o| {
+            OrganizationId::parse(&o)
+                .map_err(|_| AppError::invalid("/resource/org", "is not an organization id"))
+        })
+        .transpose()?;
     Ok(CheckRequest {
         permission: body.permission,
-        owner: id("/resource/owner", body.resource.and_then(|r| r.owner))?,
+        owner: id("/resource/owner", owner)?,
+        organization,
         subject: id("/subject", body.subject)?,
     })
 }
@@ -73,7 +86,7 @@ pub(crate) async fn check(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CheckBatchBody {
-    #[schema(max_items = 100)]
+    #[schema(min_items = 1, max_items = 100)]
     checks: Vec<CheckBody>,
 }
 

@@ -21,8 +21,17 @@ pub(crate) struct ProfileResponse {
     display_name: Option<String>,
     /// The built-in role (`owner`, `admin`, `auditor`, `member`).
     role: &'static str,
+    /// The organizations the account belongs to, with its role in each.
+    organizations: Vec<OrganizationRoleResponse>,
     created_at: String,
     last_login_at: Option<String>,
+}
+
+/// A membership as its holder sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OrganizationRoleResponse {
+    id: String,
+    role: &'static str,
 }
 
 impl From<Profile> for ProfileResponse {
@@ -33,6 +42,11 @@ impl From<Profile> for ProfileResponse {
             email_verified: p.email_verified,
             display_name: p.display_name,
             role: p.role.as_str(),
+            organizations: p
+                .organizations
+                .iter()
+                .map(|(id, role)| OrganizationRoleResponse { id: id.to_string(), role: role.as_str() })
+                .collect(),
             created_at: p.created_at.to_rfc3339(),
             last_login_at: p.last_login_at.map(|t| t.to_rfc3339()),
         }

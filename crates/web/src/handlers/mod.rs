@@ -5,4 +5,5 @@ pub(crate) mod auth;
 pub(crate) mod authz;
 pub(crate) mod health;
 pub(crate) mod me;
+pub(crate) mod organizations;
 pub(crate) mod well_known;
