@@ -507,3 +507,18 @@ async fn every_guarded_route_has_a_row_in_the_matrix() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_check_whose_resource_is_not_an_object_is_refused() {
+    let world = World::new().await;
+    let (_, member) = world.account(BuiltinRole::Member).await;
+    for resource in ["null", "[null, null]", "\"x\"", "{\"owner\": 1}", "{\"tenant\": \"x\"}"] {
+        let body = format!(r#"{{"permission":"users:read","resource":{resource}}}"#);
+        let (status, json) = world.send("POST", "/v1/authz/check", Some(&member), Some(body)).await;
+        assert_eq!(status, 422, "{resource}: {json}");
+    }
+    let (status, _) = world
+        .send("POST", "/v1/authz/check", Some(&member), Some(r#"{"permission":"users:read"}"#.into()))
+        .await;
+    assert_eq!(status, 200);
+}

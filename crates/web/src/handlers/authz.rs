@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::extract::Json;
 
 /// What the resource asked about belongs to.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ResourceBody {
     /// The organization the resource belongs to.
@@ -30,10 +30,19 @@ pub(crate) struct CheckBody {
     /// `resource:action`, for example `users:read`.
     #[schema(max_length = 64, pattern = "^[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*$")]
     permission: String,
-    resource: Option<ResourceBody>,
+    /// Absent for a system-wide resource or a collection. Taken as a JSON value and then read as an
+    /// object, because serde would also read a struct from an array (`[null, null]`).
+    #[schema(value_type = ResourceBody)]
+    #[serde(default, deserialize_with = "present")]
+    resource: Option<serde_json::Value>,
     /// Decide for this account instead of the caller (needs `authz:check`).
     #[schema(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     subject: Option<String>,
+}
+
+/// A field that is present, even as `null` (`Some(Value::Null)`), as against absent (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde::Deserialize::deserialize(deserializer).map(Some)
 }
 
 fn request(body: CheckBody) -> Result<CheckRequest, AppError> {
@@ -41,7 +50,13 @@ fn request(body: CheckBody) -> Result<CheckRequest, AppError> {
         text.map(|t| UserId::parse(&t).map_err(|_| AppError::invalid(field, "is not an account id")))
             .transpose()
     };
-    let (org, owner) = body.resource.map_or((None, None), |r| (r.org, r.owner));
+    let resource = match body.resource {
+        None => ResourceBody::default(),
+        Some(value @ serde_json::Value::Object(_)) => serde_json::from_value(value)
+            .map_err(|_| AppError::invalid("/resource", "must be an object with only org and owner"))?,
+        Some(_) => return Err(AppError::invalid("/resource", "must be an object")),
+    };
+    let (org, owner) = (resource.org, resource.owner);
     let organization = org
         .map(|o| {
             OrganizationId::parse(&o)
