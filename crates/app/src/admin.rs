@@ -55,6 +55,15 @@ pub struct UserPage {
     pub next: Option<String>,
 }
 
+/// An account write under way: the locked transaction, its time, the caller's current grants and the
+/// target account.
+struct AccountWrite {
+    tx: Box<dyn portcullis_store::StoreTx>,
+    now: Timestamp,
+    grants: std::sync::Arc<[portcullis_domain::Grant]>,
+    user: User,
+}
+
 /// A status change an administrator can make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusChange {
@@ -150,25 +159,9 @@ impl App {
         id: &str,
         role: BuiltinRole,
     ) -> Result<AdminUser, AppError> {
-        let id = UserId::parse(id).map_err(|_| AppError::NotFound)?;
-        let grants =
-            self.require(principal, "users:write", Resource { owner: Some(id), organization: None }).await?;
-        if id == principal.user_id {
-            return Err(AppError::Forbidden("nobody changes their own role".into()));
-        }
-        drop(grants);
-        let mut tx = self.inner.store.begin().await?;
-        tx.lock_users().await?;
-        let now = self.now();
-        let grants = self
-            .caller_under_lock(
-                tx.as_mut(),
-                principal,
-                "users:write",
-                Resource { owner: Some(id), organization: None },
-            )
-            .await?;
-        let user = self.load_user(tx.as_mut(), id).await?.ok_or(AppError::NotFound)?;
+        let AccountWrite { mut tx, now, grants, user } =
+            self.begin_account_write(principal, id, "users:write", "nobody changes their own role").await?;
+        let id = user.id;
         for touched in [user.role, role] {
             if !holds_all(&grants, &self.inner.role_grants.of(touched)) {
                 return Err(AppError::Forbidden(format!(
@@ -196,25 +189,15 @@ impl App {
         id: &str,
         change: StatusChange,
     ) -> Result<AdminUser, AppError> {
-        let id = UserId::parse(id).map_err(|_| AppError::NotFound)?;
-        let grants =
-            self.require(principal, "users:write", Resource { owner: Some(id), organization: None }).await?;
-        if id == principal.user_id {
-            return Err(AppError::Forbidden("nobody changes the status of their own account".into()));
-        }
-        drop(grants);
-        let mut tx = self.inner.store.begin().await?;
-        tx.lock_users().await?;
-        let now = self.now();
-        let grants = self
-            .caller_under_lock(
-                tx.as_mut(),
+        let AccountWrite { mut tx, now, grants, user } = self
+            .begin_account_write(
                 principal,
+                id,
                 "users:write",
-                Resource { owner: Some(id), organization: None },
+                "nobody changes the status of their own account",
             )
             .await?;
-        let user = self.load_user(tx.as_mut(), id).await?.ok_or(AppError::NotFound)?;
+        let id = user.id;
         self.outranks(&grants, &user)?;
         let status = match (change, user.status) {
             (StatusChange::Disable, _) => UserStatus::Disabled,
@@ -244,25 +227,10 @@ impl App {
     /// Deletes an account with its credentials and sessions. Needs `users:delete` over it, and every
     /// grant of its role; the last active owner cannot be deleted, and nobody deletes themselves.
     pub async fn admin_delete_user(&self, principal: &Principal, id: &str) -> Result<(), AppError> {
-        let id = UserId::parse(id).map_err(|_| AppError::NotFound)?;
-        let grants =
-            self.require(principal, "users:delete", Resource { owner: Some(id), organization: None }).await?;
-        if id == principal.user_id {
-            return Err(AppError::Forbidden("nobody deletes their own account here".into()));
-        }
-        drop(grants);
-        let mut tx = self.inner.store.begin().await?;
-        tx.lock_users().await?;
-        let now = self.now();
-        let grants = self
-            .caller_under_lock(
-                tx.as_mut(),
-                principal,
-                "users:delete",
-                Resource { owner: Some(id), organization: None },
-            )
+        let AccountWrite { mut tx, now, grants, user } = self
+            .begin_account_write(principal, id, "users:delete", "nobody deletes their own account here")
             .await?;
-        let user = self.load_user(tx.as_mut(), id).await?.ok_or(AppError::NotFound)?;
+        let id = user.id;
         self.outranks(&grants, &user)?;
         if user.role == BuiltinRole::Owner {
             self.keep_an_owner(tx.as_mut(), &user).await?;
@@ -289,6 +257,30 @@ impl App {
             self.outranks(&grants, &user)?;
         }
         self.revoke_all_sessions(id, None, RevokeReason::UserRevoked).await
+    }
+
+    /// The start of every write to another account: the cached permission check (cheap refusals
+    /// first), no acting on oneself, then the accounts lock, the caller re-read under it, and the
+    /// target account. An unknown or malformed id is [`AppError::NotFound`].
+    async fn begin_account_write(
+        &self,
+        principal: &Principal,
+        id: &str,
+        permission: &'static str,
+        on_oneself: &'static str,
+    ) -> Result<AccountWrite, AppError> {
+        let id = UserId::parse(id).map_err(|_| AppError::NotFound)?;
+        let resource = Resource { owner: Some(id), organization: None };
+        self.require(principal, permission, resource).await?;
+        if id == principal.user_id {
+            return Err(AppError::Forbidden(on_oneself.into()));
+        }
+        let mut tx = self.inner.store.begin().await?;
+        tx.lock_users().await?;
+        let now = self.now();
+        let grants = self.caller_under_lock(tx.as_mut(), principal, permission, resource).await?;
+        let user = self.load_user(tx.as_mut(), id).await?.ok_or(AppError::NotFound)?;
+        Ok(AccountWrite { tx, now, grants, user })
     }
 
     /// The caller as it is now, read inside the write transaction after the accounts lock: still
