@@ -194,7 +194,7 @@ impl App {
         email: Option<&Email>,
     ) -> Result<(), AppError> {
         let keys = self.loaded_keys();
-        let row = hex(&token.hash.0);
+        let row = token.hash.to_hex();
         let place = Place { table: PiiTable::OneTimeTokens, column: "email", row: &row };
         let stored = StoredOneTimeToken {
             email: email.map(|e| keys.fields.seal(e.as_str().as_bytes(), place)).transpose()?,
@@ -216,7 +216,7 @@ impl App {
     ) -> Result<Option<(OneTimeToken, Option<Email>)>, AppError> {
         let Some(stored) = tx.spend_one_time_token(hash, purpose, now).await? else { return Ok(None) };
         let keys = self.keys_holding(tx, stored.pii_key.as_deref()).await?;
-        let row = hex(&stored.token.hash.0);
+        let row = stored.token.hash.to_hex();
         let place = Place { table: PiiTable::OneTimeTokens, column: "email", row: &row };
         let email = stored
             .email
@@ -232,11 +232,6 @@ impl App {
 
 fn users<'a>(row: &'a str, column: &'static str) -> Place<'a> {
     Place { table: PiiTable::Users, column, row }
-}
-
-/// The row identity of a one-time token: the lowercase hex of its hash (as the store reports it).
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn corrupt(column: &str) -> AppError {

@@ -9,6 +9,26 @@ use crate::{Timestamp, UserId};
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenHash(pub [u8; 32]);
 
+impl TokenHash {
+    /// The lowercase hex spelling: how a stored token's row is named where a text identity is needed
+    /// (the associated data of its sealed address, the re-encryption job's row ids).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses [`TokenHash::to_hex`]'s spelling (64 hex digits, either case).
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+}
+
 impl std::fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // A digest is not secret, but it is a lookup key for one: keep it out of logs all the same.
@@ -61,4 +81,19 @@ pub struct OneTimeToken {
     pub user_id: Option<UserId>,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_hash_round_trips_through_its_hex_spelling_and_nothing_else_parses() {
+        let hash = TokenHash([0xab; 32]);
+        assert_eq!(hash.to_hex(), "ab".repeat(32));
+        assert_eq!(TokenHash::from_hex(&hash.to_hex()), Some(hash));
+        for bad in ["", "ab", &"ab".repeat(33), &"zz".repeat(32), &format!("{}é", "a".repeat(62))] {
+            assert_eq!(TokenHash::from_hex(bad), None, "{bad:?}");
+        }
+    }
 }

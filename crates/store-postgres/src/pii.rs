@@ -1,7 +1,7 @@
 //! PostgreSQL implementation of the re-encryption job's queries over sealed personal data.
 
 use async_trait::async_trait;
-use portcullis_domain::UserId;
+use portcullis_domain::{TokenHash, UserId};
 use portcullis_store::{BlindIndex, PiiRow, PiiStore, PiiTable, Sealed, StoreError, StoredUser};
 
 use crate::accounts::{USER_COLUMNS, UserRow};
@@ -53,17 +53,6 @@ fn sql(table: PiiTable) -> TableSql {
     }
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
-}
-
 /// The two sealed columns a `select` returns (the second is NULL for a single-column table).
 type Fields = (Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -88,7 +77,13 @@ impl PiiStore for PostgresTx {
                     Ok(rows) => rows,
                     Err(e) => return Err(self.fail(e)),
                 };
-            rows.into_iter().map(|(id, key, a, b)| (to_hex(&id), key, (a, b))).collect()
+            rows.into_iter()
+                .map(|(id, key, a, b)| {
+                    let hash: [u8; 32] =
+                        id.try_into().map_err(|_| corrupt("one_time_tokens.hash is not 32 bytes"))?;
+                    Ok((TokenHash(hash).to_hex(), key, (a, b)))
+                })
+                .collect::<Result<_, StoreError>>()?
         } else {
             let rows: Vec<(String, String, Option<Vec<u8>>, Option<Vec<u8>>)> =
                 match sqlx::query_as(sql.select)
@@ -126,7 +121,7 @@ impl PiiStore for PostgresTx {
         }
         let field = |i: usize| row.fields.get(i).cloned().flatten().map(|s| s.0);
         let query = if sql.hashed_id {
-            let Some(id) = from_hex(&row.id) else {
+            let Some(id) = TokenHash::from_hex(&row.id).map(|h| h.0.to_vec()) else {
                 self.failed = true;
                 return Err(corrupt("a one-time token id is not hex"));
             };

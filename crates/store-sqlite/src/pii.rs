@@ -1,7 +1,7 @@
 //! SQLite implementation of the re-encryption job's queries over sealed personal data.
 
 use async_trait::async_trait;
-use portcullis_domain::UserId;
+use portcullis_domain::{TokenHash, UserId};
 use portcullis_store::{BlindIndex, PiiRow, PiiStore, PiiTable, Sealed, StoreError, StoredUser};
 
 use crate::accounts::UserRow;
@@ -48,17 +48,6 @@ fn sql(table: PiiTable) -> TableSql {
     }
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
-}
-
 #[async_trait]
 impl PiiStore for SqliteTx {
     async fn pii_rows_not_under(
@@ -80,7 +69,13 @@ impl PiiStore for SqliteTx {
                     Ok(rows) => rows,
                     Err(e) => return Err(self.fail(e)),
                 };
-            rows.into_iter().map(|(id, key, a, b)| (to_hex(&id), key, a, b)).collect::<Vec<_>>()
+            rows.into_iter()
+                .map(|(id, key, a, b)| {
+                    let hash: [u8; 32] =
+                        id.try_into().map_err(|_| corrupt("one_time_tokens.hash is not 32 bytes"))?;
+                    Ok((TokenHash(hash).to_hex(), key, a, b))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?
         } else {
             let rows: Vec<(String, String, Option<Vec<u8>>, Option<Vec<u8>>)> =
                 match sqlx::query_as(sql.select)
@@ -118,7 +113,7 @@ impl PiiStore for SqliteTx {
         }
         let field = |i: usize| row.fields.get(i).cloned().flatten().map(|s| s.0);
         let query = if sql.hashed_id {
-            let Some(id) = from_hex(&row.id) else {
+            let Some(id) = TokenHash::from_hex(&row.id).map(|h| h.0.to_vec()) else {
                 self.failed = true;
                 return Err(corrupt("a one-time token id is not hex"));
             };

@@ -1863,7 +1863,7 @@ fn session_row(s: &StoredSession) -> PiiRow {
 /// lowercase hex.
 fn token_row(t: &StoredOneTimeToken) -> PiiRow {
     PiiRow {
-        id: t.token.hash.0.iter().map(|b| format!("{b:02x}")).collect(),
+        id: t.token.hash.to_hex(),
         key: t.pii_key.clone().unwrap_or_default(),
         fields: vec![t.email.clone()],
     }
