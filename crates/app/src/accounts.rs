@@ -22,10 +22,18 @@ use crate::{App, AppError, Principal};
 /// How long a node serves a profile from its cache before reading it again.
 pub const PROFILE_CACHE_MILLIS: i64 = 2_000;
 
-/// Profiles recently read, per node (see [`App::profile`]). Bounded like the verified-token cache.
+/// Profiles recently read, per node (see [`App::profile`]), each with the grants it resolves to, so
+/// that a permission check on a warm entry computes nothing. Bounded like the verified-token cache.
 #[derive(Debug, Default)]
 pub(crate) struct ProfileCache {
-    entries: std::sync::Mutex<std::collections::HashMap<UserId, (Profile, Timestamp)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<UserId, CachedProfile>>,
+}
+
+#[derive(Debug)]
+struct CachedProfile {
+    profile: Profile,
+    grants: std::sync::Arc<[portcullis_domain::Grant]>,
+    read_at: Timestamp,
 }
 
 /// A node serving more distinct users than this within the cache time reads some profiles twice.
@@ -34,20 +42,37 @@ const PROFILE_CACHE_MAX: usize = 10_000;
 impl ProfileCache {
     fn get(&self, user: UserId, now: Timestamp) -> Option<Profile> {
         let entries = self.entries.lock().ok()?;
-        let (profile, read_at) = entries.get(&user)?;
-        let fresh = now.as_unix_millis() - read_at.as_unix_millis() < PROFILE_CACHE_MILLIS;
-        fresh.then(|| profile.clone())
+        let entry = entries.get(&user)?;
+        let fresh = now.as_unix_millis() - entry.read_at.as_unix_millis() < PROFILE_CACHE_MILLIS;
+        fresh.then(|| entry.profile.clone())
     }
 
-    fn insert(&self, profile: Profile, now: Timestamp) {
+    /// A fresh entry's account status and grants, without copying the profile.
+    pub(crate) fn grants(
+        &self,
+        user: UserId,
+        now: Timestamp,
+    ) -> Option<(UserStatus, std::sync::Arc<[portcullis_domain::Grant]>)> {
+        let entries = self.entries.lock().ok()?;
+        let entry = entries.get(&user)?;
+        let fresh = now.as_unix_millis() - entry.read_at.as_unix_millis() < PROFILE_CACHE_MILLIS;
+        fresh.then(|| (entry.profile.status, entry.grants.clone()))
+    }
+
+    pub(crate) fn insert(
+        &self,
+        profile: Profile,
+        grants: std::sync::Arc<[portcullis_domain::Grant]>,
+        now: Timestamp,
+    ) {
         let Ok(mut entries) = self.entries.lock() else { return };
         if entries.len() >= PROFILE_CACHE_MAX {
-            entries.retain(|_, (_, at)| now.as_unix_millis() - at.as_unix_millis() < PROFILE_CACHE_MILLIS);
+            entries.retain(|_, e| now.as_unix_millis() - e.read_at.as_unix_millis() < PROFILE_CACHE_MILLIS);
             if entries.len() >= PROFILE_CACHE_MAX {
                 entries.clear();
             }
         }
-        entries.insert(profile.id, (profile, now));
+        entries.insert(profile.id, CachedProfile { profile, grants, read_at: now });
     }
 
     /// Drops a user's entry after a change on this node.
@@ -98,6 +123,8 @@ pub struct Profile {
     pub status: UserStatus,
     /// The organizations the account belongs to, with its role in each, in organization id order.
     pub organizations: Vec<(portcullis_domain::OrganizationId, BuiltinRole)>,
+    /// The custom roles the account holds, in organization then name order.
+    pub custom_roles: Vec<portcullis_domain::CustomRole>,
     pub created_at: Timestamp,
     pub last_login_at: Option<Timestamp>,
 }
@@ -112,6 +139,7 @@ impl From<User> for Profile {
             role: user.role,
             status: user.status,
             organizations: Vec::new(),
+            custom_roles: Vec::new(),
             created_at: user.created_at,
             last_login_at: user.last_login_at,
         }
@@ -386,23 +414,35 @@ impl App {
         Ok(())
     }
 
+    /// An account with everything its rights come from (memberships and custom roles), read in `tx`.
+    pub(crate) async fn read_profile(
+        &self,
+        tx: &mut dyn portcullis_store::StoreTx,
+        user: UserId,
+    ) -> Result<Option<Profile>, AppError> {
+        let Some(account) = self.load_user(tx, user).await? else { return Ok(None) };
+        let organizations = tx.memberships_of(user).await?;
+        let custom_roles = tx.roles_of(user).await?;
+        Ok(Some(Profile { organizations, custom_roles, ..Profile::from(account) }))
+    }
+
     /// The caller's profile. Served from a per-node cache for up to [`PROFILE_CACHE_MILLIS`]: the
     /// profile is read on most authenticated requests, and a database round trip costs several times
     /// the rest of such a request. Changes made on this node drop the entry at once; changes made on
     /// another node show within that time, as revocations do.
     pub async fn profile(&self, principal: &Principal) -> Result<Profile, AppError> {
+        if principal.kind == crate::PrincipalKind::ServiceAccount {
+            return Err(AppError::Forbidden("a service account has no profile".into()));
+        }
         let now = self.now();
         let profile = match self.inner.profiles.get(principal.user_id, now) {
             Some(profile) => profile,
             None => {
                 let mut tx = self.inner.store.begin_read().await?;
-                let user = self.load_user(tx.as_mut(), principal.user_id).await?;
-                let organizations = tx.memberships_of(principal.user_id).await?;
+                let profile = self.read_profile(tx.as_mut(), principal.user_id).await?;
                 tx.rollback().await?;
-                let profile = user
-                    .map(|user| Profile { organizations, ..Profile::from(user) })
-                    .ok_or(AppError::Unauthenticated)?;
-                self.inner.profiles.insert(profile.clone(), now);
+                let profile = profile.ok_or(AppError::Unauthenticated)?;
+                self.inner.profiles.insert(profile.clone(), self.grants_for(&profile), now);
                 profile
             }
         };
@@ -422,6 +462,7 @@ impl App {
         current: SecretString,
         new: SecretString,
     ) -> Result<(), AppError> {
+        principal.require_session()?;
         let mut tx = self.inner.store.begin_read().await?;
         let user = self.load_user(tx.as_mut(), principal.user_id).await?.ok_or(AppError::Unauthenticated)?;
         let stored = tx.password_hash(user.id).await?;
@@ -434,7 +475,7 @@ impl App {
             self.record_security_event(
                 SecurityEventKind::LoginFailed,
                 Some(user.id),
-                Some(principal.session_id),
+                principal.session_id(),
                 &ClientContext::default(),
             )
             .await?;
@@ -445,8 +486,7 @@ impl App {
         self.check_password_rules(&new, Some(&user.email), user.display_name.as_ref())
             .map_err(|rule| AppError::invalid("/new_password", rule))?;
         let hash = self.inner.hasher.hash(new).await?;
-        self.replace_password(&user, &hash, Some(principal.session_id), RevokeReason::PasswordChanged)
-            .await?;
+        self.replace_password(&user, &hash, principal.session_id(), RevokeReason::PasswordChanged).await?;
         self.send_later(OutgoingEmail {
             to: user.email,
             subject: "Your password was changed".into(),

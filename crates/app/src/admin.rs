@@ -294,13 +294,7 @@ impl App {
         permission: &'static str,
         resource: Resource,
     ) -> Result<std::sync::Arc<[portcullis_domain::Grant]>, AppError> {
-        let caller = self
-            .load_user(tx, principal.user_id)
-            .await?
-            .filter(|u| u.status == UserStatus::Active)
-            .ok_or(AppError::Unauthenticated)?;
-        let memberships = tx.memberships_of(principal.user_id).await?;
-        let grants = self.grants_for(caller.role, &memberships);
+        let grants = self.grants_in_tx(tx, principal).await?;
         let wanted = portcullis_domain::Permission::parse_concrete(permission)
             .map_err(|_| AppError::Internal(format!("{permission:?} is not a permission").into()))?;
         if !portcullis_domain::decide(&grants, principal.user_id, &wanted, &resource).allowed {

@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
-use portcullis_domain::{BuiltinRole, Decision, Grant, Permission, Resource, UserId, decide};
+use portcullis_domain::{BuiltinRole, CustomRole, Decision, Grant, Permission, Resource, UserId, decide};
 
-use crate::{App, AppError, Principal};
+use crate::{App, AppError, Principal, Profile};
 
 /// The grants of each built-in role, computed once.
 #[derive(Debug)]
@@ -47,29 +47,43 @@ pub struct CheckRequest {
 pub const MAX_CHECK_BATCH: usize = 100;
 
 impl App {
-    /// The caller's grants.
+    /// The caller's grants: its account's (a person's or a service account's), narrowed to a key's
+    /// scopes when it came with an API key.
     pub(crate) async fn grants_of(&self, principal: &Principal) -> Result<Arc<[Grant]>, AppError> {
-        let profile = self.profile(principal).await?;
-        Ok(self.grants_for(profile.role, &profile.organizations))
+        let owner = self.owner_grants(principal).await?;
+        match principal.credential {
+            crate::Credential::ApiKey(id) => self.key_grants(&id, &owner).await,
+            crate::Credential::Bearer(_) | crate::Credential::Cookie(_) => Ok(owner),
+        }
     }
 
-    /// The grants of an account with a system-wide `role` and `memberships`: the role's grants, and
-    /// each membership's role's grants narrowed to its organization.
-    pub(crate) fn grants_for(
-        &self,
-        role: BuiltinRole,
-        memberships: &[(portcullis_domain::OrganizationId, BuiltinRole)],
-    ) -> Arc<[Grant]> {
-        let system = self.inner.role_grants.of(role);
-        if memberships.is_empty() {
+    /// A person's grants, resolved once per profile read and served from the profile cache.
+    pub(crate) async fn person_grants(&self, principal: &Principal) -> Result<Arc<[Grant]>, AppError> {
+        match self.inner.profiles.grants(principal.user_id, self.now()) {
+            Some((portcullis_domain::UserStatus::Active, grants)) => Ok(grants),
+            Some(_) => Err(AppError::Unauthenticated),
+            None => {
+                let profile = self.profile(principal).await?;
+                Ok(self.grants_for(&profile))
+            }
+        }
+    }
+
+    /// The grants of an account: its system-wide role's grants, each membership's built-in role's
+    /// grants narrowed to its organization, and the grants of the custom roles it holds (each already
+    /// narrowed to its organization).
+    pub(crate) fn grants_for(&self, profile: &Profile) -> Arc<[Grant]> {
+        let system = self.inner.role_grants.of(profile.role);
+        if profile.organizations.is_empty() && profile.custom_roles.is_empty() {
             return system;
         }
         let mut grants: Vec<Grant> = system.to_vec();
-        for (organization, role) in memberships {
-            for grant in role.grants_in(*organization) {
-                if !grants.contains(&grant) {
-                    grants.push(grant);
-                }
+        let from_memberships =
+            profile.organizations.iter().flat_map(|(organization, role)| role.grants_in(*organization));
+        let from_custom = profile.custom_roles.iter().flat_map(CustomRole::grants);
+        for grant in from_memberships.chain(from_custom) {
+            if !grants.contains(&grant) {
+                grants.push(grant);
             }
         }
         Arc::from(grants)
@@ -147,14 +161,23 @@ impl App {
         Ok(decisions)
     }
 
-    /// The grants of another account: none unless it exists and is active.
+    /// The grants of another account, from the same sources as the caller's own (system role,
+    /// memberships, custom roles; a service account's role in its organization): none unless it
+    /// exists and is active.
     async fn grants_of_subject(&self, subject: UserId) -> Result<Arc<[Grant]>, AppError> {
         let mut tx = self.inner.store.begin_read().await?;
-        let user = self.load_user(tx.as_mut(), subject).await?;
+        let profile = self.read_profile(tx.as_mut(), subject).await?;
+        let account = match profile {
+            Some(_) => None,
+            None => tx.service_account(subject).await?,
+        };
         tx.rollback().await?;
-        Ok(match user {
-            Some(user) if user.status == portcullis_domain::UserStatus::Active => {
-                self.inner.role_grants.of(user.role)
+        Ok(match (profile, account) {
+            (Some(profile), _) if profile.status == portcullis_domain::UserStatus::Active => {
+                self.grants_for(&profile)
+            }
+            (None, Some(account)) if account.active => {
+                Arc::from(account.role.grants_in(account.organization))
             }
             _ => Arc::from(Vec::new()),
         })

@@ -57,6 +57,11 @@ pub enum AppError {
     #[error("not found")]
     NotFound,
 
+    /// A custom role that members hold cannot be deleted without `force`; these are (up to
+    /// [`crate::MAX_HOLDERS_LISTED`] of) its holders. HTTP 409.
+    #[error("the role is held by {} members", holders.len())]
+    RoleInUse { holders: Vec<portcullis_domain::UserId> },
+
     /// The server is at capacity for expensive work (password hashing); retry after the given
     /// seconds. HTTP 503 with `Retry-After`.
     #[error("overloaded; retry in {retry_after_secs} s")]

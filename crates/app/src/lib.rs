@@ -6,6 +6,7 @@
 
 mod accounts;
 mod admin;
+mod api_keys;
 mod authz;
 #[doc(hidden)]
 pub mod benchmarking;
@@ -19,6 +20,7 @@ mod organizations;
 mod passwords;
 mod pii;
 mod readiness;
+mod roles;
 mod secret_token;
 mod sessions;
 #[cfg(test)]
@@ -38,16 +40,21 @@ pub use portcullis_store::{KeyPurpose, KeyState};
 
 pub use accounts::{PROFILE_CACHE_MILLIS, Profile, SignupPolicy, SignupRequest};
 pub use admin::{AdminUser, DEFAULT_PAGE, MAX_PAGE, StatusChange, UserPage};
+pub use api_keys::{
+    ApiKeySettings, ApiKeySummary, Introspection, IssuedApiKey, KEY_CACHE_MILLIS, KEY_USE_RECORD_MILLIS,
+    NewApiKey, ServiceAccountChange,
+};
 pub use authz::{CheckRequest, MAX_CHECK_BATCH};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{AppError, FieldIssue};
 pub use organizations::Member;
 pub use passwords::{BCRYPT_MAX_BYTES, HashAlgorithm, HashPoolSize, HashSlot, PasswordHasher, Verified};
 pub use readiness::{CheckState, Readiness};
+pub use roles::{MAX_HOLDERS_LISTED, OrganizationRoles, RoleChange};
 pub use secret_token::SecretToken;
 pub use sessions::{
-    ClientContext, IssuedCredentials, LoginMode, LoginOutcome, Principal, REVOCATION_SYNC_SECS,
-    SessionSummary, SessionTransport,
+    ClientContext, Credential, IssuedCredentials, LoginMode, LoginOutcome, Principal, PrincipalKind,
+    REVOCATION_SYNC_SECS, SessionSummary, SessionTransport,
 };
 pub use tokens::{AccessClaims, SigningAlgorithm, TokenSettings};
 
@@ -83,6 +90,7 @@ pub struct AppSettings {
     pub tokens: TokenSettings,
     pub password_hash: HashAlgorithm,
     pub hash_pool: HashPoolSize,
+    pub api_keys: ApiKeySettings,
 }
 
 impl AppSettings {
@@ -115,6 +123,7 @@ impl AppSettings {
             },
             password_hash: HashAlgorithm::default(),
             hash_pool: HashPoolSize::for_this_machine(),
+            api_keys: ApiKeySettings::default(),
         }
     }
 }
@@ -140,6 +149,7 @@ struct Inner {
     keys_synced_at: std::sync::atomic::AtomicI64,
     verified_tokens: VerifiedTokens,
     profiles: accounts::ProfileCache,
+    api_keys: api_keys::KeyCache,
     role_grants: authz::RoleGrants,
     revoked: sessions::RevokedSessions,
 }
@@ -167,6 +177,7 @@ impl App {
                 keys_synced_at: std::sync::atomic::AtomicI64::new(i64::MIN),
                 verified_tokens: VerifiedTokens::default(),
                 profiles: accounts::ProfileCache::default(),
+                api_keys: api_keys::KeyCache::default(),
                 role_grants: authz::RoleGrants::default(),
                 revoked: sessions::RevokedSessions::default(),
             }),

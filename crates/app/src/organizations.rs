@@ -25,9 +25,11 @@ pub struct Member {
     pub email: String,
     pub display_name: Option<String>,
     pub role: BuiltinRole,
+    /// The organization's custom roles the member holds, in name order.
+    pub custom_roles: Vec<portcullis_domain::CustomRole>,
 }
 
-fn in_org(organization: OrganizationId) -> Resource {
+pub(crate) fn in_org(organization: OrganizationId) -> Resource {
     Resource { organization: Some(organization), owner: None }
 }
 
@@ -35,7 +37,7 @@ fn parse_org(id: &str) -> Result<OrganizationId, AppError> {
     OrganizationId::parse(id).map_err(|_| AppError::NotFound)
 }
 
-fn page_limit(limit: Option<u32>) -> Result<u32, AppError> {
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, AppError> {
     let limit = limit.unwrap_or(crate::admin::DEFAULT_PAGE);
     if (1..=MAX_PAGE).contains(&limit) {
         Ok(limit)
@@ -73,7 +75,7 @@ impl App {
     /// Refuses unless the caller holds `permission` in `organization`: [`AppError::NotFound`] when it
     /// cannot even read the organization (another tenant's looks like a missing one), else
     /// [`AppError::Forbidden`].
-    async fn require_in(
+    pub(crate) async fn require_in(
         &self,
         principal: &Principal,
         permission: &'static str,
@@ -214,11 +216,13 @@ impl App {
         let mut members = Vec::with_capacity(rows.len());
         for (user_id, role) in rows {
             let user = self.load_user(tx.as_mut(), user_id).await?.ok_or(AppError::NotFound)?;
+            let custom_roles = tx.member_roles(id, user_id).await?;
             members.push(Member {
                 user_id,
                 email: user.email.as_str().to_owned(),
                 display_name: user.display_name.map(|n| n.as_str().to_owned()),
                 role,
+                custom_roles,
             });
         }
         tx.rollback().await?;
@@ -229,8 +233,10 @@ impl App {
         Ok((members, next.flatten()))
     }
 
-    /// Adds an account to an organization with `role`, or changes its role there. Needs
-    /// `memberships:write` in the organization and every grant of the old and the new role there,
+    /// Adds an account to an organization with `role`, or changes its role there; with
+    /// `custom_roles` (role ids), also makes those exactly the organization's custom roles it holds
+    /// (`None` leaves them as they are). Needs `memberships:write` in the organization and every
+    /// grant of the old and the new built-in role there and of each custom role given or taken,
     /// re-checked on the caller's current account under the accounts lock; the last active owner of
     /// the organization keeps the role; nobody changes their own membership.
     pub async fn admin_set_member(
@@ -239,6 +245,7 @@ impl App {
         id: &str,
         user: &str,
         role: BuiltinRole,
+        custom_roles: Option<&[String]>,
     ) -> Result<Member, AppError> {
         let org = parse_org(id)?;
         self.require_in(principal, "memberships:write", org).await?;
@@ -262,6 +269,10 @@ impl App {
             keep_an_org_owner(tx.as_mut(), org, &target).await?;
         }
         tx.set_membership(org, user, role, now).await?;
+        let custom_roles = match custom_roles {
+            Some(wanted) => self.set_custom_roles(tx.as_mut(), &grants, org, user, wanted).await?,
+            None => tx.member_roles(org, user).await?,
+        };
         tx.commit().await?;
         self.inner.profiles.forget(user);
         tracing::info!(admin = %principal.user_id, organization = %org, user = %user, role = role.as_str(), "membership set");
@@ -270,11 +281,13 @@ impl App {
             email: target.email.as_str().to_owned(),
             display_name: target.display_name.map(|n| n.as_str().to_owned()),
             role,
+            custom_roles,
         })
     }
 
-    /// Removes an account from an organization. Needs `memberships:write` there and every grant of the
-    /// member's role there; the last active owner of the organization stays.
+    /// Removes an account from an organization (and so its custom roles there). Needs
+    /// `memberships:write` there and every grant of the member's built-in and custom roles there; the
+    /// last active owner of the organization stays.
     pub async fn admin_remove_member(
         &self,
         principal: &Principal,
@@ -292,6 +305,7 @@ impl App {
         let grants = self.caller_under_lock(tx.as_mut(), principal, "memberships:write", in_org(org)).await?;
         let current = tx.membership(org, user).await?.ok_or(AppError::NotFound)?;
         may_give_in(&grants, current, org)?;
+        self.set_custom_roles(tx.as_mut(), &grants, org, user, &[]).await?;
         if current == BuiltinRole::Owner {
             let target = self.load_user(tx.as_mut(), user).await?.ok_or(AppError::NotFound)?;
             keep_an_org_owner(tx.as_mut(), org, &target).await?;
@@ -305,7 +319,7 @@ impl App {
 }
 
 /// The tenant-safe refusal: not found unless the caller may at least read the organization.
-fn check_in(
+pub(crate) fn check_in(
     grants: &[Grant],
     principal: &Principal,
     permission: &'static str,
@@ -326,7 +340,11 @@ fn check_in(
 }
 
 /// Refuses unless `grants` cover every grant of `role` held in `organization`.
-fn may_give_in(grants: &[Grant], role: BuiltinRole, organization: OrganizationId) -> Result<(), AppError> {
+pub(crate) fn may_give_in(
+    grants: &[Grant],
+    role: BuiltinRole,
+    organization: OrganizationId,
+) -> Result<(), AppError> {
     if holds_all(grants, &role.grants_in(organization)) {
         Ok(())
     } else {

@@ -93,12 +93,57 @@ pub enum SessionTransport {
     Cookie,
 }
 
+/// What the caller of a request proved itself with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// An access token of a login session.
+    Bearer(SessionId),
+    /// The cookie of a browser session.
+    Cookie(SessionId),
+    /// An API key: its rights are its owner's, narrowed to its scopes.
+    ApiKey(portcullis_domain::ApiKeyId),
+}
+
+/// Whether the caller is a person or a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    Person,
+    ServiceAccount,
+}
+
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Principal {
+    /// The account acting: a person's, or a service account's (the two share one id space).
     pub user_id: UserId,
-    pub session_id: SessionId,
-    pub transport: SessionTransport,
+    pub kind: PrincipalKind,
+    pub credential: Credential,
+}
+
+impl Principal {
+    /// The login session behind the request; `None` for an API key.
+    pub fn session_id(&self) -> Option<SessionId> {
+        match self.credential {
+            Credential::Bearer(id) | Credential::Cookie(id) => Some(id),
+            Credential::ApiKey(_) => None,
+        }
+    }
+
+    /// How the request proved its session; `None` for an API key.
+    pub fn transport(&self) -> Option<SessionTransport> {
+        match self.credential {
+            Credential::Bearer(_) => Some(SessionTransport::Bearer),
+            Credential::Cookie(_) => Some(SessionTransport::Cookie),
+            Credential::ApiKey(_) => None,
+        }
+    }
+
+    /// The login session behind the request, for what only a person who logged in may do (their
+    /// password, their sessions, their API keys): an API key, however scoped, is refused.
+    pub fn require_session(&self) -> Result<SessionId, AppError> {
+        self.session_id()
+            .ok_or_else(|| AppError::Forbidden("this needs a login session; an API key cannot do it".into()))
+    }
 }
 
 /// One session as its owner sees it.
@@ -342,8 +387,8 @@ impl App {
         }
         Ok(Principal {
             user_id: grant.user_id,
-            session_id: grant.session_id,
-            transport: SessionTransport::Bearer,
+            kind: PrincipalKind::Person,
+            credential: Credential::Bearer(grant.session_id),
         })
     }
 
@@ -365,8 +410,8 @@ impl App {
         }
         Ok(Principal {
             user_id: session.user_id,
-            session_id: session.id,
-            transport: SessionTransport::Cookie,
+            kind: PrincipalKind::Person,
+            credential: Credential::Cookie(session.id),
         })
     }
 
@@ -378,10 +423,10 @@ impl App {
         presented: Option<&str>,
         client: &ClientContext,
     ) -> Result<(), AppError> {
-        if principal.transport == SessionTransport::Bearer {
-            return Ok(());
-        }
-        if presented.is_some_and(|token| self.inner.csrf.verify(principal.session_id, token)) {
+        // Only a cookie rides along with requests by itself; a bearer token or an API key is sent on
+        // purpose and needs no CSRF token.
+        let Credential::Cookie(session) = principal.credential else { return Ok(()) };
+        if presented.is_some_and(|token| self.inner.csrf.verify(session, token)) {
             return Ok(());
         }
         self.reject_csrf(Some(principal), client).await
@@ -409,7 +454,7 @@ impl App {
         self.record_security_event(
             SecurityEventKind::CsrfRejected,
             principal.map(|p| p.user_id),
-            principal.map(|p| p.session_id),
+            principal.and_then(Principal::session_id),
             client,
         )
         .await?;
@@ -418,17 +463,20 @@ impl App {
 
     /// The CSRF token of a cookie session (for pages that need it again).
     pub fn csrf_token(&self, principal: &Principal) -> Option<String> {
-        (principal.transport == SessionTransport::Cookie)
-            .then(|| self.inner.csrf.token_for(principal.session_id))
+        match principal.credential {
+            Credential::Cookie(session) => Some(self.inner.csrf.token_for(session)),
+            Credential::Bearer(_) | Credential::ApiKey(_) => None,
+        }
     }
 
     /// Ends the caller's own session.
     pub async fn logout(&self, principal: &Principal) -> Result<(), AppError> {
+        let session = principal.require_session()?;
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
-        tx.revoke_session(principal.user_id, principal.session_id, now, RevokeReason::Logout).await?;
+        tx.revoke_session(principal.user_id, session, now, RevokeReason::Logout).await?;
         tx.commit().await?;
-        self.forget_session(principal.session_id, now);
+        self.forget_session(session, now);
         Ok(())
     }
 
@@ -448,6 +496,7 @@ impl App {
 
     /// Ends every session of the caller, the current one included.
     pub async fn logout_all(&self, principal: &Principal) -> Result<u64, AppError> {
+        principal.require_session()?;
         self.revoke_all_sessions(principal.user_id, None, RevokeReason::UserRevoked).await
     }
 
@@ -475,6 +524,7 @@ impl App {
 
     /// The caller's live sessions, newest first, the current one marked.
     pub async fn list_sessions(&self, principal: &Principal) -> Result<Vec<SessionSummary>, AppError> {
+        let current = principal.require_session()?;
         let now = self.now();
         let lifetimes = self.inner.settings.accounts.sessions;
         let mut tx = self.inner.store.begin_read().await?;
@@ -486,7 +536,7 @@ impl App {
             .map(|opened| {
                 let s = opened.session;
                 SessionSummary {
-                    current: s.id == principal.session_id,
+                    current: s.id == current,
                     id: s.id,
                     kind: s.kind,
                     created_at: s.created_at,
@@ -502,6 +552,7 @@ impl App {
     /// Revokes one of the caller's sessions by id. Another user's session id, a malformed id and an
     /// unknown id all answer [`AppError::NotFound`].
     pub async fn revoke_session(&self, principal: &Principal, id: &str) -> Result<(), AppError> {
+        principal.require_session()?;
         let id = SessionId::parse(id).map_err(|_| AppError::NotFound)?;
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;

@@ -18,7 +18,9 @@ use portcullis_store_sqlite::{SqliteOptions, SqliteStore};
 use secrecy::SecretString;
 
 mod admin;
+mod api_keys;
 mod keys;
+mod roles;
 
 use crate::mail::OutgoingEmail;
 use crate::testing::{self, RecordingMailer, TestApp};
@@ -237,7 +239,11 @@ async fn an_access_token_from_a_bearer_login_authenticates_its_session() {
 
     assert_eq!(
         principal,
-        Principal { user_id: login.user, session_id: login.session, transport: SessionTransport::Bearer }
+        Principal {
+            user_id: login.user,
+            kind: crate::PrincipalKind::Person,
+            credential: crate::Credential::Bearer(login.session),
+        }
     );
 }
 
@@ -266,10 +272,10 @@ async fn refreshing_rotates_the_refresh_token_and_the_new_one_works() {
     let (access, refresh) = bearer_tokens(t.app.refresh(&login.refresh, &client()).await.unwrap());
 
     assert_ne!(refresh, login.refresh, "a new refresh token on every use");
-    assert_eq!(t.app.authenticate_bearer(&access).unwrap().session_id, login.session);
+    assert_eq!(t.app.authenticate_bearer(&access).unwrap().session_id(), Some(login.session));
     t.clock.advance_millis(10 * MINUTE);
     let (access, _) = bearer_tokens(t.app.refresh(&refresh, &client()).await.unwrap());
-    assert_eq!(t.app.authenticate_bearer(&access).unwrap().session_id, login.session);
+    assert_eq!(t.app.authenticate_bearer(&access).unwrap().session_id(), Some(login.session));
 }
 
 #[tokio::test]
@@ -453,7 +459,7 @@ async fn a_cookie_login_authenticates_with_its_cookie() {
 
     let browser = login_cookie(&t.app, ALICE, PASSWORD).await;
 
-    assert_eq!(browser.principal.transport, SessionTransport::Cookie);
+    assert_eq!(browser.principal.transport(), Some(SessionTransport::Cookie));
     assert_eq!(browser.principal.user_id, user_id_of(&t.app, ALICE).await);
     assert_eq!(t.app.csrf_token(&browser.principal).as_deref(), Some(browser.csrf.as_str()));
 }
@@ -482,8 +488,10 @@ async fn a_state_changing_cookie_request_needs_its_own_sessions_csrf_token() {
 
     let events = events_of(&t.app, alice.principal.user_id).await;
     assert_eq!(events.len(), 5, "{events:?}");
-    assert!(events.iter().all(|(e, _)| e.kind == SecurityEventKind::CsrfRejected
-        && e.session_id == Some(alice.principal.session_id)));
+    assert!(
+        events.iter().all(|(e, _)| e.kind == SecurityEventKind::CsrfRejected
+            && e.session_id == alice.principal.session_id())
+    );
 }
 
 #[tokio::test]

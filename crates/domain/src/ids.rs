@@ -52,6 +52,10 @@ random_id!(
     OrganizationId
 );
 random_id!(
+    /// One organization's custom role.
+    RoleId
+);
+random_id!(
     /// One security event (its identity binds its sealed client address to its row).
     SecurityEventId
 );

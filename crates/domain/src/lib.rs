@@ -4,6 +4,7 @@
 //! from the caller, so every rule can be tested with fixed inputs.
 
 pub mod account;
+pub mod api_key;
 pub mod display_name;
 pub mod email;
 pub mod error_chain;
@@ -13,21 +14,32 @@ pub mod organization;
 pub mod password_policy;
 pub mod permission;
 pub mod request_id;
+pub mod role;
 pub mod security_event;
 pub mod session;
 pub mod time;
 pub mod token;
 
 pub use account::{BuiltinRole, User, UserStatus};
+pub use api_key::{
+    API_KEY_LEN, API_KEY_PREFIX, ApiKey, ApiKeyId, InvalidApiKey, KeyOwner, KeyRefusal, MAX_KEY_CIDRS,
+    MAX_KEY_SCOPES, PresentedApiKey, ServiceAccount, format_api_key, looks_like_api_key, parse_api_key,
+};
 pub use display_name::{DisplayName, DisplayNameError};
 pub use email::{Email, EmailError};
 pub use error_chain::error_chain;
-pub use ids::{InvalidId, OrganizationId, SecurityEventId, SessionId, UserId};
+pub use ids::{InvalidId, OrganizationId, RoleId, SecurityEventId, SessionId, UserId};
 pub use instance::{InstanceId, InstanceMeta};
 pub use organization::{DEFAULT_ORGANIZATION_SLUG, InvalidSlug, Organization, OrganizationSlug};
 pub use password_policy::{PasswordPolicy, PasswordRule, normalize_password};
-pub use permission::{Decision, Grant, InvalidPermission, Permission, Resource, Scope, decide, holds_all};
+pub use permission::{
+    Decision, Grant, InvalidPermission, Permission, Resource, Scope, decide, holds_all, narrow,
+};
 pub use request_id::{RequestId, RequestIdError};
+pub use role::{
+    CustomRole, InvalidRoleName, MAX_ROLE_PERMISSIONS, MAX_ROLES_PER_MEMBER, MAX_ROLES_PER_ORGANIZATION,
+    RoleName,
+};
 pub use security_event::{SecurityEvent, SecurityEventKind};
 pub use session::{RevokeReason, Session, SessionKind, SessionLifetimes};
 pub use time::Timestamp;

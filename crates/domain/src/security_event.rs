@@ -15,6 +15,8 @@ pub enum SecurityEventKind {
     SignupForExistingAccount,
     /// A password reset was requested for an address with no account.
     PasswordResetForUnknownAccount,
+    /// A valid API key was presented from outside the networks it is allowed from.
+    ApiKeyOutsideAllowedNetworks,
 }
 
 impl SecurityEventKind {
@@ -26,6 +28,7 @@ impl SecurityEventKind {
             SecurityEventKind::CsrfRejected => "csrf_rejected",
             SecurityEventKind::SignupForExistingAccount => "signup_for_existing_account",
             SecurityEventKind::PasswordResetForUnknownAccount => "password_reset_for_unknown_account",
+            SecurityEventKind::ApiKeyOutsideAllowedNetworks => "api_key_outside_allowed_networks",
         }
     }
 }
@@ -39,6 +42,7 @@ impl SecurityEventKind {
             "csrf_rejected" => SecurityEventKind::CsrfRejected,
             "signup_for_existing_account" => SecurityEventKind::SignupForExistingAccount,
             "password_reset_for_unknown_account" => SecurityEventKind::PasswordResetForUnknownAccount,
+            "api_key_outside_allowed_networks" => SecurityEventKind::ApiKeyOutsideAllowedNetworks,
             _ => return None,
         };
         Some(kind)
@@ -56,7 +60,8 @@ mod tests {
             | SecurityEventKind::RefreshTokenReuse
             | SecurityEventKind::CsrfRejected
             | SecurityEventKind::SignupForExistingAccount
-            | SecurityEventKind::PasswordResetForUnknownAccount => kind,
+            | SecurityEventKind::PasswordResetForUnknownAccount
+            | SecurityEventKind::ApiKeyOutsideAllowedNetworks => kind,
         }
     }
 
@@ -68,6 +73,7 @@ mod tests {
             SecurityEventKind::CsrfRejected,
             SecurityEventKind::SignupForExistingAccount,
             SecurityEventKind::PasswordResetForUnknownAccount,
+            SecurityEventKind::ApiKeyOutsideAllowedNetworks,
         ] {
             assert_eq!(SecurityEventKind::parse(listed(kind).as_str()), Some(kind));
         }

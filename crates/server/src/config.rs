@@ -24,8 +24,8 @@ mod accounts;
 mod keys;
 
 pub use accounts::{
-    AccountsConfig, EmailConfig, EmailTransport, PasswordAlgorithmName, PasswordConfig, SignupPolicyName,
-    SmtpSecurityName, TokenAlgorithm, TokensConfig,
+    AccountsConfig, ApiKeysConfig, EmailConfig, EmailTransport, PasswordAlgorithmName, PasswordConfig,
+    SignupPolicyName, SmtpSecurityName, TokenAlgorithm, TokensConfig,
 };
 pub use keys::KeysConfig;
 
@@ -115,6 +115,7 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub email: EmailConfig,
     pub keys: KeysConfig,
+    pub api_keys: ApiKeysConfig,
     /// Files that secrets were read from (for the permission checks); not a configuration key.
     #[serde(skip)]
     pub secret_files: Vec<(String, PathBuf)>,
@@ -139,6 +140,7 @@ impl Default for Config {
             tokens: TokensConfig::default(),
             email: EmailConfig::default(),
             keys: KeysConfig::default(),
+            api_keys: ApiKeysConfig::default(),
             secret_files: Vec::new(),
             config_file: None,
         }

@@ -50,6 +50,13 @@ fn sql(table: PiiTable) -> TableSql {
                      WHERE id = $1 AND pii_key = $2 AND $4::bytea IS NULL",
             hashed_id: false,
         },
+        PiiTable::ApiKeys => TableSql {
+            select: "SELECT id, pii_key, last_used_ip, NULL::bytea FROM api_keys \
+                     WHERE pii_key IS NOT NULL AND pii_key <> $1 ORDER BY id COLLATE \"C\" LIMIT $2",
+            update: "UPDATE api_keys SET last_used_ip = $3, pii_key = $5 \
+                     WHERE id = $1 AND pii_key = $2 AND $4::bytea IS NULL",
+            hashed_id: false,
+        },
     }
 }
 
@@ -145,7 +152,8 @@ impl PiiStore for PostgresTx {
             "SELECT (SELECT COUNT(*) FROM users WHERE pii_key = $1) \
              + (SELECT COUNT(*) FROM sessions WHERE pii_key = $1) \
              + (SELECT COUNT(*) FROM one_time_tokens WHERE pii_key = $1) \
-             + (SELECT COUNT(*) FROM security_events WHERE pii_key = $1)",
+             + (SELECT COUNT(*) FROM security_events WHERE pii_key = $1) \
+             + (SELECT COUNT(*) FROM api_keys WHERE pii_key = $1)",
         )
         .bind(key)
         .fetch_one(&mut *self.tx)

@@ -6,10 +6,12 @@
 //! survives power loss, not only a process crash.
 
 mod accounts;
+mod api_keys;
 mod instance;
 mod keys;
 mod organizations;
 mod pii;
+mod roles;
 mod security_events;
 mod sessions;
 

@@ -5,17 +5,20 @@
 //! drift apart unnoticed.
 
 mod accounts;
+mod api_keys;
 mod error;
 mod instance;
 mod keys;
 mod organizations;
 mod pii;
+mod roles;
 mod security_events;
 mod sessions;
 
 use async_trait::async_trait;
 
 pub use accounts::AccountStore;
+pub use api_keys::ApiKeyStore;
 pub use error::StoreError;
 pub use instance::InstanceStore;
 pub use keys::{KeyPurpose, KeyState, KeyStore, StoredKey};
@@ -24,6 +27,7 @@ pub use pii::{
     BlindIndex, PiiRow, PiiStore, PiiTable, Sealed, StoredOneTimeToken, StoredSecurityEvent, StoredSession,
     StoredUser,
 };
+pub use roles::RoleStore;
 pub use security_events::SecurityEventStore;
 pub use sessions::{RefreshSpend, SessionStore};
 
@@ -128,6 +132,8 @@ pub trait StoreTx:
     + SecurityEventStore
     + PiiStore
     + OrganizationStore
+    + RoleStore
+    + ApiKeyStore
     + Send
 {
     /// Makes every change in the transaction durable.

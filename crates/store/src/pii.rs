@@ -85,11 +85,17 @@ pub enum PiiTable {
     Sessions,
     OneTimeTokens,
     SecurityEvents,
+    ApiKeys,
 }
 
 impl PiiTable {
-    pub const ALL: [PiiTable; 4] =
-        [PiiTable::Users, PiiTable::Sessions, PiiTable::OneTimeTokens, PiiTable::SecurityEvents];
+    pub const ALL: [PiiTable; 5] = [
+        PiiTable::Users,
+        PiiTable::Sessions,
+        PiiTable::OneTimeTokens,
+        PiiTable::SecurityEvents,
+        PiiTable::ApiKeys,
+    ];
 
     /// The table's name: with a column name and the row's id, the associated data a sealed value is
     /// bound to.
@@ -99,6 +105,7 @@ impl PiiTable {
             PiiTable::Sessions => "sessions",
             PiiTable::OneTimeTokens => "one_time_tokens",
             PiiTable::SecurityEvents => "security_events",
+            PiiTable::ApiKeys => "api_keys",
         }
     }
 
@@ -109,6 +116,7 @@ impl PiiTable {
             PiiTable::Sessions => &["ip", "user_agent"],
             PiiTable::OneTimeTokens => &["email"],
             PiiTable::SecurityEvents => &["ip"],
+            PiiTable::ApiKeys => &["last_used_ip"],
         }
     }
 }
@@ -117,7 +125,7 @@ impl PiiTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PiiRow {
     /// The row's identity as text: the uuid of a user, session or security event; the lowercase hex
-    /// of a one-time token's hash.
+    /// of a one-time token's hash; an API key's public id.
     pub id: String,
     /// The key the fields are sealed under.
     pub key: String,

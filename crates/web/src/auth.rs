@@ -1,6 +1,6 @@
 //! Authentication as extractors (CONVENTIONS.md): a handler that takes [`Authenticated`] cannot run
-//! without a valid access token or session cookie, and a cookie-authenticated request that changes
-//! state cannot run without its CSRF token and a same-origin `Origin`/`Sec-Fetch-Site`.
+//! without a valid access token, API key or session cookie, and a cookie-authenticated request that
+//! changes state cannot run without its CSRF token and a same-origin `Origin`/`Sec-Fetch-Site`.
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
@@ -18,6 +18,9 @@ pub const SESSION_COOKIE: &str = "__Host-portcullis_session";
 /// The header that carries the CSRF token of a cookie session.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
+/// The header an API key may come in, instead of `Authorization: Bearer`.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticated(pub Principal);
@@ -27,9 +30,21 @@ impl FromRequestParts<AppState> for Authenticated {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let app = &state.app;
-        if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+        let authorization = parts.headers.get(header::AUTHORIZATION);
+        if let Some(value) = parts.headers.get(API_KEY_HEADER) {
+            // Two credentials in one request: refuse rather than pick one.
+            if authorization.is_some() || parts.headers.get_all(API_KEY_HEADER).iter().count() > 1 {
+                return Err(AppError::Unauthenticated.into());
+            }
+            let key = value.to_str().map_err(|_| AppError::Unauthenticated)?;
+            return Ok(Authenticated(app.authenticate_api_key(key, &client_context(parts)).await?));
+        }
+        if let Some(value) = authorization {
             // A malformed Authorization header is an error, not a reason to look at cookies.
             let token = bearer_token(value.as_bytes()).ok_or(AppError::Unauthenticated)?;
+            if portcullis_domain::looks_like_api_key(token) {
+                return Ok(Authenticated(app.authenticate_api_key(token, &client_context(parts)).await?));
+            }
             return Ok(Authenticated(app.authenticate_bearer(token)?));
         }
         let cookie = session_cookie(&parts.headers).ok_or(AppError::Unauthenticated)?;

@@ -72,6 +72,17 @@ impl ApiError {
                 "Accounts are created by invitation or by an administrator.",
             ),
             AppError::NotFound => Problem::new(ProblemType::NOT_FOUND, "No such resource."),
+            // 409 naming the holders, so an administrator can reassign them or force the deletion.
+            AppError::RoleInUse { holders } => Problem::new(
+                ProblemType::ROLE_IN_USE,
+                "Members hold this role; take it from them first, or delete with force=true.",
+            )
+            .with_extension(
+                "holders",
+                serde_json::Value::Array(
+                    holders.iter().map(|id| serde_json::Value::String(id.to_string())).collect(),
+                ),
+            ),
             // 503 + Retry-After: shed at once rather than queue without bound.
             AppError::Overloaded { retry_after_secs } => {
                 let problem = Problem::new(ProblemType::UNAVAILABLE, "The server is busy; retry shortly.");

@@ -310,3 +310,42 @@ where
         }
     }
 }
+
+/// An `application/x-www-form-urlencoded` body (OAuth 2 endpoints such as introspection use this
+/// media type), with problem-document rejections like [`Json`]'s: wrong media type 415, too large
+/// 413, anything unparseable or an unknown field 400.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Form<T>(pub T);
+
+impl<S, T> FromRequest<S> for Form<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let form = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        if !form {
+            return Err(Problem::new(
+                ProblemType::UNSUPPORTED_MEDIA_TYPE,
+                "Send the body as application/x-www-form-urlencoded.",
+            ));
+        }
+        match axum::Form::<T>::from_request(request, state).await {
+            Ok(axum::Form(value)) => Ok(Form(value)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(Problem::new(ProblemType::PAYLOAD_TOO_LARGE, "The request body is larger than allowed."))
+            }
+            Err(_) => Err(Problem::new(
+                ProblemType::MALFORMED_REQUEST,
+                "The form body is malformed, lacks a field or names an unknown one.",
+            )),
+        }
+    }
+}

@@ -28,8 +28,9 @@ use crate::problem::{FieldError, ProblemDocument};
 )]
 pub(crate) struct ApiDoc;
 
-/// The two ways to authenticate: an access token (RFC 6750) or the browser session cookie, which
-/// also needs the `X-CSRF-Token` header on state-changing requests.
+/// The ways to authenticate: an access token (RFC 6750), an API key (`Authorization: Bearer pcs_…` or
+/// `X-API-Key: pcs_…`), or the browser session cookie, which also needs the `X-CSRF-Token` header on
+/// state-changing requests. Every operation that takes a bearer credential takes an API key too.
 struct SecuritySchemes;
 
 impl Modify for SecuritySchemes {
@@ -49,6 +50,36 @@ impl Modify for SecuritySchemes {
                 "Browser session; state-changing requests also need the X-CSRF-Token header.",
             ))),
         );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "An API key (pcs_...); it may also be sent as Authorization: Bearer.",
+            ))),
+        );
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch]
+                .into_iter()
+                .flatten()
+            {
+                let Some(security) = operation.security.as_mut() else { continue };
+                let names = |r: &utoipa::openapi::security::SecurityRequirement| {
+                    serde_json::to_value(r)
+                        .ok()
+                        .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
+                };
+                let bearer =
+                    security.iter().any(|r| names(r).is_some_and(|n| n.iter().any(|k| k == "bearer")));
+                let listed =
+                    security.iter().any(|r| names(r).is_some_and(|n| n.iter().any(|k| k == "api_key")));
+                if bearer && !listed {
+                    security.push(utoipa::openapi::security::SecurityRequirement::new(
+                        "api_key",
+                        Vec::<String>::new(),
+                    ));
+                }
+            }
+        }
     }
 }
 

@@ -48,6 +48,7 @@ problem_types! {
     NOT_ACCEPTABLE = ("not-acceptable", NOT_ACCEPTABLE, "Not acceptable");
     REQUEST_TIMEOUT = ("request-timeout", REQUEST_TIMEOUT, "The request took too long");
     CONFLICT = ("conflict", CONFLICT, "Conflict");
+    ROLE_IN_USE = ("role-in-use", CONFLICT, "The role is held by members");
     PAYLOAD_TOO_LARGE = ("payload-too-large", PAYLOAD_TOO_LARGE, "The request body is too large");
     UNSUPPORTED_MEDIA_TYPE = ("unsupported-media-type", UNSUPPORTED_MEDIA_TYPE, "Unsupported media type");
     TOO_MANY_REQUESTS = ("too-many-requests", TOO_MANY_REQUESTS, "Too many requests");
@@ -174,6 +175,8 @@ pub struct ProblemDocument {
     pub request_id: Option<String>,
     /// Field-level errors for validation problems.
     pub errors: Option<Vec<FieldError>>,
+    /// For `role-in-use`: the ids of (up to 100 of) the members holding the role.
+    pub holders: Option<Vec<String>>,
 }
 
 #[cfg(test)]

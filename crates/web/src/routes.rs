@@ -13,7 +13,9 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::handlers::{admin, auth, authz, health, me, organizations, well_known};
+use crate::handlers::{
+    admin, api_keys, auth, authz, health, me, oauth, organizations, roles, service_accounts, well_known,
+};
 use crate::middleware::edge::{EdgeLayer, X_REQUEST_ID};
 use crate::middleware::panic::panic_response;
 use crate::openapi;
@@ -76,6 +78,23 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
         ))
         .routes(routes!(organizations::list_members))
         .routes(routes!(organizations::set_member, organizations::remove_member))
+        .routes(routes!(roles::list_roles, roles::create_role))
+        .routes(routes!(roles::get_role, roles::update_role, roles::delete_role))
+        .routes(routes!(service_accounts::list_service_accounts, service_accounts::create_service_account))
+        .routes(routes!(
+            service_accounts::get_service_account,
+            service_accounts::update_service_account,
+            service_accounts::delete_service_account
+        ))
+        .routes(routes!(api_keys::list_service_account_keys, api_keys::create_service_account_key))
+        .routes(routes!(api_keys::revoke_service_account_key))
+        .routes(routes!(api_keys::rotate_service_account_key))
+        // The caller's own API keys.
+        .routes(routes!(api_keys::list_my_api_keys, api_keys::create_my_api_key))
+        .routes(routes!(api_keys::revoke_my_api_key))
+        .routes(routes!(api_keys::rotate_my_api_key))
+        // OAuth 2.
+        .routes(routes!(oauth::introspect))
         .split_for_parts();
     let document = openapi::document(api);
     let document = openapi::Rendered(bytes::Bytes::from(serde_json::to_vec(&document).unwrap_or_default()));

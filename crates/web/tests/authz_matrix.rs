@@ -50,7 +50,10 @@ const CALLERS: [Caller; 7] = [
 ];
 
 /// One row: a route (`{id}` is a fresh member account made for each call, `{self}` the caller's own
-/// account, `{owner}` another owner, `{org}` a fresh organization and `{member}` a fresh member of it),
+/// account, `{owner}` another owner, `{org}` a fresh organization, `{member}` a fresh member of it,
+/// `{role}` a custom role of it granting `users:read` that `{member}` holds, and `{strong_role}` one
+/// granting `orgs:delete`, which an administrator lacks, `{sa}` a member-role service account of it
+/// and `{sa_key}` one of its keys),
 /// its body, and the expected status for each caller in the order of [`CALLERS`].
 struct Row {
     method: &'static str,
@@ -237,6 +240,145 @@ const MATRIX: &[Row] = &[
         body: None,
         expected: [401, 404, 403, 204, 204, 204, 404],
     },
+    Row {
+        method: "PUT",
+        path: "/v1/admin/organizations/{org}/members/{id}",
+        body: Some(r#"{"role":"member","roles":["{role}"]}"#),
+        expected: [401, 404, 403, 200, 200, 200, 404],
+    },
+    Row {
+        method: "PUT",
+        path: "/v1/admin/organizations/{org}/members/{id}",
+        body: Some(r#"{"role":"member","roles":["{strong_role}"]}"#),
+        expected: [401, 404, 403, 403, 200, 403, 404],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/organizations/{org}/roles",
+        body: None,
+        expected: [401, 404, 200, 200, 200, 200, 404],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/admin/organizations/{org}/roles",
+        body: Some(r#"{"name":"{slug}","permissions":["users:read","memberships:*"]}"#),
+        expected: [401, 404, 403, 201, 201, 201, 404],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/admin/organizations/{org}/roles",
+        body: Some(r#"{"name":"{slug}","permissions":["*:*"]}"#),
+        expected: [401, 404, 403, 403, 201, 403, 404],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/organizations/{org}/roles/{role}",
+        body: None,
+        expected: [401, 404, 200, 200, 200, 200, 404],
+    },
+    Row {
+        method: "PATCH",
+        path: "/v1/admin/organizations/{org}/roles/{role}",
+        body: Some(r#"{"permissions":["users:read","users:write"]}"#),
+        expected: [401, 404, 403, 200, 200, 200, 404],
+    },
+    Row {
+        method: "PATCH",
+        path: "/v1/admin/organizations/{org}/roles/{role}",
+        body: Some(r#"{"permissions":["users:read","orgs:delete"]}"#),
+        expected: [401, 404, 403, 403, 200, 403, 404],
+    },
+    Row {
+        method: "PATCH",
+        path: "/v1/admin/organizations/{org}/roles/{strong_role}",
+        body: Some(r#"{"name":"renamed"}"#),
+        expected: [401, 404, 403, 403, 200, 403, 404],
+    },
+    Row {
+        method: "DELETE",
+        path: "/v1/admin/organizations/{org}/roles/{role}",
+        body: None,
+        expected: [401, 404, 403, 409, 409, 409, 404],
+    },
+    Row {
+        method: "DELETE",
+        path: "/v1/admin/organizations/{org}/roles/{role}?force=true",
+        body: None,
+        expected: [401, 404, 403, 204, 204, 204, 404],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/service-accounts",
+        body: None,
+        expected: [401, 403, 200, 200, 200, 403, 403],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/service-accounts?organization={org}",
+        body: None,
+        expected: [401, 404, 200, 200, 200, 200, 404],
+    },
+    // Another tenant's organization, like a missing one, is a field error of the body.
+    Row {
+        method: "POST",
+        path: "/v1/admin/service-accounts",
+        body: Some(r#"{"organization_id":"{org}","name":"{slug}","role":"member"}"#),
+        expected: [401, 422, 403, 201, 201, 201, 422],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/admin/service-accounts",
+        body: Some(r#"{"organization_id":"{org}","name":"{slug}","role":"owner"}"#),
+        expected: [401, 422, 403, 403, 201, 403, 422],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/service-accounts/{sa}",
+        body: None,
+        expected: [401, 404, 200, 200, 200, 200, 404],
+    },
+    Row {
+        method: "PATCH",
+        path: "/v1/admin/service-accounts/{sa}",
+        body: Some(r#"{"active":false}"#),
+        expected: [401, 404, 403, 200, 200, 200, 404],
+    },
+    Row {
+        method: "PATCH",
+        path: "/v1/admin/service-accounts/{sa}",
+        body: Some(r#"{"role":"owner"}"#),
+        expected: [401, 404, 403, 403, 200, 403, 404],
+    },
+    Row {
+        method: "DELETE",
+        path: "/v1/admin/service-accounts/{sa}",
+        body: None,
+        expected: [401, 404, 403, 204, 204, 204, 404],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/service-accounts/{sa}/api-keys",
+        body: None,
+        expected: [401, 404, 200, 200, 200, 200, 404],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/admin/service-accounts/{sa}/api-keys",
+        body: Some(r#"{"name":"k","scopes":["profile:read"],"expires_in_days":1}"#),
+        expected: [401, 404, 403, 201, 201, 201, 404],
+    },
+    Row {
+        method: "DELETE",
+        path: "/v1/admin/service-accounts/{sa}/api-keys/{sa_key}",
+        body: None,
+        expected: [401, 404, 403, 204, 204, 204, 404],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/admin/service-accounts/{sa}/api-keys/{sa_key}/rotate",
+        body: None,
+        expected: [401, 404, 403, 200, 200, 200, 404],
+    },
 ];
 
 struct World {
@@ -282,8 +424,32 @@ impl World {
         self.app.admin_create_organization(&self.root, &slug, "Org").await.unwrap().id.to_string()
     }
 
+    /// A fresh custom role of `org` granting `permission`; its id.
+    async fn role(&self, org: &str, permission: &str) -> String {
+        let name = format!("role{}", self.counter.fetch_add(1, Ordering::Relaxed));
+        let role =
+            self.app.admin_create_role(&self.root, org, &name, &[permission.to_owned()]).await.unwrap();
+        role.id.to_string()
+    }
+
+    /// A fresh member-role service account of `org` and one of its keys: their ids.
+    async fn service_account(&self, org: &str) -> (String, String) {
+        let name = format!("robot{}", self.counter.fetch_add(1, Ordering::Relaxed));
+        let account =
+            self.app.admin_create_service_account(&self.root, org, &name, BuiltinRole::Member).await.unwrap();
+        let new = portcullis_app::NewApiKey {
+            name: "k".into(),
+            scopes: vec!["profile:read".into()],
+            expires_in_days: 1,
+            allowed_cidrs: Vec::new(),
+        };
+        let id = account.id.to_string();
+        let key = self.app.admin_create_service_account_key(&self.root, &id, &new).await.unwrap();
+        (id, key.key.id.to_string())
+    }
+
     async fn join(&self, org: &str, user: &str, role: BuiltinRole) {
-        self.app.admin_set_member(&self.root, org, user, role).await.unwrap();
+        self.app.admin_set_member(&self.root, org, user, role, None).await.unwrap();
     }
 
     fn fresh_email(&self, what: &str) -> String {
@@ -378,6 +544,20 @@ async fn every_route_answers_every_kind_of_caller_as_the_matrix_says() {
             };
             let (member, _) = world.account(BuiltinRole::Member).await;
             world.join(&org, &member, BuiltinRole::Member).await;
+            let role = world.role(&org, "users:read").await;
+            let (sa, sa_key) = world.service_account(&org).await;
+            let strong_role = world.role(&org, "orgs:delete").await;
+            world
+                .app
+                .admin_set_member(
+                    &world.root,
+                    &org,
+                    &member,
+                    BuiltinRole::Member,
+                    Some(std::slice::from_ref(&role)),
+                )
+                .await
+                .unwrap();
             let (target, _) = world.account(BuiltinRole::Member).await;
             let (other_owner, _) = world.account(BuiltinRole::Owner).await;
             let fill = |text: &str| {
@@ -385,6 +565,10 @@ async fn every_route_answers_every_kind_of_caller_as_the_matrix_says() {
                     .replace("{owner}", &other_owner)
                     .replace("{org}", &org)
                     .replace("{member}", &member)
+                    .replace("{strong_role}", &strong_role)
+                    .replace("{sa_key}", &sa_key)
+                    .replace("{sa}", &sa)
+                    .replace("{role}", &role)
                     .replace("{slug}", &format!("s{}", world.counter.fetch_add(1, Ordering::Relaxed)))
                     .replace("{self}", if self_id.is_empty() { &target } else { &self_id })
                     .replace("{email}", &world.fresh_email("new"))
@@ -500,6 +684,10 @@ async fn every_guarded_route_has_a_row_in_the_matrix() {
                         .replace("{owner}", "{id}")
                         .replace("{org}", "{id}")
                         .replace("{member}", "{user_id}")
+                        .replace("{strong_role}", "{role_id}")
+                        .replace("{sa_key}", "{key_id}")
+                        .replace("{sa}", "{id}")
+                        .replace("{role}", "{role_id}")
                         .replace("/members/{id}", "/members/{user_id}")
                         == *path
             });

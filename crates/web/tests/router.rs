@@ -413,7 +413,7 @@ async fn readyz_is_a_503_problem_naming_pending_migrations() {
     let (response, json) = send(&router, request("GET", "/readyz").body(Body::empty()).unwrap()).await;
     assert_problem(&response, &json, StatusCode::SERVICE_UNAVAILABLE, "not-ready");
     assert_eq!(json["checks"]["database"], "ok");
-    assert_eq!(json["checks"]["migrations"], "3 migration(s) pending");
+    assert_eq!(json["checks"]["migrations"], "5 migration(s) pending");
     assert_eq!(json["checks"]["keys"], "no token signing key is loaded");
 }
 
@@ -440,6 +440,7 @@ async fn the_openapi_document_describes_every_route_its_access_and_its_problem_r
         vec![
             "/.well-known/jwks.json",
             "/healthz",
+            "/oauth2/introspect",
             "/openapi.json",
             "/readyz",
             "/v1/admin/invites",
@@ -447,6 +448,13 @@ async fn the_openapi_document_describes_every_route_its_access_and_its_problem_r
             "/v1/admin/organizations/{id}",
             "/v1/admin/organizations/{id}/members",
             "/v1/admin/organizations/{id}/members/{user_id}",
+            "/v1/admin/organizations/{id}/roles",
+            "/v1/admin/organizations/{id}/roles/{role_id}",
+            "/v1/admin/service-accounts",
+            "/v1/admin/service-accounts/{id}",
+            "/v1/admin/service-accounts/{id}/api-keys",
+            "/v1/admin/service-accounts/{id}/api-keys/{key_id}",
+            "/v1/admin/service-accounts/{id}/api-keys/{key_id}/rotate",
             "/v1/admin/users",
             "/v1/admin/users/{id}",
             "/v1/admin/users/{id}/disable",
@@ -466,6 +474,9 @@ async fn the_openapi_document_describes_every_route_its_access_and_its_problem_r
             "/v1/authz/check",
             "/v1/authz/check-batch",
             "/v1/me",
+            "/v1/me/api-keys",
+            "/v1/me/api-keys/{key_id}",
+            "/v1/me/api-keys/{key_id}/rotate",
             "/v1/me/password",
             "/v1/me/sessions",
             "/v1/me/sessions/{id}",
@@ -485,7 +496,9 @@ async fn the_openapi_document_describes_every_route_its_access_and_its_problem_r
             );
             let path = path
                 .replace("{id}", "00000000-0000-4000-8000-000000000000")
-                .replace("{user_id}", "00000000-0000-4000-8000-000000000000");
+                .replace("{user_id}", "00000000-0000-4000-8000-000000000000")
+                .replace("{role_id}", "00000000-0000-4000-8000-000000000000")
+                .replace("{key_id}", "AAAAAAAAAAAAAAAAAAAAAA");
             let req = request(&method.to_uppercase(), &path).body(Body::empty()).unwrap();
             let (response, _) = send(&router, req).await;
             assert!(

@@ -7,7 +7,7 @@ use portcullis_domain::{BuiltinRole, UserStatus};
 use super::*;
 use crate::{CheckRequest, StatusChange};
 
-const ADMIN: &str = "admin@example.com";
+pub(super) const ADMIN: &str = "admin@example.com";
 const AUDITOR: &str = "auditor@example.com";
 
 /// An app with an owner, an admin, an auditor and two members, each logged in.
@@ -20,7 +20,7 @@ struct Cast {
     bob: Principal,
 }
 
-async fn principal(app: &App, email: &str) -> Principal {
+pub(super) async fn principal(app: &App, email: &str) -> Principal {
     app.authenticate_bearer(&login_bearer(app, email, PASSWORD).await.access).unwrap()
 }
 
@@ -43,7 +43,7 @@ async fn cast() -> Cast {
     Cast { t, owner, admin, auditor, alice, bob }
 }
 
-fn forbidden<T: std::fmt::Debug>(result: Result<T, AppError>) {
+pub(super) fn forbidden<T: std::fmt::Debug>(result: Result<T, AppError>) {
     assert!(matches!(result, Err(AppError::Forbidden(_))), "{result:?}");
 }
 
@@ -268,7 +268,7 @@ async fn the_check_api_answers_for_the_caller_and_for_a_subject_only_with_authz_
 }
 
 /// An owner, two organizations, and an admin of the first (a member system-wide).
-async fn tenants() -> (TestApp, Principal, String, String, Principal, UserId) {
+pub(super) async fn tenants() -> (TestApp, Principal, String, String, Principal, UserId) {
     let t = testing::app().await;
     t.app.finish_bootstrap().await.unwrap();
     t.app.create_user_as_operator(OWNER, None, secret(PASSWORD), BuiltinRole::Owner).await.unwrap();
@@ -279,7 +279,7 @@ async fn tenants() -> (TestApp, Principal, String, String, Principal, UserId) {
     let owner = principal(&t.app, OWNER).await;
     let acme = t.app.admin_create_organization(&owner, "acme", "Acme").await.unwrap().id.to_string();
     let globex = t.app.admin_create_organization(&owner, "globex", "Globex").await.unwrap().id.to_string();
-    t.app.admin_set_member(&owner, &acme, &org_admin.id.to_string(), BuiltinRole::Admin).await.unwrap();
+    t.app.admin_set_member(&owner, &acme, &org_admin.id.to_string(), BuiltinRole::Admin, None).await.unwrap();
     let org_admin = principal(&t.app, ADMIN).await;
     (t, owner, acme, globex, org_admin, alice.id)
 }
@@ -289,11 +289,12 @@ async fn an_organizations_admin_manages_its_members_and_another_tenant_looks_mis
     let (t, owner, acme, globex, org_admin, alice) = tenants().await;
     let alice_id = alice.to_string();
 
-    let added = t.app.admin_set_member(&org_admin, &acme, &alice_id, BuiltinRole::Member).await.unwrap();
+    let added =
+        t.app.admin_set_member(&org_admin, &acme, &alice_id, BuiltinRole::Member, None).await.unwrap();
     assert_eq!(added.role, BuiltinRole::Member);
     let (members, _) = t.app.admin_list_members(&org_admin, &acme, None, None).await.unwrap();
     assert_eq!(members.len(), 2);
-    forbidden(t.app.admin_set_member(&org_admin, &acme, &alice_id, BuiltinRole::Owner).await);
+    forbidden(t.app.admin_set_member(&org_admin, &acme, &alice_id, BuiltinRole::Owner, None).await);
     forbidden(t.app.admin_delete_organization(&org_admin, &acme).await);
     forbidden(t.app.admin_list_users(&org_admin, None, None, None).await);
     // Globex, and an organization that does not exist, look the same to Acme's admin.
@@ -301,7 +302,7 @@ async fn an_organizations_admin_manages_its_members_and_another_tenant_looks_mis
         for result in [
             t.app.admin_get_organization(&org_admin, org).await.map(|_| ()),
             t.app.admin_list_members(&org_admin, org, None, None).await.map(|_| ()),
-            t.app.admin_set_member(&org_admin, org, &alice_id, BuiltinRole::Member).await.map(|_| ()),
+            t.app.admin_set_member(&org_admin, org, &alice_id, BuiltinRole::Member, None).await.map(|_| ()),
             t.app.admin_remove_member(&org_admin, org, &alice_id).await,
             t.app.admin_rename_organization(&org_admin, org, "Mine now").await.map(|_| ()),
         ] {
@@ -328,13 +329,13 @@ async fn an_organizations_admin_manages_its_members_and_another_tenant_looks_mis
 async fn an_organizations_last_owner_stays_and_the_default_organization_cannot_be_deleted() {
     let (t, owner, acme, _, _, alice) = tenants().await;
     let alice_id = alice.to_string();
-    t.app.admin_set_member(&owner, &acme, &alice_id, BuiltinRole::Owner).await.unwrap();
+    t.app.admin_set_member(&owner, &acme, &alice_id, BuiltinRole::Owner, None).await.unwrap();
     // Alice owns Acme alone; the system owner holds every grant, yet cannot leave Acme without one.
     let Err(AppError::Forbidden(message)) = t.app.admin_remove_member(&owner, &acme, &alice_id).await else {
         panic!("the last owner of an organization must stay")
     };
     assert!(message.contains("last active owner"), "{message}");
-    forbidden(t.app.admin_set_member(&owner, &acme, &alice_id, BuiltinRole::Member).await);
+    forbidden(t.app.admin_set_member(&owner, &acme, &alice_id, BuiltinRole::Member, None).await);
 
     let (organizations, _) = t.app.admin_list_organizations(&owner, None, None).await.unwrap();
     let default =

@@ -20,6 +20,26 @@ pub enum SignupPolicyName {
     Closed,
 }
 
+/// `[api_keys]`: limits on API keys.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiKeysConfig {
+    /// The longest lifetime a new key may have, in days.
+    pub max_lifetime_days: u32,
+    /// How long a rotated key's previous secret keeps working, in hours.
+    pub rotation_grace_hours: u32,
+}
+
+impl Default for ApiKeysConfig {
+    fn default() -> Self {
+        let defaults = portcullis_app::ApiKeySettings::default();
+        Self {
+            max_lifetime_days: defaults.max_lifetime_days,
+            rotation_grace_hours: defaults.rotation_grace_secs / 3600,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccountsConfig {
@@ -171,6 +191,12 @@ impl Config {
     /// Problems with the account settings in any mode.
     pub(super) fn account_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if !(1..=3650).contains(&self.api_keys.max_lifetime_days) {
+            problems.push("api_keys.max_lifetime_days: must be 1 to 3650".into());
+        }
+        if self.api_keys.rotation_grace_hours > 720 {
+            problems.push("api_keys.rotation_grace_hours: must be 0 to 720".into());
+        }
         let a = &self.accounts;
         if !(8..=128).contains(&a.password_min_length) {
             problems.push("accounts.password_min_length: must be between 8 and 128 (NIST SP 800-63B asks at least 8; 15 is recommended)".into());
@@ -279,7 +305,7 @@ impl Config {
         }
     }
 
-    /// Applies `[accounts]`, `[password]` and `[tokens]` to the use cases' settings.
+    /// Applies `[accounts]`, `[password]`, `[tokens]` and `[api_keys]` to the use cases' settings.
     pub fn apply_account_settings(&self, settings: &mut portcullis_app::AppSettings) {
         let a = &self.accounts;
         let development = self.mode == Mode::Development;
@@ -312,6 +338,8 @@ impl Config {
         }
         pool.queue = if p.max_queued_hashes > 0 { p.max_queued_hashes } else { pool.workers * 4 };
         settings.hash_pool = pool;
+        settings.api_keys.max_lifetime_days = self.api_keys.max_lifetime_days;
+        settings.api_keys.rotation_grace_secs = self.api_keys.rotation_grace_hours * 3600;
         let t = &self.tokens;
         settings.tokens.algorithm = match t.algorithm {
             TokenAlgorithm::EdDsa => SigningAlgorithm::EdDsa,

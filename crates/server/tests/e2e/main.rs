@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly by design")]
 
 mod accounts;
+mod api_keys;
 mod binary;
 mod cli_users;
 mod docs;

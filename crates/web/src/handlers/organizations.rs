@@ -159,6 +159,15 @@ pub(crate) struct MemberResponse {
     display_name: Option<String>,
     /// `owner`, `admin`, `auditor` or `member` in this organization.
     role: &'static str,
+    /// The organization's custom roles the member holds, in name order.
+    roles: Vec<RoleRef>,
+}
+
+/// A custom role, named.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RoleRef {
+    id: String,
+    name: String,
 }
 
 impl From<Member> for MemberResponse {
@@ -168,6 +177,11 @@ impl From<Member> for MemberResponse {
             email: m.email,
             display_name: m.display_name,
             role: m.role.as_str(),
+            roles: m
+                .custom_roles
+                .into_iter()
+                .map(|r| RoleRef { id: r.id.to_string(), name: r.name.as_str().to_owned() })
+                .collect(),
         }
     }
 }
@@ -204,6 +218,9 @@ pub(crate) struct MemberRoleBody {
     /// `owner`, `admin`, `auditor` or `member`.
     #[schema(pattern = "^(owner|admin|auditor|member)$")]
     role: String,
+    /// The ids of the organization's custom roles to hold, replacing those held; left out, they stay.
+    #[schema(max_items = 16)]
+    roles: Option<Vec<String>>,
 }
 
 fn role(text: &str) -> Result<BuiltinRole, AppError> {
@@ -211,8 +228,8 @@ fn role(text: &str) -> Result<BuiltinRole, AppError> {
         .ok_or_else(|| AppError::invalid("/role", "must be owner, admin, auditor or member"))
 }
 
-/// Adds an account to the organization, or changes its role there. Needs `memberships:write` in the
-/// organization and every permission of the roles involved there.
+/// Adds an account to the organization, or changes its built-in role and custom roles there. Needs
+/// `memberships:write` in the organization and every permission of the roles given or taken there.
 #[utoipa::path(put, path = "/v1/admin/organizations/{id}/members/{user_id}", tag = "admin", operation_id = "set_member",
     security(("bearer" = []), ("session_cookie" = [])), request_body = MemberRoleBody,
     params(("id" = String, Path, description = "The organization id."), ("user_id" = String, Path, description = "The account id.")),
@@ -224,7 +241,8 @@ pub(crate) async fn set_member(
     Json(body): Json<MemberRoleBody>,
 ) -> Result<axum::Json<MemberResponse>, ApiError> {
     let role = role(&body.role)?;
-    Ok(axum::Json(state.app.admin_set_member(&principal, &id, &user_id, role).await?.into()))
+    let member = state.app.admin_set_member(&principal, &id, &user_id, role, body.roles.as_deref()).await?;
+    Ok(axum::Json(member.into()))
 }
 
 /// Removes an account from the organization. Needs `memberships:write` in it.

@@ -1,0 +1,290 @@
+//! Custom roles: an organization's own named sets of permissions, created, changed and deleted by
+//! whoever holds `roles:write` there, and given to its members beside their built-in role.
+//!
+//! Guard rails, as for built-in roles: nobody creates, edits, deletes, gives or takes a custom role
+//! unless they hold every permission it lists (before and after an edit) in that organization, read
+//! from the caller's current account under the accounts lock. So a role cannot be used to pass on a
+//! right one lacks, and editing a role one holds cannot add to one's own rights. Another
+//! organization's role, like a missing one, is not found.
+
+use portcullis_domain::{
+    BuiltinRole, CustomRole, Grant, MAX_ROLE_PERMISSIONS, MAX_ROLES_PER_MEMBER, MAX_ROLES_PER_ORGANIZATION,
+    OrganizationId, Permission, Resource, RoleId, RoleName, UserId, holds_all,
+};
+use portcullis_store::{StoreError, StoreTx};
+
+use crate::secret_token::random_id_bytes;
+use crate::{App, AppError, FieldIssue, Principal};
+
+/// Most holders a refused deletion names.
+pub const MAX_HOLDERS_LISTED: u32 = 100;
+
+/// The roles an organization offers: the built-in ones and its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrganizationRoles {
+    pub builtin: Vec<BuiltinRole>,
+    pub custom: Vec<CustomRole>,
+}
+
+/// A change to a custom role; a field left `None` stays as it is.
+#[derive(Debug, Clone, Default)]
+pub struct RoleChange {
+    pub name: Option<String>,
+    pub permissions: Option<Vec<String>>,
+}
+
+fn in_org(organization: OrganizationId) -> Resource {
+    Resource { organization: Some(organization), owner: None }
+}
+
+fn parse_org(id: &str) -> Result<OrganizationId, AppError> {
+    OrganizationId::parse(id).map_err(|_| AppError::NotFound)
+}
+
+fn parse_role(id: &str) -> Result<RoleId, AppError> {
+    RoleId::parse(id).map_err(|_| AppError::NotFound)
+}
+
+fn parse_name(name: &str) -> Result<RoleName, AppError> {
+    RoleName::parse(name).map_err(|e| AppError::invalid("/name", e))
+}
+
+/// Parses a role's permission list: each well formed (wildcards allowed), duplicates dropped, at least
+/// one and at most [`MAX_ROLE_PERMISSIONS`].
+fn parse_permissions(texts: &[String]) -> Result<Vec<Permission>, AppError> {
+    if texts.is_empty() || texts.len() > MAX_ROLE_PERMISSIONS {
+        return Err(AppError::invalid(
+            "/permissions",
+            format!("must list 1 to {MAX_ROLE_PERMISSIONS} permissions"),
+        ));
+    }
+    let mut permissions: Vec<Permission> = Vec::with_capacity(texts.len());
+    let mut issues = Vec::new();
+    for (n, text) in texts.iter().enumerate() {
+        match Permission::parse(text) {
+            Ok(permission) if !permissions.contains(&permission) => permissions.push(permission),
+            Ok(_) => {}
+            Err(e) => issues.push(FieldIssue::new("/permissions", format!("permission {}: {e}", n + 1))),
+        }
+    }
+    if issues.is_empty() { Ok(permissions) } else { Err(AppError::Validation(issues)) }
+}
+
+/// Refuses unless `grants` cover every grant of `role`.
+fn may_give(grants: &[Grant], role: &CustomRole) -> Result<(), AppError> {
+    if holds_all(grants, &role.grants()) {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(format!(
+            "only someone holding every permission of the role {} in this organization can create, change, \
+             give or take it",
+            role.name.as_str()
+        )))
+    }
+}
+
+impl App {
+    /// The roles offered in an organization. Needs `roles:read` there.
+    pub async fn admin_list_roles(
+        &self,
+        principal: &Principal,
+        org: &str,
+    ) -> Result<OrganizationRoles, AppError> {
+        let org = parse_org(org)?;
+        self.require_in(principal, "roles:read", org).await?;
+        let mut tx = self.inner.store.begin_read().await?;
+        if tx.organization(org).await?.is_none() {
+            return Err(AppError::NotFound);
+        }
+        let custom = tx.roles_in(org).await?;
+        tx.rollback().await?;
+        Ok(OrganizationRoles { builtin: BuiltinRole::ALL.to_vec(), custom })
+    }
+
+    /// One custom role. Needs `roles:read` in its organization.
+    pub async fn admin_get_role(
+        &self,
+        principal: &Principal,
+        org: &str,
+        role: &str,
+    ) -> Result<CustomRole, AppError> {
+        let org = parse_org(org)?;
+        self.require_in(principal, "roles:read", org).await?;
+        let role = parse_role(role)?;
+        let mut tx = self.inner.store.begin_read().await?;
+        let found = tx.role(org, role).await?;
+        tx.rollback().await?;
+        found.ok_or(AppError::NotFound)
+    }
+
+    /// Creates a custom role. Needs `roles:write` in the organization and every permission it lists.
+    pub async fn admin_create_role(
+        &self,
+        principal: &Principal,
+        org: &str,
+        name: &str,
+        permissions: &[String],
+    ) -> Result<CustomRole, AppError> {
+        let org = parse_org(org)?;
+        self.require_in(principal, "roles:write", org).await?;
+        let (name, permissions) = match (parse_name(name), parse_permissions(permissions)) {
+            (Ok(name), Ok(permissions)) => (name, permissions),
+            (name, permissions) => return Err(merge_invalid([name.err(), permissions.err()])),
+        };
+        let now = self.now();
+        let role = CustomRole {
+            id: RoleId::from_random_bytes(random_id_bytes()?),
+            organization: org,
+            name,
+            permissions,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut tx = self.inner.store.begin().await?;
+        tx.lock_users().await?;
+        let grants = self.caller_under_lock(tx.as_mut(), principal, "roles:write", in_org(org)).await?;
+        may_give(&grants, &role)?;
+        if tx.organization(org).await?.is_none() {
+            return Err(AppError::NotFound);
+        }
+        if tx.roles_in(org).await?.len() >= MAX_ROLES_PER_ORGANIZATION {
+            return Err(AppError::Forbidden(format!(
+                "an organization defines at most {MAX_ROLES_PER_ORGANIZATION} roles"
+            )));
+        }
+        tx.insert_role(&role).await.map_err(name_taken)?;
+        tx.commit().await?;
+        tracing::info!(admin = %principal.user_id, organization = %org, role = %role.id, "role created");
+        Ok(role)
+    }
+
+    /// Renames a custom role or replaces its permissions. Needs `roles:write` in the organization and
+    /// every permission of the role before and after the change; every holder's rights change at once
+    /// on this node, and within the profile cache's lifetime on the others.
+    pub async fn admin_update_role(
+        &self,
+        principal: &Principal,
+        org: &str,
+        role: &str,
+        change: &RoleChange,
+    ) -> Result<CustomRole, AppError> {
+        let org = parse_org(org)?;
+        self.require_in(principal, "roles:write", org).await?;
+        let id = parse_role(role)?;
+        let name = change.name.as_deref().map(parse_name).transpose();
+        let permissions = change.permissions.as_deref().map(parse_permissions).transpose();
+        let (name, permissions) = match (name, permissions) {
+            (Ok(name), Ok(permissions)) => (name, permissions),
+            (name, permissions) => return Err(merge_invalid([name.err(), permissions.err()])),
+        };
+        let mut tx = self.inner.store.begin().await?;
+        tx.lock_users().await?;
+        let grants = self.caller_under_lock(tx.as_mut(), principal, "roles:write", in_org(org)).await?;
+        let before = tx.role(org, id).await?.ok_or(AppError::NotFound)?;
+        may_give(&grants, &before)?;
+        let after = CustomRole {
+            name: name.unwrap_or_else(|| before.name.clone()),
+            permissions: permissions.unwrap_or_else(|| before.permissions.clone()),
+            updated_at: self.now(),
+            ..before
+        };
+        may_give(&grants, &after)?;
+        if !tx.update_role(&after).await.map_err(name_taken)? {
+            return Err(AppError::NotFound);
+        }
+        tx.commit().await?;
+        self.inner.profiles.clear();
+        tracing::info!(admin = %principal.user_id, organization = %org, role = %id, "role changed");
+        Ok(after)
+    }
+
+    /// Deletes a custom role. Needs `roles:write` in the organization and every permission of the
+    /// role. A role that members hold is refused with their ids ([`AppError::RoleInUse`]) unless
+    /// `force`, which takes it from them.
+    pub async fn admin_delete_role(
+        &self,
+        principal: &Principal,
+        org: &str,
+        role: &str,
+        force: bool,
+    ) -> Result<(), AppError> {
+        let org = parse_org(org)?;
+        self.require_in(principal, "roles:write", org).await?;
+        let id = parse_role(role)?;
+        let mut tx = self.inner.store.begin().await?;
+        tx.lock_users().await?;
+        let grants = self.caller_under_lock(tx.as_mut(), principal, "roles:write", in_org(org)).await?;
+        let role = tx.role(org, id).await?.ok_or(AppError::NotFound)?;
+        may_give(&grants, &role)?;
+        let holders = tx.role_holders(org, id, MAX_HOLDERS_LISTED).await?;
+        if !holders.is_empty() && !force {
+            return Err(AppError::RoleInUse { holders });
+        }
+        tx.delete_role(org, id).await?;
+        tx.commit().await?;
+        self.inner.profiles.clear();
+        tracing::info!(admin = %principal.user_id, organization = %org, role = %id, forced = force, "role deleted");
+        Ok(())
+    }
+
+    /// Makes `wanted` (role ids) exactly the custom roles `user` holds in `org`, under the caller's
+    /// lock-held grants: each role given or taken must be one the caller could create. Returns the
+    /// roles now held.
+    pub(crate) async fn set_custom_roles(
+        &self,
+        tx: &mut dyn StoreTx,
+        grants: &[Grant],
+        org: OrganizationId,
+        user: UserId,
+        wanted: &[String],
+    ) -> Result<Vec<CustomRole>, AppError> {
+        if wanted.len() > MAX_ROLES_PER_MEMBER {
+            return Err(AppError::invalid(
+                "/roles",
+                format!("a member holds at most {MAX_ROLES_PER_MEMBER} roles"),
+            ));
+        }
+        let mut roles: Vec<CustomRole> = Vec::with_capacity(wanted.len());
+        for (n, text) in wanted.iter().enumerate() {
+            let no_such =
+                || AppError::invalid("/roles", format!("role {}: no such role in this organization", n + 1));
+            let id = RoleId::parse(text).map_err(|_| no_such())?;
+            let role = tx.role(org, id).await?.ok_or_else(no_such)?;
+            if !roles.iter().any(|r| r.id == role.id) {
+                roles.push(role);
+            }
+        }
+        let current = tx.member_roles(org, user).await?;
+        let given = roles.iter().filter(|r| !current.iter().any(|c| c.id == r.id));
+        let taken = current.iter().filter(|c| !roles.iter().any(|r| r.id == c.id));
+        for role in given.chain(taken) {
+            may_give(grants, role)?;
+        }
+        let ids: Vec<RoleId> = roles.iter().map(|r| r.id).collect();
+        tx.set_member_roles(org, user, &ids).await?;
+        roles.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        Ok(roles)
+    }
+}
+
+/// A taken name is the caller's to fix; any other store error stays what it is.
+fn name_taken(error: StoreError) -> AppError {
+    match error {
+        StoreError::Conflict { .. } => {
+            AppError::invalid("/name", "is taken by another role of this organization")
+        }
+        other => other.into(),
+    }
+}
+
+/// Every field problem of several checks in one answer.
+fn merge_invalid(errors: [Option<AppError>; 2]) -> AppError {
+    let mut issues = Vec::new();
+    for error in errors.into_iter().flatten() {
+        match error {
+            AppError::Validation(more) => issues.extend(more),
+            other => return other,
+        }
+    }
+    AppError::Validation(issues)
+}
