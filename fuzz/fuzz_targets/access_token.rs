@@ -29,8 +29,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use libfuzzer_sys::fuzz_target;
 use portcullis_app::mail::FileOutbox;
 use portcullis_app::{
-    App, AppSettings, ClientContext, FixedClock, HashAlgorithm, IssuedCredentials, KekSet, LoginMode,
-    LoginOutcome, Principal, SessionTransport,
+    App, AppSettings, ClientContext, Credential, FixedClock, HashAlgorithm, IssuedCredentials, KekSet,
+    LoginMode, LoginOutcome, Principal, PrincipalKind,
 };
 use portcullis_domain::{BuiltinRole, Timestamp};
 use portcullis_store::Store;
@@ -88,7 +88,8 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
             panic!("a bearer login gave a cookie")
         };
         let kid = app.jwks()["keys"][0]["kid"].as_str().expect("a kid in the JWKS").to_owned();
-        let principal = Principal { user_id, session_id, transport: SessionTransport::Bearer };
+        let principal =
+            Principal { user_id, kind: PrincipalKind::Person, credential: Credential::Bearer(session_id) };
         (app, access_token, principal, kid)
     });
     let (app, token, principal, kid) = fixture;
