@@ -92,10 +92,10 @@ pub(crate) struct CreateApiKeyBody {
     name: String,
     /// `resource:action` permissions (`*` allowed), each held by the key's owner; 1 to 32. The key
     /// can do what its owner can do at each use, within these.
-    #[schema(min_items = 1, max_items = 32)]
+    #[schema(min_items = 1, max_items = 32, value_type = Vec<crate::handlers::roles::PermissionText>)]
     scopes: Vec<String>,
-    /// Days until the key stops working: 1 to the configured maximum (365 by default).
-    #[schema(minimum = 1, maximum = 3650)]
+    /// Days until the key stops working: 1 to `api_keys.max_lifetime_days` (365 unless configured).
+    #[schema(minimum = 1, maximum = 365)]
     expires_in_days: u32,
     /// IPv4/IPv6 networks or addresses the key may be used from; empty or absent means anywhere.
     #[schema(max_items = 16)]

@@ -14,6 +14,11 @@ use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::{Json, Query};
 
+/// A permission as granted: `resource:action`, lowercase, `*` allowed for either side (schema only).
+#[derive(ToSchema)]
+#[schema(value_type = String, pattern = "^([a-z][a-z0-9_-]{0,31}|[*]):([a-z][a-z0-9_-]{0,30}|[*])$")]
+pub(crate) struct PermissionText(#[allow(dead_code, reason = "documents the schema only")] String);
+
 /// A role as offered in an organization.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct RoleResponse {
@@ -102,7 +107,7 @@ pub(crate) struct CreateRoleBody {
     #[schema(max_length = 32, pattern = "^[a-z](-?[a-z0-9])*$")]
     name: String,
     /// `resource:action` strings, `*` allowed for either side; 1 to 64.
-    #[schema(min_items = 1, max_items = 64)]
+    #[schema(min_items = 1, max_items = 64, value_type = Vec<PermissionText>)]
     permissions: Vec<String>,
 }
 
@@ -141,7 +146,7 @@ pub(crate) struct UpdateRoleBody {
     #[schema(max_length = 32, pattern = "^[a-z](-?[a-z0-9])*$")]
     name: Option<String>,
     /// Replaces the whole list.
-    #[schema(min_items = 1, max_items = 64)]
+    #[schema(min_items = 1, max_items = 64, value_type = Option<Vec<PermissionText>>)]
     permissions: Option<Vec<String>>,
 }
 
