@@ -350,6 +350,14 @@ impl App {
         }
         self.store_user(tx, user).await?;
         tx.set_password_hash(user.id, hash, now).await?;
+        // Every account joins the default organization as a member (which grants nothing beyond the
+        // account's own resources), so a single-tenant installation's service accounts, which live
+        // in that organization, can introspect everyone's tokens.
+        let slug = portcullis_domain::OrganizationSlug::parse(portcullis_domain::DEFAULT_ORGANIZATION_SLUG)
+            .map_err(|_| AppError::Internal("the default slug does not parse".into()))?;
+        if let Some(default) = tx.organization_by_slug(&slug).await? {
+            tx.set_membership(default.id, user.id, BuiltinRole::Member, now).await?;
+        }
         Ok(())
     }
 
@@ -424,6 +432,18 @@ impl App {
         let organizations = tx.memberships_of(user).await?;
         let custom_roles = tx.roles_of(user).await?;
         Ok(Some(Profile { organizations, custom_roles, ..Profile::from(account) }))
+    }
+
+    /// The caller's own profile (`GET /v1/me`): an API key must hold `profile:read`, like any other
+    /// use of a key; a login session always may.
+    pub async fn my_profile(&self, principal: &Principal) -> Result<Profile, AppError> {
+        if matches!(principal.credential, crate::Credential::ApiKey(_))
+            && principal.kind == crate::PrincipalKind::Person
+        {
+            let own = portcullis_domain::Resource { owner: Some(principal.user_id), organization: None };
+            self.require(principal, "profile:read", own).await?;
+        }
+        self.profile(principal).await
     }
 
     /// The caller's profile. Served from a per-node cache for up to [`PROFILE_CACHE_MILLIS`]: the
@@ -693,6 +713,8 @@ impl App {
 
     /// Sends a single-use signup invite (7 days) to `email`. Needs `invites:create`.
     pub async fn invite(&self, principal: &Principal, email: &str) -> Result<(), AppError> {
+        // An invite opens a new account: a credential an API key must not be able to mint.
+        principal.require_session()?;
         self.require(principal, "invites:create", portcullis_domain::Resource::default()).await?;
         let email = Email::parse(email).map_err(|e| AppError::invalid("/email", e))?;
         let now = self.now();

@@ -134,6 +134,9 @@ impl App {
         password: SecretString,
         role: BuiltinRole,
     ) -> Result<AdminUser, AppError> {
+        // An account with a password is a new credential: minted only by a person who logged in,
+        // never by an API key (which would otherwise outlive its own revocation through it).
+        principal.require_session()?;
         let grants = self.require(principal, "users:create", Resource::default()).await?;
         self.may_hand_out(&grants, role)?;
         let account = self.validate_new_account(email, display_name, &password)?;
@@ -247,6 +250,10 @@ impl App {
     /// Ends every session of an account. Needs `sessions:delete` over it.
     pub async fn admin_revoke_sessions(&self, principal: &Principal, id: &str) -> Result<u64, AppError> {
         let id = UserId::parse(id).map_err(|_| AppError::NotFound)?;
+        if id == principal.user_id {
+            // Ending one's own sessions is self-service, which needs a login session (as logout-all).
+            principal.require_session()?;
+        }
         let grants = self
             .require(principal, "sessions:delete", Resource { owner: Some(id), organization: None })
             .await?;

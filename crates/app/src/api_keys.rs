@@ -8,6 +8,10 @@
 //! database read: shape and checksum, then the row (cached per node for [`KEY_CACHE_MILLIS`]), then
 //! the secret's digest in constant time, revocation, expiry and the allowed networks, then the owner
 //! (active, and still holding what the key is used for).
+//!
+//! Whatever mints or revives a credential (issuing or rotating a key, creating a service account or
+//! changing its role or status) needs a login session: an API key cannot, however scoped, so a stolen
+//! key cannot make itself a successor that outlives its revocation.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -590,6 +594,7 @@ impl App {
         name: &str,
         role: BuiltinRole,
     ) -> Result<ServiceAccount, AppError> {
+        principal.require_session()?;
         let org = OrganizationId::parse(organization)
             .map_err(|_| AppError::invalid("/organization", "is not an organization id"))?;
         let grants = self.grants_of(principal).await?;
@@ -701,6 +706,7 @@ impl App {
         id: &str,
         change: &ServiceAccountChange,
     ) -> Result<ServiceAccount, AppError> {
+        principal.require_session()?;
         let account = self.visible_account(principal, id, "serviceaccounts:write").await?;
         let name = change
             .name
@@ -768,6 +774,7 @@ impl App {
         id: &str,
         new: &NewApiKey,
     ) -> Result<IssuedApiKey, AppError> {
+        principal.require_session()?;
         let account = self.visible_account(principal, id, "serviceaccounts:write").await?;
         let mut tx = self.inner.store.begin().await?;
         tx.lock_users().await?;
@@ -824,6 +831,7 @@ impl App {
         id: &str,
         key: &str,
     ) -> Result<IssuedApiKey, AppError> {
+        principal.require_session()?;
         let account = self.visible_account(principal, id, "serviceaccounts:write").await?;
         let mut tx = self.inner.store.begin().await?;
         tx.lock_users().await?;
@@ -844,9 +852,9 @@ impl App {
     }
 
     /// RFC 7662 introspection for a service account holding `tokens:introspect` in its organization,
-    /// authenticated with one of its keys. An access token or an API key that would authenticate now
-    /// is active; anything else (revoked, expired, malformed, unknown, a disabled owner) is only
-    /// `{active: false}`. An API key's allowed networks restrict where it is used from, not who
+    /// authenticated with one of its keys. An access token or an API key of someone in that
+    /// organization that would authenticate now is active; anything else (revoked, expired,
+    /// malformed, unknown, a disabled owner, another organization's) is only `{active: false}`. An API key's allowed networks restrict where it is used from, not who
     /// introspects it, so they are not checked here.
     pub async fn introspect(&self, principal: &Principal, token: &str) -> Result<Introspection, AppError> {
         if principal.kind != PrincipalKind::ServiceAccount
@@ -858,7 +866,23 @@ impl App {
         }
         let (account, _) = self.service_account_of(principal.user_id).await?;
         self.require(principal, "tokens:introspect", in_org(account.organization)).await?;
-        Ok(self.introspect_token(token).await.unwrap_or_default())
+        let Some(answer) = self.introspect_token(token).await else { return Ok(Introspection::default()) };
+        // Tenant isolation: only tokens and keys of the caller's own organization (its members and
+        // service accounts) are described; anyone else's look like unknown ones.
+        let owner = answer.sub.as_deref().and_then(|sub| UserId::parse(sub).ok());
+        match owner {
+            Some(owner) if self.belongs_to(owner, account.organization).await? => Ok(answer),
+            _ => Ok(Introspection::default()),
+        }
+    }
+
+    /// Whether an account (a person's or a service account's) belongs to `organization`.
+    async fn belongs_to(&self, owner: UserId, organization: OrganizationId) -> Result<bool, AppError> {
+        let mut tx = self.inner.store.begin_read().await?;
+        let member = tx.membership(organization, owner).await?.is_some();
+        let account = if member { None } else { tx.service_account(owner).await? };
+        tx.rollback().await?;
+        Ok(member || account.is_some_and(|a| a.organization == organization))
     }
 
     /// The answer for one token; `None` for anything inactive.

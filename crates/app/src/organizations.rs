@@ -187,6 +187,8 @@ impl App {
         tx.delete_organization(id).await?;
         tx.commit().await?;
         self.inner.profiles.clear();
+        // Its service accounts and their keys went with it.
+        self.inner.api_keys.clear();
         tracing::info!(admin = %principal.user_id, organization = %id, "organization deleted");
         Ok(())
     }

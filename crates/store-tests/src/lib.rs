@@ -1904,7 +1904,8 @@ pub async fn rows_sealed_under_other_keys_are_found_in_every_table_up_to_the_lim
     let mut found = Vec::new();
     for (key, limit) in [("pii-2", 10), ("pii-1", 10), ("pii-2", 1)] {
         // API keys' sealed column has its own check (`an_api_keys_last_ip_is_found_resealed_and_counted`).
-        for table in [PiiTable::Users, PiiTable::Sessions, PiiTable::OneTimeTokens, PiiTable::SecurityEvents] {
+        for table in [PiiTable::Users, PiiTable::Sessions, PiiTable::OneTimeTokens, PiiTable::SecurityEvents]
+        {
             found.push(committed_pii_rows_not_under(store, table, key, limit).await?);
         }
     }

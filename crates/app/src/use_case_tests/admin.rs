@@ -344,5 +344,7 @@ async fn an_organizations_last_owner_stays_and_the_default_organization_cannot_b
     t.app.admin_delete_organization(&owner, &acme).await.unwrap();
     assert!(matches!(t.app.admin_get_organization(&owner, &acme).await, Err(AppError::NotFound)));
     let alice_now = principal(&t.app, ALICE).await;
-    assert!(t.app.profile(&alice_now).await.unwrap().organizations.is_empty());
+    // Acme's membership went with Acme; the default organization's (every account's) stays.
+    let left = t.app.profile(&alice_now).await.unwrap().organizations;
+    assert_eq!(left, vec![(default.id, BuiltinRole::Member)]);
 }

@@ -343,6 +343,12 @@ async fn introspection_describes_live_tokens_and_says_only_inactive_otherwise() 
         .unwrap();
     let verifier = t.app.authenticate_api_key(text(&verifier_key), &client()).await.unwrap();
 
+    // Alice belongs to Acme, the verifier's organization; Bob does not.
+    let alice_id = t.app.admin_list_users(&owner, None, None, None).await.unwrap();
+    let alice_id = alice_id.users.iter().find(|u| u.email == ALICE).unwrap().id.to_string();
+    t.app.admin_set_member(&owner, &acme, &alice_id, BuiltinRole::Member, None).await.unwrap();
+    t.app.create_user_as_operator(BOB, None, secret(PASSWORD), BuiltinRole::Member).await.unwrap();
+    let outsider = login_bearer(&t.app, BOB, PASSWORD).await;
     let login = login_bearer(&t.app, ALICE, PASSWORD).await;
     let alice = principal(&t.app, ALICE).await;
     let alices_key = t.app.create_my_api_key(&alice, &new_key(&["profile:read"])).await.unwrap();
@@ -358,6 +364,8 @@ async fn introspection_describes_live_tokens_and_says_only_inactive_otherwise() 
     assert_eq!(key.token_type, Some("api_key"));
 
     let inactive = Introspection::default();
+    // Another organization's person looks unknown: introspection does not cross tenants.
+    assert_eq!(t.app.introspect(&verifier, &outsider.access).await.unwrap(), inactive);
     for garbage in ["", "pcs_", "not.a.jwt", &format_api_key(&ApiKeyId::from_random_bytes([3; 16]), [3; 32])]
     {
         assert_eq!(t.app.introspect(&verifier, garbage).await.unwrap(), inactive, "{garbage:?}");
@@ -396,4 +404,58 @@ async fn introspection_describes_live_tokens_and_says_only_inactive_otherwise() 
         .unwrap();
     let bystander = t.app.authenticate_api_key(text(&plain), &client()).await.unwrap();
     forbidden(t.app.introspect(&bystander, text(&verifier_key)).await);
+}
+
+#[tokio::test]
+async fn a_key_cannot_mint_credentials_that_would_outlive_it() {
+    let (t, owner, acme, _, _, _) = tenants().await;
+    let issued = t.app.create_my_api_key(&owner, &new_key(&["*:*"])).await.unwrap();
+    let as_key = t.app.authenticate_api_key(text(&issued), &client()).await.unwrap();
+    let robot = t.app.admin_create_service_account(&owner, &acme, "Robot", BuiltinRole::Admin).await.unwrap();
+    let robot_id = robot.id.to_string();
+    let robot_key = t.app.admin_create_service_account_key(&owner, &robot_id, &new_key(&["*:*"])).await;
+    forbidden(robot_key.map(|_| ()));
+    let robot_key = t
+        .app
+        .admin_create_service_account_key(
+            &owner,
+            &robot_id,
+            &new_key(&["serviceaccounts:*", "users:create", "invites:create"]),
+        )
+        .await
+        .unwrap();
+    let as_robot = t.app.authenticate_api_key(text(&robot_key), &client()).await.unwrap();
+    for caller in [&as_key, &as_robot] {
+        forbidden(t.app.admin_create_service_account(caller, &acme, "Heir", BuiltinRole::Member).await);
+        let enable = ServiceAccountChange { active: Some(true), ..ServiceAccountChange::default() };
+        forbidden(t.app.admin_update_service_account(caller, &robot_id, &enable).await);
+        forbidden(t.app.admin_create_service_account_key(caller, &robot_id, &new_key(&["users:read"])).await);
+        forbidden(
+            t.app.admin_rotate_service_account_key(caller, &robot_id, &robot_key.key.id.to_string()).await,
+        );
+        forbidden(t.app.invite(caller, "heir@example.com").await);
+        forbidden(
+            t.app
+                .admin_create_user(caller, "heir@example.com", None, secret(PASSWORD), BuiltinRole::Member)
+                .await,
+        );
+    }
+    // A person's key cannot end its owner's sessions through the admin route either.
+    forbidden(t.app.admin_revoke_sessions(&as_key, &owner.user_id.to_string()).await);
+    // Revoking still works with a key: it only takes away.
+    t.app.admin_revoke_service_account_key(&as_key, &robot_id, &robot_key.key.id.to_string()).await.unwrap();
+    unauthenticated(t.app.authenticate_api_key(text(&robot_key), &client()).await);
+}
+
+#[tokio::test]
+async fn the_profile_needs_profile_read_from_a_key() {
+    let (t, _, _, _, _, _) = tenants().await;
+    let alice = principal(&t.app, ALICE).await;
+    let narrow = t.app.create_my_api_key(&alice, &new_key(&["sessions:read"])).await.unwrap();
+    let narrow = t.app.authenticate_api_key(text(&narrow), &client()).await.unwrap();
+    forbidden(t.app.my_profile(&narrow).await);
+    let reader = t.app.create_my_api_key(&alice, &new_key(&["profile:read"])).await.unwrap();
+    let reader = t.app.authenticate_api_key(text(&reader), &client()).await.unwrap();
+    assert_eq!(t.app.my_profile(&reader).await.unwrap().email, ALICE);
+    assert_eq!(t.app.my_profile(&alice).await.unwrap().email, ALICE);
 }

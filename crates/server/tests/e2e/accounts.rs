@@ -44,7 +44,10 @@ async fn signup_then_verify_then_login_is_the_happy_path() {
     assert_eq!(me["role"], "member");
     assert!(me["id"].as_str().is_some_and(|id| id.len() == 36), "{me}");
     assert!(me["created_at"].is_string() && me["last_login_at"].is_string(), "{me}");
-    assert_eq!(me["organizations"], serde_json::json!([]), "no memberships yet: {me}");
+    // Every account is a member of the default organization, and of nothing else yet.
+    let organizations = me["organizations"].as_array().unwrap();
+    assert_eq!(organizations.len(), 1, "{me}");
+    assert_eq!(organizations[0]["role"], "member", "{me}");
     assert_eq!(me.as_object().unwrap().len(), 8, "the profile has exactly the documented fields: {me}");
     app.stop().await;
 }

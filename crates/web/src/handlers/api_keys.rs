@@ -65,11 +65,18 @@ impl From<ApiKeySummary> for ApiKeyResponse {
 }
 
 /// A key just issued or rotated.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct IssuedApiKeyResponse {
     /// The full key, `pcs_…`: shown this once and never again. Store it now.
     key: String,
     api_key: ApiKeyResponse,
+}
+
+/// The key text stays out of any `{:?}`.
+impl std::fmt::Debug for IssuedApiKeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedApiKeyResponse").field("api_key", &self.api_key).finish_non_exhaustive()
+    }
 }
 
 impl From<IssuedApiKey> for IssuedApiKeyResponse {

@@ -61,7 +61,7 @@ pub(crate) async fn me(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
 ) -> Result<axum::Json<ProfileResponse>, ApiError> {
-    Ok(axum::Json(state.app.profile(&principal).await?.into()))
+    Ok(axum::Json(state.app.my_profile(&principal).await?.into()))
 }
 
 /// The current and the new password.

@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::extract::Form;
 
 /// RFC 7662 section 2.1.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct IntrospectionForm {
     /// The access token or API key to describe.
@@ -20,6 +20,15 @@ pub(crate) struct IntrospectionForm {
     token: String,
     /// `access_token` or `api_key`; a hint only (every token is recognised by its shape).
     token_type_hint: Option<String>,
+}
+
+/// The token stays out of any `{:?}`.
+impl std::fmt::Debug for IntrospectionForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionForm")
+            .field("token_type_hint", &self.token_type_hint)
+            .finish_non_exhaustive()
+    }
 }
 
 /// RFC 7662 section 2.2: `active` only, unless the token is active.
