@@ -1,12 +1,17 @@
 //! PostgreSQL implementation of custom roles and their holders.
+//!
+//! Every `ORDER BY` on text is `COLLATE "C"`: names and ids come back in byte order, as SQLite's
+//! BINARY collation gives them, whatever the database's locale (under `en_US`, `a-z` sorts after
+//! `ab` because the hyphen is ignored at the first level).
 
 use async_trait::async_trait;
 use portcullis_domain::{CustomRole, OrganizationId, Permission, RoleId, RoleName, Timestamp, UserId};
 use portcullis_store::{RoleStore, StoreError};
+use sqlx::Postgres;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
 
 use crate::{PostgresTx, corrupt};
-
-const ROLE_COLUMNS: &str = "r.id, r.organization_id, r.name, r.permissions, r.created_at, r.updated_at";
 
 /// A `roles` row as stored.
 #[derive(sqlx::FromRow)]
@@ -44,23 +49,21 @@ fn permissions_text(role: &CustomRole) -> String {
     role.permissions.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
 }
 
+/// A query selecting `roles` rows (as `r`), with its parameters already bound.
+type RoleQuery<'q> = QueryAs<'q, Postgres, RoleRow, PgArguments>;
+
 impl PostgresTx {
-    async fn roles_where(
-        &mut self,
-        from_where: &'static str,
-        first: String,
-        second: Option<String>,
-    ) -> Result<Vec<CustomRole>, StoreError> {
-        let sql = format!("SELECT {ROLE_COLUMNS} FROM {from_where}");
-        let rows: Vec<RoleRow> =
-            match sqlx::query_as(&sql).bind(first).bind(second).fetch_all(&mut *self.tx).await {
-                Ok(rows) => rows,
-                Err(e) => return Err(self.fail(e)),
-            };
+    /// Runs a query selecting whole `roles` rows and parses them, in the order the query gives.
+    async fn fetch_roles(&mut self, query: RoleQuery<'_>) -> Result<Vec<CustomRole>, StoreError> {
+        let rows = match query.fetch_all(&mut *self.tx).await {
+            Ok(rows) => rows,
+            Err(e) => return Err(self.fail(e)),
+        };
         rows.into_iter().map(RoleRow::into_role).collect()
     }
 
-    /// A write whose foreign-key or uniqueness failure is a conflict on `entity`.
+    /// A write whose foreign-key or uniqueness failure is a conflict on `entity`. The statement
+    /// failed either way, so PostgreSQL has aborted the transaction and `commit` must refuse it.
     fn role_conflict(&mut self, error: sqlx::Error, entity: &'static str) -> StoreError {
         if let sqlx::Error::Database(db) = &error
             && db.is_foreign_key_violation()
@@ -89,6 +92,7 @@ impl RoleStore for PostgresTx {
         .await;
         match result {
             Ok(_) => Ok(()),
+            // A taken name or id, or a missing organization (the foreign key).
             Err(e) => Err(self.role_conflict(e, "role")),
         }
     }
@@ -98,23 +102,22 @@ impl RoleStore for PostgresTx {
         organization: OrganizationId,
         id: RoleId,
     ) -> Result<Option<CustomRole>, StoreError> {
-        let mut found = self
-            .roles_where(
-                "roles r WHERE r.organization_id = $1 AND r.id = $2",
-                organization.to_string(),
-                Some(id.to_string()),
-            )
-            .await?;
-        Ok(found.pop())
+        let query = sqlx::query_as(
+            "SELECT r.id, r.organization_id, r.name, r.permissions, r.created_at, r.updated_at \
+             FROM roles r WHERE r.organization_id = $1 AND r.id = $2",
+        )
+        .bind(organization.to_string())
+        .bind(id.to_string());
+        Ok(self.fetch_roles(query).await?.pop())
     }
 
     async fn roles_in(&mut self, organization: OrganizationId) -> Result<Vec<CustomRole>, StoreError> {
-        self.roles_where(
-            "roles r WHERE r.organization_id = $1 AND $2::text IS NULL ORDER BY r.name",
-            organization.to_string(),
-            None,
+        let query = sqlx::query_as(
+            "SELECT r.id, r.organization_id, r.name, r.permissions, r.created_at, r.updated_at \
+             FROM roles r WHERE r.organization_id = $1 ORDER BY r.name COLLATE \"C\"",
         )
-        .await
+        .bind(organization.to_string());
+        self.fetch_roles(query).await
     }
 
     async fn update_role(&mut self, role: &CustomRole) -> Result<bool, StoreError> {
@@ -136,6 +139,7 @@ impl RoleStore for PostgresTx {
     }
 
     async fn delete_role(&mut self, organization: OrganizationId, id: RoleId) -> Result<bool, StoreError> {
+        // The holdings go with it (ON DELETE CASCADE in the migration).
         let result = sqlx::query("DELETE FROM roles WHERE organization_id = $1 AND id = $2")
             .bind(organization.to_string())
             .bind(id.to_string())
@@ -155,7 +159,7 @@ impl RoleStore for PostgresTx {
     ) -> Result<Vec<UserId>, StoreError> {
         let result: Result<Vec<String>, _> = sqlx::query_scalar(
             "SELECT user_id FROM membership_roles WHERE organization_id = $1 AND role_id = $2 \
-             ORDER BY user_id LIMIT $3",
+             ORDER BY user_id COLLATE \"C\" LIMIT $3",
         )
         .bind(organization.to_string())
         .bind(id.to_string())
@@ -186,6 +190,7 @@ impl RoleStore for PostgresTx {
             return Err(self.fail(e));
         }
         for role in roles {
+            // DO NOTHING absorbs a role listed twice; it does not cover a foreign-key violation.
             let result = sqlx::query(
                 "INSERT INTO membership_roles (organization_id, user_id, role_id) VALUES ($1, $2, $3) \
                  ON CONFLICT DO NOTHING",
@@ -196,6 +201,7 @@ impl RoleStore for PostgresTx {
             .execute(&mut *self.tx)
             .await;
             if let Err(e) = result {
+                // Not a member, or the role is missing or another organization's.
                 return Err(self.role_conflict(e, "membership"));
             }
         }
@@ -207,22 +213,25 @@ impl RoleStore for PostgresTx {
         organization: OrganizationId,
         user: UserId,
     ) -> Result<Vec<CustomRole>, StoreError> {
-        self.roles_where(
-            "membership_roles h JOIN roles r ON r.id = h.role_id AND r.organization_id = h.organization_id \
-             WHERE h.organization_id = $1 AND h.user_id = $2 ORDER BY r.name",
-            organization.to_string(),
-            Some(user.to_string()),
+        let query = sqlx::query_as(
+            "SELECT r.id, r.organization_id, r.name, r.permissions, r.created_at, r.updated_at \
+             FROM membership_roles h \
+             JOIN roles r ON r.id = h.role_id AND r.organization_id = h.organization_id \
+             WHERE h.organization_id = $1 AND h.user_id = $2 ORDER BY r.name COLLATE \"C\"",
         )
-        .await
+        .bind(organization.to_string())
+        .bind(user.to_string());
+        self.fetch_roles(query).await
     }
 
     async fn roles_of(&mut self, user: UserId) -> Result<Vec<CustomRole>, StoreError> {
-        self.roles_where(
-            "membership_roles h JOIN roles r ON r.id = h.role_id AND r.organization_id = h.organization_id \
-             WHERE h.user_id = $1 AND $2::text IS NULL ORDER BY r.organization_id, r.name",
-            user.to_string(),
-            None,
+        let query = sqlx::query_as(
+            "SELECT r.id, r.organization_id, r.name, r.permissions, r.created_at, r.updated_at \
+             FROM membership_roles h \
+             JOIN roles r ON r.id = h.role_id AND r.organization_id = h.organization_id \
+             WHERE h.user_id = $1 ORDER BY r.organization_id COLLATE \"C\", r.name COLLATE \"C\"",
         )
-        .await
+        .bind(user.to_string());
+        self.fetch_roles(query).await
     }
 }

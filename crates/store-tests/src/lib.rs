@@ -23,6 +23,8 @@ use portcullis_store::{
     StoredKey, StoredOneTimeToken, StoredSecurityEvent, StoredSession, StoredUser,
 };
 
+mod api_keys;
+
 /// Why a check failed, in words that name the step and the engine's error chain.
 #[derive(Debug)]
 pub struct Failure(String);
@@ -288,6 +290,54 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "deleting_an_account_ends_its_memberships",
         run: |s| Box::pin(deleting_an_account_ends_its_memberships(s)),
+    },
+    Check {
+        name: "a_service_account_round_trips_and_its_name_is_taken_only_within_its_organization",
+        run: |s| Box::pin(api_keys::a_service_account_round_trips_and_its_name_is_taken_only_within_its_organization(s)),
+    },
+    Check {
+        name: "service_accounts_are_listed_by_organization_a_page_at_a_time_in_id_order",
+        run: |s| Box::pin(api_keys::service_accounts_are_listed_by_organization_a_page_at_a_time_in_id_order(s)),
+    },
+    Check {
+        name: "updating_a_service_account_changes_its_name_role_status_and_time_and_a_taken_name_is_a_conflict",
+        run: |s| Box::pin(api_keys::updating_a_service_account_changes_its_name_role_status_and_time_and_a_taken_name_is_a_conflict(s)),
+    },
+    Check {
+        name: "deleting_a_service_account_takes_its_keys_and_reports_false_the_second_time",
+        run: |s| Box::pin(api_keys::deleting_a_service_account_takes_its_keys_and_reports_false_the_second_time(s)),
+    },
+    Check {
+        name: "deleting_an_organization_takes_its_service_accounts_and_their_keys",
+        run: |s| Box::pin(api_keys::deleting_an_organization_takes_its_service_accounts_and_their_keys(s)),
+    },
+    Check {
+        name: "an_api_key_round_trips_every_field_whoever_owns_it",
+        run: |s| Box::pin(api_keys::an_api_key_round_trips_every_field_whoever_owns_it(s)),
+    },
+    Check {
+        name: "a_reused_api_key_id_or_a_missing_owner_is_a_conflict",
+        run: |s| Box::pin(api_keys::a_reused_api_key_id_or_a_missing_owner_is_a_conflict(s)),
+    },
+    Check {
+        name: "api_keys_of_lists_one_owners_keys_newest_first_and_only_live_ones_are_counted",
+        run: |s| Box::pin(api_keys::api_keys_of_lists_one_owners_keys_newest_first_and_only_live_ones_are_counted(s)),
+    },
+    Check {
+        name: "rotating_an_api_key_keeps_the_old_digest_until_the_given_time_and_a_revoked_key_is_not_rotated",
+        run: |s| Box::pin(api_keys::rotating_an_api_key_keeps_the_old_digest_until_the_given_time_and_a_revoked_key_is_not_rotated(s)),
+    },
+    Check {
+        name: "recording_an_api_key_use_only_moves_it_forward_and_keeps_the_sealed_ip_of_that_use",
+        run: |s| Box::pin(api_keys::recording_an_api_key_use_only_moves_it_forward_and_keeps_the_sealed_ip_of_that_use(s)),
+    },
+    Check {
+        name: "an_api_keys_last_ip_is_found_resealed_and_counted",
+        run: |s| Box::pin(api_keys::an_api_keys_last_ip_is_found_resealed_and_counted(s)),
+    },
+    Check {
+        name: "deleting_an_account_takes_its_api_keys",
+        run: |s| Box::pin(api_keys::deleting_an_account_takes_its_api_keys(s)),
     },
     Check { name: "ping_answers", run: |s| Box::pin(ping_answers(s)) },
     Check { name: "close_is_clean", run: |s| Box::pin(close_is_clean(s)) },

@@ -66,6 +66,13 @@ struct Row {
 /// another organization's admin.
 const MATRIX: &[Row] = &[
     Row { method: "GET", path: "/v1/admin/users", body: None, expected: [401, 403, 200, 200, 200, 403, 403] },
+    // An organization's administrator lists its members; another tenant's organization is not found.
+    Row {
+        method: "GET",
+        path: "/v1/admin/users?organization={org}&email_prefix=a",
+        body: None,
+        expected: [401, 404, 200, 200, 200, 200, 404],
+    },
     Row {
         method: "POST",
         path: "/v1/admin/users",

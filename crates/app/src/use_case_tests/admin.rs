@@ -348,3 +348,57 @@ async fn an_organizations_last_owner_stays_and_the_default_organization_cannot_b
     let left = t.app.profile(&alice_now).await.unwrap().organizations;
     assert_eq!(left, vec![(default.id, BuiltinRole::Member)]);
 }
+
+#[tokio::test]
+async fn the_user_list_filters_by_address_prefix_and_by_organization_for_its_administrators() {
+    let (t, owner, acme, globex, org_admin, alice) = tenants().await;
+    for email in ["alfred@example.com", "Albert@Example.com", "zed@example.com"] {
+        t.app.create_user_as_operator(email, None, secret(PASSWORD), BuiltinRole::Member).await.unwrap();
+    }
+    let search = |prefix: &'static str, after: Option<String>, limit: u32| {
+        let app = t.app.clone();
+        async move {
+            let query = crate::UserQuery {
+                email_prefix: Some(prefix),
+                after: after.as_deref(),
+                limit: Some(limit),
+                ..crate::UserQuery::default()
+            };
+            app.admin_search_users(&owner, &query).await
+        }
+    };
+    // Case-insensitive, over the opened addresses: alice, alfred, albert.
+    let all = search("AL", None, 10).await.unwrap();
+    let mut found: Vec<String> = all.users.iter().map(|u| u.email.to_lowercase()).collect();
+    found.sort();
+    assert_eq!(found, vec!["albert@example.com", "alfred@example.com", "alice@example.com"]);
+    assert_eq!(all.next, None);
+    // Paged one at a time, each match once.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = search("al", after, 1).await.unwrap();
+        paged.extend(page.users.iter().map(|u| u.email.to_lowercase()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    paged.sort();
+    assert_eq!(paged, found);
+    assert!(search("nobody", None, 10).await.unwrap().users.is_empty());
+    assert!(matches!(search("a\u{7}", None, 10).await, Err(AppError::Validation(_))));
+
+    // Acme's administrator lists Acme's members, and nothing else.
+    t.app.admin_set_member(&owner, &acme, &alice.to_string(), BuiltinRole::Member, None).await.unwrap();
+    let in_acme = crate::UserQuery { organization: Some(&acme), ..crate::UserQuery::default() };
+    let members = t.app.admin_search_users(&org_admin, &in_acme).await.unwrap();
+    let mut emails: Vec<&str> = members.users.iter().map(|u| u.email.as_str()).collect();
+    emails.sort_unstable();
+    assert_eq!(emails, vec![ADMIN, ALICE]);
+    let in_globex = crate::UserQuery { organization: Some(&globex), ..crate::UserQuery::default() };
+    assert!(matches!(t.app.admin_search_users(&org_admin, &in_globex).await, Err(AppError::NotFound)));
+    forbidden(t.app.admin_search_users(&org_admin, &crate::UserQuery::default()).await);
+    let prefixed = crate::UserQuery { email_prefix: Some("ali"), ..in_acme };
+    assert_eq!(t.app.admin_search_users(&org_admin, &prefixed).await.unwrap().users.len(), 1);
+}

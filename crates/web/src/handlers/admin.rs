@@ -78,6 +78,13 @@ pub(crate) struct ListUsersParams {
     /// Only accounts with this status: `active`, `locked` or `disabled`.
     #[param(pattern = "^(active|locked|disabled)$")]
     status: Option<String>,
+    /// Only members of this organization (its administrators may list them).
+    #[param(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+    organization: Option<String>,
+    /// Only addresses starting with this (case-insensitive). Addresses are encrypted at rest, so a
+    /// request examines at most 5000 accounts: a page may hold fewer matches and a `next` cursor.
+    #[param(min_length = 1, max_length = 254)]
+    email_prefix: Option<String>,
     /// Page size, 1 to 200 (default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     limit: Option<String>,
@@ -91,7 +98,8 @@ pub(crate) struct UserPageResponse {
     next: Option<String>,
 }
 
-/// Lists accounts in a stable order, a page at a time. Needs `users:read`.
+/// Lists accounts in a stable order, a page at a time, filtered by status, organization and address
+/// prefix. Needs `users:read` system-wide, or in the organization filtered by.
 #[utoipa::path(get, path = "/v1/admin/users", tag = "admin", operation_id = "list_users",
     security(("bearer" = []), ("session_cookie" = [])), params(ListUsersParams),
     responses((status = 200, description = "A page of accounts.", body = UserPageResponse)))]
@@ -108,10 +116,14 @@ pub(crate) async fn list_users(
                 .map_err(|_| portcullis_app::AppError::invalid("/limit", "must be a number from 1 to 200"))
         })
         .transpose()?;
-    let page = state
-        .app
-        .admin_list_users(&principal, params.after.as_deref(), params.status.as_deref(), limit)
-        .await?;
+    let query = portcullis_app::UserQuery {
+        after: params.after.as_deref(),
+        status: params.status.as_deref(),
+        organization: params.organization.as_deref(),
+        email_prefix: params.email_prefix.as_deref(),
+        limit,
+    };
+    let page = state.app.admin_search_users(&principal, &query).await?;
     Ok(axum::Json(UserPageResponse {
         users: page.users.into_iter().map(Into::into).collect(),
         next: page.next,
