@@ -390,7 +390,7 @@ impl App {
     }
 
     /// Sends an email from a background task: delivery time and failures never show in the response.
-    fn send_later(&self, email: OutgoingEmail) {
+    pub(crate) fn send_later(&self, email: OutgoingEmail) {
         let mailer = self.inner.mailer.clone();
         tokio::spawn(async move {
             if let Err(error) = mailer.send(&email).await {

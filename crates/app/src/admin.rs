@@ -6,7 +6,7 @@
 //! none of disabled, demoted or deleted. A disabled or locked account's sessions end at once.
 
 use portcullis_domain::{
-    BuiltinRole, Resource, RevokeReason, Timestamp, User, UserId, UserStatus, holds_all,
+    BuiltinRole, DisplayName, Email, Resource, RevokeReason, Timestamp, User, UserId, UserStatus, holds_all,
 };
 use secrecy::SecretString;
 
@@ -55,6 +55,13 @@ pub struct UserPage {
     pub next: Option<String>,
 }
 
+/// A change to an account's details; `None` leaves a field as it is (`Some(None)` clears the name).
+#[derive(Debug, Clone, Default)]
+pub struct UserChange {
+    pub email: Option<String>,
+    pub display_name: Option<Option<String>>,
+}
+
 /// Accounts one list request examines at most when it filters by address (which it must open).
 pub const USER_SCAN_BUDGET: usize = 5_000;
 const SCAN_BATCH: u32 = 500;
@@ -69,7 +76,35 @@ pub struct UserQuery<'a> {
     pub organization: Option<&'a str>,
     /// Only addresses starting with this, compared case-insensitively.
     pub email_prefix: Option<&'a str>,
+    /// `id` (the default: a stable order that reveals nothing), `created` (oldest first) or
+    /// `-created` (newest first).
+    pub sort: Option<&'a str>,
     pub limit: Option<u32>,
+}
+
+/// The order of a user list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Id,
+    Created { newest_first: bool },
+}
+
+/// Where a page starts: after this account, in the list's order.
+fn parse_cursor(order: Order, text: &str) -> Option<(Timestamp, UserId)> {
+    match order {
+        Order::Id => UserId::parse(text).ok().map(|id| (Timestamp::from_unix_millis(0), id)),
+        Order::Created { .. } => {
+            let (millis, id) = text.split_once('_')?;
+            Some((Timestamp::from_unix_millis(millis.parse().ok()?), UserId::parse(id).ok()?))
+        }
+    }
+}
+
+fn cursor_of(order: Order, user: &User) -> String {
+    match order {
+        Order::Id => user.id.to_string(),
+        Order::Created { .. } => format!("{}_{}", user.created_at.as_unix_millis(), user.id),
+    }
 }
 
 /// An account write under way: the locked transaction, its time, the caller's current grants and the
@@ -90,6 +125,79 @@ pub enum StatusChange {
 }
 
 impl App {
+    /// Changes another account's address or display name. Needs `users:write` over it and every grant
+    /// of its role (an admin cannot edit an owner), re-checked under the accounts lock; people change
+    /// their own details themselves. A new address is unverified until its owner follows the link
+    /// sent there (so a mistyped address cannot log in where verification is required), and the old
+    /// address is told of the change.
+    pub async fn admin_update_user(
+        &self,
+        principal: &Principal,
+        id: &str,
+        change: &UserChange,
+    ) -> Result<AdminUser, AppError> {
+        let mut issues = Vec::new();
+        let email = change
+            .email
+            .as_deref()
+            .map(Email::parse)
+            .transpose()
+            .map_err(|e| issues.push(crate::FieldIssue::new("/email", e)))
+            .ok()
+            .flatten();
+        let name = match &change.display_name {
+            Some(Some(text)) => match DisplayName::parse(text) {
+                Ok(name) => Some(Some(name)),
+                Err(e) => {
+                    issues.push(crate::FieldIssue::new("/display_name", e));
+                    None
+                }
+            },
+            Some(None) => Some(None),
+            None => None,
+        };
+        if !issues.is_empty() {
+            return Err(AppError::Validation(issues));
+        }
+        let AccountWrite { mut tx, now, grants, user } = self
+            .begin_account_write(principal, id, "users:write", "change your own details through /v1/me")
+            .await?;
+        self.outranks(&grants, &user)?;
+        let moved = email.as_ref().is_some_and(|e| e.key() != user.email.key());
+        if moved && let Some(new) = &email {
+            if self.blind_index_in_rotation(tx.as_mut()).await? {
+                self.install_keys_from(tx.as_mut()).await?;
+            }
+            if self.find_user_by_email(tx.as_mut(), new).await?.is_some() {
+                return Err(AppError::invalid("/email", "an account with this address already exists"));
+            }
+        }
+        let updated = User {
+            email: email.unwrap_or_else(|| user.email.clone()),
+            display_name: name.unwrap_or_else(|| user.display_name.clone()),
+            email_verified_at: if moved { None } else { user.email_verified_at },
+            updated_at: now,
+            ..user.clone()
+        };
+        if !self.update_user_details(tx.as_mut(), &updated).await? {
+            return Err(AppError::NotFound);
+        }
+        tx.commit().await?;
+        self.inner.profiles.forget(updated.id);
+        if moved {
+            self.resend_verification(&updated).await?;
+            self.send_later(crate::mail::OutgoingEmail {
+                to: user.email.clone(),
+                subject: "Your account's address was changed".into(),
+                text: "An administrator changed the email address of your account; this address no longer \
+                       receives its mail. If you did not expect this, contact your administrator.\n"
+                    .into(),
+            });
+        }
+        tracing::info!(admin = %principal.user_id, user = %updated.id, address_changed = moved, "account details changed");
+        Ok(updated.into())
+    }
+
     /// Lists accounts, in id order, a page at a time. Needs `users:read`.
     pub async fn admin_list_users(
         &self,
@@ -127,11 +235,20 @@ impl App {
                 None
             }
         };
+        let order = match query.sort {
+            None | Some("id") => Order::Id,
+            Some("created") => Order::Created { newest_first: false },
+            Some("-created") => Order::Created { newest_first: true },
+            Some(_) => return Err(AppError::invalid("/sort", "must be id, created or -created")),
+        };
+        if organization.is_some() && order != Order::Id {
+            return Err(AppError::invalid("/sort", "an organization's members are listed in id order"));
+        }
         let mut cursor = query
             .after
-            .map(|cursor| {
-                UserId::parse(cursor)
-                    .map_err(|_| AppError::invalid("/after", "is not a cursor from a previous page"))
+            .map(|text| {
+                parse_cursor(order, text)
+                    .ok_or_else(|| AppError::invalid("/after", "is not a cursor from a previous page"))
             })
             .transpose()?;
         let status = query
@@ -155,25 +272,33 @@ impl App {
             return Err(AppError::invalid("/limit", format!("must be 1 to {MAX_PAGE}")));
         }
         let mut tx = self.inner.store.begin_read().await?;
-        let mut users: Vec<AdminUser> = Vec::new();
+        let mut users: Vec<(AdminUser, String)> = Vec::new();
         let mut examined = 0usize;
         // One more match than asked for tells whether another page exists.
         let wanted = limit as usize + 1;
         let batch = if prefix.is_some() { SCAN_BATCH } else { limit + 1 };
         let mut exhausted = false;
         while users.len() < wanted && examined < USER_SCAN_BUDGET {
-            let rows = match organization {
-                Some(org) => {
+            let rows = match (organization, order) {
+                (Some(org), _) => {
                     let mut rows = Vec::new();
-                    for (id, _) in tx.members_of(org, cursor, batch).await? {
+                    for (id, _) in tx.members_of(org, cursor.map(|(_, id)| id), batch).await? {
                         if let Some(user) = self.load_user(tx.as_mut(), id).await? {
                             rows.push(user);
                         }
                     }
                     rows
                 }
-                None => {
-                    let stored = tx.list_users(cursor, status, batch).await?;
+                (None, Order::Id) => {
+                    let stored = tx.list_users(cursor.map(|(_, id)| id), status, batch).await?;
+                    let mut rows = Vec::with_capacity(stored.len());
+                    for row in stored {
+                        rows.push(self.open_user(tx.as_mut(), row).await?);
+                    }
+                    rows
+                }
+                (None, Order::Created { newest_first }) => {
+                    let stored = tx.list_users_by_creation(cursor, newest_first, status, batch).await?;
                     let mut rows = Vec::with_capacity(stored.len());
                     for row in stored {
                         rows.push(self.open_user(tx.as_mut(), row).await?);
@@ -184,12 +309,13 @@ impl App {
             exhausted = rows.len() < batch as usize;
             for user in rows {
                 examined += 1;
-                cursor = Some(user.id);
+                cursor = Some((user.created_at, user.id));
                 let status_ok = status.is_none_or(|s| user.status == s);
                 let prefix_ok =
                     prefix.as_deref().is_none_or(|p| user.email.as_str().to_lowercase().starts_with(p));
                 if status_ok && prefix_ok {
-                    users.push(user.into());
+                    let at = cursor_of(order, &user);
+                    users.push((user.into(), at));
                     if users.len() == wanted {
                         break;
                     }
@@ -202,14 +328,17 @@ impl App {
         tx.rollback().await?;
         let next = if users.len() == wanted {
             users.truncate(limit as usize);
-            users.last().map(|u| u.id.to_string())
+            users.last().map(|(_, at)| at.clone())
         } else if exhausted {
             None
         } else {
             // The scan budget ran out before the page filled: continue after the last account seen.
-            cursor.map(|c| c.to_string())
+            cursor.map(|(created_at, id)| match order {
+                Order::Id => id.to_string(),
+                Order::Created { .. } => format!("{}_{id}", created_at.as_unix_millis()),
+            })
         };
-        Ok(UserPage { users, next })
+        Ok(UserPage { users: users.into_iter().map(|(user, _)| user).collect(), next })
     }
 
     /// One account. Needs `users:read` over it; an unknown or malformed id is [`AppError::NotFound`].

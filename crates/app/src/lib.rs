@@ -39,7 +39,9 @@ pub use keys::{KEK_BYTES, KEY_SYNC_SECS, KekSet, KeyInfo, KeySettings, Reencrypt
 pub use portcullis_store::{KeyPurpose, KeyState};
 
 pub use accounts::{PROFILE_CACHE_MILLIS, Profile, SignupPolicy, SignupRequest};
-pub use admin::{AdminUser, DEFAULT_PAGE, MAX_PAGE, StatusChange, USER_SCAN_BUDGET, UserPage, UserQuery};
+pub use admin::{
+    AdminUser, DEFAULT_PAGE, MAX_PAGE, StatusChange, USER_SCAN_BUDGET, UserChange, UserPage, UserQuery,
+};
 pub use api_keys::{
     ApiKeySettings, ApiKeySummary, Introspection, IssuedApiKey, KEY_CACHE_MILLIS, KEY_USE_RECORD_MILLIS,
     NewApiKey, ServiceAccountChange,

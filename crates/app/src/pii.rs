@@ -79,6 +79,42 @@ impl App {
         })
     }
 
+    /// Replaces a stored account's address and name, sealed (both under the active key, as the row
+    /// names one key) with a fresh blind index. A taken address is a `Validation` error on `/email`.
+    pub(crate) async fn update_user_details(
+        &self,
+        tx: &mut dyn StoreTx,
+        user: &User,
+    ) -> Result<bool, AppError> {
+        let keys = self.loaded_keys();
+        let row = user.id.to_string();
+        let (index_key, email_index) = keys.fields.email_index(&user.email)?;
+        let stored = StoredUser {
+            id: user.id,
+            email: keys.fields.seal(user.email.as_str().as_bytes(), users(&row, "email"))?,
+            email_index,
+            index_key,
+            display_name: user
+                .display_name
+                .as_ref()
+                .map(|name| keys.fields.seal(name.as_str().as_bytes(), users(&row, "display_name")))
+                .transpose()?,
+            pii_key: keys.fields.active_pii_id()?.to_owned(),
+            email_verified_at: user.email_verified_at,
+            status: user.status,
+            role: user.role,
+            created_at: user.created_at,
+            updated_at: user.updated_at,
+            last_login_at: user.last_login_at,
+        };
+        tx.update_user_details(&stored).await.map_err(|e| match e {
+            StoreError::Conflict { .. } => {
+                AppError::invalid("/email", "an account with this address already exists")
+            }
+            other => other.into(),
+        })
+    }
+
     pub(crate) async fn open_user(&self, tx: &mut dyn StoreTx, stored: StoredUser) -> Result<User, AppError> {
         let keys = self.keys_holding(tx, Some(&stored.pii_key)).await?;
         let row = stored.id.to_string();

@@ -156,6 +156,41 @@ impl AccountStore for PostgresTx {
         rows.into_iter().map(UserRow::into_user).collect()
     }
 
+    async fn list_users_by_creation(
+        &mut self,
+        after: Option<(Timestamp, UserId)>,
+        newest_first: bool,
+        status: Option<UserStatus>,
+        limit: u32,
+    ) -> Result<Vec<StoredUser>, StoreError> {
+        // Two constant statements (never a direction spliced from input).
+        let sql = if newest_first {
+            format!(
+                "SELECT {USER_COLUMNS} FROM users \
+                 WHERE ($1::bigint IS NULL OR (created_at, id COLLATE \"C\") < ($1::bigint, $2::text)) \
+                 AND ($3::text IS NULL OR status = $3::text) ORDER BY created_at DESC, id COLLATE \"C\" DESC LIMIT $4"
+            )
+        } else {
+            format!(
+                "SELECT {USER_COLUMNS} FROM users \
+                 WHERE ($1::bigint IS NULL OR (created_at, id COLLATE \"C\") > ($1::bigint, $2::text)) \
+                 AND ($3::text IS NULL OR status = $3::text) ORDER BY created_at, id COLLATE \"C\" LIMIT $4"
+            )
+        };
+        let rows: Vec<UserRow> = match sqlx::query_as(&sql)
+            .bind(after.map(|(at, _)| at.as_unix_millis()))
+            .bind(after.map(|(_, id)| id.to_string()))
+            .bind(status.map(UserStatus::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.tx)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return Err(self.fail(e)),
+        };
+        rows.into_iter().map(UserRow::into_user).collect()
+    }
+
     async fn count_active_with_role(&mut self, role: BuiltinRole) -> Result<u64, StoreError> {
         let result: Result<i64, _> =
             sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = $1 AND status = 'active'")
@@ -201,6 +236,27 @@ impl AccountStore for PostgresTx {
         match result {
             Ok(done) => Ok(done.rows_affected() == 1),
             Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn update_user_details(&mut self, user: &StoredUser) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE users SET email = $2, email_index = $3, index_key = $4, display_name = $5, pii_key = $6, \
+             email_verified_at = $7, updated_at = $8 WHERE id = $1",
+        )
+        .bind(user.id.to_string())
+        .bind(user.email.0.as_slice())
+        .bind(user.email_index.0.as_slice())
+        .bind(user.index_key.as_str())
+        .bind(user.display_name.as_ref().map(|name| name.0.as_slice()))
+        .bind(user.pii_key.as_str())
+        .bind(user.email_verified_at.map(Timestamp::as_unix_millis))
+        .bind(user.updated_at.as_unix_millis())
+        .execute(&mut *self.tx)
+        .await;
+        match result {
+            Ok(done) => Ok(done.rows_affected() == 1),
+            Err(e) => Err(self.fail(e).conflict_on("user")),
         }
     }
 

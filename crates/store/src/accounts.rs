@@ -41,6 +41,17 @@ pub trait AccountStore {
 
     /// How many accounts hold `role` with status `active` (the last-owner guard reads this under
     /// [`AccountStore::lock_users`]).
+    /// Up to `limit` accounts in creation order (oldest first, or newest first when `newest_first`)
+    /// that come after `after` (an account's creation time and id) in that order, of the given status
+    /// if one is given. Ties in time are broken by id, so the order is total and pages are stable.
+    async fn list_users_by_creation(
+        &mut self,
+        after: Option<(Timestamp, UserId)>,
+        newest_first: bool,
+        status: Option<UserStatus>,
+        limit: u32,
+    ) -> Result<Vec<StoredUser>, StoreError>;
+
     async fn count_active_with_role(&mut self, role: BuiltinRole) -> Result<u64, StoreError>;
 
     /// Sets an account's status; returns false if it does not exist.
@@ -62,6 +73,11 @@ pub trait AccountStore {
     /// Deletes an account with its credentials and single-use tokens; returns false if it did not
     /// exist. Its sessions stay, revoked at `at` (if they were not already) and with their client
     /// details erased, so other nodes learn of the revocation; security events keep its id.
+    /// Replaces an account's address (sealed, with its blind index and the index key), name, the key
+    /// that sealed them, `email_verified_at` and `updated_at`; returns false if it does not exist.
+    /// Another account holding the index is [`StoreError::Conflict`] with entity `"user"`.
+    async fn update_user_details(&mut self, user: &crate::StoredUser) -> Result<bool, StoreError>;
+
     async fn delete_user(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError>;
 
     /// Records that the owner proved the address; returns false if the account does not exist.

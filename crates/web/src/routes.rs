@@ -64,7 +64,7 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
         // Administration: each use case requires its own permission (docs in each handler).
         .routes(routes!(admin::create_invite))
         .routes(routes!(admin::list_users, admin::create_user))
-        .routes(routes!(admin::get_user, admin::delete_user))
+        .routes(routes!(admin::get_user, admin::update_user, admin::delete_user))
         .routes(routes!(admin::set_user_role))
         .routes(routes!(admin::disable_user))
         .routes(routes!(admin::enable_user))

@@ -98,6 +98,24 @@ const MATRIX: &[Row] = &[
         expected: [401, 403, 200, 200, 200, 403, 403],
     },
     Row {
+        method: "PATCH",
+        path: "/v1/admin/users/{id}",
+        body: Some(r#"{"display_name":"Renamed","email":"{email}"}"#),
+        expected: [401, 403, 403, 200, 200, 403, 403],
+    },
+    Row {
+        method: "PATCH",
+        path: "/v1/admin/users/{owner}",
+        body: Some(r#"{"display_name":null}"#),
+        expected: [401, 403, 403, 403, 200, 403, 403],
+    },
+    Row {
+        method: "PATCH",
+        path: "/v1/admin/users/{self}",
+        body: Some(r#"{"display_name":"Me"}"#),
+        expected: [401, 403, 403, 403, 403, 403, 403],
+    },
+    Row {
         method: "DELETE",
         path: "/v1/admin/users/{id}",
         body: None,

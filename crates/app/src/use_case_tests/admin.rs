@@ -402,3 +402,116 @@ async fn the_user_list_filters_by_address_prefix_and_by_organization_for_its_adm
     let prefixed = crate::UserQuery { email_prefix: Some("ali"), ..in_acme };
     assert_eq!(t.app.admin_search_users(&org_admin, &prefixed).await.unwrap().users.len(), 1);
 }
+
+#[tokio::test]
+async fn an_admin_changes_an_accounts_name_and_address_which_must_then_be_verified() {
+    let c = cast().await;
+    let bob = c.bob.user_id.to_string();
+    let change = crate::UserChange {
+        email: Some("Robert@Example.com".into()),
+        display_name: Some(Some("Robert".into())),
+    };
+    let updated = c.t.app.admin_update_user(&c.admin, &bob, &change).await.unwrap();
+    assert_eq!(updated.email, "Robert@example.com");
+    assert_eq!(updated.display_name.as_deref(), Some("Robert"));
+    assert!(!updated.email_verified, "a new address is unverified until its owner proves it");
+    // The account is found by its new address only; the old one is told, the new one gets a link.
+    let mut tx = read_tx(&c.t.app).await;
+    let by_new = c.t.app.find_user_by_email(tx.as_mut(), &Email::parse("robert@example.com").unwrap()).await;
+    let by_old = c.t.app.find_user_by_email(tx.as_mut(), &Email::parse(BOB).unwrap()).await;
+    tx.rollback().await.unwrap();
+    assert_eq!(by_new.unwrap().map(|u| u.id), Some(c.bob.user_id));
+    assert!(by_old.unwrap().is_none());
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mail = c.t.mail.0.lock().unwrap().clone();
+    assert!(mail.iter().any(|m| m.to.as_str() == BOB && m.subject.contains("address was changed")));
+    assert!(mail.iter().any(|m| m.to.as_str() == "Robert@example.com" && m.text.contains("verify-email")));
+
+    // Clearing the name keeps the address (and its verification state).
+    let clear = crate::UserChange { email: None, display_name: Some(None) };
+    let cleared = c.t.app.admin_update_user(&c.admin, &bob, &clear).await.unwrap();
+    assert_eq!(cleared.display_name, None);
+    assert_eq!(cleared.email, "Robert@example.com");
+
+    // A taken address, a bad name, oneself, an owner, a reader: refused, nothing changed.
+    let taken = crate::UserChange { email: Some(ALICE.into()), display_name: None };
+    assert!(matches!(c.t.app.admin_update_user(&c.admin, &bob, &taken).await, Err(AppError::Validation(_))));
+    let bad =
+        crate::UserChange { email: Some("no-at-sign".into()), display_name: Some(Some("\u{202e}x".into())) };
+    let Err(AppError::Validation(issues)) = c.t.app.admin_update_user(&c.admin, &bob, &bad).await else {
+        panic!("two field errors expected")
+    };
+    assert_eq!(issues.len(), 2);
+    let rename = crate::UserChange { email: None, display_name: Some(Some("X".into())) };
+    forbidden(c.t.app.admin_update_user(&c.admin, &c.admin.user_id.to_string(), &rename).await);
+    forbidden(c.t.app.admin_update_user(&c.admin, &c.owner.user_id.to_string(), &rename).await);
+    forbidden(c.t.app.admin_update_user(&c.auditor, &bob, &rename).await);
+    assert!(matches!(
+        c.t.app.admin_update_user(&c.admin, "00000000-0000-4000-8000-000000000000", &rename).await,
+        Err(AppError::NotFound)
+    ));
+    assert_eq!(c.t.app.admin_get_user(&c.admin, &bob).await.unwrap().display_name, None);
+}
+
+#[tokio::test]
+async fn the_user_list_sorts_by_creation_either_way_and_pages_through_ties_once() {
+    let c = cast().await;
+    // Three more accounts, a second apart, then two in the same millisecond.
+    let mut made = Vec::new();
+    for (n, email) in ["s1@example.com", "s2@example.com", "s3@example.com"].iter().enumerate() {
+        c.t.clock.advance_millis(1_000 * (n as i64 + 1));
+        made.push(
+            c.t.app
+                .create_user_as_operator(email, None, secret(PASSWORD), BuiltinRole::Member)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    c.t.clock.advance_millis(1_000);
+    for email in ["t1@example.com", "t2@example.com"] {
+        made.push(
+            c.t.app
+                .create_user_as_operator(email, None, secret(PASSWORD), BuiltinRole::Member)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let walk = |sort: &'static str| {
+        let app = c.t.app.clone();
+        let admin = c.admin;
+        async move {
+            let mut seen = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let query = crate::UserQuery {
+                    sort: Some(sort),
+                    after: after.as_deref(),
+                    limit: Some(2),
+                    ..crate::UserQuery::default()
+                };
+                let page = app.admin_search_users(&admin, &query).await.unwrap();
+                seen.extend(page.users.iter().map(|u| (u.created_at, u.id)));
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => return seen,
+                }
+            }
+        }
+    };
+    let oldest_first = walk("created").await;
+    let mut expected = oldest_first.clone();
+    expected.sort();
+    assert_eq!(oldest_first, expected, "created order, ties by id");
+    assert_eq!(oldest_first.len(), 10, "the cast's five and these five, each once");
+    let newest_first = walk("-created").await;
+    assert_eq!(newest_first, oldest_first.iter().rev().copied().collect::<Vec<_>>());
+    assert_eq!(&oldest_first[5..].iter().map(|(_, id)| *id).collect::<Vec<_>>()[..3], &made[..3]);
+
+    let bad = crate::UserQuery { sort: Some("email"), ..crate::UserQuery::default() };
+    assert!(matches!(c.t.app.admin_search_users(&c.admin, &bad).await, Err(AppError::Validation(_))));
+    let bad_cursor =
+        crate::UserQuery { sort: Some("created"), after: Some("x_y"), ..crate::UserQuery::default() };
+    assert!(matches!(c.t.app.admin_search_users(&c.admin, &bad_cursor).await, Err(AppError::Validation(_))));
+}

@@ -72,8 +72,8 @@ impl From<AdminUser> for AdminUserResponse {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListUsersParams {
-    /// The `next` cursor of the previous page.
-    #[param(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+    /// The `next` cursor of the previous page (an id, or `<millis>_<id>` when sorted by creation).
+    #[param(pattern = "^([0-9]{1,19}_)?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     after: Option<String>,
     /// Only accounts with this status: `active`, `locked` or `disabled`.
     #[param(pattern = "^(active|locked|disabled)$")]
@@ -81,6 +81,10 @@ pub(crate) struct ListUsersParams {
     /// Only members of this organization (its administrators may list them).
     #[param(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     organization: Option<String>,
+    /// `id` (default), `created` (oldest first) or `-created` (newest first); organization lists
+    /// are in id order.
+    #[param(pattern = "^(id|created|-created)$")]
+    sort: Option<String>,
     /// Only addresses starting with this (case-insensitive). Addresses are encrypted at rest, so a
     /// request examines at most 5000 accounts: a page may hold fewer matches and a `next` cursor.
     #[param(min_length = 1, max_length = 254)]
@@ -121,6 +125,7 @@ pub(crate) async fn list_users(
         status: params.status.as_deref(),
         organization: params.organization.as_deref(),
         email_prefix: params.email_prefix.as_deref(),
+        sort: params.sort.as_deref(),
         limit,
     };
     let page = state.app.admin_search_users(&principal, &query).await?;
@@ -256,6 +261,40 @@ pub(crate) async fn unlock_user(
     Path(id): Path<String>,
 ) -> Result<axum::Json<AdminUserResponse>, ApiError> {
     set_status(state, principal, id, StatusChange::Unlock).await
+}
+
+/// A change to an account's details; a field left out stays as it is.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateUserBody {
+    /// A new address: unverified until its owner follows the link sent there.
+    #[schema(max_length = 254)]
+    email: Option<String>,
+    /// A new display name, or `null` to clear it.
+    #[schema(max_length = 64)]
+    #[serde(default, deserialize_with = "present")]
+    display_name: Option<Option<String>>,
+}
+
+/// A field that is present (even as `null`) is `Some`, so `null` can clear it.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// Changes another account's address or display name. Needs `users:write` over it and every
+/// permission of its role.
+#[utoipa::path(patch, path = "/v1/admin/users/{id}", tag = "admin", operation_id = "update_user",
+    security(("bearer" = []), ("session_cookie" = [])), request_body = UpdateUserBody,
+    params(("id" = String, Path, description = "The account id.")),
+    responses((status = 200, description = "The account.", body = AdminUserResponse)))]
+pub(crate) async fn update_user(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateUserBody>,
+) -> Result<axum::Json<AdminUserResponse>, ApiError> {
+    let change = portcullis_app::UserChange { email: body.email, display_name: body.display_name };
+    Ok(axum::Json(state.app.admin_update_user(&principal, &id, &change).await?.into()))
 }
 
 /// Deletes an account with its credentials and sessions. Needs `users:delete`.
