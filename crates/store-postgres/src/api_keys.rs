@@ -177,9 +177,12 @@ impl ApiKeyStore for PostgresTx {
         after: Option<UserId>,
         limit: u32,
     ) -> Result<Vec<ServiceAccount>, StoreError> {
+        // COLLATE "C": the same byte order of ids as SQLite, whatever the database's locale.
         let sql = format!(
             "SELECT {ACCOUNT_COLUMNS} FROM service_accounts \
-             WHERE ($1::text IS NULL OR organization_id = $1) AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3"
+             WHERE ($1::text IS NULL OR organization_id = $1) \
+             AND ($2::text IS NULL OR id COLLATE \"C\" > $2::text) \
+             ORDER BY id COLLATE \"C\" LIMIT $3"
         );
         let rows: Vec<AccountRow> = match sqlx::query_as(&sql)
             .bind(organization.map(|o| o.to_string()))
@@ -262,8 +265,12 @@ impl ApiKeyStore for PostgresTx {
 
     async fn api_keys_of(&mut self, owner: KeyOwner) -> Result<Vec<ApiKey>, StoreError> {
         let (column, id) = owner_column(owner);
-        let sql =
-            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE {column} = $1 ORDER BY created_at DESC, id");
+        // COLLATE "C": keys made in the same millisecond come back in byte order of their id (which
+        // mixes cases), as on SQLite, whatever the database's locale.
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE {column} = $1 \
+             ORDER BY created_at DESC, id COLLATE \"C\""
+        );
         let rows: Vec<KeyRow> = match sqlx::query_as(&sql).bind(id).fetch_all(&mut *self.tx).await {
             Ok(rows) => rows,
             Err(e) => return Err(self.fail(e)),

@@ -14,8 +14,7 @@ use portcullis_store::{PiiRow, PiiTable, Sealed, Store, StoredUser};
 
 use super::{
     Failure, Outcome, Step, at, display_name, ensure, ensure_conflict, ensure_eq, every_byte, migrated,
-    organization, organization_id, resealed, sealed, token, user, user_id, write_organizations,
-    write_users,
+    organization, organization_id, resealed, sealed, token, user, user_id, write_organizations, write_users,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -40,7 +39,8 @@ pub async fn a_service_account_round_trips_and_its_name_is_taken_only_within_its
         ..service_account(1, acme.id, "unused")?
     };
     write_service_accounts(store, slice::from_ref(&deployer)).await?;
-    let same_name_elsewhere = ServiceAccount { name: deployer.name.clone(), ..service_account(4, globex.id, "x")? };
+    let same_name_elsewhere =
+        ServiceAccount { name: deployer.name.clone(), ..service_account(4, globex.id, "x")? };
 
     let mut tx = store.begin().await.step("begin the same name in acme")?;
     let intruder = ServiceAccount { name: deployer.name.clone(), ..service_account(2, acme.id, "x")? };
@@ -74,7 +74,8 @@ pub async fn service_accounts_are_listed_by_organization_a_page_at_a_time_in_id_
     store: &dyn Store,
 ) -> Outcome {
     migrated(store).await?;
-    let (acme, globex, empty) = (organization(1, "acme")?, organization(2, "globex")?, organization(3, "empty")?);
+    let (acme, globex, empty) =
+        (organization(1, "acme")?, organization(2, "globex")?, organization(3, "empty")?);
     write_organizations(store, &[acme.clone(), globex.clone(), empty.clone()]).await?;
     let mut accounts = Vec::new();
     for (n, seed) in [0xa1_u8, 0x3c, 0xf0, 0x0f, 0x55].into_iter().enumerate() {
@@ -127,7 +128,7 @@ pub async fn service_accounts_are_listed_by_organization_a_page_at_a_time_in_id_
 /// organization, not `created_at`); keeping one's own name is no conflict, taking a name used in
 /// another organization is fine, and taking one used in the same organization is `Conflict { entity:
 /// "service_account" }` that leaves both accounts alone. A missing account is reported as false.
-pub async fn updating_a_service_account_changes_its_name_role_status_and_time_and_a_taken_name_is_a_conflict(
+pub async fn a_service_account_update_replaces_name_role_and_status_and_a_taken_name_is_a_conflict(
     store: &dyn Store,
 ) -> Outcome {
     migrated(store).await?;
@@ -159,7 +160,11 @@ pub async fn updating_a_service_account_changes_its_name_role_status_and_time_an
     tx.commit().await.step("commit the updates")?;
     let mut tx = store.begin().await.step("begin the taken name")?;
     let taken = tx
-        .update_service_account(&ServiceAccount { name: renamed.name.clone(), updated_at: at(60), ..promoted.clone() })
+        .update_service_account(&ServiceAccount {
+            name: renamed.name.clone(),
+            updated_at: at(60),
+            ..promoted.clone()
+        })
         .await
         .map(|_| ());
     tx.rollback().await.step("roll back after the taken name")?;
@@ -237,7 +242,9 @@ pub async fn deleting_a_service_account_takes_its_keys_and_reports_false_the_sec
 
 /// Deleting an organization deletes its service accounts, and with them their keys; another
 /// organization's accounts and keys stay.
-pub async fn deleting_an_organization_takes_its_service_accounts_and_their_keys(store: &dyn Store) -> Outcome {
+pub async fn deleting_an_organization_takes_its_service_accounts_and_their_keys(
+    store: &dyn Store,
+) -> Outcome {
     migrated(store).await?;
     let (doomed, kept) = (organization(1, "doomed")?, organization(2, "kept")?);
     write_organizations(store, &[doomed.clone(), kept.clone()]).await?;
@@ -346,7 +353,10 @@ pub async fn a_reused_api_key_id_or_a_missing_owner_is_a_conflict(store: &dyn St
     write_api_keys(store, slice::from_ref(&first)).await?;
 
     let refused = [
-        ("a reused id", ApiKey { secret_hash: token(9), ..api_key("Taken", KeyOwner::ServiceAccount(bot.id), 5)? }),
+        (
+            "a reused id",
+            ApiKey { secret_hash: token(9), ..api_key("Taken", KeyOwner::ServiceAccount(bot.id), 5)? },
+        ),
         ("a missing person", api_key("NoPerson", KeyOwner::User(user_id(9)), 1)?),
         ("a missing service account", api_key("NoBot", KeyOwner::ServiceAccount(service_account_id(9)), 1)?),
         ("a person named as a service account", api_key("Crossed1", KeyOwner::ServiceAccount(alice.id), 1)?),
@@ -444,7 +454,7 @@ pub async fn api_keys_of_lists_one_owners_keys_newest_first_and_only_live_ones_a
 /// Rotating a key keeps the digest it replaces as `previous`, until the time given, and a second
 /// rotation replaces that one; revoking it works once (the first time stays), and a revoked key is
 /// not rotated any more. Neither touches another key, and a missing key is reported as false.
-pub async fn rotating_an_api_key_keeps_the_old_digest_until_the_given_time_and_a_revoked_key_is_not_rotated(
+pub async fn rotating_an_api_key_keeps_the_old_digest_a_while_and_a_revoked_key_is_not_rotated(
     store: &dyn Store,
 ) -> Outcome {
     migrated(store).await?;
@@ -468,7 +478,8 @@ pub async fn rotating_an_api_key_keeps_the_old_digest_until_the_given_time_and_a
     let revoked_again = tx.revoke_api_key(&rotating.id, at(800)).await.step("revoke again")?;
     let rotated_revoked =
         tx.rotate_api_key(&rotating.id, &token(0x33), at(900)).await.step("rotate the revoked key")?;
-    let rotated_missing = tx.rotate_api_key(&missing, &token(0x44), at(900)).await.step("rotate a missing key")?;
+    let rotated_missing =
+        tx.rotate_api_key(&missing, &token(0x44), at(900)).await.step("rotate a missing key")?;
     let revoked_missing = tx.revoke_api_key(&missing, at(900)).await.step("revoke a missing key")?;
     tx.commit().await.step("commit the revocation")?;
     let after_revocation = committed_api_key(store, &rotating.id).await?;
@@ -476,7 +487,8 @@ pub async fn rotating_an_api_key_keeps_the_old_digest_until_the_given_time_and_a
     let missing_after = committed_api_key(store, &missing).await?;
 
     ensure_eq("rotations", &(first, second), &(true, true))?;
-    let once = ApiKey { secret_hash: token(0x11), previous: Some((rotating.secret_hash, at(500))), ..rotating };
+    let once =
+        ApiKey { secret_hash: token(0x11), previous: Some((rotating.secret_hash, at(500))), ..rotating };
     ensure_keys("after the first rotation", after_first.as_slice(), slice::from_ref(&once))?;
     let twice = ApiKey { secret_hash: token(0x22), previous: Some((token(0x11), at(600))), ..once };
     ensure_keys("after the second rotation", after_second.as_slice(), slice::from_ref(&twice))?;
@@ -514,8 +526,10 @@ pub async fn recording_an_api_key_use_only_moves_it_forward_and_keeps_the_sealed
     record_use(store, &used.id, at(30), Some(&sealed("198.51.100.7")), Some("pii-2")).await?;
     let latest = (committed_api_key(store, &used.id).await?, committed_last_ip(store, &used.id).await?);
     record_use(store, &missing, at(40), Some(&sealed("203.0.113.9")), Some("pii-2")).await?;
-    let missing_after = (committed_api_key(store, &missing).await?, committed_last_ip(store, &missing).await?);
-    let other_after = (committed_api_key(store, &other.id).await?, committed_last_ip(store, &other.id).await?);
+    let missing_after =
+        (committed_api_key(store, &missing).await?, committed_last_ip(store, &missing).await?);
+    let other_after =
+        (committed_api_key(store, &other.id).await?, committed_last_ip(store, &other.id).await?);
 
     let used_at = |offset: i64| ApiKey { last_used_at: Some(at(offset)), ..used.clone() };
     let ip_under = |ip: Sealed, key: &str| Some((ip.0, key.to_owned()));
@@ -546,10 +560,13 @@ pub async fn an_api_keys_last_ip_is_found_resealed_and_counted(store: &dyn Store
     write_users(store, slice::from_ref(&alice)).await?;
     let owner = KeyOwner::User(alice.id);
     // Written out of id order: "Echo" < "Kilo" < "Lima".
-    let (kilo, echo, lima) = (api_key("Kilo", owner, 1)?, api_key("Echo", owner, 2)?, api_key("Lima", owner, 3)?);
+    let (kilo, echo, lima) =
+        (api_key("Kilo", owner, 1)?, api_key("Echo", owner, 2)?, api_key("Lima", owner, 3)?);
     let (unused, anonymous) = (api_key("Mike", owner, 4)?, api_key("November", owner, 5)?);
-    write_api_keys(store, &[kilo.clone(), echo.clone(), lima.clone(), unused.clone(), anonymous.clone()]).await?;
-    let ip = |key: &ApiKey| Sealed([b"ip of ".as_slice(), key.id.as_str().as_bytes(), &every_byte()].concat());
+    write_api_keys(store, &[kilo.clone(), echo.clone(), lima.clone(), unused.clone(), anonymous.clone()])
+        .await?;
+    let ip =
+        |key: &ApiKey| Sealed([b"ip of ".as_slice(), key.id.as_str().as_bytes(), &every_byte()].concat());
     record_use(store, &kilo.id, at(10), Some(&ip(&kilo)), Some("pii-1")).await?;
     record_use(store, &echo.id, at(11), Some(&ip(&echo)), Some("pii-1")).await?;
     record_use(store, &lima.id, at(12), Some(&ip(&lima)), Some("pii-2")).await?;
@@ -583,7 +600,9 @@ pub async fn an_api_keys_last_ip_is_found_resealed_and_counted(store: &dyn Store
     let mut stale = Vec::new();
     for row in &read {
         let other = PiiRow { fields: vec![Some(sealed("stale"))], ..row.clone() };
-        stale.push(tx.reseal_pii_row(PiiTable::ApiKeys, &other, "pii-3").await.step("reseal from a stale read")?);
+        stale.push(
+            tx.reseal_pii_row(PiiTable::ApiKeys, &other, "pii-3").await.step("reseal from a stale read")?,
+        );
     }
     tx.commit().await.step("commit the stale reseal")?;
 
@@ -623,7 +642,13 @@ pub async fn an_api_keys_last_ip_is_found_resealed_and_counted(store: &dyn Store
     ensure_keys(
         "the keys after the reseal",
         &keys,
-        &[last_used(&echo, 11), last_used(&kilo, 10), last_used(&lima, 12), unused, last_used(&anonymous, 13)],
+        &[
+            last_used(&echo, 11),
+            last_used(&kilo, 10),
+            last_used(&lima, 12),
+            unused,
+            last_used(&anonymous, 13),
+        ],
     )
 }
 
@@ -633,8 +658,10 @@ pub async fn deleting_an_account_takes_its_api_keys(store: &dyn Store) -> Outcom
     migrated(store).await?;
     let (doomed, kept) = (user(1, "doomed@example.com"), user(2, "kept@example.com"));
     write_users(store, &[doomed.clone(), kept.clone()]).await?;
-    let doomed_keys =
-        [api_key("Doomed1", KeyOwner::User(doomed.id), 1)?, api_key("Doomed2", KeyOwner::User(doomed.id), 2)?];
+    let doomed_keys = [
+        api_key("Doomed1", KeyOwner::User(doomed.id), 1)?,
+        api_key("Doomed2", KeyOwner::User(doomed.id), 2)?,
+    ];
     let kept_key = api_key("Kept", KeyOwner::User(kept.id), 1)?;
     let mut keys = doomed_keys.to_vec();
     keys.push(kept_key.clone());

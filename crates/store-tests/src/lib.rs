@@ -14,16 +14,19 @@ use std::pin::Pin;
 use std::slice;
 
 use portcullis_domain::{
-    BuiltinRole, DisplayName, InstanceId, InstanceMeta, OneTimePurpose, OneTimeToken, Organization,
-    OrganizationId, OrganizationSlug, RevokeReason, SecurityEvent, SecurityEventId, SecurityEventKind,
-    Session, SessionId, SessionKind, Timestamp, TokenHash, UserId, UserStatus, error_chain,
+    BuiltinRole, CustomRole, DisplayName, InstanceId, InstanceMeta, OneTimePurpose, OneTimeToken,
+    Organization, OrganizationId, OrganizationSlug, Permission, RevokeReason, RoleId, RoleName,
+    SecurityEvent, SecurityEventId, SecurityEventKind, Session, SessionId, SessionKind, Timestamp, TokenHash,
+    UserId, UserStatus, error_chain,
 };
 use portcullis_store::{
     BlindIndex, KeyPurpose, KeyState, PiiRow, PiiTable, RefreshSpend, Sealed, Store, StoreError, StoreTx,
     StoredKey, StoredOneTimeToken, StoredSecurityEvent, StoredSession, StoredUser,
 };
 
+mod accounts_admin;
 mod api_keys;
+mod roles;
 
 /// Why a check failed, in words that name the step and the engine's error chain.
 #[derive(Debug)]
@@ -59,6 +62,24 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "users_are_listed_a_page_at_a_time_in_id_order_and_by_status",
         run: |s| Box::pin(users_are_listed_a_page_at_a_time_in_id_order_and_by_status(s)),
+    },
+    Check {
+        name: "accounts_are_listed_in_creation_order_either_way_with_ties_broken_by_id",
+        run: |s| {
+            Box::pin(accounts_admin::accounts_are_listed_in_creation_order_either_way_with_ties_broken_by_id(
+                s,
+            ))
+        },
+    },
+    Check {
+        name: "editing_an_accounts_details_replaces_them_and_a_taken_address_is_a_conflict",
+        run: |s| {
+            Box::pin(
+                accounts_admin::editing_an_accounts_details_replaces_them_and_a_taken_address_is_a_conflict(
+                    s,
+                ),
+            )
+        },
     },
     Check {
         name: "an_accounts_status_and_role_change_and_active_owners_are_counted",
@@ -292,20 +313,82 @@ pub const CHECKS: &[Check] = &[
         run: |s| Box::pin(deleting_an_account_ends_its_memberships(s)),
     },
     Check {
+        name: "a_role_round_trips_every_field_by_organization_and_id_and_is_none_elsewhere",
+        run: |s| Box::pin(a_role_round_trips_every_field_by_organization_and_id_and_is_none_elsewhere(s)),
+    },
+    Check {
+        name: "roles_are_listed_in_name_order_and_only_their_organizations",
+        run: |s| Box::pin(roles_are_listed_in_name_order_and_only_their_organizations(s)),
+    },
+    Check {
+        name: "a_taken_role_name_is_a_conflict_in_its_organization_but_free_in_another",
+        run: |s| Box::pin(a_taken_role_name_is_a_conflict_in_its_organization_but_free_in_another(s)),
+    },
+    Check {
+        name: "updating_a_role_changes_its_name_permissions_and_updated_at_and_reports_a_missing_one",
+        run: |s| {
+            Box::pin(updating_a_role_changes_its_name_permissions_and_updated_at_and_reports_a_missing_one(s))
+        },
+    },
+    Check {
+        name: "renaming_a_role_onto_a_taken_name_is_a_conflict",
+        run: |s| Box::pin(renaming_a_role_onto_a_taken_name_is_a_conflict(s)),
+    },
+    Check {
+        name: "member_roles_are_replaced_and_read_back_in_their_documented_orders",
+        run: |s| Box::pin(member_roles_are_replaced_and_read_back_in_their_documented_orders(s)),
+    },
+    Check {
+        name: "member_roles_for_a_non_member_or_from_another_organization_are_a_membership_conflict",
+        run: |s| {
+            Box::pin(member_roles_for_a_non_member_or_from_another_organization_are_a_membership_conflict(s))
+        },
+    },
+    Check {
+        name: "deleting_a_role_takes_its_holdings_and_reports_false_the_second_time",
+        run: |s| Box::pin(deleting_a_role_takes_its_holdings_and_reports_false_the_second_time(s)),
+    },
+    Check {
+        name: "changing_a_members_builtin_role_keeps_the_custom_roles_they_hold",
+        run: |s| Box::pin(changing_a_members_builtin_role_keeps_the_custom_roles_they_hold(s)),
+    },
+    Check {
+        name: "removing_a_membership_takes_the_roles_held_in_it",
+        run: |s| Box::pin(removing_a_membership_takes_the_roles_held_in_it(s)),
+    },
+    Check {
+        name: "deleting_an_organization_takes_its_roles_and_their_holdings",
+        run: |s| Box::pin(deleting_an_organization_takes_its_roles_and_their_holdings(s)),
+    },
+    Check {
+        name: "deleting_an_account_takes_the_roles_it_held",
+        run: |s| Box::pin(deleting_an_account_takes_the_roles_it_held(s)),
+    },
+    Check {
         name: "a_service_account_round_trips_and_its_name_is_taken_only_within_its_organization",
-        run: |s| Box::pin(api_keys::a_service_account_round_trips_and_its_name_is_taken_only_within_its_organization(s)),
+        run: |s| {
+            Box::pin(
+                api_keys::a_service_account_round_trips_and_its_name_is_taken_only_within_its_organization(s),
+            )
+        },
     },
     Check {
         name: "service_accounts_are_listed_by_organization_a_page_at_a_time_in_id_order",
-        run: |s| Box::pin(api_keys::service_accounts_are_listed_by_organization_a_page_at_a_time_in_id_order(s)),
+        run: |s| {
+            Box::pin(api_keys::service_accounts_are_listed_by_organization_a_page_at_a_time_in_id_order(s))
+        },
     },
     Check {
-        name: "updating_a_service_account_changes_its_name_role_status_and_time_and_a_taken_name_is_a_conflict",
-        run: |s| Box::pin(api_keys::updating_a_service_account_changes_its_name_role_status_and_time_and_a_taken_name_is_a_conflict(s)),
+        name: "a_service_account_update_replaces_name_role_and_status_and_a_taken_name_is_a_conflict",
+        run: |s| {
+            Box::pin(api_keys::a_service_account_update_replaces_name_role_and_status_and_a_taken_name_is_a_conflict(s))
+        },
     },
     Check {
         name: "deleting_a_service_account_takes_its_keys_and_reports_false_the_second_time",
-        run: |s| Box::pin(api_keys::deleting_a_service_account_takes_its_keys_and_reports_false_the_second_time(s)),
+        run: |s| {
+            Box::pin(api_keys::deleting_a_service_account_takes_its_keys_and_reports_false_the_second_time(s))
+        },
     },
     Check {
         name: "deleting_an_organization_takes_its_service_accounts_and_their_keys",
@@ -321,15 +404,31 @@ pub const CHECKS: &[Check] = &[
     },
     Check {
         name: "api_keys_of_lists_one_owners_keys_newest_first_and_only_live_ones_are_counted",
-        run: |s| Box::pin(api_keys::api_keys_of_lists_one_owners_keys_newest_first_and_only_live_ones_are_counted(s)),
+        run: |s| {
+            Box::pin(api_keys::api_keys_of_lists_one_owners_keys_newest_first_and_only_live_ones_are_counted(
+                s,
+            ))
+        },
     },
     Check {
-        name: "rotating_an_api_key_keeps_the_old_digest_until_the_given_time_and_a_revoked_key_is_not_rotated",
-        run: |s| Box::pin(api_keys::rotating_an_api_key_keeps_the_old_digest_until_the_given_time_and_a_revoked_key_is_not_rotated(s)),
+        name: "rotating_an_api_key_keeps_the_old_digest_a_while_and_a_revoked_key_is_not_rotated",
+        run: |s| {
+            Box::pin(
+                api_keys::rotating_an_api_key_keeps_the_old_digest_a_while_and_a_revoked_key_is_not_rotated(
+                    s,
+                ),
+            )
+        },
     },
     Check {
         name: "recording_an_api_key_use_only_moves_it_forward_and_keeps_the_sealed_ip_of_that_use",
-        run: |s| Box::pin(api_keys::recording_an_api_key_use_only_moves_it_forward_and_keeps_the_sealed_ip_of_that_use(s)),
+        run: |s| {
+            Box::pin(
+                api_keys::recording_an_api_key_use_only_moves_it_forward_and_keeps_the_sealed_ip_of_that_use(
+                    s,
+                ),
+            )
+        },
     },
     Check {
         name: "an_api_keys_last_ip_is_found_resealed_and_counted",
@@ -338,6 +437,54 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "deleting_an_account_takes_its_api_keys",
         run: |s| Box::pin(api_keys::deleting_an_account_takes_its_api_keys(s)),
+    },
+    Check {
+        name: "a_role_round_trips_every_field_by_organization_and_id_and_is_none_for_another_organization",
+        run: |s| {
+            Box::pin(roles::a_role_round_trips_every_field_by_organization_and_id_and_is_none_for_another_organization(s))
+        },
+    },
+    Check {
+        name: "roles_are_listed_in_name_order_and_only_for_their_organization",
+        run: |s| Box::pin(roles::roles_are_listed_in_name_order_and_only_for_their_organization(s)),
+    },
+    Check {
+        name: "a_role_name_is_unique_per_organization_and_a_reused_id_or_a_missing_organization_conflicts",
+        run: |s| {
+            Box::pin(roles::a_role_name_is_unique_per_organization_and_a_reused_id_or_a_missing_organization_conflicts(s))
+        },
+    },
+    Check {
+        name: "updating_a_role_replaces_its_name_permissions_and_update_time_and_reports_a_missing_one",
+        run: |s| {
+            Box::pin(roles::updating_a_role_replaces_its_name_permissions_and_update_time_and_reports_a_missing_one(s))
+        },
+    },
+    Check {
+        name: "deleting_a_role_reports_true_then_false_and_takes_its_holdings",
+        run: |s| Box::pin(roles::deleting_a_role_reports_true_then_false_and_takes_its_holdings(s)),
+    },
+    Check {
+        name: "setting_member_roles_replaces_the_set_and_refuses_a_non_member_or_another_organizations_role",
+        run: |s| {
+            Box::pin(roles::setting_member_roles_replaces_the_set_and_refuses_a_non_member_or_another_organizations_role(s))
+        },
+    },
+    Check {
+        name: "held_roles_read_back_by_member_by_account_and_by_role_in_their_orders",
+        run: |s| Box::pin(roles::held_roles_read_back_by_member_by_account_and_by_role_in_their_orders(s)),
+    },
+    Check {
+        name: "removing_a_membership_takes_the_roles_held_through_it",
+        run: |s| Box::pin(roles::removing_a_membership_takes_the_roles_held_through_it(s)),
+    },
+    Check {
+        name: "deleting_an_organization_takes_its_roles_and_every_holding_of_them",
+        run: |s| Box::pin(roles::deleting_an_organization_takes_its_roles_and_every_holding_of_them(s)),
+    },
+    Check {
+        name: "deleting_an_account_takes_its_role_holdings",
+        run: |s| Box::pin(roles::deleting_an_account_takes_its_role_holdings(s)),
     },
     Check { name: "ping_answers", run: |s| Box::pin(ping_answers(s)) },
     Check { name: "close_is_clean", run: |s| Box::pin(close_is_clean(s)) },
@@ -2492,6 +2639,391 @@ pub async fn deleting_an_account_ends_its_memberships(store: &dyn Store) -> Outc
 }
 
 // ---------------------------------------------------------------------------------------------
+// Custom roles and their holders
+// ---------------------------------------------------------------------------------------------
+
+/// Every field of a role comes back as written, the permissions in their order (wildcards and an
+/// empty list included), by its organization and id; another organization's id for it, or an
+/// unknown id, is `None`.
+pub async fn a_role_round_trips_every_field_by_organization_and_id_and_is_none_elsewhere(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let (acme, globex) = (organization(1, "acme")?, organization(2, "globex")?);
+    write_organizations(store, &[acme.clone(), globex.clone()]).await?;
+    let billing = CustomRole {
+        permissions: permissions(&["users:read", "invoices:*", "*:*", "*:read", "api_keys:write-all"])?,
+        created_at: at(5),
+        updated_at: at(7),
+        ..custom_role(1, acme.id, "billing")?
+    };
+    let empty = CustomRole { permissions: Vec::new(), ..custom_role(2, acme.id, "nothing-yet")? };
+    write_roles(store, &[billing.clone(), empty.clone()]).await?;
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let found = tx.role(acme.id, billing.id).await.step("read the role")?;
+    let found_empty = tx.role(acme.id, empty.id).await.step("read the role without permissions")?;
+    let elsewhere = tx.role(globex.id, billing.id).await.step("read it as globex's")?;
+    let unknown = tx.role(acme.id, role_id(9)).await.step("read an unknown id")?;
+    let nowhere = tx.role(organization_id(9), billing.id).await.step("read it in a missing organization")?;
+    tx.commit().await.step("end the read")?;
+
+    ensure_eq("the role", &found, &Some(billing))?;
+    ensure_eq("the role without permissions", &found_empty, &Some(empty))?;
+    ensure_eq("the role asked for in another organization", &elsewhere, &None)?;
+    ensure_eq("an unknown role", &unknown, &None)?;
+    ensure_eq("the role asked for in a missing organization", &nowhere, &None)
+}
+
+/// `roles_in` lists one organization's roles, each whole, in byte order of their names (a hyphen
+/// before a digit before a letter, as SQLite's BINARY collation has it), and none of another's.
+pub async fn roles_are_listed_in_name_order_and_only_their_organizations(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    let (acme, globex) = (organization(1, "acme")?, organization(2, "globex")?);
+    write_organizations(store, &[acme.clone(), globex.clone()]).await?;
+    let mut acmes = Vec::new();
+    for (seed, name) in [(1, "support"), (2, "ab"), (3, "a-z"), (4, "billing"), (5, "a1")] {
+        acmes.push(custom_role(seed, acme.id, name)?);
+    }
+    let globexes = vec![custom_role(6, globex.id, "ac")?, custom_role(7, globex.id, "a0")?];
+    write_roles(store, &acmes).await?;
+    write_roles(store, &globexes).await?;
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let of_acme = tx.roles_in(acme.id).await.step("list acme's roles")?;
+    let of_globex = tx.roles_in(globex.id).await.step("list globex's roles")?;
+    let of_nobody = tx.roles_in(organization_id(9)).await.step("list a missing organization's roles")?;
+    tx.commit().await.step("end the read")?;
+
+    ensure_eq("acme's role names", &names(&of_acme), &vec!["a-z", "a1", "ab", "billing", "support"])?;
+    let mut expected = acmes;
+    expected.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+    ensure_eq("acme's roles, each whole", &of_acme, &expected)?;
+    ensure_eq("globex's role names", &names(&of_globex), &vec!["a0", "ac"])?;
+    ensure_eq("a missing organization's roles", &of_nobody, &Vec::new())
+}
+
+/// A name taken in the organization is `Conflict { entity: "role" }` and leaves the first role
+/// alone; the same name in another organization is a role of its own. A role of a missing
+/// organization is `Conflict { entity: "role" }` too (the foreign key).
+pub async fn a_taken_role_name_is_a_conflict_in_its_organization_but_free_in_another(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let (acme, globex) = (organization(1, "acme")?, organization(2, "globex")?);
+    write_organizations(store, &[acme.clone(), globex.clone()]).await?;
+    let billing = custom_role(1, acme.id, "billing")?;
+    write_roles(store, slice::from_ref(&billing)).await?;
+
+    let mut tx = store.begin().await.step("begin the second billing of acme")?;
+    let taken = tx.insert_role(&custom_role(2, acme.id, "billing")?).await;
+    tx.rollback().await.step("roll back after the conflict")?;
+    let mut tx = store.begin().await.step("begin a role of a missing organization")?;
+    let orphan = tx.insert_role(&custom_role(3, organization_id(9), "billing")?).await;
+    tx.rollback().await.step("roll back after the conflict")?;
+    let globex_billing = custom_role(4, globex.id, "billing")?;
+    write_roles(store, slice::from_ref(&globex_billing)).await?;
+
+    ensure_conflict("a taken name in the same organization", taken, "role")?;
+    ensure_conflict("a role of a missing organization", orphan, "role")?;
+    ensure_eq("acme's roles", &committed_roles_in(store, acme.id).await?, &vec![billing])?;
+    ensure_eq("globex's roles", &committed_roles_in(store, globex.id).await?, &vec![globex_billing])
+}
+
+/// `update_role` replaces the name, the permissions and `updated_at` of the role matched by
+/// organization and id, and leaves `created_at` and the other roles alone; a missing role, or the
+/// right id under another organization, is reported as false and changes nothing.
+pub async fn updating_a_role_changes_its_name_permissions_and_updated_at_and_reports_a_missing_one(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let (acme, globex) = (organization(1, "acme")?, organization(2, "globex")?);
+    write_organizations(store, &[acme.clone(), globex.clone()]).await?;
+    let billing = custom_role(1, acme.id, "billing")?;
+    let support = custom_role(2, acme.id, "support")?;
+    write_roles(store, &[billing.clone(), support.clone()]).await?;
+    let finance = CustomRole {
+        name: role_name("finance")?,
+        permissions: permissions(&["invoices:*", "*:read"])?,
+        created_at: at(40),
+        updated_at: at(50),
+        ..billing.clone()
+    };
+    let stolen = CustomRole { organization: globex.id, name: role_name("stolen")?, ..finance.clone() };
+    let unknown = CustomRole { id: role_id(9), name: role_name("unknown")?, ..finance.clone() };
+
+    let mut tx = store.begin().await.step("begin")?;
+    let updated = tx.update_role(&finance).await.step("update billing")?;
+    let under_globex = tx.update_role(&stolen).await.step("update it as globex's")?;
+    let missing = tx.update_role(&unknown).await.step("update an unknown role")?;
+    tx.commit().await.step("commit")?;
+
+    ensure_eq("updates found their rows", &(updated, under_globex, missing), &(true, false, false))?;
+    ensure_eq(
+        "acme's roles",
+        &committed_roles_in(store, acme.id).await?,
+        &vec![CustomRole { created_at: billing.created_at, ..finance }, support],
+    )?;
+    ensure_eq("globex's roles", &committed_roles_in(store, globex.id).await?, &Vec::new())
+}
+
+/// Renaming a role onto a name another role of its organization has is
+/// `Conflict { entity: "role" }` and changes nothing; keeping its own name, or taking a name used
+/// only in another organization, is fine.
+pub async fn renaming_a_role_onto_a_taken_name_is_a_conflict(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    let (acme, globex) = (organization(1, "acme")?, organization(2, "globex")?);
+    write_organizations(store, &[acme.clone(), globex.clone()]).await?;
+    let billing = custom_role(1, acme.id, "billing")?;
+    let support = custom_role(2, acme.id, "support")?;
+    let ops = custom_role(3, globex.id, "ops")?;
+    write_roles(store, &[billing.clone(), support.clone(), ops.clone()]).await?;
+
+    let mut tx = store.begin().await.step("begin the rename onto support")?;
+    let taken =
+        tx.update_role(&CustomRole { name: role_name("support")?, ..billing.clone() }).await.map(|_| ());
+    tx.rollback().await.step("roll back after the conflict")?;
+    let unchanged = committed_roles_in(store, acme.id).await?;
+
+    let same_name =
+        CustomRole { permissions: permissions(&["invoices:read"])?, updated_at: at(20), ..billing };
+    let like_globex = CustomRole { name: role_name("ops")?, updated_at: at(30), ..same_name.clone() };
+    let mut tx = store.begin().await.step("begin the allowed updates")?;
+    let kept = tx.update_role(&same_name).await.step("update keeping its own name")?;
+    let renamed = tx.update_role(&like_globex).await.step("rename onto a name globex uses")?;
+    tx.commit().await.step("commit")?;
+
+    ensure_conflict("a rename onto a taken name", taken, "role")?;
+    ensure_eq("acme's role names after the conflict", &names(&unchanged), &vec!["billing", "support"])?;
+    ensure_eq("the allowed updates found their row", &(kept, renamed), &(true, true))?;
+    ensure_eq("acme's roles", &committed_roles_in(store, acme.id).await?, &vec![like_globex, support])?;
+    ensure_eq("globex's roles", &committed_roles_in(store, globex.id).await?, &vec![ops])
+}
+
+/// `set_member_roles` makes the list exactly what the member holds in that organization (a role
+/// listed twice is held once, and the member's roles elsewhere stay); `member_roles` reads them in
+/// name order, `roles_of` in organization id then name order, and `role_holders` in user id order
+/// up to its limit.
+pub async fn member_roles_are_replaced_and_read_back_in_their_documented_orders(
+    store: &dyn Store,
+) -> Outcome {
+    let scene = role_scene(store).await?;
+    let (acme, globex, alice, bob) = (scene.acme, scene.globex, scene.alice, scene.bob);
+    let billing = scene.billing.id;
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let alice_in_acme = tx.member_roles(acme, alice).await.step("alice's roles in acme")?;
+    let alice_in_globex = tx.member_roles(globex, alice).await.step("alice's roles in globex")?;
+    let of_alice = tx.roles_of(alice).await.step("every role of alice")?;
+    let holders = tx.role_holders(acme, billing, 10).await.step("billing's holders")?;
+    let first_holder = tx.role_holders(acme, billing, 1).await.step("billing's first holder")?;
+    let under_globex = tx.role_holders(globex, billing, 10).await.step("billing's holders as globex's")?;
+    let of_stranger = tx.roles_of(user_id(9)).await.step("every role of a stranger")?;
+    tx.commit().await.step("end the read")?;
+
+    let mut tx = store.begin().await.step("begin the replacement")?;
+    let support = scene.support.id;
+    tx.set_member_roles(acme, alice, &[support, support]).await.step("alice holds support only")?;
+    tx.set_member_roles(acme, bob, &[]).await.step("bob holds nothing")?;
+    tx.commit().await.step("commit the replacement")?;
+
+    ensure_eq("alice's roles in acme, in name order", &names(&alice_in_acme), &vec!["billing", "support"])?;
+    ensure_eq("alice's roles in acme, each whole", &alice_in_acme, &vec![scene.billing, scene.support])?;
+    ensure_eq("alice's roles in globex", &alice_in_globex, &vec![scene.ops])?;
+    // globex's id sorts before acme's.
+    ensure_eq("every role of alice, by organization", &names(&of_alice), &vec!["ops", "billing", "support"])?;
+    ensure_eq("billing's holders, in user id order", &holders, &vec![bob, alice])?;
+    ensure_eq("billing's holders up to the limit", &first_holder, &vec![bob])?;
+    ensure_eq("billing's holders asked for as globex's", &under_globex, &Vec::new())?;
+    ensure_eq("every role of a stranger", &of_stranger, &Vec::new())?;
+    ensure_eq(
+        "alice's roles in acme after",
+        &names(&committed_member_roles(store, acme, alice).await?),
+        &vec!["support"],
+    )?;
+    ensure_eq("bob's roles in acme after", &committed_member_roles(store, acme, bob).await?, &Vec::new())?;
+    ensure_eq("billing's holders after", &committed_role_holders(store, acme, billing).await?, &Vec::new())?;
+    ensure_eq(
+        "every role of alice after",
+        &names(&committed_roles_of(store, alice).await?),
+        &vec!["ops", "support"],
+    )
+}
+
+/// Only a member holds roles, and only its organization's: an account that is not a member, another
+/// organization's role and a missing role are each `Conflict { entity: "membership" }`, after
+/// which the transaction refuses to commit and the member's roles are as they were.
+pub async fn member_roles_for_a_non_member_or_from_another_organization_are_a_membership_conflict(
+    store: &dyn Store,
+) -> Outcome {
+    let scene = role_scene(store).await?;
+    let carol = user(3, "carol@example.com");
+    write_users(store, slice::from_ref(&carol)).await?;
+
+    for (what, member, role) in [
+        ("an account that is not a member", carol.id, scene.billing.id),
+        ("another organization's role", scene.alice, scene.ops.id),
+        ("a missing role", scene.alice, role_id(9)),
+    ] {
+        let mut tx = store.begin().await.step("begin")?;
+        let refused = tx.set_member_roles(scene.acme, member, &[role]).await;
+        let commit = tx.commit().await;
+        ensure_conflict(&format!("roles for {what}"), refused, "membership")?;
+        match commit {
+            Err(StoreError::Database(_)) => {}
+            other => {
+                return Err(Failure(format!(
+                    "commit after roles for {what}: expected Database error, got {other:?}"
+                )));
+            }
+        }
+    }
+
+    ensure_eq(
+        "alice's roles in acme",
+        &names(&committed_member_roles(store, scene.acme, scene.alice).await?),
+        &vec!["billing", "support"],
+    )?;
+    ensure_eq(
+        "carol's roles in acme",
+        &committed_member_roles(store, scene.acme, carol.id).await?,
+        &Vec::new(),
+    )
+}
+
+/// Deleting a role takes every holding of it and no other; the right id under another organization
+/// deletes nothing, and deleting it again reports false.
+pub async fn deleting_a_role_takes_its_holdings_and_reports_false_the_second_time(
+    store: &dyn Store,
+) -> Outcome {
+    let scene = role_scene(store).await?;
+    let (acme, globex, billing) = (scene.acme, scene.globex, scene.billing.id);
+
+    let mut tx = store.begin().await.step("begin the delete")?;
+    let under_globex = tx.delete_role(globex, billing).await.step("delete billing as globex's")?;
+    let deleted = tx.delete_role(acme, billing).await.step("delete billing")?;
+    let again = tx.delete_role(acme, billing).await.step("delete billing again")?;
+    tx.commit().await.step("commit the delete")?;
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let found = tx.role(acme, billing).await.step("read billing")?;
+    let holders = tx.role_holders(acme, billing, 10).await.step("billing's holders")?;
+    let of_bob = tx.member_roles(acme, scene.bob).await.step("bob's roles in acme")?;
+    let of_alice = tx.roles_of(scene.alice).await.step("every role of alice")?;
+    let left = tx.roles_in(acme).await.step("acme's roles")?;
+    tx.commit().await.step("end the read")?;
+
+    ensure_eq("deleted once", &(under_globex, deleted, again), &(false, true, false))?;
+    ensure_eq("billing", &found, &None)?;
+    ensure_eq("billing's holders", &holders, &Vec::new())?;
+    ensure_eq("bob's roles in acme", &of_bob, &Vec::new())?;
+    ensure_eq("every role of alice", &names(&of_alice), &vec!["ops", "support"])?;
+    ensure_eq("acme's roles", &left, &vec![scene.support])
+}
+
+/// Changing a member's built-in role keeps the custom roles they hold: the membership is changed
+/// in place, not replaced.
+pub async fn changing_a_members_builtin_role_keeps_the_custom_roles_they_hold(store: &dyn Store) -> Outcome {
+    let scene = role_scene(store).await?;
+
+    let mut tx = store.begin().await.step("begin")?;
+    tx.set_membership(scene.acme, scene.alice, BuiltinRole::Admin, at(5)).await.step("promote alice")?;
+    tx.commit().await.step("commit")?;
+
+    ensure_eq(
+        "alice's roles in acme",
+        &names(&committed_member_roles(store, scene.acme, scene.alice).await?),
+        &vec!["billing", "support"],
+    )
+}
+
+/// Removing a membership takes the roles held in it (joining again brings none back), but not the
+/// roles themselves nor the member's roles elsewhere.
+pub async fn removing_a_membership_takes_the_roles_held_in_it(store: &dyn Store) -> Outcome {
+    let scene = role_scene(store).await?;
+    let (acme, alice) = (scene.acme, scene.alice);
+
+    let mut tx = store.begin().await.step("begin the removal")?;
+    let removed = tx.remove_membership(acme, alice).await.step("remove alice from acme")?;
+    tx.commit().await.step("commit the removal")?;
+    let gone = committed_member_roles(store, acme, alice).await?;
+    let mut tx = store.begin().await.step("begin the rejoin")?;
+    tx.set_membership(acme, alice, BuiltinRole::Member, at(5)).await.step("alice joins acme again")?;
+    tx.commit().await.step("commit the rejoin")?;
+
+    ensure_eq("removed", &removed, &true)?;
+    ensure_eq("alice's roles in acme after the removal", &gone, &Vec::new())?;
+    ensure_eq(
+        "alice's roles in acme after joining again",
+        &committed_member_roles(store, acme, alice).await?,
+        &Vec::new(),
+    )?;
+    ensure_eq(
+        "billing's holders",
+        &committed_role_holders(store, acme, scene.billing.id).await?,
+        &vec![scene.bob],
+    )?;
+    ensure_eq("every role of alice", &names(&committed_roles_of(store, alice).await?), &vec!["ops"])?;
+    ensure_eq("acme's roles", &committed_roles_in(store, acme).await?, &vec![scene.billing, scene.support])
+}
+
+/// Deleting an organization takes its roles and every holding of them, and nothing of another
+/// organization's.
+pub async fn deleting_an_organization_takes_its_roles_and_their_holdings(store: &dyn Store) -> Outcome {
+    let scene = role_scene(store).await?;
+    let acme = scene.acme;
+
+    let mut tx = store.begin().await.step("begin the delete")?;
+    let deleted = tx.delete_organization(acme).await.step("delete acme")?;
+    tx.commit().await.step("commit the delete")?;
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let roles = tx.roles_in(acme).await.step("acme's roles")?;
+    let billing = tx.role(acme, scene.billing.id).await.step("read billing")?;
+    let holders = tx.role_holders(acme, scene.billing.id, 10).await.step("billing's holders")?;
+    let of_alice = tx.roles_of(scene.alice).await.step("every role of alice")?;
+    let of_bob = tx.roles_of(scene.bob).await.step("every role of bob")?;
+    let of_globex = tx.roles_in(scene.globex).await.step("globex's roles")?;
+    tx.commit().await.step("end the read")?;
+
+    ensure_eq("deleted", &deleted, &true)?;
+    ensure_eq("acme's roles", &roles, &Vec::new())?;
+    ensure_eq("billing", &billing, &None)?;
+    ensure_eq("billing's holders", &holders, &Vec::new())?;
+    ensure_eq("every role of alice", &of_alice, &vec![scene.ops.clone()])?;
+    ensure_eq("every role of bob", &of_bob, &Vec::new())?;
+    ensure_eq("globex's roles", &of_globex, &vec![scene.ops])
+}
+
+/// Deleting an account takes the roles it held, in every organization, and no one else's.
+pub async fn deleting_an_account_takes_the_roles_it_held(store: &dyn Store) -> Outcome {
+    let scene = role_scene(store).await?;
+
+    let mut tx = store.begin().await.step("begin the delete")?;
+    let deleted = tx.delete_user(scene.alice, at(5)).await.step("delete alice")?;
+    tx.commit().await.step("commit the delete")?;
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let of_alice = tx.roles_of(scene.alice).await.step("every role of alice")?;
+    let in_acme = tx.member_roles(scene.acme, scene.alice).await.step("alice's roles in acme")?;
+    let billing = tx.role_holders(scene.acme, scene.billing.id, 10).await.step("billing's holders")?;
+    let support = tx.role_holders(scene.acme, scene.support.id, 10).await.step("support's holders")?;
+    let ops = tx.role_holders(scene.globex, scene.ops.id, 10).await.step("ops's holders")?;
+    let roles = tx.roles_in(scene.acme).await.step("acme's roles")?;
+    tx.commit().await.step("end the read")?;
+
+    ensure_eq("deleted", &deleted, &true)?;
+    ensure_eq("every role of alice", &of_alice, &Vec::new())?;
+    ensure_eq("alice's roles in acme", &in_acme, &Vec::new())?;
+    ensure_eq(
+        "holders of billing, support and ops",
+        &(billing, support, ops),
+        &(vec![scene.bob], Vec::new(), Vec::new()),
+    )?;
+    ensure_eq("acme's roles", &roles, &vec![scene.billing, scene.support])
+}
+
+// ---------------------------------------------------------------------------------------------
 // Operations
 // ---------------------------------------------------------------------------------------------
 
@@ -2564,6 +3096,130 @@ fn organization(seed: u8, slug_text: &str) -> Result<Organization, Failure> {
         name: display_name(&format!("Organization {slug_text}"))?,
         created_at: at(i64::from(seed)),
     })
+}
+
+fn role_id(seed: u8) -> RoleId {
+    RoleId::from_random_bytes([seed; 16])
+}
+
+fn role_name(text: &str) -> Result<RoleName, Failure> {
+    RoleName::parse(text).map_err(|e| Failure(format!("fixture role name {text:?}: {e}")))
+}
+
+fn permissions(texts: &[&str]) -> Result<Vec<Permission>, Failure> {
+    texts
+        .iter()
+        .map(|text| Permission::parse(text).map_err(|e| Failure(format!("fixture permission {text:?}: {e}"))))
+        .collect()
+}
+
+/// A role of `organization` named `name` granting `users:read`, created and updated at [`T0`] plus
+/// the seed.
+fn custom_role(seed: u8, organization: OrganizationId, name: &str) -> Result<CustomRole, Failure> {
+    Ok(CustomRole {
+        id: role_id(seed),
+        organization,
+        name: role_name(name)?,
+        permissions: permissions(&["users:read"])?,
+        created_at: at(i64::from(seed)),
+        updated_at: at(i64::from(seed)),
+    })
+}
+
+/// The roles' names, in the order given.
+fn names(roles: &[CustomRole]) -> Vec<&str> {
+    roles.iter().map(|r| r.name.as_str()).collect()
+}
+
+/// Two organizations whose members are alice and bob, with custom roles held in both.
+struct RoleScene {
+    /// Its id sorts after globex's.
+    acme: OrganizationId,
+    globex: OrganizationId,
+    /// Her id sorts after bob's.
+    alice: UserId,
+    bob: UserId,
+    /// Acme's; held by alice and bob.
+    billing: CustomRole,
+    /// Acme's; held by alice.
+    support: CustomRole,
+    /// Globex's; held by alice.
+    ops: CustomRole,
+}
+
+/// Migrates and writes the [`RoleScene`], each member's roles given out of name order.
+async fn role_scene(store: &dyn Store) -> Result<RoleScene, Failure> {
+    migrated(store).await?;
+    let (globex, acme) = (organization(1, "globex")?, organization(2, "acme")?);
+    write_organizations(store, &[acme.clone(), globex.clone()]).await?;
+    let (alice, bob) = (user(0xa1, "alice@example.com"), user(0x1b, "bob@example.com"));
+    write_users(store, &[alice.clone(), bob.clone()]).await?;
+    let (support, billing) = (custom_role(1, acme.id, "support")?, custom_role(2, acme.id, "billing")?);
+    let ops = custom_role(3, globex.id, "ops")?;
+    write_roles(store, &[support.clone(), billing.clone(), ops.clone()]).await?;
+
+    let mut tx = store.begin().await.step("begin the memberships")?;
+    for (org, member) in [(acme.id, alice.id), (acme.id, bob.id), (globex.id, alice.id), (globex.id, bob.id)]
+    {
+        tx.set_membership(org, member, BuiltinRole::Member, at(1)).await.step("set a membership")?;
+    }
+    tx.set_member_roles(acme.id, alice.id, &[support.id, billing.id]).await.step("alice's roles in acme")?;
+    tx.set_member_roles(globex.id, alice.id, &[ops.id]).await.step("alice's roles in globex")?;
+    tx.set_member_roles(acme.id, bob.id, &[billing.id]).await.step("bob's roles in acme")?;
+    tx.commit().await.step("commit the memberships and their roles")?;
+    Ok(RoleScene { acme: acme.id, globex: globex.id, alice: alice.id, bob: bob.id, billing, support, ops })
+}
+
+/// Inserts and commits the custom roles in a transaction of their own.
+async fn write_roles(store: &dyn Store, roles: &[CustomRole]) -> Outcome {
+    let mut tx = store.begin().await.step("begin a write")?;
+    for role in roles {
+        tx.insert_role(role).await.step("insert a role")?;
+    }
+    tx.commit().await.step("commit the roles")
+}
+
+/// The organization's roles as a new read transaction lists them.
+async fn committed_roles_in(
+    store: &dyn Store,
+    organization: OrganizationId,
+) -> Result<Vec<CustomRole>, Failure> {
+    let mut reader = store.begin_read().await.step("begin a read")?;
+    let found = reader.roles_in(organization).await.step("list the roles")?;
+    reader.commit().await.step("end the read")?;
+    Ok(found)
+}
+
+/// The roles the member holds in the organization, as a new read transaction lists them.
+async fn committed_member_roles(
+    store: &dyn Store,
+    organization: OrganizationId,
+    user: UserId,
+) -> Result<Vec<CustomRole>, Failure> {
+    let mut reader = store.begin_read().await.step("begin a read")?;
+    let found = reader.member_roles(organization, user).await.step("list the member's roles")?;
+    reader.commit().await.step("end the read")?;
+    Ok(found)
+}
+
+/// Every role the account holds, as a new read transaction lists them.
+async fn committed_roles_of(store: &dyn Store, user: UserId) -> Result<Vec<CustomRole>, Failure> {
+    let mut reader = store.begin_read().await.step("begin a read")?;
+    let found = reader.roles_of(user).await.step("list the account's roles")?;
+    reader.commit().await.step("end the read")?;
+    Ok(found)
+}
+
+/// Up to ten holders of the role, as a new read transaction lists them.
+async fn committed_role_holders(
+    store: &dyn Store,
+    organization: OrganizationId,
+    role: RoleId,
+) -> Result<Vec<UserId>, Failure> {
+    let mut reader = store.begin_read().await.step("begin a read")?;
+    let found = reader.role_holders(organization, role, 10).await.step("list the role's holders")?;
+    reader.commit().await.step("end the read")?;
+    Ok(found)
 }
 
 fn session_id(seed: u8) -> SessionId {
