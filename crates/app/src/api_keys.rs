@@ -18,9 +18,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use portcullis_domain::{
-    ApiKey, ApiKeyId, BuiltinRole, DisplayName, Grant, KeyOwner, KeyRefusal, MAX_KEY_CIDRS, MAX_KEY_SCOPES,
-    OrganizationId, Permission, Resource, SecurityEventKind, ServiceAccount, Timestamp, TokenHash, UserId,
-    format_api_key, holds_all, narrow, parse_api_key,
+    ApiKey, ApiKeyId, BuiltinRole, CustomRole, DisplayName, Grant, KeyOwner, KeyRefusal, MAX_KEY_CIDRS,
+    MAX_KEY_SCOPES, OrganizationId, Permission, Resource, SecurityEventKind, ServiceAccount, Timestamp,
+    TokenHash, UserId, format_api_key, holds_all, narrow, parse_api_key,
 };
 use portcullis_store::{PiiTable, StoreError, StoreTx};
 use secrecy::SecretString;
@@ -91,6 +91,15 @@ pub struct ServiceAccountChange {
     pub name: Option<String>,
     pub role: Option<BuiltinRole>,
     pub active: Option<bool>,
+    /// The ids of its organization's custom roles it is to hold, replacing those it holds.
+    pub custom_roles: Option<Vec<String>>,
+}
+
+/// A service account with the custom roles it holds, in name order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountDetails {
+    pub account: ServiceAccount,
+    pub custom_roles: Vec<CustomRole>,
 }
 
 /// What the introspection endpoint says about a token (RFC 7662 section 2.2). An inactive answer
@@ -208,9 +217,22 @@ fn parse_account_id(id: &str) -> Result<UserId, AppError> {
     UserId::parse(id).map_err(|_| AppError::NotFound)
 }
 
-/// A service account's grants: its role's, narrowed to its organization.
-fn account_grants(account: &ServiceAccount) -> Arc<[Grant]> {
-    Arc::from(account.role.grants_in(account.organization))
+/// A service account's grants: its built-in role's, narrowed to its organization, and those of the
+/// custom roles it holds there.
+fn account_grants(account: &ServiceAccount, roles: &[CustomRole]) -> Arc<[Grant]> {
+    let mut grants = account.role.grants_in(account.organization);
+    for grant in roles.iter().flat_map(CustomRole::grants) {
+        if !grants.contains(&grant) {
+            grants.push(grant);
+        }
+    }
+    Arc::from(grants)
+}
+
+/// A service account's grants read in `tx`.
+async fn account_grants_in(tx: &mut dyn StoreTx, account: &ServiceAccount) -> Result<Arc<[Grant]>, AppError> {
+    let roles = tx.service_account_roles(account.id).await?;
+    Ok(account_grants(account, &roles))
 }
 
 fn random_secret() -> Result<[u8; 32], AppError> {
@@ -517,10 +539,9 @@ impl App {
             Some(found) => found,
             None => {
                 let mut tx = self.inner.store.begin_read().await?;
-                let account = tx.service_account(id).await?;
+                let account = tx.service_account(id).await?.ok_or(AppError::Unauthenticated)?;
+                let grants = account_grants_in(tx.as_mut(), &account).await?;
                 tx.rollback().await?;
-                let account = account.ok_or(AppError::Unauthenticated)?;
-                let grants = account_grants(&account);
                 self.inner.api_keys.insert_account(account.clone(), grants.clone(), now);
                 (account, grants)
             }
@@ -568,7 +589,7 @@ impl App {
                     .await?
                     .filter(|a| a.active)
                     .ok_or(AppError::Unauthenticated)?;
-                account_grants(&account)
+                account_grants_in(tx, &account).await?
             }
         };
         match principal.credential {
@@ -688,24 +709,30 @@ impl App {
         Ok(account)
     }
 
-    /// One service account. Needs `serviceaccounts:read` in its organization.
+    /// One service account with the custom roles it holds. Needs `serviceaccounts:read` in its
+    /// organization.
     pub async fn admin_get_service_account(
         &self,
         principal: &Principal,
         id: &str,
-    ) -> Result<ServiceAccount, AppError> {
-        self.visible_account(principal, id, "serviceaccounts:read").await
+    ) -> Result<ServiceAccountDetails, AppError> {
+        let account = self.visible_account(principal, id, "serviceaccounts:read").await?;
+        let mut tx = self.inner.store.begin_read().await?;
+        let custom_roles = tx.service_account_roles(account.id).await?;
+        tx.rollback().await?;
+        Ok(ServiceAccountDetails { account, custom_roles })
     }
 
-    /// Renames, re-roles, disables or enables a service account. Needs `serviceaccounts:write` in its
-    /// organization and every grant of its old and new role there. Disabling stops its keys at once
-    /// on this node and within 2 s on the others.
+    /// Renames, re-roles, disables or enables a service account, or replaces the custom roles it holds.
+    /// Needs `serviceaccounts:write` in its organization and every grant of its old and new built-in
+    /// role there and of each custom role given or taken. Disabling stops its keys at once on this
+    /// node and within 2 s on the others.
     pub async fn admin_update_service_account(
         &self,
         principal: &Principal,
         id: &str,
         change: &ServiceAccountChange,
-    ) -> Result<ServiceAccount, AppError> {
+    ) -> Result<ServiceAccountDetails, AppError> {
         principal.require_session()?;
         let account = self.visible_account(principal, id, "serviceaccounts:write").await?;
         let name = change
@@ -723,6 +750,12 @@ impl App {
         for role in [Some(current.role), change.role].into_iter().flatten() {
             may_give_in(&grants, role, org)?;
         }
+        let custom_roles = match &change.custom_roles {
+            Some(wanted) => {
+                self.set_service_account_custom_roles(tx.as_mut(), &grants, org, current.id, wanted).await?
+            }
+            None => tx.service_account_roles(current.id).await?,
+        };
         let updated = ServiceAccount {
             name: name.unwrap_or_else(|| current.name.clone()),
             role: change.role.unwrap_or(current.role),
@@ -741,7 +774,7 @@ impl App {
         tx.commit().await?;
         self.inner.api_keys.clear();
         tracing::info!(admin = %principal.user_id, service_account = %updated.id, active = updated.active, "service account changed");
-        Ok(updated)
+        Ok(ServiceAccountDetails { account: updated, custom_roles })
     }
 
     /// Deletes a service account and its keys. Needs `serviceaccounts:write` in its organization and
@@ -759,6 +792,11 @@ impl App {
             self.caller_under_lock(tx.as_mut(), principal, "serviceaccounts:write", in_org(org)).await?;
         let current = tx.service_account(account.id).await?.ok_or(AppError::NotFound)?;
         may_give_in(&grants, current.role, org)?;
+        if !holds_all(&grants, &account_grants_in(tx.as_mut(), &current).await?) {
+            return Err(AppError::Forbidden(
+                "only someone holding every permission of a service account can delete it".into(),
+            ));
+        }
         tx.delete_service_account(current.id).await?;
         tx.commit().await?;
         self.inner.api_keys.clear();
@@ -782,7 +820,7 @@ impl App {
         let grants =
             self.caller_under_lock(tx.as_mut(), principal, "serviceaccounts:write", in_org(org)).await?;
         let current = tx.service_account(account.id).await?.ok_or(AppError::NotFound)?;
-        let theirs = account_grants(&current);
+        let theirs = account_grants_in(tx.as_mut(), &current).await?;
         if !holds_all(&grants, &theirs) {
             return Err(AppError::Forbidden(
                 "only someone holding every permission of a service account can issue its keys".into(),
@@ -839,7 +877,7 @@ impl App {
         let grants =
             self.caller_under_lock(tx.as_mut(), principal, "serviceaccounts:write", in_org(org)).await?;
         let current = tx.service_account(account.id).await?.ok_or(AppError::NotFound)?;
-        if !holds_all(&grants, &account_grants(&current)) {
+        if !holds_all(&grants, &account_grants_in(tx.as_mut(), &current).await?) {
             return Err(AppError::Forbidden(
                 "only someone holding every permission of a service account can rotate its keys".into(),
             ));

@@ -169,15 +169,23 @@ impl App {
         let profile = self.read_profile(tx.as_mut(), subject).await?;
         let account = match profile {
             Some(_) => None,
-            None => tx.service_account(subject).await?,
+            None => match tx.service_account(subject).await? {
+                Some(account) => {
+                    let roles = tx.service_account_roles(account.id).await?;
+                    Some((account, roles))
+                }
+                None => None,
+            },
         };
         tx.rollback().await?;
         Ok(match (profile, account) {
             (Some(profile), _) if profile.status == portcullis_domain::UserStatus::Active => {
                 self.grants_for(&profile)
             }
-            (None, Some(account)) if account.active => {
-                Arc::from(account.role.grants_in(account.organization))
+            (None, Some((account, roles))) if account.active => {
+                let mut grants = account.role.grants_in(account.organization);
+                grants.extend(roles.iter().flat_map(CustomRole::grants));
+                Arc::from(grants)
             }
             _ => Arc::from(Vec::new()),
         })

@@ -44,7 +44,7 @@ pub use admin::{
 };
 pub use api_keys::{
     ApiKeySettings, ApiKeySummary, Introspection, IssuedApiKey, KEY_CACHE_MILLIS, KEY_USE_RECORD_MILLIS,
-    NewApiKey, ServiceAccountChange,
+    NewApiKey, ServiceAccountChange, ServiceAccountDetails,
 };
 pub use authz::{CheckRequest, MAX_CHECK_BATCH};
 pub use clock::{Clock, FixedClock, SystemClock};

@@ -194,6 +194,8 @@ impl App {
         }
         tx.commit().await?;
         self.inner.profiles.clear();
+        // Service accounts holding the role have their grants cached beside their keys.
+        self.inner.api_keys.clear();
         tracing::info!(admin = %principal.user_id, organization = %org, role = %id, "role changed");
         Ok(after)
     }
@@ -223,6 +225,7 @@ impl App {
         tx.delete_role(org, id).await?;
         tx.commit().await?;
         self.inner.profiles.clear();
+        self.inner.api_keys.clear();
         tracing::info!(admin = %principal.user_id, organization = %org, role = %id, forced = force, "role deleted");
         Ok(())
     }
@@ -237,6 +240,39 @@ impl App {
         org: OrganizationId,
         user: UserId,
         wanted: &[String],
+    ) -> Result<Vec<CustomRole>, AppError> {
+        let current = tx.member_roles(org, user).await?;
+        let roles = self.changed_roles(tx, grants, org, wanted, &current).await?;
+        let ids: Vec<RoleId> = roles.iter().map(|r| r.id).collect();
+        tx.set_member_roles(org, user, &ids).await?;
+        Ok(roles)
+    }
+
+    /// The same for a service account of `org`.
+    pub(crate) async fn set_service_account_custom_roles(
+        &self,
+        tx: &mut dyn StoreTx,
+        grants: &[Grant],
+        org: OrganizationId,
+        account: UserId,
+        wanted: &[String],
+    ) -> Result<Vec<CustomRole>, AppError> {
+        let current = tx.service_account_roles(account).await?;
+        let roles = self.changed_roles(tx, grants, org, wanted, &current).await?;
+        let ids: Vec<RoleId> = roles.iter().map(|r| r.id).collect();
+        tx.set_service_account_roles(org, account, &ids).await?;
+        Ok(roles)
+    }
+
+    /// The roles `wanted` names (ids of `org`'s roles, at most [`MAX_ROLES_PER_MEMBER`]), refused
+    /// unless the caller could create each one given or taken relative to `current`; in name order.
+    async fn changed_roles(
+        &self,
+        tx: &mut dyn StoreTx,
+        grants: &[Grant],
+        org: OrganizationId,
+        wanted: &[String],
+        current: &[CustomRole],
     ) -> Result<Vec<CustomRole>, AppError> {
         if wanted.len() > MAX_ROLES_PER_MEMBER {
             return Err(AppError::invalid(
@@ -254,14 +290,11 @@ impl App {
                 roles.push(role);
             }
         }
-        let current = tx.member_roles(org, user).await?;
         let given = roles.iter().filter(|r| !current.iter().any(|c| c.id == r.id));
         let taken = current.iter().filter(|c| !roles.iter().any(|r| r.id == c.id));
         for role in given.chain(taken) {
             may_give(grants, role)?;
         }
-        let ids: Vec<RoleId> = roles.iter().map(|r| r.id).collect();
-        tx.set_member_roles(org, user, &ids).await?;
         roles.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
         Ok(roles)
     }

@@ -158,8 +158,11 @@ impl RoleStore for PostgresTx {
         limit: u32,
     ) -> Result<Vec<UserId>, StoreError> {
         let result: Result<Vec<String>, _> = sqlx::query_scalar(
-            "SELECT user_id FROM membership_roles WHERE organization_id = $1 AND role_id = $2 \
-             ORDER BY user_id COLLATE \"C\" LIMIT $3",
+            "SELECT holder FROM (\
+                 SELECT user_id AS holder FROM membership_roles WHERE organization_id = $1 AND role_id = $2 \
+                 UNION SELECT service_account_id FROM service_account_roles \
+                 WHERE organization_id = $1 AND role_id = $2) h \
+             ORDER BY holder COLLATE \"C\" LIMIT $3",
         )
         .bind(organization.to_string())
         .bind(id.to_string())
@@ -232,6 +235,47 @@ impl RoleStore for PostgresTx {
              WHERE h.user_id = $1 ORDER BY r.organization_id COLLATE \"C\", r.name COLLATE \"C\"",
         )
         .bind(user.to_string());
+        self.fetch_roles(query).await
+    }
+
+    async fn set_service_account_roles(
+        &mut self,
+        organization: OrganizationId,
+        account: UserId,
+        roles: &[RoleId],
+    ) -> Result<(), StoreError> {
+        let cleared = sqlx::query("DELETE FROM service_account_roles WHERE service_account_id = $1")
+            .bind(account.to_string())
+            .execute(&mut *self.tx)
+            .await;
+        if let Err(e) = cleared {
+            return Err(self.fail(e));
+        }
+        for role in roles {
+            let result = sqlx::query(
+                "INSERT INTO service_account_roles (service_account_id, organization_id, role_id) \
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(account.to_string())
+            .bind(organization.to_string())
+            .bind(role.to_string())
+            .execute(&mut *self.tx)
+            .await;
+            if let Err(e) = result {
+                return Err(self.role_conflict(e, "service_account"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn service_account_roles(&mut self, account: UserId) -> Result<Vec<CustomRole>, StoreError> {
+        let query = sqlx::query_as(
+            "SELECT r.id, r.organization_id, r.name, r.permissions, r.created_at, r.updated_at \
+             FROM service_account_roles h \
+             JOIN roles r ON r.id = h.role_id AND r.organization_id = h.organization_id \
+             WHERE h.service_account_id = $1 ORDER BY r.name COLLATE \"C\"",
+        )
+        .bind(account.to_string());
         self.fetch_roles(query).await
     }
 }

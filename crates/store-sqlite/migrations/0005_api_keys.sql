@@ -9,8 +9,23 @@ CREATE TABLE service_accounts (
     active          INTEGER NOT NULL CHECK (active IN (0, 1)),
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL,
-    UNIQUE (organization_id, name)
+    UNIQUE (organization_id, name),
+    UNIQUE (id, organization_id)
 ) STRICT;
+
+-- The organization's custom roles a service account holds besides its built-in role; a holding names
+-- the organization with both the account and the role, so the database refuses another
+-- organization's role.
+CREATE TABLE service_account_roles (
+    service_account_id TEXT    NOT NULL,
+    organization_id    TEXT    NOT NULL,
+    role_id            TEXT    NOT NULL,
+    PRIMARY KEY (service_account_id, role_id),
+    FOREIGN KEY (service_account_id, organization_id)
+        REFERENCES service_accounts (id, organization_id) ON DELETE CASCADE,
+    FOREIGN KEY (role_id, organization_id) REFERENCES roles (id, organization_id) ON DELETE CASCADE
+) STRICT;
+CREATE INDEX service_account_roles_role ON service_account_roles (role_id);
 
 -- One key, owned by exactly one person or service account. The ip of its last use is sealed like
 -- every client address (pii_key names the keyring key).

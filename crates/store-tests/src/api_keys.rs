@@ -835,3 +835,73 @@ async fn committed_last_ip(store: &dyn Store, id: &ApiKeyId) -> Result<Option<(V
     reader.commit().await.step("end the read")?;
     Ok(found.map(|(ip, key)| (ip.0, key)))
 }
+
+/// A service account holds exactly the custom roles it was given, only its own organization's
+/// (another's, or a missing one, is `Conflict { entity: "service_account" }`), in name order; it is
+/// listed among a role's holders beside members; deleting the role or the account ends the holding.
+pub async fn a_service_account_holds_its_organizations_custom_roles_and_is_listed_among_their_holders(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let acme = organization(1, "acme")?;
+    let globex = organization(2, "globex")?;
+    write_organizations(store, &[acme.clone(), globex.clone()]).await?;
+    let make_role = |seed: u8,
+                     organization: OrganizationId,
+                     name: &str|
+     -> Result<portcullis_domain::CustomRole, Failure> {
+        Ok(portcullis_domain::CustomRole {
+            id: portcullis_domain::RoleId::from_random_bytes([seed; 16]),
+            organization,
+            name: portcullis_domain::RoleName::parse(name).map_err(|e| Failure(format!("{e}")))?,
+            permissions: vec![Permission::parse("invoices:*").map_err(|e| Failure(format!("{e}")))?],
+            created_at: at(0),
+            updated_at: at(0),
+        })
+    };
+    let zeta = make_role(31, acme.id, "zeta")?;
+    let alpha = make_role(32, acme.id, "alpha")?;
+    let foreign = make_role(33, globex.id, "foreign")?;
+    let account = service_account(1, acme.id, "Robot")?;
+    let mut tx = store.begin().await.step("begin a write")?;
+    for role in [&zeta, &alpha, &foreign] {
+        tx.insert_role(role).await.step("insert a role")?;
+    }
+    tx.insert_service_account(&account).await.step("insert the service account")?;
+    tx.set_service_account_roles(acme.id, account.id, &[zeta.id, alpha.id, zeta.id])
+        .await
+        .step("give two roles")?;
+    tx.commit().await.step("commit")?;
+
+    let mut tx = store.begin().await.step("begin a write")?;
+    let refused = tx.set_service_account_roles(acme.id, account.id, &[foreign.id]).await;
+    drop(tx);
+    ensure_conflict("another organization's role", refused, "service_account")?;
+    let mut tx = store.begin().await.step("begin a write")?;
+    let refused = tx.set_service_account_roles(globex.id, account.id, &[foreign.id]).await;
+    drop(tx);
+    ensure_conflict("a service account of another organization", refused, "service_account")?;
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let held = tx.service_account_roles(account.id).await.step("its roles")?;
+    let holders = tx.role_holders(acme.id, zeta.id, 10).await.step("zeta's holders")?;
+    tx.commit().await.step("end the read")?;
+    ensure_eq("its roles, in name order", &held, &vec![alpha.clone(), zeta.clone()])?;
+    ensure_eq("zeta's holders", &holders, &vec![account.id])?;
+
+    let mut tx = store.begin().await.step("begin a write")?;
+    tx.delete_role(acme.id, zeta.id).await.step("delete zeta")?;
+    tx.commit().await.step("commit")?;
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let held = tx.service_account_roles(account.id).await.step("its roles")?;
+    tx.commit().await.step("end the read")?;
+    ensure_eq("zeta's holding went with zeta", &held, &vec![alpha.clone()])?;
+
+    let mut tx = store.begin().await.step("begin a write")?;
+    tx.delete_service_account(account.id).await.step("delete the account")?;
+    tx.commit().await.step("commit")?;
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let holders = tx.role_holders(acme.id, alpha.id, 10).await.step("alpha's holders")?;
+    tx.commit().await.step("end the read")?;
+    ensure_eq("the account's holdings went with it", &holders, &Vec::<UserId>::new())
+}

@@ -64,6 +64,14 @@ pub const CHECKS: &[Check] = &[
         run: |s| Box::pin(users_are_listed_a_page_at_a_time_in_id_order_and_by_status(s)),
     },
     Check {
+        name: "a_service_account_holds_its_organizations_custom_roles_and_is_listed_among_their_holders",
+        run: |s| {
+            Box::pin(
+                api_keys::a_service_account_holds_its_organizations_custom_roles_and_is_listed_among_their_holders(s),
+            )
+        },
+    },
+    Check {
         name: "accounts_are_listed_in_creation_order_either_way_with_ties_broken_by_id",
         run: |s| {
             Box::pin(accounts_admin::accounts_are_listed_in_creation_order_either_way_with_ties_broken_by_id(

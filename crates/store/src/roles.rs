@@ -32,7 +32,8 @@ pub trait RoleStore {
     /// Deletes a role and every holding of it; returns false if there was no such role.
     async fn delete_role(&mut self, organization: OrganizationId, id: RoleId) -> Result<bool, StoreError>;
 
-    /// Up to `limit` members holding the role, in user id order.
+    /// Up to `limit` holders of the role (members, and service accounts: their ids share one space),
+    /// in id order.
     async fn role_holders(
         &mut self,
         organization: OrganizationId,
@@ -59,4 +60,17 @@ pub trait RoleStore {
 
     /// Every custom role `user` holds, in every organization, in organization then name order.
     async fn roles_of(&mut self, user: UserId) -> Result<Vec<CustomRole>, StoreError>;
+
+    /// Makes `roles` exactly the custom roles service account `account` of `organization` holds. A
+    /// role of another organization, or an account not of `organization`, is
+    /// [`StoreError::Conflict`] with entity `"service_account"` (the foreign keys).
+    async fn set_service_account_roles(
+        &mut self,
+        organization: OrganizationId,
+        account: UserId,
+        roles: &[RoleId],
+    ) -> Result<(), StoreError>;
+
+    /// The custom roles a service account holds, in name order.
+    async fn service_account_roles(&mut self, account: UserId) -> Result<Vec<CustomRole>, StoreError>;
 }

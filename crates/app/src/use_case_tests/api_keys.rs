@@ -459,3 +459,55 @@ async fn the_profile_needs_profile_read_from_a_key() {
     assert_eq!(t.app.my_profile(&reader).await.unwrap().email, ALICE);
     assert_eq!(t.app.my_profile(&alice).await.unwrap().email, ALICE);
 }
+
+#[tokio::test]
+async fn a_service_account_holds_custom_roles_like_a_member_and_loses_them_with_the_role() {
+    let (t, owner, acme, globex, org_admin, _) = tenants().await;
+    let billing =
+        t.app.admin_create_role(&owner, &acme, "billing", &["invoices:*".to_owned()]).await.unwrap();
+    let theirs =
+        t.app.admin_create_role(&owner, &globex, "theirs", &["invoices:*".to_owned()]).await.unwrap();
+    let robot =
+        t.app.admin_create_service_account(&owner, &acme, "Biller", BuiltinRole::Member).await.unwrap();
+    let robot_id = robot.id.to_string();
+    // Acme's admin lacks invoices:*, so it can neither give the role nor take it.
+    let give =
+        ServiceAccountChange { custom_roles: Some(vec![billing.id.to_string()]), ..Default::default() };
+    forbidden(t.app.admin_update_service_account(&org_admin, &robot_id, &give).await);
+    let other =
+        ServiceAccountChange { custom_roles: Some(vec![theirs.id.to_string()]), ..Default::default() };
+    invalid(t.app.admin_update_service_account(&owner, &robot_id, &other).await, "/roles");
+    let given = t.app.admin_update_service_account(&owner, &robot_id, &give).await.unwrap();
+    assert_eq!(given.custom_roles, vec![billing.clone()]);
+    assert_eq!(
+        t.app.admin_get_service_account(&owner, &robot_id).await.unwrap().custom_roles,
+        vec![billing.clone()]
+    );
+
+    let issued =
+        t.app.admin_create_service_account_key(&owner, &robot_id, &new_key(&["invoices:pay"])).await.unwrap();
+    let as_robot = t.app.authenticate_api_key(text(&issued), &client()).await.unwrap();
+    let pay = CheckRequest {
+        permission: "invoices:pay".into(),
+        owner: None,
+        organization: Some(OrganizationId::parse(&acme).unwrap()),
+        subject: None,
+    };
+    assert!(t.app.check(&as_robot, &pay).await.unwrap().allowed);
+    let about_robot = CheckRequest { subject: Some(robot.id), ..pay.clone() };
+    assert!(t.app.check(&owner, &about_robot).await.unwrap().allowed);
+    forbidden(
+        t.app.admin_create_service_account_key(&org_admin, &robot_id, &new_key(&["profile:read"])).await,
+    );
+
+    // The role is in use by the service account; forced deletion takes it away at once.
+    let Err(AppError::RoleInUse { holders }) =
+        t.app.admin_delete_role(&owner, &acme, &billing.id.to_string(), false).await
+    else {
+        panic!("a role a service account holds is in use")
+    };
+    assert_eq!(holders, vec![robot.id]);
+    t.app.admin_delete_role(&owner, &acme, &billing.id.to_string(), true).await.unwrap();
+    let as_robot = t.app.authenticate_api_key(text(&issued), &client()).await.unwrap();
+    assert!(!t.app.check(&as_robot, &pay).await.unwrap().allowed);
+}

@@ -170,6 +170,12 @@ pub(crate) struct RoleRef {
     name: String,
 }
 
+impl From<portcullis_domain::CustomRole> for RoleRef {
+    fn from(role: portcullis_domain::CustomRole) -> Self {
+        Self { id: role.id.to_string(), name: role.name.as_str().to_owned() }
+    }
+}
+
 impl From<Member> for MemberResponse {
     fn from(m: Member) -> Self {
         Self {
@@ -177,11 +183,7 @@ impl From<Member> for MemberResponse {
             email: m.email,
             display_name: m.display_name,
             role: m.role.as_str(),
-            roles: m
-                .custom_roles
-                .into_iter()
-                .map(|r| RoleRef { id: r.id.to_string(), name: r.name.as_str().to_owned() })
-                .collect(),
+            roles: m.custom_roles.into_iter().map(RoleRef::from).collect(),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use portcullis_app::{AppError, ServiceAccountChange};
+use portcullis_app::{AppError, ServiceAccountChange, ServiceAccountDetails};
 use portcullis_domain::{BuiltinRole, ServiceAccount};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -12,6 +12,7 @@ use crate::AppState;
 use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::{Json, Query};
+use crate::handlers::organizations::RoleRef;
 
 /// A service account.
 #[derive(Debug, Serialize, ToSchema)]
@@ -22,6 +23,10 @@ pub(crate) struct ServiceAccountResponse {
     /// Its built-in role in its organization.
     role: &'static str,
     active: bool,
+    /// The organization's custom roles it holds, in name order (when reading or changing one
+    /// account; lists leave it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roles: Option<Vec<RoleRef>>,
     created_at: String,
     updated_at: String,
 }
@@ -34,9 +39,17 @@ impl From<ServiceAccount> for ServiceAccountResponse {
             name: a.name.as_str().to_owned(),
             role: a.role.as_str(),
             active: a.active,
+            roles: None,
             created_at: a.created_at.to_rfc3339(),
             updated_at: a.updated_at.to_rfc3339(),
         }
+    }
+}
+
+impl From<ServiceAccountDetails> for ServiceAccountResponse {
+    fn from(details: ServiceAccountDetails) -> Self {
+        let roles = details.custom_roles.into_iter().map(RoleRef::from).collect();
+        Self { roles: Some(roles), ..details.account.into() }
     }
 }
 
@@ -151,6 +164,9 @@ pub(crate) struct UpdateServiceAccountBody {
     role: Option<String>,
     /// `false` disables it: its keys stop working at once.
     active: Option<bool>,
+    /// The ids of its organization's custom roles it is to hold, replacing those it holds.
+    #[schema(max_items = 16)]
+    roles: Option<Vec<String>>,
 }
 
 /// Renames, re-roles, disables or enables a service account. Needs `serviceaccounts:write` in its
@@ -169,6 +185,7 @@ pub(crate) async fn update_service_account(
         name: body.name,
         role: body.role.as_deref().map(role).transpose()?,
         active: body.active,
+        custom_roles: body.roles,
     };
     Ok(axum::Json(state.app.admin_update_service_account(&principal, &id, &change).await?.into()))
 }
