@@ -55,7 +55,18 @@ pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> 
 }
 
 /// Deserializes a body, classifying errors into "not JSON" (400) and "JSON of the wrong shape" (422).
+/// Every request body is a JSON object: serde would otherwise read a struct from an array by
+/// position (`["a@example.com", 3]` as `{email, age}`), a second spelling no schema describes.
 pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => Problem::validation(vec![FieldError {
+                field: String::new(),
+                message: "has the wrong type; expected an object".into(),
+            }]),
+            Err(_) => Problem::new(ProblemType::MALFORMED_REQUEST, "The request body is not valid JSON."),
+        });
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().clone();

@@ -521,3 +521,28 @@ async fn the_openapi_document_describes_every_route_its_access_and_its_problem_r
     }
     assert!(json["components"]["schemas"]["ProblemDocument"].is_object());
 }
+
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_refused_even_where_serde_would_read_it_by_position() {
+    let router = probe_router(&WebConfig::default());
+    for (body, status) in [
+        (r#"["a@example.com", 3]"#, StatusCode::UNPROCESSABLE_ENTITY),
+        ("  [1]", StatusCode::UNPROCESSABLE_ENTITY),
+        ("3", StatusCode::UNPROCESSABLE_ENTITY),
+        ("null", StatusCode::UNPROCESSABLE_ENTITY),
+        ("[1,", StatusCode::BAD_REQUEST),
+        ("", StatusCode::BAD_REQUEST),
+    ] {
+        let req = request("POST", "/echo")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let (response, json) = send(&router, req).await;
+        assert_eq!(response.status(), status, "{body:?}: {json}");
+    }
+    let req = request("POST", "/echo")
+        .header("content-type", "application/json")
+        .body(Body::from(r#" {"email":"a@example.com","age":3}"#))
+        .unwrap();
+    assert_eq!(send(&router, req).await.0.status(), StatusCode::OK);
+}
