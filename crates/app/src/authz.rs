@@ -152,13 +152,33 @@ impl App {
             };
             let resource = Resource { owner: request.owner, organization: request.organization };
             let decision = decide(&grants, subject, wanted, &resource);
-            if !decision.allowed {
-                // The audit trail (issue 8) records denials; until then, the log does.
-                tracing::info!(caller = %principal.user_id, %subject, permission = %wanted, "check denied");
-            }
+            self.log_check(principal, subject, wanted, &decision);
             decisions.push(decision);
         }
         Ok(decisions)
+    }
+
+    /// Logs a check-API decision as one structured line (`event.kind` `authz.decision`): every
+    /// denial, and one in `log_allowed_checks_one_in` allowed decisions (a counter, so the rate is
+    /// exact). The audit trail (issue 8) will take these lines over.
+    fn log_check(&self, principal: &Principal, subject: UserId, wanted: &Permission, decision: &Decision) {
+        if decision.allowed {
+            let one_in = u64::from(self.inner.settings.log_allowed_checks_one_in);
+            let n = self.inner.allowed_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if one_in == 0 || n % one_in != 0 {
+                return;
+            }
+        }
+        tracing::info!(
+            event.kind = "authz.decision",
+            outcome = if decision.allowed { "allow" } else { "deny" },
+            sampled = decision.allowed,
+            caller = %principal.user_id,
+            %subject,
+            permission = %wanted,
+            reason = %decision.reason,
+            "authorization decision"
+        );
     }
 
     /// The grants of another account, from the same sources as the caller's own (system role,

@@ -93,6 +93,8 @@ pub struct AppSettings {
     pub password_hash: HashAlgorithm,
     pub hash_pool: HashPoolSize,
     pub api_keys: ApiKeySettings,
+    /// One in how many allowed check-API decisions is logged (0: none); denials always are.
+    pub log_allowed_checks_one_in: u32,
 }
 
 impl AppSettings {
@@ -126,6 +128,7 @@ impl AppSettings {
             password_hash: HashAlgorithm::default(),
             hash_pool: HashPoolSize::for_this_machine(),
             api_keys: ApiKeySettings::default(),
+            log_allowed_checks_one_in: 100,
         }
     }
 }
@@ -153,6 +156,8 @@ struct Inner {
     profiles: accounts::ProfileCache,
     api_keys: api_keys::KeyCache,
     role_grants: authz::RoleGrants,
+    /// Allowed check-API decisions so far, for sampling them into the log.
+    allowed_checks: std::sync::atomic::AtomicU64,
     revoked: sessions::RevokedSessions,
 }
 
@@ -181,6 +186,7 @@ impl App {
                 profiles: accounts::ProfileCache::default(),
                 api_keys: api_keys::KeyCache::default(),
                 role_grants: authz::RoleGrants::default(),
+                allowed_checks: std::sync::atomic::AtomicU64::new(0),
                 revoked: sessions::RevokedSessions::default(),
             }),
         })

@@ -24,8 +24,8 @@ mod accounts;
 mod keys;
 
 pub use accounts::{
-    AccountsConfig, ApiKeysConfig, EmailConfig, EmailTransport, PasswordAlgorithmName, PasswordConfig,
-    SignupPolicyName, SmtpSecurityName, TokenAlgorithm, TokensConfig,
+    AccountsConfig, ApiKeysConfig, AuthzConfig, EmailConfig, EmailTransport, PasswordAlgorithmName,
+    PasswordConfig, SignupPolicyName, SmtpSecurityName, TokenAlgorithm, TokensConfig,
 };
 pub use keys::KeysConfig;
 
@@ -116,6 +116,7 @@ pub struct Config {
     pub email: EmailConfig,
     pub keys: KeysConfig,
     pub api_keys: ApiKeysConfig,
+    pub authz: AuthzConfig,
     /// Files that secrets were read from (for the permission checks); not a configuration key.
     #[serde(skip)]
     pub secret_files: Vec<(String, PathBuf)>,
@@ -141,6 +142,7 @@ impl Default for Config {
             email: EmailConfig::default(),
             keys: KeysConfig::default(),
             api_keys: ApiKeysConfig::default(),
+            authz: AuthzConfig::default(),
             secret_files: Vec::new(),
             config_file: None,
         }

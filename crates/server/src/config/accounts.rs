@@ -20,6 +20,20 @@ pub enum SignupPolicyName {
     Closed,
 }
 
+/// `[authz]`: how the check API's decisions are logged.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthzConfig {
+    /// One in how many allowed decisions is logged (0: none); every denial is.
+    pub log_allowed_one_in: u32,
+}
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        Self { log_allowed_one_in: 100 }
+    }
+}
+
 /// `[api_keys]`: limits on API keys.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -194,6 +208,9 @@ impl Config {
         if !(1..=3650).contains(&self.api_keys.max_lifetime_days) {
             problems.push("api_keys.max_lifetime_days: must be 1 to 3650".into());
         }
+        if self.authz.log_allowed_one_in > 1_000_000 {
+            problems.push("authz.log_allowed_one_in: must be 0 to 1000000".into());
+        }
         if self.api_keys.rotation_grace_hours > 720 {
             problems.push("api_keys.rotation_grace_hours: must be 0 to 720".into());
         }
@@ -340,6 +357,7 @@ impl Config {
         settings.hash_pool = pool;
         settings.api_keys.max_lifetime_days = self.api_keys.max_lifetime_days;
         settings.api_keys.rotation_grace_secs = self.api_keys.rotation_grace_hours * 3600;
+        settings.log_allowed_checks_one_in = self.authz.log_allowed_one_in;
         let t = &self.tokens;
         settings.tokens.algorithm = match t.algorithm {
             TokenAlgorithm::EdDsa => SigningAlgorithm::EdDsa,

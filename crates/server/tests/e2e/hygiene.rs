@@ -163,3 +163,42 @@ async fn every_security_event_is_also_a_structured_log_line_with_a_stable_kind()
     assert!(!text.contains("siem@example.com") && !text.contains("not the password"), "{text}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn check_decisions_are_logged_every_denial_and_one_in_n_allowed() {
+    let app = crate::support::spawn_with(|config| config.authz.log_allowed_one_in = 2).await;
+    crate::support::register(&app, "decider@example.com", "velvet otter migrates at dusk").await;
+    let tokens = crate::support::login(&app, "decider@example.com", "velvet otter migrates at dusk").await;
+    let me: serde_json::Value = app.me(&tokens.access).await.json().await.unwrap();
+    let own = serde_json::json!({"permission": "profile:read", "resource": {"owner": me["id"]}});
+    let mut requests = Vec::new();
+    for body in [&own, &own, &own, &own, &serde_json::json!({"permission": "users:read"})] {
+        let response = app
+            .client
+            .post(app.url("/v1/authz/check"))
+            .bearer_auth(&tokens.access)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        requests.push(response.headers()["x-request-id"].to_str().unwrap().to_owned());
+    }
+    app.stop().await;
+    let decisions: Vec<serde_json::Value> = crate::support::log_lines()
+        .into_iter()
+        .filter(|line| {
+            line["event.kind"] == "authz.decision"
+                && line["spans"].as_array().is_some_and(|spans| {
+                    spans.iter().any(|s| requests.contains(&s["request_id"].to_string().replace('"', "")))
+                })
+        })
+        .collect();
+    let outcomes: Vec<&str> = decisions.iter().map(|d| d["outcome"].as_str().unwrap()).collect();
+    // Four allowed, one in two logged; the denial always.
+    assert_eq!(outcomes.iter().filter(|o| **o == "allow").count(), 2, "{decisions:#?}");
+    assert_eq!(outcomes.iter().filter(|o| **o == "deny").count(), 1, "{decisions:#?}");
+    let deny = decisions.iter().find(|d| d["outcome"] == "deny").unwrap();
+    assert_eq!(deny["permission"], "users:read");
+    assert!(!serde_json::to_string(&decisions).unwrap().contains("decider@example.com"));
+}
