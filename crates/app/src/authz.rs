@@ -165,7 +165,7 @@ impl App {
         if decision.allowed {
             let one_in = u64::from(self.inner.settings.log_allowed_checks_one_in);
             let n = self.inner.allowed_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if one_in == 0 || n % one_in != 0 {
+            if one_in == 0 || !n.is_multiple_of(one_in) {
                 return;
             }
         }
