@@ -127,8 +127,45 @@ pub fn with_middleware(router: Router, config: &WebConfig) -> Result<Router, Web
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout))
         .map_response(IntoResponse::into_response)
         .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
-        .layer(DefaultBodyLimit::max(config.body_limit_bytes));
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .map_request(|request: http::Request<tower_http::body::Limited<axum::body::Body>>| {
+            request.map(axum::body::Body::new)
+        })
+        .layer(axum::middleware::from_fn(read_whole_body));
     Ok(router.fallback(fallback).layer(stack))
+}
+
+/// Reads the whole request body (within the body limit and the request timeout) before the route
+/// runs. A route may answer without reading it (a 401 from the authentication extractor, a 415 for
+/// the wrong media type); closing a connection with unread bytes makes the kernel send a reset,
+/// and the client loses that answer (the security scan met this with large form bodies).
+async fn read_whole_body(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    match body.collect().await {
+        Ok(collected) => {
+            next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(collected.to_bytes())))
+                .await
+        }
+        Err(error) => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+            while let Some(current) = source {
+                if current.is::<http_body_util::LengthLimitError>() {
+                    return Problem::new(
+                        ProblemType::PAYLOAD_TOO_LARGE,
+                        "The request body is larger than allowed.",
+                    )
+                    .into_response();
+                }
+                source = current.source();
+            }
+            Problem::new(ProblemType::MALFORMED_REQUEST, "The request body could not be read.")
+                .into_response()
+        }
+    }
 }
 
 /// CORS from the explicit allowlist. With no origins configured, no response carries CORS headers

@@ -187,3 +187,31 @@ async fn a_service_account_key_introspects_tokens_and_keys_over_the_form_endpoin
     app.stop().await;
     assert!(!log_text().contains(secret.expose_secret()));
 }
+
+#[tokio::test]
+async fn a_large_body_refused_before_it_is_read_still_gets_its_answer_not_a_reset() {
+    let app = spawn_app().await;
+    // Over the kernel's socket buffers, under the body limit: the 401 is decided before the body is
+    // needed, and must still arrive (a connection closed with unread bytes is reset instead).
+    let token = "x".repeat(60_000);
+    for _ in 0..3 {
+        let response = app
+            .client
+            .post(app.url("/oauth2/introspect"))
+            .form(&[("token", token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+        let json = app
+            .client
+            .post(app.url("/v1/authz/check"))
+            .header("content-type", "text/plain")
+            .body(token.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(json.status(), 401);
+    }
+    app.stop().await;
+}
