@@ -47,13 +47,13 @@ impl App {
         Ok(None)
     }
 
-    /// Stores a new account, its address and name sealed. A taken address is
-    /// [`StoreError::Conflict`].
-    pub(crate) async fn store_user(&self, tx: &mut dyn StoreTx, user: &User) -> Result<(), AppError> {
+    /// An account as stored: its address and name sealed under the active key (the row names one key
+    /// for both) and its address indexed under the active blind-index key.
+    fn seal_user(&self, user: &User) -> Result<StoredUser, AppError> {
         let keys = self.loaded_keys();
         let row = user.id.to_string();
         let (index_key, email_index) = keys.fields.email_index(&user.email)?;
-        let stored = StoredUser {
+        Ok(StoredUser {
             id: user.id,
             email: keys.fields.seal(user.email.as_str().as_bytes(), users(&row, "email"))?,
             email_index,
@@ -70,7 +70,13 @@ impl App {
             created_at: user.created_at,
             updated_at: user.updated_at,
             last_login_at: user.last_login_at,
-        };
+        })
+    }
+
+    /// Stores a new account, its address and name sealed. A taken address is
+    /// [`StoreError::Conflict`].
+    pub(crate) async fn store_user(&self, tx: &mut dyn StoreTx, user: &User) -> Result<(), AppError> {
+        let stored = self.seal_user(user)?;
         tx.insert_user(&stored).await.map_err(|e| match e {
             StoreError::Conflict { .. } => {
                 AppError::invalid("/email", "an account with this address already exists")
@@ -86,27 +92,7 @@ impl App {
         tx: &mut dyn StoreTx,
         user: &User,
     ) -> Result<bool, AppError> {
-        let keys = self.loaded_keys();
-        let row = user.id.to_string();
-        let (index_key, email_index) = keys.fields.email_index(&user.email)?;
-        let stored = StoredUser {
-            id: user.id,
-            email: keys.fields.seal(user.email.as_str().as_bytes(), users(&row, "email"))?,
-            email_index,
-            index_key,
-            display_name: user
-                .display_name
-                .as_ref()
-                .map(|name| keys.fields.seal(name.as_str().as_bytes(), users(&row, "display_name")))
-                .transpose()?,
-            pii_key: keys.fields.active_pii_id()?.to_owned(),
-            email_verified_at: user.email_verified_at,
-            status: user.status,
-            role: user.role,
-            created_at: user.created_at,
-            updated_at: user.updated_at,
-            last_login_at: user.last_login_at,
-        };
+        let stored = self.seal_user(user)?;
         tx.update_user_details(&stored).await.map_err(|e| match e {
             StoreError::Conflict { .. } => {
                 AppError::invalid("/email", "an account with this address already exists")

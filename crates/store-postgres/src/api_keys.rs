@@ -117,17 +117,6 @@ fn owner_column(owner: KeyOwner) -> (&'static str, String) {
 }
 
 impl PostgresTx {
-    /// A write whose foreign-key or uniqueness failure is a conflict on `entity`.
-    fn api_key_conflict(&mut self, error: sqlx::Error, entity: &'static str) -> StoreError {
-        if let sqlx::Error::Database(db) = &error
-            && db.is_foreign_key_violation()
-        {
-            self.failed = true;
-            return StoreError::Conflict { entity };
-        }
-        self.fail(error).conflict_on(entity)
-    }
-
     async fn one_row(
         &mut self,
         result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>,
@@ -157,7 +146,7 @@ impl ApiKeyStore for PostgresTx {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.api_key_conflict(e, "service_account")),
+            Err(e) => Err(self.write_conflict(e, "service_account")),
         }
     }
 
@@ -210,7 +199,7 @@ impl ApiKeyStore for PostgresTx {
         .await;
         match result {
             Ok(done) => Ok(done.rows_affected() == 1),
-            Err(e) => Err(self.api_key_conflict(e, "service_account")),
+            Err(e) => Err(self.write_conflict(e, "service_account")),
         }
     }
 
@@ -249,7 +238,7 @@ impl ApiKeyStore for PostgresTx {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.api_key_conflict(e, "api_key")),
+            Err(e) => Err(self.write_conflict(e, "api_key")),
         }
     }
 

@@ -167,6 +167,18 @@ impl PostgresTx {
         self.failed = true;
         map_err(error)
     }
+
+    /// Maps a write's error: a foreign-key or uniqueness violation is a conflict on `entity` (the
+    /// referenced row is missing, or the value is taken), and the transaction can no longer commit.
+    pub(crate) fn write_conflict(&mut self, error: sqlx::Error, entity: &'static str) -> StoreError {
+        if let sqlx::Error::Database(db) = &error
+            && db.is_foreign_key_violation()
+        {
+            self.failed = true;
+            return StoreError::Conflict { entity };
+        }
+        self.fail(error).conflict_on(entity)
+    }
 }
 
 #[async_trait]

@@ -61,18 +61,6 @@ impl PostgresTx {
         };
         rows.into_iter().map(RoleRow::into_role).collect()
     }
-
-    /// A write whose foreign-key or uniqueness failure is a conflict on `entity`. The statement
-    /// failed either way, so PostgreSQL has aborted the transaction and `commit` must refuse it.
-    fn role_conflict(&mut self, error: sqlx::Error, entity: &'static str) -> StoreError {
-        if let sqlx::Error::Database(db) = &error
-            && db.is_foreign_key_violation()
-        {
-            self.failed = true;
-            return StoreError::Conflict { entity };
-        }
-        self.fail(error).conflict_on(entity)
-    }
 }
 
 #[async_trait]
@@ -93,7 +81,7 @@ impl RoleStore for PostgresTx {
         match result {
             Ok(_) => Ok(()),
             // A taken name or id, or a missing organization (the foreign key).
-            Err(e) => Err(self.role_conflict(e, "role")),
+            Err(e) => Err(self.write_conflict(e, "role")),
         }
     }
 
@@ -134,7 +122,7 @@ impl RoleStore for PostgresTx {
         .await;
         match result {
             Ok(done) => Ok(done.rows_affected() == 1),
-            Err(e) => Err(self.role_conflict(e, "role")),
+            Err(e) => Err(self.write_conflict(e, "role")),
         }
     }
 
@@ -205,7 +193,7 @@ impl RoleStore for PostgresTx {
             .await;
             if let Err(e) = result {
                 // Not a member, or the role is missing or another organization's.
-                return Err(self.role_conflict(e, "membership"));
+                return Err(self.write_conflict(e, "membership"));
             }
         }
         Ok(())
@@ -262,7 +250,7 @@ impl RoleStore for PostgresTx {
             .execute(&mut *self.tx)
             .await;
             if let Err(e) = result {
-                return Err(self.role_conflict(e, "service_account"));
+                return Err(self.write_conflict(e, "service_account"));
             }
         }
         Ok(())

@@ -117,17 +117,6 @@ fn owner_column(owner: KeyOwner) -> (&'static str, String) {
 }
 
 impl SqliteTx {
-    /// A write whose foreign-key or uniqueness failure is a conflict on `entity`.
-    fn api_key_conflict(&mut self, error: sqlx::Error, entity: &'static str) -> StoreError {
-        if let sqlx::Error::Database(db) = &error
-            && db.is_foreign_key_violation()
-        {
-            self.failed = true;
-            return StoreError::Conflict { entity };
-        }
-        self.fail(error).conflict_on(entity)
-    }
-
     async fn one_row(
         &mut self,
         result: Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error>,
@@ -157,7 +146,7 @@ impl ApiKeyStore for SqliteTx {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.api_key_conflict(e, "service_account")),
+            Err(e) => Err(self.write_conflict(e, "service_account")),
         }
     }
 
@@ -207,7 +196,7 @@ impl ApiKeyStore for SqliteTx {
         .await;
         match result {
             Ok(done) => Ok(done.rows_affected() == 1),
-            Err(e) => Err(self.api_key_conflict(e, "service_account")),
+            Err(e) => Err(self.write_conflict(e, "service_account")),
         }
     }
 
@@ -246,7 +235,7 @@ impl ApiKeyStore for SqliteTx {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.api_key_conflict(e, "api_key")),
+            Err(e) => Err(self.write_conflict(e, "api_key")),
         }
     }
 

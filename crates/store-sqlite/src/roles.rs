@@ -59,17 +59,6 @@ impl SqliteTx {
             };
         rows.into_iter().map(RoleRow::into_role).collect()
     }
-
-    /// A write whose foreign-key or uniqueness failure is a conflict on `entity`.
-    fn role_conflict(&mut self, error: sqlx::Error, entity: &'static str) -> StoreError {
-        if let sqlx::Error::Database(db) = &error
-            && db.is_foreign_key_violation()
-        {
-            self.failed = true;
-            return StoreError::Conflict { entity };
-        }
-        self.fail(error).conflict_on(entity)
-    }
 }
 
 #[async_trait]
@@ -89,7 +78,7 @@ impl RoleStore for SqliteTx {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.role_conflict(e, "role")),
+            Err(e) => Err(self.write_conflict(e, "role")),
         }
     }
 
@@ -131,7 +120,7 @@ impl RoleStore for SqliteTx {
         .await;
         match result {
             Ok(done) => Ok(done.rows_affected() == 1),
-            Err(e) => Err(self.role_conflict(e, "role")),
+            Err(e) => Err(self.write_conflict(e, "role")),
         }
     }
 
@@ -197,7 +186,7 @@ impl RoleStore for SqliteTx {
             .execute(&mut *self.tx)
             .await;
             if let Err(e) = result {
-                return Err(self.role_conflict(e, "membership"));
+                return Err(self.write_conflict(e, "membership"));
             }
         }
         Ok(())
@@ -251,7 +240,7 @@ impl RoleStore for SqliteTx {
             .execute(&mut *self.tx)
             .await;
             if let Err(e) = result {
-                return Err(self.role_conflict(e, "service_account"));
+                return Err(self.write_conflict(e, "service_account"));
             }
         }
         Ok(())
