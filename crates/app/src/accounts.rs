@@ -570,6 +570,7 @@ impl App {
                     kind: SecurityEventKind::PasswordResetForUnknownAccount,
                     user_id: None,
                     session_id: None,
+                    details: Default::default(),
                 };
                 tx.insert_security_event(&self.seal_security_event(event.clone(), client.ip.as_deref())?)
                     .await?;

@@ -4,6 +4,7 @@
 //! storage goes through the `store` traits. Time comes from a [`Clock`], so rules are testable with
 //! a fixed clock.
 
+mod abuse;
 mod accounts;
 mod admin;
 mod api_keys;
@@ -159,6 +160,7 @@ struct Inner {
     /// Allowed check-API decisions so far, for sampling them into the log.
     allowed_checks: std::sync::atomic::AtomicU64,
     revoked: sessions::RevokedSessions,
+    alerts: abuse::alerts::Alerter,
 }
 
 impl App {
@@ -188,6 +190,7 @@ impl App {
                 role_grants: authz::RoleGrants::default(),
                 allowed_checks: std::sync::atomic::AtomicU64::new(0),
                 revoked: sessions::RevokedSessions::default(),
+                alerts: abuse::alerts::Alerter::default(),
             }),
         })
     }

@@ -337,6 +337,7 @@ impl App {
                     kind: SecurityEventKind::RefreshTokenReuse,
                     user_id: session.as_ref().map(|s| s.user_id),
                     session_id: Some(session_id),
+                    details: Default::default(),
                 };
                 tx.insert_security_event(&self.seal_security_event(event.clone(), client.ip.as_deref())?)
                     .await?;
@@ -447,6 +448,7 @@ impl App {
                 kind: SecurityEventKind::CsrfRejected,
                 user_id: None,
                 session_id: None,
+                details: Default::default(),
             };
             log_security_event(&event, false);
             return Err(AppError::CsrfRejected);
@@ -602,13 +604,28 @@ impl App {
         session_id: Option<SessionId>,
         client: &ClientContext,
     ) -> Result<(), AppError> {
+        self.record_security_event_with(kind, user_id, session_id, client.ip.as_deref(), Default::default())
+            .await
+    }
+
+    /// Records one security event with its details in a transaction of its own, then logs it.
+    pub(crate) async fn record_security_event_with(
+        &self,
+        kind: SecurityEventKind,
+        user_id: Option<UserId>,
+        session_id: Option<SessionId>,
+        ip: Option<&str>,
+        details: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), AppError> {
         let id = SecurityEventId::from_random_bytes(random_id_bytes()?);
-        let event = SecurityEvent { id, at: self.now(), kind, user_id, session_id };
-        let sealed = self.seal_security_event(event.clone(), client.ip.as_deref())?;
+        let details = crate::abuse::fit_details(details);
+        let event = SecurityEvent { id, at: self.now(), kind, user_id, session_id, details };
+        let sealed = self.seal_security_event(event.clone(), ip)?;
         let mut tx = self.inner.store.begin().await?;
         tx.insert_security_event(&sealed).await?;
         tx.commit().await?;
         log_security_event(&event, true);
+        self.raise_alert(&event);
         Ok(())
     }
 }
@@ -619,10 +636,13 @@ impl App {
 pub(crate) fn log_security_event(event: &SecurityEvent, stored: bool) {
     let user = event.user_id.map(|u| u.to_string());
     let session = event.session_id.map(|s| s.to_string());
+    let details = (!event.details.is_empty()).then(|| format!("{:?}", event.details));
     tracing::info!(
         event.kind = event.kind.as_str(),
+        event.severity = event.kind.severity().as_str(),
         event.id = %event.id,
         event.stored = stored,
+        event.details = details.as_deref(),
         user = user.as_deref(),
         session = session.as_deref(),
         "security event"

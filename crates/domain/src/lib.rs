@@ -40,7 +40,7 @@ pub use role::{
     CustomRole, InvalidRoleName, MAX_ROLE_PERMISSIONS, MAX_ROLES_PER_MEMBER, MAX_ROLES_PER_ORGANIZATION,
     RoleName,
 };
-pub use security_event::{SecurityEvent, SecurityEventKind};
+pub use security_event::{MAX_SECURITY_EVENT_DETAILS_BYTES, SecurityEvent, SecurityEventKind, Severity};
 pub use session::{RevokeReason, Session, SessionKind, SessionLifetimes};
 pub use time::Timestamp;
 pub use token::{OneTimePurpose, OneTimeToken, TokenHash};

@@ -1,5 +1,7 @@
 //! Security events: things a defender wants to see and alert on, kept apart from the request log.
 
+use std::collections::BTreeMap;
+
 use crate::{SecurityEventId, SessionId, Timestamp, UserId};
 
 /// What happened.
@@ -17,6 +19,58 @@ pub enum SecurityEventKind {
     PasswordResetForUnknownAccount,
     /// A valid API key was presented from outside the networks it is allowed from.
     ApiKeyOutsideAllowedNetworks,
+    /// Too many failed logins for one account identifier: its password path is locked for a while.
+    AccountLockedOut,
+    /// An administrator cleared an automatic lockout.
+    LockoutCleared,
+    /// A rate limit refused requests (one event per limited key and minute, with the count).
+    RateLimited,
+    /// A request came from an address an IP rule denies.
+    IpDenied,
+    /// A detection rule blocked an address for a while (an automatic response).
+    IpBlocked,
+    /// Many different accounts failed to log in from one address (credential stuffing).
+    CredentialStuffing,
+    /// A burst of 403 answers for one principal or address (probing for privileges).
+    PrivilegeProbing,
+    /// A burst of 404 answers for one principal or address (scanning for resources).
+    Scanning,
+    /// An administrator logged in from an address not seen before for them.
+    AdminLoginFromNewIp,
+    /// An alert could not be delivered after its last try (the dead-letter record).
+    AlertDeliveryFailed,
+}
+
+/// How urgently a human should look, from the least to the most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    /// The configured and displayed spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// Parses the spelling of [`Severity::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "low" => Some(Severity::Low),
+            "medium" => Some(Severity::Medium),
+            "high" => Some(Severity::High),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
 }
 
 impl SecurityEventKind {
@@ -29,6 +83,59 @@ impl SecurityEventKind {
             SecurityEventKind::SignupForExistingAccount => "signup_for_existing_account",
             SecurityEventKind::PasswordResetForUnknownAccount => "password_reset_for_unknown_account",
             SecurityEventKind::ApiKeyOutsideAllowedNetworks => "api_key_outside_allowed_networks",
+            SecurityEventKind::AccountLockedOut => "account_locked_out",
+            SecurityEventKind::LockoutCleared => "lockout_cleared",
+            SecurityEventKind::RateLimited => "rate_limited",
+            SecurityEventKind::IpDenied => "ip_denied",
+            SecurityEventKind::IpBlocked => "ip_blocked",
+            SecurityEventKind::CredentialStuffing => "credential_stuffing",
+            SecurityEventKind::PrivilegeProbing => "privilege_probing",
+            SecurityEventKind::Scanning => "scanning",
+            SecurityEventKind::AdminLoginFromNewIp => "admin_login_from_new_ip",
+            SecurityEventKind::AlertDeliveryFailed => "alert_delivery_failed",
+        }
+    }
+
+    /// Every kind, in declaration order (for documentation, filters and tests).
+    pub const ALL: [SecurityEventKind; 16] = [
+        SecurityEventKind::LoginFailed,
+        SecurityEventKind::RefreshTokenReuse,
+        SecurityEventKind::CsrfRejected,
+        SecurityEventKind::SignupForExistingAccount,
+        SecurityEventKind::PasswordResetForUnknownAccount,
+        SecurityEventKind::ApiKeyOutsideAllowedNetworks,
+        SecurityEventKind::AccountLockedOut,
+        SecurityEventKind::LockoutCleared,
+        SecurityEventKind::RateLimited,
+        SecurityEventKind::IpDenied,
+        SecurityEventKind::IpBlocked,
+        SecurityEventKind::CredentialStuffing,
+        SecurityEventKind::PrivilegeProbing,
+        SecurityEventKind::Scanning,
+        SecurityEventKind::AdminLoginFromNewIp,
+        SecurityEventKind::AlertDeliveryFailed,
+    ];
+
+    /// The default severity, which alert rules compare against (configurable per kind there).
+    /// Single failures are low: one alone means nothing; what detection makes of many is higher.
+    pub fn severity(self) -> Severity {
+        match self {
+            SecurityEventKind::LoginFailed
+            | SecurityEventKind::SignupForExistingAccount
+            | SecurityEventKind::PasswordResetForUnknownAccount
+            | SecurityEventKind::LockoutCleared
+            | SecurityEventKind::RateLimited
+            | SecurityEventKind::IpDenied => Severity::Low,
+            SecurityEventKind::CsrfRejected
+            | SecurityEventKind::AccountLockedOut
+            | SecurityEventKind::Scanning
+            | SecurityEventKind::AdminLoginFromNewIp => Severity::Medium,
+            SecurityEventKind::RefreshTokenReuse
+            | SecurityEventKind::ApiKeyOutsideAllowedNetworks
+            | SecurityEventKind::IpBlocked
+            | SecurityEventKind::CredentialStuffing
+            | SecurityEventKind::PrivilegeProbing
+            | SecurityEventKind::AlertDeliveryFailed => Severity::High,
         }
     }
 }
@@ -43,6 +150,16 @@ impl SecurityEventKind {
             "signup_for_existing_account" => SecurityEventKind::SignupForExistingAccount,
             "password_reset_for_unknown_account" => SecurityEventKind::PasswordResetForUnknownAccount,
             "api_key_outside_allowed_networks" => SecurityEventKind::ApiKeyOutsideAllowedNetworks,
+            "account_locked_out" => SecurityEventKind::AccountLockedOut,
+            "lockout_cleared" => SecurityEventKind::LockoutCleared,
+            "rate_limited" => SecurityEventKind::RateLimited,
+            "ip_denied" => SecurityEventKind::IpDenied,
+            "ip_blocked" => SecurityEventKind::IpBlocked,
+            "credential_stuffing" => SecurityEventKind::CredentialStuffing,
+            "privilege_probing" => SecurityEventKind::PrivilegeProbing,
+            "scanning" => SecurityEventKind::Scanning,
+            "admin_login_from_new_ip" => SecurityEventKind::AdminLoginFromNewIp,
+            "alert_delivery_failed" => SecurityEventKind::AlertDeliveryFailed,
             _ => return None,
         };
         Some(kind)
@@ -61,23 +178,39 @@ mod tests {
             | SecurityEventKind::CsrfRejected
             | SecurityEventKind::SignupForExistingAccount
             | SecurityEventKind::PasswordResetForUnknownAccount
-            | SecurityEventKind::ApiKeyOutsideAllowedNetworks => kind,
+            | SecurityEventKind::ApiKeyOutsideAllowedNetworks
+            | SecurityEventKind::AccountLockedOut
+            | SecurityEventKind::LockoutCleared
+            | SecurityEventKind::RateLimited
+            | SecurityEventKind::IpDenied
+            | SecurityEventKind::IpBlocked
+            | SecurityEventKind::CredentialStuffing
+            | SecurityEventKind::PrivilegeProbing
+            | SecurityEventKind::Scanning
+            | SecurityEventKind::AdminLoginFromNewIp
+            | SecurityEventKind::AlertDeliveryFailed => kind,
         }
     }
 
     #[test]
     fn every_kind_parses_back_from_its_stored_spelling() {
-        for kind in [
-            SecurityEventKind::LoginFailed,
-            SecurityEventKind::RefreshTokenReuse,
-            SecurityEventKind::CsrfRejected,
-            SecurityEventKind::SignupForExistingAccount,
-            SecurityEventKind::PasswordResetForUnknownAccount,
-            SecurityEventKind::ApiKeyOutsideAllowedNetworks,
-        ] {
+        for kind in SecurityEventKind::ALL {
             assert_eq!(SecurityEventKind::parse(listed(kind).as_str()), Some(kind));
         }
+        let distinct: std::collections::BTreeSet<_> =
+            SecurityEventKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(distinct.len(), SecurityEventKind::ALL.len());
         assert_eq!(SecurityEventKind::parse("LOGIN_FAILED"), None);
+    }
+
+    #[test]
+    fn severities_order_from_low_to_critical_and_parse_back() {
+        assert!(Severity::Low < Severity::Medium && Severity::Medium < Severity::High);
+        assert!(Severity::High < Severity::Critical);
+        for s in [Severity::Low, Severity::Medium, Severity::High, Severity::Critical] {
+            assert_eq!(Severity::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Severity::parse("HIGH"), None);
     }
 }
 
@@ -89,4 +222,10 @@ pub struct SecurityEvent {
     pub kind: SecurityEventKind,
     pub user_id: Option<UserId>,
     pub session_id: Option<SessionId>,
+    /// What a defender needs to read the event (policy, count, network, rule id): short, stable
+    /// keys and values, never a secret and never personal data in clear (the ip is sealed apart).
+    pub details: BTreeMap<String, String>,
 }
+
+/// Longest details a security event may carry, in bytes of keys and values together.
+pub const MAX_SECURITY_EVENT_DETAILS_BYTES: usize = 2048;

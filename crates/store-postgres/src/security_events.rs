@@ -16,6 +16,7 @@ struct EventRow {
     session_id: Option<String>,
     ip: Option<Vec<u8>>,
     pii_key: Option<String>,
+    details: String,
 }
 
 impl EventRow {
@@ -37,6 +38,8 @@ impl EventRow {
                     .map(|id| SessionId::parse(&id))
                     .transpose()
                     .map_err(|_| corrupt("security_events.session_id is not a uuid"))?,
+                details: serde_json::from_str(&self.details)
+                    .map_err(|_| corrupt("security_events.details is not an object of strings"))?,
             },
             ip: self.ip.map(Sealed),
             pii_key: self.pii_key,
@@ -49,8 +52,8 @@ impl SecurityEventStore for PostgresTx {
     async fn insert_security_event(&mut self, stored: &StoredSecurityEvent) -> Result<(), StoreError> {
         let event = &stored.event;
         let result = sqlx::query(
-            "INSERT INTO security_events (id, at, kind, user_id, session_id, ip, pii_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO security_events (id, at, kind, user_id, session_id, ip, pii_key, details) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(event.id.to_string())
         .bind(event.at.as_unix_millis())
@@ -59,6 +62,7 @@ impl SecurityEventStore for PostgresTx {
         .bind(event.session_id.map(|id| id.to_string()))
         .bind(stored.ip.as_ref().map(|ip| ip.0.as_slice()))
         .bind(stored.pii_key.as_deref())
+        .bind(details_json(&event.details)?)
         .execute(&mut *self.tx)
         .await;
         match result {
@@ -74,7 +78,7 @@ impl SecurityEventStore for PostgresTx {
     ) -> Result<Vec<StoredSecurityEvent>, StoreError> {
         // seq breaks ties between events of the same millisecond in the order they were recorded.
         let rows: Vec<EventRow> = match sqlx::query_as(
-            "SELECT id, at, kind, user_id, session_id, ip, pii_key FROM security_events \
+            "SELECT id, at, kind, user_id, session_id, ip, pii_key, details FROM security_events \
              WHERE user_id = $1 ORDER BY at DESC, seq DESC LIMIT $2",
         )
         .bind(user.to_string())
@@ -87,4 +91,9 @@ impl SecurityEventStore for PostgresTx {
         };
         rows.into_iter().map(EventRow::into_event).collect()
     }
+}
+
+/// The details as a JSON object (the app keeps them within `MAX_SECURITY_EVENT_DETAILS_BYTES`).
+fn details_json(details: &std::collections::BTreeMap<String, String>) -> Result<String, StoreError> {
+    serde_json::to_string(details).map_err(|e| StoreError::Database(Box::new(e)))
 }

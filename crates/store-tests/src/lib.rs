@@ -3317,6 +3317,12 @@ fn event(seed: u8, kind: SecurityEventKind, owner: Option<UserId>, offset: i64) 
             kind,
             user_id: owner,
             session_id: None,
+            details: [
+                ("policy".to_string(), "login_ip".to_string()),
+                ("count".to_string(), seed.to_string()),
+            ]
+            .into_iter()
+            .collect(),
         },
         ip: None,
         pii_key: None,
