@@ -52,7 +52,7 @@ BASE="http://127.0.0.1:$PORT"
 bench_port_free "$BASE/" "port $PORT is already in use; set PORT"
 
 mkdir -p "$TMP/data"
-bench_start "$TMP/server.log" env PORTCULLIS_LOG__LEVEL=warn \
+bench_start "$TMP/server.log" env PORTCULLIS_LOG__LEVEL=warn PORTCULLIS_RATE_LIMITS__ENABLED=false \
     "$PORTCULLIS_BIN" serve --data-dir "$TMP/data" --listen "127.0.0.1:$PORT"
 SERVER_PID=$BENCH_PID
 bench_wait_up "$SERVER_PID" "$BASE/healthz" "the server did not come up on $BASE" "$TMP/server.log"

@@ -82,10 +82,10 @@ for name in "${SERVERS[@]}"; do
 done
 
 mkdir -p "$TMP/main" "$TMP/cheap"
-bench_start "$TMP/main.log" env PORTCULLIS_LOG__LEVEL=warn \
+bench_start "$TMP/main.log" env PORTCULLIS_LOG__LEVEL=warn PORTCULLIS_RATE_LIMITS__ENABLED=false \
     "$PORTCULLIS_BIN" serve --data-dir "$TMP/main" --listen "${BASE_URL[main]#http://}"
 PID[main]=$BENCH_PID
-bench_start "$TMP/cheap.log" env PORTCULLIS_LOG__LEVEL=warn PORTCULLIS_PASSWORD__ARGON2_MEMORY_KIB=64 PORTCULLIS_PASSWORD__ARGON2_ITERATIONS=1 \
+bench_start "$TMP/cheap.log" env PORTCULLIS_LOG__LEVEL=warn PORTCULLIS_RATE_LIMITS__ENABLED=false PORTCULLIS_PASSWORD__ARGON2_MEMORY_KIB=64 PORTCULLIS_PASSWORD__ARGON2_ITERATIONS=1 \
     "$PORTCULLIS_BIN" serve --data-dir "$TMP/cheap" --listen "${BASE_URL[cheap]#http://}"
 PID[cheap]=$BENCH_PID
 

@@ -255,6 +255,7 @@ impl App {
         }
         let account =
             self.validate_new_account(&request.email, request.display_name.as_deref(), &request.password)?;
+        self.spend_identifier_budget(&request.email).await?;
         // Hash first, on both paths: the expensive step must not tell a new address from a taken one.
         let hash = self.inner.hasher.hash(account.password).await?;
         let now = self.now();
@@ -542,6 +543,7 @@ impl App {
         let Ok(email) = Email::parse(email) else {
             return Err(AppError::invalid("/email", "must be an email address like name@example.com"));
         };
+        self.spend_identifier_budget(email.as_str()).await?;
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
         let user =
@@ -576,6 +578,7 @@ impl App {
                     .await?;
                 tx.commit().await?;
                 crate::sessions::log_security_event(&event, true);
+                self.raise_alert(&event);
             }
         }
         Ok(())
@@ -603,6 +606,8 @@ impl App {
             .map_err(|rule| AppError::invalid("/new_password", rule))?;
         tx.set_password_hash(user.id, &hash, now).await?;
         tx.void_one_time_tokens(user.id, OneTimePurpose::PasswordReset, now).await?;
+        // Proving control of the mailbox ends a lockout: guessing cannot keep the owner out.
+        self.clear_lockout_in(tx.as_mut(), &user.email).await?;
         let revoked =
             revoke_sessions_in(tx.as_mut(), user.id, None, RevokeReason::PasswordChanged, now).await?;
         tx.commit().await?;

@@ -5,8 +5,11 @@
 //! touch an owner), nobody disables, demotes or deletes themselves, and the last active owner can be
 //! none of disabled, demoted or deleted. A disabled or locked account's sessions end at once.
 
+use std::collections::BTreeMap;
+
 use portcullis_domain::{
-    BuiltinRole, DisplayName, Email, Resource, RevokeReason, Timestamp, User, UserId, UserStatus, holds_all,
+    BuiltinRole, DisplayName, Email, Resource, RevokeReason, SecurityEventKind, Timestamp, User, UserId,
+    UserStatus, holds_all,
 };
 use secrecy::SecretString;
 
@@ -438,6 +441,10 @@ impl App {
             // nothing (a locked account is unlocked, not enabled, so the reason stays visible).
             (_, current) => current,
         };
+        // Unlocking also ends an automatic lockout of the account's address (recorded as a security
+        // event), whether or not the account itself was on hold.
+        let lockout_cleared =
+            change == StatusChange::Unlock && self.clear_lockout_in(tx.as_mut(), &user.email).await?;
         let mut revoked = Vec::new();
         if status != user.status {
             if user.role == BuiltinRole::Owner && status != UserStatus::Active {
@@ -451,6 +458,11 @@ impl App {
         tx.commit().await?;
         self.forget_sessions(&revoked, now);
         self.inner.profiles.forget(id);
+        if lockout_cleared {
+            let details = BTreeMap::from([("by".to_owned(), principal.user_id.to_string())]);
+            self.record_security_event_with(SecurityEventKind::LockoutCleared, Some(id), None, None, details)
+                .await?;
+        }
         tracing::info!(admin = %principal.user_id, user = %id, status = status.as_str(), "account status changed");
         Ok(AdminUser { status, updated_at: now, ..user.into() })
     }

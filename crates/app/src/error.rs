@@ -67,6 +67,27 @@ pub enum AppError {
     #[error("overloaded; retry in {retry_after_secs} s")]
     Overloaded { retry_after_secs: u32 },
 
+    /// A rate limit refused the request: nothing was done. HTTP 429 with `Retry-After` and the
+    /// `RateLimit-*` headers of the budget that refused it.
+    #[error("rate limited ({})", .0.policy.as_str())]
+    RateLimited(crate::Refusal),
+
+    /// Too many failed logins named this account identifier: its password path is locked for a while
+    /// (the reset by email is not). The same for known and unknown addresses. HTTP 429 with
+    /// `Retry-After`.
+    #[error("login locked")]
+    LoginLocked { retry_after_secs: u64 },
+
+    /// An IP rule refuses the client's address (a deny rule covers it, or an allowlist does not):
+    /// nothing was done, no authentication was tried. HTTP 403.
+    #[error("the client address is not allowed")]
+    IpDenied,
+
+    /// The shared rate limit store is unreachable and the configured failure mode is closed: the
+    /// request is refused unmetered rather than served so. HTTP 503 with `Retry-After`.
+    #[error("rate limit store unavailable")]
+    RateLimiterUnavailable,
+
     /// A dependency (database) is unavailable right now; the caller may retry. HTTP 503.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] StoreError),

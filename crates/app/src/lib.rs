@@ -23,6 +23,7 @@ mod pii;
 mod readiness;
 mod roles;
 mod secret_token;
+mod security_events;
 mod sessions;
 #[cfg(test)]
 mod testing;
@@ -39,6 +40,16 @@ use secrecy::SecretSlice;
 pub use keys::{KEK_BYTES, KEY_SYNC_SECS, KekSet, KeyInfo, KeySettings, Reencryption, Rotation};
 pub use portcullis_store::{KeyPurpose, KeyState};
 
+pub use abuse::RateStanding;
+pub use abuse::alerts::{
+    AlertCounters, AlertSettings, AlertSinkError, EmailSink, RetryPolicy, SIGNATURE_HEADER, SignatureError,
+    WebhookSink, signature_header, verify_signature,
+};
+pub use abuse::ip_rules::{IP_RULE_SYNC_SECS, IpRuleSettings, MAX_IP_RULE_EXPIRY_SECS, NewIpRule};
+pub use abuse::rate_limit::{
+    Allowance, FailureMode, RateLimitBackendSettings, RateLimitSettings, RatePolicy, RatePolicyKind, Refusal,
+    redis_url_is_valid,
+};
 pub use accounts::{PROFILE_CACHE_MILLIS, Profile, SignupPolicy, SignupRequest};
 pub use admin::{
     AdminUser, DEFAULT_PAGE, MAX_PAGE, StatusChange, USER_SCAN_BUDGET, UserChange, UserPage, UserQuery,
@@ -55,6 +66,7 @@ pub use passwords::{BCRYPT_MAX_BYTES, HashAlgorithm, HashPoolSize, HashSlot, Pas
 pub use readiness::{CheckState, Readiness};
 pub use roles::{MAX_HOLDERS_LISTED, OrganizationRoles, RoleChange};
 pub use secret_token::SecretToken;
+pub use security_events::{AdminSecurityEvent, SecurityEventFilter, SecurityEventList};
 pub use sessions::{
     ClientContext, Credential, IssuedCredentials, LoginMode, LoginOutcome, Principal, PrincipalKind,
     REVOCATION_SYNC_SECS, SessionSummary, SessionTransport,
@@ -96,6 +108,13 @@ pub struct AppSettings {
     pub api_keys: ApiKeySettings,
     /// One in how many allowed check-API decisions is logged (0: none); denials always are.
     pub log_allowed_checks_one_in: u32,
+    /// Which security events alert, and the webhook and email sinks they go to.
+    pub alerts: AlertSettings,
+    pub rate_limits: RateLimitSettings,
+    /// The configuration file's IP rules (fixed; administrators add theirs through the API).
+    pub ip_rules: IpRuleSettings,
+    /// Failed logins per account identifier that lock its password path, and for how long.
+    pub lockout: portcullis_domain::LockoutPolicy,
 }
 
 impl AppSettings {
@@ -130,6 +149,10 @@ impl AppSettings {
             hash_pool: HashPoolSize::for_this_machine(),
             api_keys: ApiKeySettings::default(),
             log_allowed_checks_one_in: 100,
+            alerts: AlertSettings::default(),
+            rate_limits: RateLimitSettings::default(),
+            ip_rules: IpRuleSettings::default(),
+            lockout: portcullis_domain::LockoutPolicy::default(),
         }
     }
 }
@@ -161,6 +184,8 @@ struct Inner {
     allowed_checks: std::sync::atomic::AtomicU64,
     revoked: sessions::RevokedSessions,
     alerts: abuse::alerts::Alerter,
+    rate_limits: abuse::RateLimits,
+    ip_rules: abuse::ip_rules::IpRules,
 }
 
 impl App {
@@ -174,6 +199,9 @@ impl App {
     ) -> Result<Self, AppError> {
         let hasher = PasswordHasher::new(settings.password_hash, settings.hash_pool)?;
         let csrf = CsrfKey::derive(&settings.instance_secret)?;
+        let alerts = abuse::alerts::Alerter::new(&settings.alerts, settings.version);
+        let rate_limits = abuse::RateLimits::new(settings.rate_limits.clone(), clock.clone())?;
+        let ip_rules = abuse::ip_rules::IpRules::new(&settings.ip_rules, clock.now());
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -190,7 +218,9 @@ impl App {
                 role_grants: authz::RoleGrants::default(),
                 allowed_checks: std::sync::atomic::AtomicU64::new(0),
                 revoked: sessions::RevokedSessions::default(),
-                alerts: abuse::alerts::Alerter::default(),
+                alerts,
+                rate_limits,
+                ip_rules,
             }),
         })
     }

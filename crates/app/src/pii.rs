@@ -193,9 +193,7 @@ impl App {
         })
     }
 
-    /// A stored security event with its client ip opened (for the security-event reader that the
-    /// abuse issue adds; tests use it now).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// A stored security event with its client ip opened (for the security-event list).
     pub(crate) async fn open_security_event(
         &self,
         tx: &mut dyn StoreTx,

@@ -193,28 +193,37 @@ impl App {
         if password.expose_secret().len() > MAX_PRESENTED_PASSWORD_BYTES {
             return Err(AppError::InvalidCredentials);
         }
+        // The identifier's budget before any work: guesses spread over many addresses still share it.
+        self.spend_identifier_budget(email).await?;
+        let subject = self.identifier_subject(email)?;
         // Queue for the hash before reading the account: a login the pool will shed costs nothing more.
         let slot = self.inner.hasher.reserve()?;
         let password = SecretString::from(normalize_password(password.expose_secret()));
-        let (user, stored) = match Email::parse(email) {
-            Ok(email) => {
+        let (user, stored, throttle) = match (Email::parse(email), subject) {
+            (Ok(email), Some(subject)) => {
                 let mut tx = self.inner.store.begin_read().await?;
+                let throttle = tx.login_throttle(&subject).await?;
                 let user = self.find_user_by_email(tx.as_mut(), &email).await?;
                 let stored = match &user {
                     Some(user) => tx.password_hash(user.id).await?,
                     None => None,
                 };
                 tx.rollback().await?;
-                (user, stored)
+                (user, stored, throttle)
             }
-            Err(_) => (None, None),
+            _ => (None, None, None),
         };
+        // A locked identifier is refused before its password is checked, known or not alike.
+        self.refuse_if_locked(throttle.as_ref())?;
         let verified = slot.verify(password, stored.clone()).await?;
         let user = match (user, verified) {
             (Some(user), Verified::Yes { rehash }) if user.status == UserStatus::Active => (user, rehash),
             (user, _) => {
-                self.record_security_event(SecurityEventKind::LoginFailed, user.map(|u| u.id), None, client)
-                    .await?;
+                let user = user.map(|u| u.id);
+                self.record_security_event(SecurityEventKind::LoginFailed, user, None, client).await?;
+                if let Some(subject) = subject {
+                    self.count_login_failure(subject, user, client).await?;
+                }
                 return Err(AppError::InvalidCredentials);
             }
         };
@@ -232,6 +241,10 @@ impl App {
         if let (Some(new), Some(old)) = (rehash, stored) {
             // Conditional: a password changed since we read it is never overwritten.
             tx.replace_password_hash(user.id, &old, &new, now).await?;
+        }
+        if let (Some(subject), Some(_)) = (subject, &throttle) {
+            // A success forgets the failures, and the doubling starts again from the first lockout.
+            tx.clear_login_throttle(&subject).await?;
         }
         if !tx.record_login(user.id, now).await? {
             // Disabled, locked or deleted since it was read (an administrator's change committed
@@ -343,6 +356,7 @@ impl App {
                     .await?;
                 tx.commit().await?;
                 log_security_event(&event, true);
+                self.raise_alert(&event);
                 self.forget_session(session_id, now);
                 tracing::warn!(session = %session_id, "a spent refresh token was presented; session revoked");
                 Err(AppError::Unauthenticated)

@@ -42,6 +42,11 @@ pub fn settings() -> AppSettings {
     settings.accounts.require_verified_email = false;
     settings.password_hash = HashAlgorithm::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 };
     settings.hash_pool = HashPoolSize { workers: 2, queue: 8 };
+    // Use-case tests log in as the same few people again and again: budgets are out of their way,
+    // except in the rate limit tests, which set their own.
+    let generous = crate::RatePolicy::per_minute(1_000_000);
+    let r = &mut settings.rate_limits;
+    (r.ip, r.auth_ip, r.account, r.principal, r.api_key) = (generous, generous, generous, generous, generous);
     settings
 }
 
@@ -90,4 +95,16 @@ pub async fn app() -> TestApp {
     let test = app_on(store);
     test.app.load_keys().await.unwrap();
     test
+}
+
+/// The stored security events of one kind, newest first (at most 200).
+pub async fn security_events(
+    app: &App,
+    kind: portcullis_domain::SecurityEventKind,
+) -> Vec<portcullis_domain::SecurityEvent> {
+    let mut tx = app.store().begin_read().await.unwrap();
+    let query = portcullis_store::SecurityEventQuery { kinds: vec![kind], limit: 200, ..Default::default() };
+    let page = tx.list_security_events(&query).await.unwrap();
+    tx.rollback().await.unwrap();
+    page.events.into_iter().map(|stored| stored.event).collect()
 }

@@ -18,9 +18,14 @@ use portcullis_store_sqlite::{SqliteOptions, SqliteStore};
 use secrecy::SecretString;
 
 mod admin;
+mod alerts;
 mod api_keys;
+mod ip_rules;
 mod keys;
+mod lockout;
+mod rate_limits;
 mod roles;
+mod security_events;
 
 use crate::mail::OutgoingEmail;
 use crate::testing::{self, RecordingMailer, TestApp};

@@ -10,6 +10,8 @@ pub mod email;
 pub mod error_chain;
 pub mod ids;
 pub mod instance;
+pub mod ip_rule;
+pub mod lockout;
 pub mod organization;
 pub mod password_policy;
 pub mod permission;
@@ -30,6 +32,11 @@ pub use email::{Email, EmailError};
 pub use error_chain::error_chain;
 pub use ids::{InvalidId, OrganizationId, RoleId, SecurityEventId, SessionId, UserId};
 pub use instance::{InstanceId, InstanceMeta};
+pub use ip_rule::{
+    InvalidNetwork, IpDenial, IpRule, IpRuleAction, IpRuleId, IpRuleScope, IpRuleSet, IpRuleSource,
+    MAX_ADMIN_IP_RULES, MAX_DETECTION_IP_RULES, MAX_IP_RULE_NOTE_CHARS, parse_network,
+};
+pub use lockout::{LockoutPolicy, LoginThrottle};
 pub use organization::{DEFAULT_ORGANIZATION_SLUG, InvalidSlug, Organization, OrganizationSlug};
 pub use password_policy::{PasswordPolicy, PasswordRule, normalize_password};
 pub use permission::{

@@ -21,20 +21,26 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::cli::GlobalArgs;
 
 mod accounts;
+mod alerts;
+mod ip_rules;
 mod keys;
+mod rate_limits;
 
 pub use accounts::{
     AccountsConfig, ApiKeysConfig, AuthzConfig, EmailConfig, EmailTransport, PasswordAlgorithmName,
     PasswordConfig, SignupPolicyName, SmtpSecurityName, TokenAlgorithm, TokensConfig,
 };
+pub use alerts::{AlertsConfig, EmailAlertConfig, SeverityName, WebhookConfig};
+pub use ip_rules::IpRulesConfig;
 pub use keys::KeysConfig;
+pub use rate_limits::{FailureModeName, LockoutConfig, RateLimitsConfig, RedisConfig};
 
 /// The environment prefix of every configuration variable.
 pub const ENV_PREFIX: &str = "PORTCULLIS_";
 
 /// Keys that hold secrets: readable from `*_FILE` variables, never printed.
 pub const SECRET_KEYS: &[&str] =
-    &["secrets.instance_secret", "database.url", "email.smtp_password", "keys.kek"];
+    &["secrets.instance_secret", "database.url", "email.smtp_password", "keys.kek", "redis.url"];
 
 /// Secret values printed in config/example.toml and the docs. A production server refuses them:
 /// a secret that is published is not a secret.
@@ -117,6 +123,11 @@ pub struct Config {
     pub keys: KeysConfig,
     pub api_keys: ApiKeysConfig,
     pub authz: AuthzConfig,
+    pub alerts: AlertsConfig,
+    pub rate_limits: RateLimitsConfig,
+    pub ip_rules: IpRulesConfig,
+    pub lockout: LockoutConfig,
+    pub redis: RedisConfig,
     /// Files that secrets were read from (for the permission checks); not a configuration key.
     #[serde(skip)]
     pub secret_files: Vec<(String, PathBuf)>,
@@ -143,6 +154,11 @@ impl Default for Config {
             keys: KeysConfig::default(),
             api_keys: ApiKeysConfig::default(),
             authz: AuthzConfig::default(),
+            alerts: AlertsConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
+            ip_rules: IpRulesConfig::default(),
+            lockout: LockoutConfig::default(),
+            redis: RedisConfig::default(),
             secret_files: Vec::new(),
             config_file: None,
         }
@@ -554,6 +570,9 @@ impl Config {
             problems.push("database.max_connections: must be at least 1".into());
         }
         problems.extend(self.account_problems());
+        problems.extend(self.rate_limit_problems());
+        problems.extend(self.alert_problems());
+        problems.extend(self.ip_rule_problems());
         problems.extend(self.key_problems());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
@@ -587,6 +606,8 @@ impl Config {
         }
         problems.extend(self.account_production_problems());
         problems.extend(self.key_production_problems());
+        problems.extend(self.rate_limit_production_problems());
+        problems.extend(self.alert_production_problems());
         if let Some(secret) = &self.email.smtp_password {
             problems.extend(
                 secret_problem("email.smtp_password", secret.expose()).filter(|p| p.contains("example")),

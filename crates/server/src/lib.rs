@@ -180,6 +180,8 @@ pub async fn open_app(config: &Config) -> Result<App, StartError> {
         &config.public_url(config.tls.cert_file.is_some(), config.http.listen),
     );
     config.apply_account_settings(&mut settings);
+    config.apply_rate_limit_settings(&mut settings);
+    config.apply_ip_rule_settings(&mut settings);
     settings.keys = config.key_settings();
     let mailer = config.mailer().map_err(|e| ConfigError { problems: vec![e] })?;
     let app = App::new(store, Arc::new(SystemClock), settings, mailer)?;
@@ -249,18 +251,27 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         &config.public_url(tls.is_some(), local_addr),
     );
     config.apply_account_settings(&mut settings);
+    config.apply_rate_limit_settings(&mut settings);
+    config.apply_ip_rule_settings(&mut settings);
     settings.keys = config.key_settings();
+    settings.alerts = config.alert_settings()?;
     let mailer = config.mailer().map_err(|e| ConfigError { problems: vec![e] })?;
     let app = App::new(store.clone(), Arc::new(SystemClock), settings, mailer)?;
     let (shutdown, receiver) = watch::channel(false);
-    let mut tasks = Vec::new();
-    // Runs from the start; it waits for the keys when the schema is not current yet.
-    tasks.push(tokio::spawn(sync_revocations(app.clone(), receiver.clone())));
-    tasks.push(tokio::spawn(sync_keys(app.clone(), receiver.clone())));
-    tasks.push(tokio::spawn(reencrypt(app.clone(), receiver.clone())));
+    let mut tasks = vec![
+        // Runs from the start; it waits for the keys when the schema is not current yet.
+        tokio::spawn(sync_revocations(app.clone(), receiver.clone())),
+        tokio::spawn(sync_keys(app.clone(), receiver.clone())),
+        tokio::spawn(reencrypt(app.clone(), receiver.clone())),
+        tokio::spawn(rate_limit_upkeep(app.clone(), receiver.clone())),
+        tokio::spawn(app.clone().deliver_alerts(receiver.clone())),
+        tokio::spawn(ip_rule_upkeep(app.clone(), receiver.clone())),
+    ];
     if store.migration_status().await?.is_current() {
         app.finish_bootstrap().await?;
         app.sync_revocations().await?;
+        // The stored IP rules are in force before the first request is served.
+        app.reload_ip_rules().await?;
         if let Some(token) = app.issue_setup_token().await? {
             // The one secret ever logged, on purpose: it is how the operator of a fresh installation
             // with no accounts creates the first owner. Single use, valid one hour, useless once any
@@ -309,6 +320,75 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         config.mode,
     );
     Ok(RunningServer { local_addr, redirect_addr, tls, app, shutdown, tasks, _data_dir_lock: data_dir_lock })
+}
+
+/// Until shutdown: every few seconds forgets rate limit budgets that are full again (bounding memory
+/// under a flood of distinct addresses), and each minute records what was refused as security events.
+async fn rate_limit_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
+    const SWEEP_SECS: u64 = 5;
+    let mut interval = tokio::time::interval(Duration::from_secs(SWEEP_SECS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                app.sweep_rate_limits();
+                ticks += 1;
+                if ticks.is_multiple_of(60 / SWEEP_SECS)
+                    && app.can_sign_tokens()
+                    && let Err(error) = app.record_rate_limit_trips().await
+                {
+                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "recording rate limit trips failed");
+                }
+            }
+            _ = shutdown.changed() => {
+                // What was refused in the last minute is not lost on a clean shutdown.
+                if app.can_sign_tokens() {
+                    let _ = app.record_rate_limit_trips().await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Until shutdown: every [`portcullis_app::IP_RULE_SYNC_SECS`] puts in force the IP rules other nodes
+/// changed; each minute records the denials as security events and purges expired rules. A failed
+/// reload keeps the rules in force as they were (logged once a minute, not every tick).
+async fn ip_rule_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
+    let sync = portcullis_app::IP_RULE_SYNC_SECS;
+    let mut interval = tokio::time::interval(Duration::from_secs(sync));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                // Before the schema is current there are no rules to read and nowhere to record.
+                if !app.can_sign_tokens() {
+                    continue;
+                }
+                ticks += 1;
+                let minute = ticks.is_multiple_of(60 / sync);
+                if let Err(error) = app.reload_ip_rules().await && minute {
+                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "reloading ip rules failed");
+                }
+                if minute {
+                    if let Err(error) = app.record_ip_denials().await {
+                        tracing::warn!(error = %portcullis_domain::error_chain(&error), "recording ip denials failed");
+                    }
+                    if let Err(error) = app.purge_expired_ip_rules().await {
+                        tracing::warn!(error = %portcullis_domain::error_chain(&error), "purging expired ip rules failed");
+                    }
+                }
+            }
+            _ = shutdown.changed() => {
+                if app.can_sign_tokens() {
+                    let _ = app.record_ip_denials().await;
+                }
+                return;
+            }
+        }
+    }
 }
 
 /// Picks up sessions revoked by other nodes until shutdown, so their access tokens stop working here

@@ -9,7 +9,9 @@
 mod accounts;
 mod api_keys;
 mod instance;
+mod ip_rules;
 mod keys;
+mod login_throttle;
 mod organizations;
 mod pii;
 mod roles;
@@ -328,7 +330,7 @@ mod tests {
 
     #[test]
     fn versions_this_binary_lacks_are_reported_as_unknown() {
-        let status = status_of(&MIGRATOR, vec![1, 2, 3, 4, 5, 99]);
+        let status = status_of(&MIGRATOR, vec![1, 2, 3, 4, 5, 6, 99]);
         assert!(status.pending.is_empty());
         assert_eq!(status.unknown, vec![99]);
         assert!(!status.is_current());

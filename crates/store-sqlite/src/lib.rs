@@ -8,7 +8,9 @@
 mod accounts;
 mod api_keys;
 mod instance;
+mod ip_rules;
 mod keys;
+mod login_throttle;
 mod organizations;
 mod pii;
 mod roles;

@@ -26,7 +26,10 @@ use portcullis_store::{
 
 mod accounts_admin;
 mod api_keys;
+mod ip_rules;
+mod login_throttle;
 mod roles;
+mod security_events;
 
 /// Why a check failed, in words that name the step and the engine's error chain.
 #[derive(Debug)]
@@ -59,6 +62,14 @@ pub struct Check {
 /// without further wiring; [`a_database_migrated_by_a_newer_binary_is_refused`] is separate because
 /// it must write behind the store's back.
 pub const CHECKS: &[Check] = &[
+    Check {
+        name: "a_login_throttle_round_trips_is_replaced_whole_and_clears",
+        run: |s| Box::pin(login_throttle::a_login_throttle_round_trips_is_replaced_whole_and_clears(s)),
+    },
+    Check {
+        name: "purging_forgets_idle_login_throttles_but_not_locked_ones",
+        run: |s| Box::pin(login_throttle::purging_forgets_idle_login_throttles_but_not_locked_ones(s)),
+    },
     Check {
         name: "users_are_listed_a_page_at_a_time_in_id_order_and_by_status",
         run: |s| Box::pin(users_are_listed_a_page_at_a_time_in_id_order_and_by_status(s)),
@@ -261,6 +272,42 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "security_events_round_trip_newest_first_up_to_the_limit",
         run: |s| Box::pin(security_events_round_trip_newest_first_up_to_the_limit(s)),
+    },
+    Check {
+        name: "security_events_are_listed_newest_first_a_page_at_a_time_without_repeats_or_gaps",
+        run: |s| {
+            Box::pin(
+                security_events::security_events_are_listed_newest_first_a_page_at_a_time_without_repeats_or_gaps(s),
+            )
+        },
+    },
+    Check {
+        name: "a_security_event_cursor_is_the_position_of_the_last_event_of_its_page",
+        run: |s| {
+            Box::pin(security_events::a_security_event_cursor_is_the_position_of_the_last_event_of_its_page(
+                s,
+            ))
+        },
+    },
+    Check {
+        name: "security_events_are_filtered_by_kinds_account_and_half_open_time_range",
+        run: |s| {
+            Box::pin(security_events::security_events_are_filtered_by_kinds_account_and_half_open_time_range(
+                s,
+            ))
+        },
+    },
+    Check {
+        name: "filtered_pages_continue_where_they_stopped_while_new_events_are_recorded",
+        run: |s| {
+            Box::pin(
+                security_events::filtered_pages_continue_where_they_stopped_while_new_events_are_recorded(s),
+            )
+        },
+    },
+    Check {
+        name: "a_listed_security_event_comes_back_whole_with_its_details",
+        run: |s| Box::pin(security_events::a_listed_security_event_comes_back_whole_with_its_details(s)),
     },
     Check {
         name: "sealed_fields_of_every_table_round_trip_byte_for_byte",
@@ -493,6 +540,22 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "deleting_an_account_takes_its_role_holdings",
         run: |s| Box::pin(roles::deleting_an_account_takes_its_role_holdings(s)),
+    },
+    Check {
+        name: "an_ip_rule_round_trips_every_field_and_rules_are_listed_oldest_first",
+        run: |s| Box::pin(ip_rules::an_ip_rule_round_trips_every_field_and_rules_are_listed_oldest_first(s)),
+    },
+    Check {
+        name: "a_reused_ip_rule_id_conflicts_and_a_detection_rule_must_expire",
+        run: |s| Box::pin(ip_rules::a_reused_ip_rule_id_conflicts_and_a_detection_rule_must_expire(s)),
+    },
+    Check {
+        name: "deleting_an_ip_rule_reports_true_then_false",
+        run: |s| Box::pin(ip_rules::deleting_an_ip_rule_reports_true_then_false(s)),
+    },
+    Check {
+        name: "purging_takes_exactly_the_ip_rules_expired_at_or_before_now",
+        run: |s| Box::pin(ip_rules::purging_takes_exactly_the_ip_rules_expired_at_or_before_now(s)),
     },
     Check { name: "ping_answers", run: |s| Box::pin(ping_answers(s)) },
     Check { name: "close_is_clean", run: |s| Box::pin(close_is_clean(s)) },

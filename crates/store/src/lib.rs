@@ -8,7 +8,9 @@ mod accounts;
 mod api_keys;
 mod error;
 mod instance;
+mod ip_rules;
 mod keys;
+mod login_throttle;
 mod organizations;
 mod pii;
 mod roles;
@@ -21,14 +23,16 @@ pub use accounts::AccountStore;
 pub use api_keys::ApiKeyStore;
 pub use error::StoreError;
 pub use instance::InstanceStore;
+pub use ip_rules::IpRuleStore;
 pub use keys::{KeyPurpose, KeyState, KeyStore, StoredKey};
+pub use login_throttle::LoginThrottleStore;
 pub use organizations::OrganizationStore;
 pub use pii::{
     BlindIndex, PiiRow, PiiStore, PiiTable, Sealed, StoredOneTimeToken, StoredSecurityEvent, StoredSession,
     StoredUser,
 };
 pub use roles::RoleStore;
-pub use security_events::SecurityEventStore;
+pub use security_events::{SecurityEventCursor, SecurityEventPage, SecurityEventQuery, SecurityEventStore};
 pub use sessions::{RefreshSpend, SessionStore};
 
 /// Which database engine a store runs on.
@@ -134,6 +138,8 @@ pub trait StoreTx:
     + OrganizationStore
     + RoleStore
     + ApiKeyStore
+    + IpRuleStore
+    + LoginThrottleStore
     + Send
 {
     /// Makes every change in the transaction durable.

@@ -29,6 +29,18 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let principal = authenticate(parts, state).await?;
+        // The caller's own budget, from any address: a stolen token or key spread over many
+        // addresses still spends one budget.
+        state.app.spend_principal_budget(&principal).await?;
+        Ok(Authenticated(principal))
+    }
+}
+
+/// Proves who the caller is: an API key, a bearer access token, or a session cookie with its CSRF
+/// token for state changes.
+async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, ApiError> {
+    {
         let app = &state.app;
         let authorization = parts.headers.get(header::AUTHORIZATION);
         if let Some(value) = parts.headers.get(API_KEY_HEADER) {
@@ -37,15 +49,15 @@ impl FromRequestParts<AppState> for Authenticated {
                 return Err(AppError::Unauthenticated.into());
             }
             let key = value.to_str().map_err(|_| AppError::Unauthenticated)?;
-            return Ok(Authenticated(app.authenticate_api_key(key, &client_context(parts)).await?));
+            return Ok(app.authenticate_api_key(key, &client_context(parts)).await?);
         }
         if let Some(value) = authorization {
             // A malformed Authorization header is an error, not a reason to look at cookies.
             let token = bearer_token(value.as_bytes()).ok_or(AppError::Unauthenticated)?;
             if portcullis_domain::looks_like_api_key(token) {
-                return Ok(Authenticated(app.authenticate_api_key(token, &client_context(parts)).await?));
+                return Ok(app.authenticate_api_key(token, &client_context(parts)).await?);
             }
-            return Ok(Authenticated(app.authenticate_bearer(token)?));
+            return Ok(app.authenticate_bearer(token)?);
         }
         let cookie = session_cookie(&parts.headers).ok_or(AppError::Unauthenticated)?;
         let principal = app.authenticate_cookie(&cookie).await?;
@@ -57,7 +69,7 @@ impl FromRequestParts<AppState> for Authenticated {
             let presented = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
             app.check_csrf(&principal, presented, &client).await?;
         }
-        Ok(Authenticated(principal))
+        Ok(principal)
     }
 }
 

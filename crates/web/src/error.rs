@@ -30,9 +30,9 @@ impl From<Problem> for ApiError {
 impl ApiError {
     /// What the client sees, and any header the problem needs. Internal causes are logged here, never
     /// sent (CONVENTIONS.md, "Errors").
-    fn problem(self) -> (Problem, Option<(header::HeaderName, HeaderValue)>) {
+    fn problem(self) -> (Problem, Vec<(header::HeaderName, HeaderValue)>) {
         let error = match self {
-            ApiError::Problem(problem) => return (problem, None),
+            ApiError::Problem(problem) => return (problem, Vec::new()),
             ApiError::App(error) => error,
         };
         let problem = match error {
@@ -53,7 +53,7 @@ impl ApiError {
                     Problem::new(ProblemType::UNAUTHORIZED, "A valid access token or session is required.");
                 return (
                     problem,
-                    Some((header::WWW_AUTHENTICATE, HeaderValue::from_static(BEARER_CHALLENGE))),
+                    vec![(header::WWW_AUTHENTICATE, HeaderValue::from_static(BEARER_CHALLENGE))],
                 );
             }
             // 403 with its own type, so a client can tell a stale page from a missing right.
@@ -87,7 +87,37 @@ impl ApiError {
             AppError::Overloaded { retry_after_secs } => {
                 let problem = Problem::new(ProblemType::UNAVAILABLE, "The server is busy; retry shortly.");
                 let value = HeaderValue::from(retry_after_secs);
-                return (problem, Some((header::RETRY_AFTER, value)));
+                return (problem, vec![(header::RETRY_AFTER, value)]);
+            }
+            // 429 + Retry-After and the refusing budget's RateLimit-* headers (RFC 6585 section 4;
+            // draft-ietf-httpapi-ratelimit-headers).
+            AppError::RateLimited(refusal) => {
+                let problem = Problem::new(
+                    ProblemType::TOO_MANY_REQUESTS,
+                    "Too many requests; retry after the time in Retry-After.",
+                );
+                return (problem, crate::rate_limit::refusal_headers(&refusal));
+            }
+            // 429 + Retry-After: too many failed logins for this address; the same for accounts that
+            // exist and those that do not, and the reset by email still works.
+            AppError::LoginLocked { retry_after_secs } => {
+                let problem = Problem::new(
+                    ProblemType::LOGIN_LOCKED,
+                    "Too many failed logins for this account; try again later or reset the password by email.",
+                );
+                return (problem, vec![(header::RETRY_AFTER, HeaderValue::from(retry_after_secs))]);
+            }
+            // 403 with its own type, before any authentication: the address, not the caller, is refused.
+            AppError::IpDenied => {
+                Problem::new(ProblemType::IP_DENIED, "Requests from this address are not allowed.")
+            }
+            // 503 + Retry-After: failing closed while the shared rate limit store is away.
+            AppError::RateLimiterUnavailable => {
+                let problem = Problem::new(
+                    ProblemType::UNAVAILABLE,
+                    "The service is temporarily unavailable; retry shortly.",
+                );
+                return (problem, vec![(header::RETRY_AFTER, HeaderValue::from_static("1"))]);
             }
             // 503: the client may retry; the cause (which database, which error) stays in the log.
             error @ AppError::Unavailable(_) => {
@@ -104,15 +134,15 @@ impl ApiError {
                 )
             }
         };
-        (problem, None)
+        (problem, Vec::new())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (problem, header) = self.problem();
+        let (problem, headers) = self.problem();
         let mut response = problem.into_response();
-        if let Some((name, value)) = header {
+        for (name, value) in headers {
             response.headers_mut().insert(name, value);
         }
         response

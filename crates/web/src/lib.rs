@@ -13,6 +13,7 @@ mod handlers;
 mod middleware;
 mod openapi;
 mod problem;
+mod rate_limit;
 mod redirect;
 mod routes;
 

@@ -52,6 +52,7 @@ problem_types! {
     PAYLOAD_TOO_LARGE = ("payload-too-large", PAYLOAD_TOO_LARGE, "The request body is too large");
     UNSUPPORTED_MEDIA_TYPE = ("unsupported-media-type", UNSUPPORTED_MEDIA_TYPE, "Unsupported media type");
     TOO_MANY_REQUESTS = ("too-many-requests", TOO_MANY_REQUESTS, "Too many requests");
+    LOGIN_LOCKED = ("login-locked", TOO_MANY_REQUESTS, "Login temporarily locked");
     HEADERS_TOO_LARGE = ("headers-too-large", REQUEST_HEADER_FIELDS_TOO_LARGE, "The request headers are too large");
     INTERNAL = ("internal", INTERNAL_SERVER_ERROR, "Internal server error");
     NOT_IMPLEMENTED = ("not-implemented", NOT_IMPLEMENTED, "Not implemented");
@@ -61,6 +62,7 @@ problem_types! {
     INVALID_TOKEN = ("invalid-token", BAD_REQUEST, "The token is invalid or expired");
     SIGNUP_NOT_ALLOWED = ("signup-not-allowed", FORBIDDEN, "Signup is not open");
     CSRF_REJECTED = ("csrf-rejected", FORBIDDEN, "Cross-site request refused");
+    IP_DENIED = ("ip-denied", FORBIDDEN, "Address not allowed");
 }
 
 impl ProblemType {

@@ -31,7 +31,7 @@ pub fn https_redirect_router(
     };
     // Explicit catch-all routes: `with_middleware` installs its own 404 fallback.
     let router = Router::new().route("/", any(handler.clone())).route("/{*path}", any(handler));
-    with_middleware(router, config)
+    with_middleware(router, config, None)
 }
 
 fn redirect(request: &Request, https_port: u16, public_host: Option<&str>) -> Response {

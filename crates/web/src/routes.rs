@@ -14,7 +14,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::handlers::{
-    admin, api_keys, auth, authz, health, me, oauth, organizations, roles, service_accounts, well_known,
+    admin, api_keys, auth, authz, health, ip_rules, me, oauth, organizations, roles, security_events,
+    service_accounts, well_known,
 };
 use crate::middleware::edge::{EdgeLayer, X_REQUEST_ID};
 use crate::middleware::panic::panic_response;
@@ -89,6 +90,9 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
         .routes(routes!(api_keys::list_service_account_keys, api_keys::create_service_account_key))
         .routes(routes!(api_keys::revoke_service_account_key))
         .routes(routes!(api_keys::rotate_service_account_key))
+        .routes(routes!(security_events::list_security_events))
+        .routes(routes!(ip_rules::list_ip_rules, ip_rules::create_ip_rule))
+        .routes(routes!(ip_rules::delete_ip_rule))
         // The caller's own API keys.
         .routes(routes!(api_keys::list_my_api_keys, api_keys::create_my_api_key))
         .routes(routes!(api_keys::revoke_my_api_key))
@@ -99,24 +103,36 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
     let document = openapi::document(api);
     let document = openapi::Rendered(bytes::Bytes::from(serde_json::to_vec(&document).unwrap_or_default()));
 
+    let guard = state.clone();
     let router = routes
         .with_state(state)
         .merge(Router::new().route("/openapi.json", get(openapi::openapi_json)).with_state(document));
-    with_middleware(router, config)
+    with_middleware(router, config, Some(guard))
 }
 
 /// Wraps a router in the stack every response passes through. Public so that tests can put probe
 /// routes (a panicking handler, a slow one, a JSON echo) behind exactly the production stack.
 ///
 /// Order, outermost first: edge (request id, client ip, span and access log, header limits, security
-/// headers, problem rendering) → CORS → panic catcher → timeout → body limit → route.
-pub fn with_middleware(router: Router, config: &WebConfig) -> Result<Router, WebConfigError> {
+/// headers, problem rendering) → guard (the client address's rate limits, when `guard` is given) →
+/// CORS → panic catcher → timeout → body limit → route.
+pub fn with_middleware(
+    router: Router,
+    config: &WebConfig,
+    guard: Option<AppState>,
+) -> Result<Router, WebConfigError> {
     config.cors.validate()?;
     let fallback = || async { Problem::new(ProblemType::NOT_FOUND, "No resource exists at this path.") };
     // One ServiceBuilder, applied once: each separate `Router::layer` would wrap every route in
     // another boxed service, cloned per request (scripts/bench measured ~2 µs/request for six).
     let stack = ServiceBuilder::new()
         .layer(EdgeLayer::new(config))
+        .map_response(IntoResponse::into_response)
+        // Before CORS, authentication, the body and the route: a refused request costs the
+        // budget check and nothing else.
+        .option_layer(
+            guard.map(|state| axum::middleware::from_fn_with_state(state, crate::rate_limit::guard)),
+        )
         .map_response(IntoResponse::into_response)
         // CORS outside the panic catcher and the timeout, so an allowed origin can read those
         // errors too. No allowed origin, no CORS layer: nothing cross-origin is ever allowed, and

@@ -22,7 +22,7 @@ use portcullis_domain::BuiltinRole;
 use portcullis_store::Store;
 use portcullis_store_sqlite::SqliteStore;
 use portcullis_web::{AppState, WebConfig};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tower::ServiceExt;
 
 const PASSWORD: &str = "velvet otter migrates at dusk";
@@ -192,6 +192,42 @@ const MATRIX: &[Row] = &[
         path: "/v1/admin/invites",
         body: Some(r#"{"email":"{email}"}"#),
         expected: [401, 403, 403, 202, 202, 403, 403],
+    },
+    // The installation's security events need `security:read` system-wide: an organization's
+    // administrator holds it only within its organization, which no event belongs to.
+    Row {
+        method: "GET",
+        path: "/v1/admin/security-events",
+        body: None,
+        expected: [401, 403, 200, 200, 200, 403, 403],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/security-events?kind=login_failed,ip_denied&kind=rate_limited&user_id={member}\
+               &since=2026-01-01T00:00:00Z&until=2126-01-01T00:00:00%2B01:00&limit=5",
+        body: None,
+        expected: [401, 403, 200, 200, 200, 403, 403],
+    },
+    // IP rules are installation-wide: `iprules:read` (auditor, admin, owner) and `iprules:write`
+    // (admin, owner) system-wide; an organization's administrator holds neither. `{id}` names no
+    // rule, so the callers allowed to delete get 404.
+    Row {
+        method: "GET",
+        path: "/v1/admin/ip-rules",
+        body: None,
+        expected: [401, 403, 200, 200, 200, 403, 403],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/admin/ip-rules",
+        body: Some(r#"{"network":"2001:db8:dead::/48","action":"deny","scope":"global","note":"matrix"}"#),
+        expected: [401, 403, 403, 201, 201, 403, 403],
+    },
+    Row {
+        method: "DELETE",
+        path: "/v1/admin/ip-rules/{id}",
+        body: None,
+        expected: [401, 403, 403, 404, 404, 403, 403],
     },
     Row {
         method: "POST",
@@ -422,6 +458,8 @@ impl World {
         let mut settings =
             AppSettings::new(secrecy::SecretSlice::from(vec![7u8; 32]), keks, "test", "http://localhost");
         settings.password_hash = HashAlgorithm::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 };
+        // The matrix sends hundreds of requests from one address; budgets are proven elsewhere.
+        settings.rate_limits.enabled = false;
         let outbox = FileOutbox::new(tempfile::tempdir().unwrap().keep(), "test@example.com").unwrap();
         let app = App::new(Arc::new(store), Arc::new(SystemClock), settings, Arc::new(outbox)).unwrap();
         app.load_keys().await.unwrap();
@@ -689,6 +727,116 @@ async fn the_user_list_rejects_malformed_and_unknown_query_parameters_with_probl
     ] {
         let (got, json) = world.send("GET", &format!("/v1/admin/users{query}"), Some(&admin), None).await;
         assert_eq!(got, status, "{query}: {json}");
+    }
+}
+
+/// The field a problem's first field error names.
+fn first_error_field(json: &serde_json::Value) -> &str {
+    json["errors"][0]["field"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_security_event_list_is_read_by_an_api_key_only_within_a_security_read_scope() {
+    let world = World::new().await;
+    let (_, admin) = world.account(BuiltinRole::Admin).await;
+    let admin = world.app.authenticate_bearer(&admin).unwrap();
+    let key = |scopes: &[&str]| portcullis_app::NewApiKey {
+        name: "siem".into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        expires_in_days: 1,
+        allowed_cidrs: Vec::new(),
+    };
+    let narrow = world.app.create_my_api_key(&admin, &key(&["users:read"])).await.unwrap();
+    let siem = world.app.create_my_api_key(&admin, &key(&["security:read"])).await.unwrap();
+    let path = "/v1/admin/security-events";
+
+    let (status, json) = world.send("GET", path, Some(narrow.secret.expose_secret()), None).await;
+    assert_eq!(status, 403, "{json}");
+    assert_eq!(json["type"], "urn:portcullis:problem:forbidden");
+    let (status, json) = world.send("GET", path, Some(siem.secret.expose_secret()), None).await;
+    assert_eq!(status, 200, "{json}");
+    assert!(json["events"].is_array());
+}
+
+#[tokio::test]
+async fn the_security_event_list_pages_newest_first_in_the_documented_shape() {
+    let world = World::new().await;
+    let (_, auditor) = world.account(BuiltinRole::Auditor).await;
+    let (member, _) = world.account(BuiltinRole::Member).await;
+    let email = world.app.admin_get_user(&world.root, &member).await.unwrap().email;
+    for _ in 0..2 {
+        let refused = world
+            .app
+            .login(
+                &email,
+                SecretString::from("not the password at all"),
+                LoginMode::Bearer,
+                &Default::default(),
+            )
+            .await;
+        assert!(refused.is_err());
+    }
+    let first_page = format!("/v1/admin/security-events?kind=login_failed&user_id={member}&limit=1");
+    let (status, first) = world.send("GET", &first_page, Some(&auditor), None).await;
+    assert_eq!(status, 200, "{first}");
+    let event = &first["events"][0];
+    assert_eq!(event["kind"], "login_failed");
+    assert_eq!(event["severity"], "low");
+    assert_eq!(event["user_id"], member.as_str());
+    assert!(event["at"].as_str().is_some_and(|at| at.ends_with('Z') && at.len() == 24), "{event}");
+    assert!(event["id"].is_string() && event["details"].is_object(), "{event}");
+    let next = first["next"].as_str().expect("a second page");
+    let (status, second) =
+        world.send("GET", &format!("{first_page}&after={next}"), Some(&auditor), None).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["events"].as_array().map(Vec::len), Some(1));
+    assert_ne!(second["events"][0]["id"], event["id"]);
+    assert!(second["next"].is_null(), "{second}");
+}
+
+#[tokio::test]
+async fn the_security_event_list_refuses_malformed_parameters_with_problems_that_leak_nothing() {
+    let world = World::new().await;
+    let (_, admin) = world.account(BuiltinRole::Admin).await;
+    let (_, member) = world.account(BuiltinRole::Member).await;
+    let canary = "CANARY-e1b2";
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("after=zzz".into(), 422, "/after"),
+        (format!("after={}", "g".repeat(32)), 422, "/after"),
+        ("limit=0".into(), 422, "/limit"),
+        ("limit=201".into(), 422, "/limit"),
+        ("limit=-1".into(), 422, "/limit"),
+        (format!("limit={canary}"), 422, "/limit"),
+        ("limit=5&limit=6".into(), 422, "/limit"),
+        ("since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z".into(), 422, "/until"),
+        (format!("since={canary}"), 422, "/since"),
+        ("until=2026-01-01T00:00:00%ZZ".into(), 422, "/until"),
+        (format!("user_id={canary}"), 422, "/user_id"),
+        ("user_id=%27%20OR%20%271%27%3D%271".into(), 422, "/user_id"),
+        (format!("kind=login_failed,{canary}"), 422, "/kind"),
+        (format!("kind=login_failed&kind={canary}"), 422, "/kind"),
+        ("kind=".into(), 422, "/kind"),
+        (format!("{canary}=1"), 400, ""),
+    ];
+    for (query, status, field) in cases {
+        let path = format!("/v1/admin/security-events?{query}");
+        let (got, json) = world.send("GET", &path, Some(&admin), None).await;
+        assert_eq!(got, status, "{query}: {json}");
+        assert!(json["type"].as_str().is_some_and(|t| t.starts_with("urn:portcullis:problem:")), "{json}");
+        assert!(!json.to_string().contains(canary), "{query} echoed: {json}");
+        assert!(!json.to_string().contains("OR '1'"), "{query} echoed: {json}");
+        if status == 422 {
+            assert_eq!(first_error_field(&json), field, "{query}: {json}");
+        }
+        // A caller without the permission learns nothing more than that.
+        let (got, json) = world.send("GET", &path, Some(&member), None).await;
+        if status == 400 || field == "/limit" {
+            // The query string's shape (and a limit's number) is read before the use case runs.
+            assert!(got == status || got == 403, "{query} as a member: {got} {json}");
+        } else {
+            assert_eq!(got, 403, "{query} as a member: {json}");
+        }
+        assert!(!json.to_string().contains(canary), "{query} echoed: {json}");
     }
 }
 

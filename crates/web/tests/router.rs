@@ -30,6 +30,7 @@ async fn app(migrated: bool) -> App {
     let keks = KekSet::parse(&KekSet::generate_entry("test").unwrap()).unwrap();
     let mut settings = AppSettings::new(SecretSlice::from(vec![7u8; 32]), keks, "test", "http://localhost");
     settings.password_hash = HashAlgorithm::Argon2id { memory_kib: 64, iterations: 1, parallelism: 1 };
+    settings.rate_limits.enabled = false;
     // Nothing here sends email; an outbox in a temporary folder keeps the wiring real.
     let outbox = FileOutbox::new(tempfile::tempdir().unwrap().keep(), "test@example.com").unwrap();
     let app = App::new(Arc::new(store), Arc::new(SystemClock), settings, Arc::new(outbox)).unwrap();
@@ -66,7 +67,7 @@ async fn slow() -> &'static str {
 
 fn probe_router(config: &WebConfig) -> Router {
     let routes = Router::new().route("/echo", post(echo)).route("/boom", get(boom)).route("/slow", get(slow));
-    portcullis_web::with_middleware(routes, config).unwrap()
+    portcullis_web::with_middleware(routes, config, None).unwrap()
 }
 
 fn request(method: &str, uri: &str) -> http::request::Builder {
@@ -444,12 +445,15 @@ async fn the_openapi_document_describes_every_route_its_access_and_its_problem_r
             "/openapi.json",
             "/readyz",
             "/v1/admin/invites",
+            "/v1/admin/ip-rules",
+            "/v1/admin/ip-rules/{id}",
             "/v1/admin/organizations",
             "/v1/admin/organizations/{id}",
             "/v1/admin/organizations/{id}/members",
             "/v1/admin/organizations/{id}/members/{user_id}",
             "/v1/admin/organizations/{id}/roles",
             "/v1/admin/organizations/{id}/roles/{role_id}",
+            "/v1/admin/security-events",
             "/v1/admin/service-accounts",
             "/v1/admin/service-accounts/{id}",
             "/v1/admin/service-accounts/{id}/api-keys",

@@ -1,0 +1,77 @@
+//! Account lockout: failed logins per account identifier lock its password path for a while
+//! (`portcullis_domain::lockout` holds the rule). The password reset by email is never locked and
+//! ends a lockout, as does an administrator's unlock or a successful login.
+
+use std::collections::BTreeMap;
+
+use portcullis_domain::{Email, LoginThrottle, SecurityEventKind, UserId};
+use portcullis_store::StoreTx;
+
+use crate::{App, AppError, ClientContext};
+
+impl App {
+    /// The blind index of the identifier a login names: the key of its failure record and of its rate
+    /// limit budget. `None` for text that is not an address (it names no account).
+    pub(crate) fn identifier_subject(&self, identifier: &str) -> Result<Option<[u8; 32]>, AppError> {
+        let Ok(email) = Email::parse(identifier) else { return Ok(None) };
+        Ok(Some(self.email_subject(&email)?))
+    }
+
+    pub(crate) fn email_subject(&self, email: &Email) -> Result<[u8; 32], AppError> {
+        Ok(self.loaded_keys().fields.email_index(email)?.1.0)
+    }
+
+    /// Refuses a login at once while its identifier is locked (before the password is checked).
+    pub(crate) fn refuse_if_locked(&self, record: Option<&LoginThrottle>) -> Result<(), AppError> {
+        match record.and_then(|r| r.locked_for(self.now())) {
+            Some(millis) => Err(AppError::LoginLocked {
+                retry_after_secs: u64::try_from(millis).unwrap_or(0).div_ceil(1000).max(1),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts one failed login for `subject`; the failure that reaches the policy's count locks the
+    /// identifier and records an `account_locked_out` security event (with the account, when the
+    /// identifier names one).
+    pub(crate) async fn count_login_failure(
+        &self,
+        subject: [u8; 32],
+        user: Option<UserId>,
+        client: &ClientContext,
+    ) -> Result<(), AppError> {
+        let policy = self.inner.settings.lockout;
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        let previous = tx.login_throttle(&subject).await?;
+        let (record, locked) = LoginThrottle::after_failure(previous, subject, now, &policy);
+        tx.save_login_throttle(&record).await?;
+        tx.commit().await?;
+        if let Some(millis) = locked {
+            let details = BTreeMap::from([
+                ("locked_for_secs".to_owned(), (millis / 1000).to_string()),
+                ("lockouts".to_owned(), record.lockouts.to_string()),
+                ("failures".to_owned(), policy.max_failures.to_string()),
+            ]);
+            self.record_security_event_with(
+                SecurityEventKind::AccountLockedOut,
+                user,
+                None,
+                client.ip.as_deref(),
+                details,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the lockout of an account's address inside `tx` (a password reset, an unlock); whether
+    /// there was a failure record.
+    pub(crate) async fn clear_lockout_in(
+        &self,
+        tx: &mut dyn StoreTx,
+        email: &Email,
+    ) -> Result<bool, AppError> {
+        Ok(tx.clear_login_throttle(&self.email_subject(email)?).await?)
+    }
+}
