@@ -90,7 +90,7 @@ share_of_429() {
     awk -v l="${limited:-0}" -v t="${total:-1}" 'BEGIN { printf "%.4f", l / t }'
 }
 cat >"$TMP/status.lua" <<'LUA'
-local counts = {}
+-- counts is a global of each thread's Lua state, so that done() can read it through thread:get.
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function init() counts = {} end

@@ -488,6 +488,9 @@ impl App {
         let user = self.load_user(tx.as_mut(), principal.user_id).await?.ok_or(AppError::Unauthenticated)?;
         let stored = tx.password_hash(user.id).await?;
         tx.rollback().await?;
+        // A stolen session must not become a way around the login's guessing limits: the same
+        // identifier budget, and failures count toward the same lockout.
+        self.spend_identifier_budget(user.email.as_str()).await?;
         let current = self
             .normalized_password(&current, "/current_password")
             .map_err(|i| AppError::Validation(vec![i]))?;
@@ -500,6 +503,8 @@ impl App {
                 &ClientContext::default(),
             )
             .await?;
+            let subject = self.email_subject(&user.email)?;
+            self.count_login_failure(subject, Some(user.id), &ClientContext::default()).await?;
             return Err(AppError::invalid("/current_password", "is not the account's current password"));
         }
         let new =
@@ -543,7 +548,13 @@ impl App {
         let Ok(email) = Email::parse(email) else {
             return Err(AppError::invalid("/email", "must be an email address like name@example.com"));
         };
-        self.spend_identifier_budget(email.as_str()).await?;
+        // Never refused for the account's sake: the reset by email is how an owner gets past a
+        // lockout or a guesser. What is limited is the mail: past the address's reset-mail budget the
+        // answer is the same 202, and no new link is issued or sent (the last one sent still works).
+        if !self.spend_reset_mail_budget(&email).await? {
+            tracing::info!("password reset mail not sent: the address's reset-mail budget is spent");
+            return Ok(());
+        }
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
         let user =

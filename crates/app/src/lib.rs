@@ -45,6 +45,7 @@ pub use abuse::alerts::{
     AlertCounters, AlertSettings, AlertSinkError, EmailSink, RetryPolicy, SIGNATURE_HEADER, SignatureError,
     WebhookSink, signature_header, verify_signature,
 };
+pub use abuse::detection::{DetectionSettings, ProbeResponse};
 pub use abuse::ip_rules::{IP_RULE_SYNC_SECS, IpRuleSettings, MAX_IP_RULE_EXPIRY_SECS, NewIpRule};
 pub use abuse::rate_limit::{
     Allowance, FailureMode, RateLimitBackendSettings, RateLimitSettings, RatePolicy, RatePolicyKind, Refusal,
@@ -113,6 +114,7 @@ pub struct AppSettings {
     pub rate_limits: RateLimitSettings,
     /// The configuration file's IP rules (fixed; administrators add theirs through the API).
     pub ip_rules: IpRuleSettings,
+    pub detection: DetectionSettings,
     /// Failed logins per account identifier that lock its password path, and for how long.
     pub lockout: portcullis_domain::LockoutPolicy,
 }
@@ -152,6 +154,7 @@ impl AppSettings {
             alerts: AlertSettings::default(),
             rate_limits: RateLimitSettings::default(),
             ip_rules: IpRuleSettings::default(),
+            detection: DetectionSettings::default(),
             lockout: portcullis_domain::LockoutPolicy::default(),
         }
     }
@@ -186,6 +189,7 @@ struct Inner {
     alerts: abuse::alerts::Alerter,
     rate_limits: abuse::RateLimits,
     ip_rules: abuse::ip_rules::IpRules,
+    detector: abuse::detection::Detector,
 }
 
 impl App {
@@ -221,6 +225,7 @@ impl App {
                 alerts,
                 rate_limits,
                 ip_rules,
+                detector: abuse::detection::Detector::default(),
             }),
         })
     }

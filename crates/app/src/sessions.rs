@@ -199,22 +199,31 @@ impl App {
         // Queue for the hash before reading the account: a login the pool will shed costs nothing more.
         let slot = self.inner.hasher.reserve()?;
         let password = SecretString::from(normalize_password(password.expose_secret()));
-        let (user, stored, throttle) = match (Email::parse(email), subject) {
+        let address = client.ip.as_deref().and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        let (user, stored, throttle, known_address) = match (Email::parse(email), subject) {
             (Ok(email), Some(subject)) => {
                 let mut tx = self.inner.store.begin_read().await?;
                 let throttle = tx.login_throttle(&subject).await?;
                 let user = self.find_user_by_email(tx.as_mut(), &email).await?;
-                let stored = match &user {
-                    Some(user) => tx.password_hash(user.id).await?,
-                    None => None,
+                let (stored, known_address) = match (&user, address) {
+                    (Some(user), Some(ip)) => (
+                        tx.password_hash(user.id).await?,
+                        tx.login_ip_known(user.id, &self.login_ip_digest(user.id, ip)?).await?,
+                    ),
+                    (Some(user), None) => (tx.password_hash(user.id).await?, false),
+                    (None, _) => (None, false),
                 };
                 tx.rollback().await?;
-                (user, stored, throttle)
+                (user, stored, throttle, known_address)
             }
-            _ => (None, None, None),
+            _ => (None, None, None, false),
         };
-        // A locked identifier is refused before its password is checked, known or not alike.
-        self.refuse_if_locked(throttle.as_ref())?;
+        // A locked identifier is refused before its password is checked, known or not alike, except
+        // from an address the account has logged in from before (OWASP's "device cookie" idea, by
+        // address): a guesser elsewhere cannot keep the owner out of where they usually are.
+        if !known_address {
+            self.refuse_if_locked(throttle.as_ref())?;
+        }
         let verified = slot.verify(password, stored.clone()).await?;
         let user = match (user, verified) {
             (Some(user), Verified::Yes { rehash }) if user.status == UserStatus::Active => (user, rehash),
@@ -253,9 +262,27 @@ impl App {
             return Err(AppError::InvalidCredentials);
         }
         let (session, credentials) = self.open_session(tx.as_mut(), user.id, mode, client, now).await?;
+        // The address joins the account's known ones (as a keyed digest): it may log in through a
+        // lockout later, and an administrator's login from an unknown one is worth an event.
+        let remembered = match address {
+            Some(ip) => {
+                let digest = self.login_ip_digest(user.id, ip)?;
+                let known = tx.known_login_ip_count(user.id).await?;
+                Some((ip, known, tx.remember_login_ip(user.id, &digest, now).await?))
+            }
+            None => None,
+        };
         tx.commit().await?;
         self.inner.profiles.forget(user.id);
         tracing::info!(user = %user.id, session = %session.id, "login");
+        if let Some((ip, known, seen)) = remembered
+            && matches!(
+                user.role,
+                portcullis_domain::BuiltinRole::Owner | portcullis_domain::BuiltinRole::Admin
+            )
+        {
+            self.report_admin_login(user.id, ip, known, seen).await?;
+        }
         Ok(LoginOutcome::Authenticated { session_id: session.id, user_id: user.id, credentials })
     }
 

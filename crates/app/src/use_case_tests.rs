@@ -20,6 +20,7 @@ use secrecy::SecretString;
 mod admin;
 mod alerts;
 mod api_keys;
+mod detection;
 mod ip_rules;
 mod keys;
 mod lockout;

@@ -33,7 +33,9 @@ pub use accounts::{
 pub use alerts::{AlertsConfig, EmailAlertConfig, SeverityName, WebhookConfig};
 pub use ip_rules::IpRulesConfig;
 pub use keys::KeysConfig;
-pub use rate_limits::{FailureModeName, LockoutConfig, RateLimitsConfig, RedisConfig};
+pub use rate_limits::{
+    DetectionConfig, FailureModeName, LockoutConfig, ProbeResponseName, RateLimitsConfig, RedisConfig,
+};
 
 /// The environment prefix of every configuration variable.
 pub const ENV_PREFIX: &str = "PORTCULLIS_";
@@ -127,6 +129,7 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     pub ip_rules: IpRulesConfig,
     pub lockout: LockoutConfig,
+    pub detection: DetectionConfig,
     pub redis: RedisConfig,
     /// Files that secrets were read from (for the permission checks); not a configuration key.
     #[serde(skip)]
@@ -158,6 +161,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             ip_rules: IpRulesConfig::default(),
             lockout: LockoutConfig::default(),
+            detection: DetectionConfig::default(),
             redis: RedisConfig::default(),
             secret_files: Vec::new(),
             config_file: None,

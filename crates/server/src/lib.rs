@@ -334,11 +334,13 @@ async fn rate_limit_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
             _ = interval.tick() => {
                 app.sweep_rate_limits();
                 ticks += 1;
-                if ticks.is_multiple_of(60 / SWEEP_SECS)
-                    && app.can_sign_tokens()
-                    && let Err(error) = app.record_rate_limit_trips().await
-                {
-                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "recording rate limit trips failed");
+                if ticks.is_multiple_of(60 / SWEEP_SECS) && app.can_sign_tokens() {
+                    if let Err(error) = app.record_rate_limit_trips().await {
+                        tracing::warn!(error = %portcullis_domain::error_chain(&error), "recording rate limit trips failed");
+                    }
+                    if let Err(error) = app.purge_login_throttles().await {
+                        tracing::warn!(error = %portcullis_domain::error_chain(&error), "purging login failure records failed");
+                    }
                 }
             }
             _ = shutdown.changed() => {

@@ -36,3 +36,13 @@ CREATE TABLE login_throttle (
     lockouts         INTEGER NOT NULL
 );
 CREATE INDEX login_throttle_last_failure_at ON login_throttle (last_failure_at);
+
+-- The addresses each owner or administrator has logged in from, as an HMAC of (account, address)
+-- under the blind-index key (never the address): a login from one not listed raises an event.
+CREATE TABLE known_login_ips (
+    user_id       TEXT    NOT NULL,
+    digest        BYTEA   NOT NULL CHECK (octet_length(digest) = 32),
+    first_seen_at BIGINT  NOT NULL,
+    last_seen_at  BIGINT  NOT NULL,
+    PRIMARY KEY (user_id, digest)
+);

@@ -1,7 +1,7 @@
 //! SQLite implementation of the failed-login records.
 
 use async_trait::async_trait;
-use portcullis_domain::{LoginThrottle, Timestamp};
+use portcullis_domain::{LoginThrottle, Timestamp, UserId};
 use portcullis_store::{LoginThrottleStore, StoreError};
 
 use crate::{SqliteTx, corrupt};
@@ -88,5 +88,64 @@ impl LoginThrottleStore for SqliteTx {
         .execute(&mut *self.tx)
         .await;
         result.map(|r| r.rows_affected()).map_err(|e| self.fail(e))
+    }
+
+    async fn login_ip_known(&mut self, user: UserId, digest: &[u8; 32]) -> Result<bool, StoreError> {
+        let found: Result<Option<i64>, _> =
+            sqlx::query_scalar("SELECT 1 FROM known_login_ips WHERE user_id = $1 AND digest = $2")
+                .bind(user.to_string())
+                .bind(digest.as_slice())
+                .fetch_optional(&mut *self.tx)
+                .await;
+        match found {
+            Ok(found) => Ok(found.is_some()),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn known_login_ip_count(&mut self, user: UserId) -> Result<u64, StoreError> {
+        let count: Result<i64, _> =
+            sqlx::query_scalar("SELECT COUNT(*) FROM known_login_ips WHERE user_id = $1")
+                .bind(user.to_string())
+                .fetch_one(&mut *self.tx)
+                .await;
+        match count {
+            Ok(count) => Ok(u64::try_from(count).unwrap_or(0)),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn remember_login_ip(
+        &mut self,
+        user: UserId,
+        digest: &[u8; 32],
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let updated =
+            sqlx::query("UPDATE known_login_ips SET last_seen_at = $3 WHERE user_id = $1 AND digest = $2")
+                .bind(user.to_string())
+                .bind(digest.as_slice())
+                .bind(now.as_unix_millis())
+                .execute(&mut *self.tx)
+                .await;
+        match updated {
+            Ok(result) if result.rows_affected() > 0 => return Ok(true),
+            Ok(_) => {}
+            Err(e) => return Err(self.fail(e)),
+        }
+        // Two logins from a new address at once both insert; the second changes nothing.
+        let inserted = sqlx::query(
+            "INSERT INTO known_login_ips (user_id, digest, first_seen_at, last_seen_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (user_id, digest) DO NOTHING",
+        )
+        .bind(user.to_string())
+        .bind(digest.as_slice())
+        .bind(now.as_unix_millis())
+        .execute(&mut *self.tx)
+        .await;
+        match inserted {
+            Ok(result) => Ok(result.rows_affected() == 0),
+            Err(e) => Err(self.fail(e)),
+        }
     }
 }

@@ -67,6 +67,10 @@ pub const CHECKS: &[Check] = &[
         run: |s| Box::pin(login_throttle::a_login_throttle_round_trips_is_replaced_whole_and_clears(s)),
     },
     Check {
+        name: "login_addresses_are_remembered_per_account",
+        run: |s| Box::pin(login_throttle::login_addresses_are_remembered_per_account(s)),
+    },
+    Check {
         name: "purging_forgets_idle_login_throttles_but_not_locked_ones",
         run: |s| Box::pin(login_throttle::purging_forgets_idle_login_throttles_but_not_locked_ones(s)),
     },

@@ -76,3 +76,25 @@ pub async fn purging_forgets_idle_login_throttles_but_not_locked_ones(store: &dy
     tx.commit().await.step("commit")?;
     Ok(())
 }
+
+/// An address digest is new once and known after; addresses are counted per account.
+pub async fn login_addresses_are_remembered_per_account(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    let (alice, bob) = (super::user_id(1), super::user_id(2));
+    let mut tx = store.begin().await.step("begin")?;
+    ensure_eq("none known", &tx.known_login_ip_count(alice).await.step("count")?, &0)?;
+    ensure_eq("new", &tx.remember_login_ip(alice, &[1; 32], at(1)).await.step("remember")?, &false)?;
+    ensure_eq("known", &tx.remember_login_ip(alice, &[1; 32], at(2)).await.step("remember again")?, &true)?;
+    ensure_eq(
+        "another",
+        &tx.remember_login_ip(alice, &[2; 32], at(3)).await.step("remember another")?,
+        &false,
+    )?;
+    ensure_eq("bob's is his own", &tx.remember_login_ip(bob, &[1; 32], at(4)).await.step("bob")?, &false)?;
+    ensure_eq("two known", &tx.known_login_ip_count(alice).await.step("count")?, &2)?;
+    ensure_eq("known", &tx.login_ip_known(alice, &[2; 32]).await.step("known")?, &true)?;
+    ensure_eq("not known", &tx.login_ip_known(alice, &[3; 32]).await.step("unknown")?, &false)?;
+    ensure_eq("not alice's", &tx.login_ip_known(super::user_id(3), &[1; 32]).await.step("other")?, &false)?;
+    tx.commit().await.step("commit")?;
+    Ok(())
+}

@@ -1,8 +1,8 @@
 //! Failed-login records per account identifier (its blind index), for the lockout rule in
-//! `portcullis_domain::lockout`.
+//! `portcullis_domain::lockout`, and the addresses (as keyed digests) administrators log in from.
 
 use async_trait::async_trait;
-use portcullis_domain::{LoginThrottle, Timestamp};
+use portcullis_domain::{LoginThrottle, Timestamp, UserId};
 
 use crate::StoreError;
 
@@ -11,6 +11,15 @@ use crate::StoreError;
 pub trait LoginThrottleStore {
     /// The record of `subject`, if it has one.
     async fn login_throttle(&mut self, subject: &[u8; 32]) -> Result<Option<LoginThrottle>, StoreError>;
+
+    /// The record of `subject`, locked against concurrent writers until the transaction ends where
+    /// the engine needs it (SQLite's write transactions are serialized already).
+    async fn login_throttle_for_update(
+        &mut self,
+        subject: &[u8; 32],
+    ) -> Result<Option<LoginThrottle>, StoreError> {
+        self.login_throttle(subject).await
+    }
 
     /// Writes `record`, replacing the subject's previous one.
     async fn save_login_throttle(&mut self, record: &LoginThrottle) -> Result<(), StoreError>;
@@ -22,4 +31,19 @@ pub trait LoginThrottleStore {
     /// Forgets records whose last failure is older than `before` and that are not locked at `now`;
     /// how many.
     async fn purge_login_throttles(&mut self, before: Timestamp, now: Timestamp) -> Result<u64, StoreError>;
+
+    /// Whether `user` has logged in from the address with this digest before.
+    async fn login_ip_known(&mut self, user: UserId, digest: &[u8; 32]) -> Result<bool, StoreError>;
+
+    /// How many login addresses are known for `user`.
+    async fn known_login_ip_count(&mut self, user: UserId) -> Result<u64, StoreError>;
+
+    /// Records that `user` logged in from the address with this digest at `now`; whether it was
+    /// known already.
+    async fn remember_login_ip(
+        &mut self,
+        user: UserId,
+        digest: &[u8; 32],
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
 }

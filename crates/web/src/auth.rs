@@ -30,6 +30,9 @@ impl FromRequestParts<AppState> for Authenticated {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let principal = authenticate(parts, state).await?;
+        if let Some(slot) = parts.extensions.get::<crate::rate_limit::PrincipalSlot>() {
+            let _ = slot.0.set(principal);
+        }
         // The caller's own budget, from any address: a stolen token or key spread over many
         // addresses still spends one budget.
         state.app.spend_principal_budget(&principal).await?;

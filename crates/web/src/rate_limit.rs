@@ -21,7 +21,9 @@ use crate::middleware::edge::ClientInfo;
 const PROBES: [&str; 2] = ["/healthz", "/readyz"];
 
 /// The routes that prove who someone is (POST): the stricter per-address budget applies to them.
-const AUTH_ROUTES: [&str; 6] = [
+/// Changing the password proves the current one, so a stolen session guesses at the same pace.
+const AUTH_ROUTES: [&str; 7] = [
+    "/v1/me/password",
     "/v1/auth/login",
     "/v1/auth/signup",
     "/v1/auth/password/forgot",
@@ -56,9 +58,21 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
     }
     let auth_route =
         request.method() == Method::POST && route.as_deref().is_some_and(|r| AUTH_ROUTES.contains(&r));
+    let slot = PrincipalSlot::default();
+    let mut request = request;
+    request.extensions_mut().insert(slot.clone());
     match state.app.spend_client_budget(client.ip, auth_route).await {
         Ok(standing) => {
             let mut response = next.run(request).await;
+            let status = response.status().as_u16();
+            if matches!(status, 403 | 404) {
+                // Bursts of these are probing or scanning; a failure to record is logged, and the
+                // answer goes out as it is.
+                let principal = slot.0.get().copied();
+                if let Err(error) = state.app.observe_answer(client.ip, principal, status).await {
+                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "detection failed");
+                }
+            }
             if let Some((_, allowance)) = standing {
                 for (name, value) in allowance_headers(&allowance) {
                     response.headers_mut().insert(name, value);
@@ -69,6 +83,11 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
         Err(error) => ApiError::from(error).into_response(),
     }
 }
+
+/// Where the `Authenticated` extractor leaves the principal, so the guard can tell whose answers
+/// the 403s and 404s were.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PrincipalSlot(pub(crate) std::sync::Arc<std::sync::OnceLock<portcullis_app::Principal>>);
 
 /// Whole seconds, rounded up: a client that waits exactly this long is not refused again.
 fn seconds(duration: std::time::Duration) -> HeaderValue {

@@ -401,14 +401,18 @@ impl App {
         }
         tx.insert_ip_rule(&rule).await?;
         tx.commit().await?;
-        let details = BTreeMap::from([
-            ("network".to_owned(), network.to_string()),
+        let mut details = BTreeMap::from([
             ("rule_id".to_owned(), rule.id.to_string()),
             ("expires_at".to_owned(), rule.expires_at.map(|t| t.to_rfc3339()).unwrap_or_default()),
             ("reason".to_owned(), rule.note.clone()),
         ]);
-        // The address goes into the sealed column when the block is one address.
-        let ip = (network.prefix_len() == network.max_prefix_len()).then(|| network.addr().to_string());
+        // One address is personal data: it goes into the sealed column only. A wider network is an
+        // operator's policy and is named in the details.
+        let single = network.prefix_len() == network.max_prefix_len();
+        let ip = single.then(|| network.addr().to_string());
+        if !single {
+            details.insert("network".to_owned(), network.to_string());
+        }
         self.record_security_event_with(SecurityEventKind::IpBlocked, None, None, ip.as_deref(), details)
             .await?;
         self.reload_after_change().await;

@@ -43,10 +43,11 @@ impl App {
         let policy = self.inner.settings.lockout;
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
-        let previous = tx.login_throttle(&subject).await?;
+        let previous = tx.login_throttle_for_update(&subject).await?;
         let (record, locked) = LoginThrottle::after_failure(previous, subject, now, &policy);
         tx.save_login_throttle(&record).await?;
         tx.commit().await?;
+        self.observe_login_failure(client.ip.as_deref(), subject).await?;
         if let Some(millis) = locked {
             let details = BTreeMap::from([
                 ("locked_for_secs".to_owned(), (millis / 1000).to_string()),
@@ -63,6 +64,17 @@ impl App {
             .await?;
         }
         Ok(())
+    }
+
+    /// Forgets failure records that no longer count (quiet for longer than the window, and not
+    /// locked), so the table holds only live records however many addresses are tried; how many.
+    pub async fn purge_login_throttles(&self) -> Result<u64, AppError> {
+        let now = self.now();
+        let before = now.plus_millis(-self.inner.settings.lockout.window_millis);
+        let mut tx = self.inner.store.begin().await?;
+        let purged = tx.purge_login_throttles(before, now).await?;
+        tx.commit().await?;
+        Ok(purged)
     }
 
     /// Ends the lockout of an account's address inside `tx` (a password reset, an unlock); whether

@@ -1,6 +1,7 @@
 //! Abuse protection: rate limits, IP rules, login throttling, detection rules and alerts.
 
 pub mod alerts;
+pub mod detection;
 pub mod ip_rules;
 mod lockout;
 pub mod rate_limit;
@@ -93,7 +94,7 @@ impl App {
         if !limits.settings.enabled || limits.settings.exempt_networks.iter().any(|net| net.contains(&ip)) {
             return Ok(None);
         }
-        let key = RateKey::Ip(ip);
+        let key = RateKey::Ip(client_prefix(ip));
         let mut standing = self.spend(RatePolicyKind::Ip, key).await?;
         if auth_route {
             standing = tighter(standing, self.spend(RatePolicyKind::AuthIp, key).await?);
@@ -125,6 +126,20 @@ impl App {
         let Ok(email) = Email::parse(identifier) else { return Ok(()) };
         let (_, index) = self.loaded_keys().fields.email_index(&email)?;
         self.spend(RatePolicyKind::Account, RateKey::Subject(index.0)).await.map(|_| ())
+    }
+
+    /// Spends one reset mail of the address's budget; `false` when it is spent (the caller then
+    /// sends nothing and answers as usual). Keyed by blind index like the identifier budget.
+    pub(crate) async fn spend_reset_mail_budget(&self, email: &Email) -> Result<bool, AppError> {
+        if !self.inner.rate_limits.settings.enabled {
+            return Ok(true);
+        }
+        let (_, index) = self.loaded_keys().fields.email_index(email)?;
+        match self.spend(RatePolicyKind::ResetMail, RateKey::Subject(index.0)).await {
+            Ok(_) => Ok(true),
+            Err(AppError::RateLimited(_)) => Ok(false),
+            Err(other) => Err(other),
+        }
     }
 
     async fn spend(&self, kind: RatePolicyKind, key: RateKey) -> Result<RateStanding, AppError> {
@@ -224,6 +239,19 @@ impl App {
     }
 }
 
+/// The part of a client address that budgets and detection count by: the address for IPv4 (and
+/// IPv4-mapped IPv6), the /64 for IPv6, since one subscriber or host usually holds a whole /64 and
+/// could otherwise draw a fresh budget for every request.
+pub(crate) fn client_prefix(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & (u128::MAX << 64);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
 /// The standing with fewer requests left (the one a client should pace itself by).
 fn tighter(a: RateStanding, b: RateStanding) -> RateStanding {
     match (a, b) {
@@ -236,6 +264,16 @@ fn tighter(a: RateStanding, b: RateStanding) -> RateStanding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_and_ipv4_ones_by_their_address() {
+        let p = |s: &str| client_prefix(s.parse().unwrap()).to_string();
+        assert_eq!(p("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(p("2001:db8:1:2::1"), p("2001:db8:1:2:ffff::9"));
+        assert_ne!(p("2001:db8:1:2::1"), p("2001:db8:1:3::1"));
+        assert_eq!(p("192.0.2.7"), "192.0.2.7");
+        assert_eq!(p("::ffff:192.0.2.7"), "192.0.2.7");
+    }
 
     #[test]
     fn details_beyond_the_limit_are_cut_and_marked() {

@@ -40,16 +40,20 @@ pub enum RatePolicyKind {
     Principal,
     /// Requests made with one API key, from any address.
     ApiKey,
+    /// Password-reset mails to one address (over budget, nothing is sent and the answer is the
+    /// same): the reset itself is never refused, its mail cannot be used to flood an inbox.
+    ResetMail,
 }
 
 impl RatePolicyKind {
     /// Every policy, for settings and sweeps.
-    pub const ALL: [RatePolicyKind; 5] = [
+    pub const ALL: [RatePolicyKind; 6] = [
         RatePolicyKind::Ip,
         RatePolicyKind::AuthIp,
         RatePolicyKind::Account,
         RatePolicyKind::Principal,
         RatePolicyKind::ApiKey,
+        RatePolicyKind::ResetMail,
     ];
 
     /// The name in config, in security events and in the Redis key.
@@ -60,6 +64,7 @@ impl RatePolicyKind {
             RatePolicyKind::Account => "account",
             RatePolicyKind::Principal => "principal",
             RatePolicyKind::ApiKey => "api_key",
+            RatePolicyKind::ResetMail => "reset_mail",
         }
     }
 }
@@ -119,6 +124,7 @@ pub struct RateLimitSettings {
     pub account: RatePolicy,
     pub principal: RatePolicy,
     pub api_key: RatePolicy,
+    pub reset_mail: RatePolicy,
     /// Client networks whose address-keyed budgets are not applied (an application's servers that
     /// call the check API for all their users from one address); account, principal and key budgets
     /// still are.
@@ -136,6 +142,7 @@ impl Default for RateLimitSettings {
             account: RatePolicy::per_minute(5),
             principal: RatePolicy::per_minute(300),
             api_key: RatePolicy::per_minute(600),
+            reset_mail: RatePolicy { limit: 3, period: Duration::from_secs(3600) },
             exempt_networks: Vec::new(),
             backend: RateLimitBackendSettings::Local,
         }
@@ -151,6 +158,7 @@ impl RateLimitSettings {
             RatePolicyKind::Account => self.account,
             RatePolicyKind::Principal => self.principal,
             RatePolicyKind::ApiKey => self.api_key,
+            RatePolicyKind::ResetMail => self.reset_mail,
         }
     }
 }

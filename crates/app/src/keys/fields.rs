@@ -98,6 +98,16 @@ impl FieldKeys {
         self.active_index.as_deref().ok_or_else(|| AppError::Keyring("no blind-index key is active".into()))
     }
 
+    /// The active blind-index key itself, for other keyed digests of personal data (login addresses).
+    pub(crate) fn active_index_key(&self) -> Result<&[u8; 32], AppError> {
+        let id = self.active_index_id()?;
+        self.index
+            .iter()
+            .find(|(known, _)| known == id)
+            .map(|(_, key)| &**key)
+            .ok_or_else(|| AppError::Keyring(format!("blind-index key {id} is not loaded")))
+    }
+
     /// Whether this node holds the personal-data key `id`.
     pub(crate) fn has_pii(&self, id: &str) -> bool {
         self.pii.contains_key(id)

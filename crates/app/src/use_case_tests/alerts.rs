@@ -497,6 +497,9 @@ async fn the_sink_secret_never_appears_in_a_body_or_a_log_line() {
         .with_writer(logs.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Another test may have registered these callsites under a global subscriber that did not want
+    // them; interest is cached per callsite, so ask again now that this subscriber is the default.
+    tracing::callsite::rebuild_interest_cache();
     let hook = receiver(&[Reply::Status(500); 3]).await;
     let (t, _stop) = alerting(AlertSettings {
         webhooks: vec![webhook(&hook)],

@@ -20,8 +20,21 @@ async fn app_locking_after_three() -> TestApp {
     app_with_settings(settings).await
 }
 
+/// A login attempt from the guesser's address (never one the account logged in from).
 async fn attempt(app: &App, email: &str, password: &str) -> Result<(), AppError> {
-    app.login(email, secret(password), LoginMode::Bearer, &client()).await.map(|_| ())
+    app.login(email, secret(password), LoginMode::Bearer, &client_at(GUESSER)).await.map(|_| ())
+}
+
+/// The address the account's owner usually logs in from.
+const HOME: &str = "192.0.2.50";
+const GUESSER: &str = "198.51.100.9";
+
+fn client_at(address: &str) -> ClientContext {
+    ClientContext { ip: Some(address.into()), user_agent: Some("lockout-test".into()) }
+}
+
+async fn attempt_from_home(app: &App, email: &str, password: &str) -> Result<(), AppError> {
+    app.login(email, secret(password), LoginMode::Bearer, &client_at(HOME)).await.map(|_| ())
 }
 
 fn locked_for(result: Result<(), AppError>) -> u64 {
@@ -74,8 +87,52 @@ async fn a_second_lockout_lasts_twice_as_long_and_a_successful_login_starts_the_
     t.clock.advance_millis(60 * MINUTE);
     assert_eq!(lock(&t).await, 60 * 60, "capped at the maximum");
     t.clock.advance_millis(60 * MINUTE);
-    attempt(&t.app, ALICE, PASSWORD).await.unwrap();
+    attempt_from_home(&t.app, ALICE, PASSWORD).await.unwrap();
     assert_eq!(lock(&t).await, 15 * 60, "a success forgot the earlier lockouts");
+}
+
+#[tokio::test]
+async fn the_owner_logs_in_through_a_lockout_from_an_address_the_account_has_used_before() {
+    let t = app_locking_after_three().await;
+    signup(&t.app, ALICE, PASSWORD).await;
+    attempt_from_home(&t.app, ALICE, PASSWORD).await.unwrap();
+    for _ in 0..3 {
+        let _ = attempt(&t.app, ALICE, "wrong guess").await;
+    }
+    // The guesser is locked out; the owner at home is not, and the guesser's address is not helped.
+    locked_for(attempt(&t.app, ALICE, PASSWORD).await);
+    attempt_from_home(&t.app, ALICE, PASSWORD).await.unwrap();
+    // A wrong password from home is still only a wrong password (no lockout answer there).
+    assert!(matches!(attempt_from_home(&t.app, ALICE, "wrong").await, Err(AppError::InvalidCredentials)));
+    // An unknown account has no known address: the lockout answer stays the same for both.
+    for _ in 0..3 {
+        let _ = attempt(&t.app, "nobody@example.com", "guess").await;
+    }
+    locked_for(attempt(&t.app, "nobody@example.com", PASSWORD).await);
+}
+
+#[tokio::test]
+async fn a_guesser_who_spends_the_identifiers_budget_cannot_keep_the_reset_mail_from_the_owner() {
+    let mut settings = testing::settings();
+    settings.rate_limits.account = crate::RatePolicy::per_minute(2);
+    settings.rate_limits.reset_mail =
+        crate::RatePolicy { limit: 2, period: std::time::Duration::from_secs(3600) };
+    let t = app_with_settings(settings).await;
+    signup(&t.app, ALICE, PASSWORD).await;
+    t.clock.advance_millis(MINUTE);
+    for _ in 0..5 {
+        let _ = attempt(&t.app, ALICE, "wrong guess").await;
+    }
+    // The login budget is spent, yet the reset is never refused ...
+    for _ in 0..4 {
+        t.app.forgot_password(ALICE, &client_at(GUESSER)).await.unwrap();
+    }
+    // ... only its mail is capped: two sent, each with a working link; the newest still works.
+    let resets: Vec<_> =
+        sent_mail(&t.mail).await.into_iter().filter(|m| m.subject.starts_with("Reset")).collect();
+    assert_eq!(resets.len(), 2);
+    let token = link_token(resets.last().unwrap());
+    t.app.reset_password(&token, secret(NEW_PASSWORD)).await.unwrap();
 }
 
 #[tokio::test]

@@ -29,7 +29,14 @@ fn backends() -> Vec<Backend> {
     let mut backends = vec![Backend::Local];
     match std::env::var("PORTCULLIS_TEST_REDIS_URL") {
         Ok(url) if !url.is_empty() => backends.push(Backend::Redis(url)),
-        _ => eprintln!("rate limit tests on Redis skipped: PORTCULLIS_TEST_REDIS_URL is not set"),
+        _ => {
+            // CI starts a Redis and says so: there, a missing one is a failure, not a skip.
+            assert!(
+                std::env::var_os("PORTCULLIS_REQUIRE_REDIS").is_none(),
+                "PORTCULLIS_REQUIRE_REDIS is set but PORTCULLIS_TEST_REDIS_URL is not"
+            );
+            eprintln!("rate limit tests on Redis skipped: PORTCULLIS_TEST_REDIS_URL is not set")
+        }
     }
     backends
 }

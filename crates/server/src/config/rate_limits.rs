@@ -27,6 +27,9 @@ pub struct RateLimitsConfig {
     pub principal_per_minute: u32,
     /// Per API key.
     pub api_key_per_minute: u32,
+    /// Password-reset mails per address and hour; past it the answer is the same and nothing is
+    /// sent (the reset itself is never refused).
+    pub reset_mails_per_hour: u32,
     /// Client networks exempt from the per-address budgets (an application's own servers).
     pub exempt_networks: Vec<IpNet>,
 }
@@ -41,6 +44,7 @@ impl Default for RateLimitsConfig {
             account_per_minute: d.account.limit,
             principal_per_minute: d.principal.limit,
             api_key_per_minute: d.api_key.limit,
+            reset_mails_per_hour: d.reset_mail.limit,
             exempt_networks: d.exempt_networks,
         }
     }
@@ -68,6 +72,62 @@ impl Default for LockoutConfig {
             max_lock_minutes: minutes(d.max_lock_millis),
         }
     }
+}
+
+/// `[detection]`: detection rules (per node, in fixed windows) and their automatic responses.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectionConfig {
+    /// Distinct account identifiers failing to log in from one address within the window.
+    pub stuffing_accounts: u32,
+    pub stuffing_window_minutes: u32,
+    /// How long a credential-stuffing address is blocked (0: the event only).
+    pub stuffing_block_minutes: u32,
+    /// 403 answers to one principal (or address) within the window: privilege probing.
+    pub probing_forbidden: u32,
+    pub probing_window_seconds: u32,
+    /// `none`, `revoke_session`, `lock_account` (owners are only signed out) or `block_ip`.
+    pub probing_response: ProbeResponseName,
+    /// How long `probing_response = "block_ip"` blocks the address.
+    pub probing_block_minutes: u32,
+    /// 404 answers to one address within the window: scanning.
+    pub scanning_not_found: u32,
+    pub scanning_window_seconds: u32,
+    /// How long a scanning address is blocked (0: the event only).
+    pub scanning_block_minutes: u32,
+    /// Whether an owner's or admin's login from an address not seen for them raises an event.
+    pub admin_new_ip: bool,
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        let d = portcullis_app::DetectionSettings::default();
+        let minutes = |d: Duration| u32::try_from(d.as_secs() / 60).unwrap_or(u32::MAX);
+        let seconds = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        Self {
+            stuffing_accounts: d.stuffing_accounts,
+            stuffing_window_minutes: minutes(d.stuffing_window),
+            stuffing_block_minutes: minutes(d.stuffing_block),
+            probing_forbidden: d.probing_forbidden,
+            probing_window_seconds: seconds(d.probing_window),
+            probing_response: ProbeResponseName::None,
+            probing_block_minutes: minutes(d.block_for),
+            scanning_not_found: d.scanning_not_found,
+            scanning_window_seconds: seconds(d.scanning_window),
+            scanning_block_minutes: minutes(d.scanning_block),
+            admin_new_ip: d.admin_new_ip,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeResponseName {
+    #[default]
+    None,
+    RevokeSession,
+    LockAccount,
+    BlockIp,
 }
 
 /// `[redis]`: shared state for many nodes. Unset, every budget lives in this process.
@@ -109,6 +169,7 @@ impl Config {
             ("rate_limits.account_per_minute", r.account_per_minute),
             ("rate_limits.principal_per_minute", r.principal_per_minute),
             ("rate_limits.api_key_per_minute", r.api_key_per_minute),
+            ("rate_limits.reset_mails_per_hour", r.reset_mails_per_hour),
         ] {
             if !(1..=1_000_000).contains(&value) {
                 problems.push(format!("{key}: must be between 1 and 1000000"));
@@ -142,6 +203,28 @@ impl Config {
         {
             problems.push("lockout.lock_minutes / lockout.max_lock_minutes: 1 to 1440, and a maximum of at least the first lockout and at most 30 days".into());
         }
+        let d = &self.detection;
+        for (key, value, max) in [
+            ("detection.stuffing_accounts", d.stuffing_accounts, 100_000),
+            ("detection.stuffing_window_minutes", d.stuffing_window_minutes, 1440),
+            ("detection.probing_forbidden", d.probing_forbidden, 100_000),
+            ("detection.probing_window_seconds", d.probing_window_seconds, 86_400),
+            ("detection.scanning_not_found", d.scanning_not_found, 100_000),
+            ("detection.scanning_window_seconds", d.scanning_window_seconds, 86_400),
+            ("detection.probing_block_minutes", d.probing_block_minutes.max(1), 525_600),
+        ] {
+            if !(1..=max).contains(&value) {
+                problems.push(format!("{key}: must be between 1 and {max}"));
+            }
+        }
+        for (key, value) in [
+            ("detection.stuffing_block_minutes", d.stuffing_block_minutes),
+            ("detection.scanning_block_minutes", d.scanning_block_minutes),
+        ] {
+            if value > 525_600 {
+                problems.push(format!("{key}: must be between 0 (no block) and 525600"));
+            }
+        }
         if self.redis.key_prefix.len() > 64 || self.redis.key_prefix.chars().any(|c| c.is_whitespace()) {
             problems.push("redis.key_prefix: at most 64 characters, no spaces".into());
         }
@@ -167,6 +250,27 @@ impl Config {
     pub fn apply_rate_limit_settings(&self, settings: &mut portcullis_app::AppSettings) {
         let r = &self.rate_limits;
         let minute = |limit| RatePolicy { limit, period: Duration::from_secs(60) };
+        let d = &self.detection;
+        let minutes = |m: u32| Duration::from_secs(u64::from(m) * 60);
+        let seconds = |s: u32| Duration::from_secs(u64::from(s));
+        settings.detection = portcullis_app::DetectionSettings {
+            stuffing_accounts: d.stuffing_accounts,
+            stuffing_window: minutes(d.stuffing_window_minutes),
+            stuffing_block: minutes(d.stuffing_block_minutes),
+            probing_forbidden: d.probing_forbidden,
+            probing_window: seconds(d.probing_window_seconds),
+            probing_response: match d.probing_response {
+                ProbeResponseName::None => portcullis_app::ProbeResponse::None,
+                ProbeResponseName::RevokeSession => portcullis_app::ProbeResponse::RevokeSession,
+                ProbeResponseName::LockAccount => portcullis_app::ProbeResponse::LockAccount,
+                ProbeResponseName::BlockIp => portcullis_app::ProbeResponse::BlockIp,
+            },
+            block_for: minutes(d.probing_block_minutes.max(1)),
+            scanning_not_found: d.scanning_not_found,
+            scanning_window: seconds(d.scanning_window_seconds),
+            scanning_block: minutes(d.scanning_block_minutes),
+            admin_new_ip: d.admin_new_ip,
+        };
         let s = &mut settings.rate_limits;
         s.enabled = r.enabled;
         s.ip = minute(r.ip_per_minute);
@@ -174,6 +278,7 @@ impl Config {
         s.account = minute(r.account_per_minute);
         s.principal = minute(r.principal_per_minute);
         s.api_key = minute(r.api_key_per_minute);
+        s.reset_mail = RatePolicy { limit: r.reset_mails_per_hour, period: Duration::from_secs(3600) };
         s.exempt_networks = r.exempt_networks.clone();
         let l = &self.lockout;
         let millis = |minutes: u32| i64::from(minutes) * 60_000;

@@ -21,6 +21,11 @@ fn redis_url() -> Option<String> {
     match std::env::var("PORTCULLIS_TEST_REDIS_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
+            // CI starts a Redis and says so: there, a missing one is a failure, not a skip.
+            assert!(
+                std::env::var_os("PORTCULLIS_REQUIRE_REDIS").is_none(),
+                "PORTCULLIS_REQUIRE_REDIS is set but PORTCULLIS_TEST_REDIS_URL is not"
+            );
             eprintln!("skipped the Redis part: PORTCULLIS_TEST_REDIS_URL is not set");
             None
         }
@@ -207,4 +212,42 @@ async fn failed_logins_lock_the_account_identifier_with_a_login_locked_problem_a
     // The reset by email is not locked.
     let response = app.post_json("/v1/auth/password/forgot", &json!({ "email": "lee@example.com" })).await;
     assert_eq!(response.status(), 202);
+}
+
+#[tokio::test]
+async fn a_burst_of_404_from_one_address_blocks_it_when_configured_and_the_probes_still_answer() {
+    let app = spawn_with(|c| {
+        c.detection.scanning_not_found = 5;
+        c.detection.scanning_block_minutes = 10;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..7 {
+        statuses.push(app.get(&format!("/wp-admin/{i}.php")).await.status().as_u16());
+    }
+    assert_eq!(statuses, [404, 404, 404, 404, 404, 403, 403]);
+    let response = app.get("/v1/me").await;
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "urn:portcullis:problem:ip-denied");
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_burst_of_403_from_a_signed_in_member_ends_their_session_when_configured() {
+    let app = spawn_with(|c| {
+        c.detection.probing_forbidden = 3;
+        c.detection.probing_response = portcullis::config::ProbeResponseName::RevokeSession;
+    })
+    .await;
+    register(&app, "mo@example.com", "velvet otter migrates at dusk").await;
+    let tokens = crate::support::login(&app, "mo@example.com", "velvet otter migrates at dusk").await;
+    let me = || app.call(reqwest::Method::GET, "/v1/me").bearer_auth(&tokens.access).go();
+    assert_eq!(me().await.status(), 200);
+    for _ in 0..3 {
+        let response =
+            app.call(reqwest::Method::GET, "/v1/admin/users").bearer_auth(&tokens.access).go().await;
+        assert_eq!(response.status(), 403);
+    }
+    assert_eq!(me().await.status(), 401, "the probing session is over");
 }
