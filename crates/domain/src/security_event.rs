@@ -39,6 +39,9 @@ pub enum SecurityEventKind {
     AdminLoginFromNewIp,
     /// An alert could not be delivered after its last try (the dead-letter record).
     AlertDeliveryFailed,
+    /// A detection rule acted on an account: a session revoked or the account put on hold (blocks
+    /// of addresses are `IpBlocked`). An administrator's unlock reverses a hold.
+    AutomaticResponse,
 }
 
 /// How urgently a human should look, from the least to the most.
@@ -93,11 +96,12 @@ impl SecurityEventKind {
             SecurityEventKind::Scanning => "scanning",
             SecurityEventKind::AdminLoginFromNewIp => "admin_login_from_new_ip",
             SecurityEventKind::AlertDeliveryFailed => "alert_delivery_failed",
+            SecurityEventKind::AutomaticResponse => "automatic_response",
         }
     }
 
     /// Every kind, in declaration order (for documentation, filters and tests).
-    pub const ALL: [SecurityEventKind; 16] = [
+    pub const ALL: [SecurityEventKind; 17] = [
         SecurityEventKind::LoginFailed,
         SecurityEventKind::RefreshTokenReuse,
         SecurityEventKind::CsrfRejected,
@@ -114,6 +118,7 @@ impl SecurityEventKind {
         SecurityEventKind::Scanning,
         SecurityEventKind::AdminLoginFromNewIp,
         SecurityEventKind::AlertDeliveryFailed,
+        SecurityEventKind::AutomaticResponse,
     ];
 
     /// The default severity, which alert rules compare against (configurable per kind there).
@@ -135,7 +140,8 @@ impl SecurityEventKind {
             | SecurityEventKind::IpBlocked
             | SecurityEventKind::CredentialStuffing
             | SecurityEventKind::PrivilegeProbing
-            | SecurityEventKind::AlertDeliveryFailed => Severity::High,
+            | SecurityEventKind::AlertDeliveryFailed
+            | SecurityEventKind::AutomaticResponse => Severity::High,
         }
     }
 }
@@ -160,6 +166,7 @@ impl SecurityEventKind {
             "scanning" => SecurityEventKind::Scanning,
             "admin_login_from_new_ip" => SecurityEventKind::AdminLoginFromNewIp,
             "alert_delivery_failed" => SecurityEventKind::AlertDeliveryFailed,
+            "automatic_response" => SecurityEventKind::AutomaticResponse,
             _ => return None,
         };
         Some(kind)
@@ -188,7 +195,8 @@ mod tests {
             | SecurityEventKind::PrivilegeProbing
             | SecurityEventKind::Scanning
             | SecurityEventKind::AdminLoginFromNewIp
-            | SecurityEventKind::AlertDeliveryFailed => kind,
+            | SecurityEventKind::AlertDeliveryFailed
+            | SecurityEventKind::AutomaticResponse => kind,
         }
     }
 

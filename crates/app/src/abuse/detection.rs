@@ -315,9 +315,15 @@ impl App {
             (ProbeResponse::RevokeSession, Some(p)) => {
                 if let Some(session) = p.session_id() {
                     self.revoke_session_automatically(p.user_id, session).await?;
+                    self.record_automatic_response(p.user_id, Some(session), "session_revoked", &ip_text)
+                        .await?;
                 }
             }
-            (ProbeResponse::LockAccount, Some(p)) => self.hold_account_automatically(p.user_id).await?,
+            (ProbeResponse::LockAccount, Some(p)) => {
+                let held = self.hold_account_automatically(p.user_id).await?;
+                let what = if held { "account_held" } else { "sessions_revoked" };
+                self.record_automatic_response(p.user_id, None, what, &ip_text).await?;
+            }
             (ProbeResponse::BlockIp, _) => {
                 self.block_ip(host(ip), rules.block_for, "privilege probing").await?;
             }
@@ -326,7 +332,29 @@ impl App {
         Ok(())
     }
 
-    /// Ends one session as an automatic response (recorded by the probing event that names it).
+    /// Records an automatic response to probing as a security event of its own.
+    async fn record_automatic_response(
+        &self,
+        user: UserId,
+        session: Option<SessionId>,
+        response: &str,
+        ip: &str,
+    ) -> Result<(), AppError> {
+        let details = BTreeMap::from([
+            ("rule".to_owned(), "privilege_probing".to_owned()),
+            ("response".to_owned(), response.to_owned()),
+        ]);
+        self.record_security_event_with(
+            SecurityEventKind::AutomaticResponse,
+            Some(user),
+            session,
+            Some(ip),
+            details,
+        )
+        .await
+    }
+
+    /// Ends one session as an automatic response.
     async fn revoke_session_automatically(&self, user: UserId, session: SessionId) -> Result<(), AppError> {
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
@@ -339,14 +367,16 @@ impl App {
     /// Puts an account on hold (`locked`) and ends its sessions, as an automatic response; an
     /// administrator's unlock ends it. An owner is never held, only signed out: a probe an attacker
     /// can provoke must not leave the installation without anyone who may unlock.
-    async fn hold_account_automatically(&self, user: UserId) -> Result<(), AppError> {
+    /// Whether the account was put on hold (an owner's, or one not active, is not).
+    async fn hold_account_automatically(&self, user: UserId) -> Result<bool, AppError> {
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
-        let Some(account) = self.load_user(tx.as_mut(), user).await? else { return Ok(()) };
+        let Some(account) = self.load_user(tx.as_mut(), user).await? else { return Ok(false) };
         if account.status != UserStatus::Active {
-            return Ok(());
+            return Ok(false);
         }
-        if account.role != portcullis_domain::BuiltinRole::Owner {
+        let hold = account.role != portcullis_domain::BuiltinRole::Owner;
+        if hold {
             tx.set_user_status(user, UserStatus::Locked, now).await?;
         }
         let revoked =
@@ -355,7 +385,7 @@ impl App {
         tx.commit().await?;
         self.forget_sessions(&revoked, now);
         self.inner.profiles.forget(user);
-        Ok(())
+        Ok(hold)
     }
 
     /// After an owner's or administrator's successful login from `ip`, which the login remembered

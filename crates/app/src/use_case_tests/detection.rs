@@ -91,6 +91,11 @@ async fn a_burst_of_403_is_probing_and_the_configured_response_ends_the_session(
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].user_id, Some(login.user));
     assert_eq!(events[0].details["response"], "session revoked");
+    // The response is an event of its own.
+    let responses = testing::security_events(&t.app, SecurityEventKind::AutomaticResponse).await;
+    assert_eq!(responses.len(), 1);
+    assert_eq!(responses[0].details["response"], "session_revoked");
+    assert_eq!(responses[0].session_id, Some(login.session));
 }
 
 #[tokio::test]
@@ -104,6 +109,8 @@ async fn locking_an_account_for_probing_is_undone_by_an_unlock_and_never_holds_a
     }
     let refused = t.app.login(ALICE, secret(PASSWORD), LoginMode::Bearer, &client()).await;
     assert!(matches!(refused, Err(AppError::InvalidCredentials)), "on hold");
+    let responses = testing::security_events(&t.app, SecurityEventKind::AutomaticResponse).await;
+    assert_eq!(responses[0].details["response"], "account_held");
     t.app.admin_set_status(&owner, &alice.user_id.to_string(), StatusChange::Unlock).await.unwrap();
     login_bearer(&t.app, ALICE, PASSWORD).await;
 
@@ -112,6 +119,8 @@ async fn locking_an_account_for_probing_is_undone_by_an_unlock_and_never_holds_a
         t.app.observe_answer(ip(STUFFER), Some(owner), 403).await.unwrap();
     }
     login_bearer(&t.app, OWNER, PASSWORD).await;
+    let responses = testing::security_events(&t.app, SecurityEventKind::AutomaticResponse).await;
+    assert_eq!(responses[0].details["response"], "sessions_revoked", "newest first: the owner's");
 }
 
 #[tokio::test]
