@@ -333,6 +333,7 @@ async fn rate_limit_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = interval.tick() => {
                 app.sweep_rate_limits();
+                app.flush_alerts();
                 ticks += 1;
                 if ticks.is_multiple_of(60 / SWEEP_SECS) && app.can_sign_tokens() {
                     if let Err(error) = app.record_rate_limit_trips().await {

@@ -354,6 +354,29 @@ impl Alerter {
         self.admit(event, None);
     }
 
+    /// Sends, for every cause whose cooldown is over at `now`, the repeats that were only counted:
+    /// their newest event, carrying how many came before it. Run every few seconds.
+    pub fn flush_due(&self, now: Timestamp) {
+        let mut coalescing = lock(&self.coalescing);
+        for (key, event, skip_sink, before) in coalescing.due(now, self.cooldown_millis) {
+            let severity = severity_of(&self.severity_overrides, event.kind);
+            let alert = Alert { event, severity, coalesced_count: before, skip_sink };
+            match self.sender.try_send(alert) {
+                Ok(()) => {
+                    coalescing.sent(key, now);
+                    self.counters.queued.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    // Still owed: the next flush or the next repeat reports it.
+                    let alert = error.into_inner();
+                    if let Some(state) = coalescing.keys.get_mut(&key) {
+                        state.newest = Some((alert.event, alert.skip_sink));
+                    }
+                }
+            }
+        }
+    }
+
     /// The counters so far.
     pub fn counters(&self) -> AlertCounters {
         let c = &self.counters;
@@ -377,6 +400,7 @@ impl Alerter {
         let mut coalescing = lock(&self.coalescing);
         let (key, decision) = coalescing.decide(event.kind, cause_of(event), event.at, self.cooldown_millis);
         let Some(coalesced_count) = decision else {
+            coalescing.counted(&key, event, skip_sink);
             self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -393,7 +417,7 @@ impl Alerter {
             }
             Err(_) => {
                 // Counted into the key's pending repeats, so the next alert for it reports this one.
-                coalescing.missed(key);
+                coalescing.missed(key, event, skip_sink);
                 let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if dropped == 1 || dropped.is_multiple_of(100) {
                     tracing::warn!(
@@ -434,6 +458,10 @@ struct CauseState {
     last_sent: Option<Timestamp>,
     /// Repeats since then that were not sent.
     pending: u64,
+    /// The newest of those repeats (and the sink it must skip), sent with their count once the
+    /// cooldown is over even if no further repeat comes: a burst that stops inside the cooldown
+    /// must not go unreported.
+    newest: Option<(SecurityEvent, Option<String>)>,
 }
 
 impl Coalescing {
@@ -469,12 +497,39 @@ impl Coalescing {
     }
 
     fn sent(&mut self, key: CauseKey, at: Timestamp) {
-        self.keys.insert(key, CauseState { last_sent: Some(at), pending: 0 });
+        self.keys.insert(key, CauseState { last_sent: Some(at), pending: 0, newest: None });
     }
 
-    fn missed(&mut self, key: CauseKey) {
+    fn missed(&mut self, key: CauseKey, event: &SecurityEvent, skip_sink: Option<&str>) {
         let state = self.keys.entry(key).or_default();
         state.pending = state.pending.saturating_add(1);
+        state.newest = Some((event.clone(), skip_sink.map(str::to_owned)));
+    }
+
+    /// Remembers the newest repeat that was only counted.
+    fn counted(&mut self, key: &CauseKey, event: &SecurityEvent, skip_sink: Option<&str>) {
+        if let Some(state) = self.keys.get_mut(key) {
+            state.newest = Some((event.clone(), skip_sink.map(str::to_owned)));
+        }
+    }
+
+    /// The keys whose cooldown is over at `now` with repeats still unreported: their newest repeat
+    /// and how many came before it.
+    fn due(
+        &mut self,
+        now: Timestamp,
+        cooldown_millis: i64,
+    ) -> Vec<(CauseKey, SecurityEvent, Option<String>, u64)> {
+        let mut due = Vec::new();
+        for (key, state) in &mut self.keys {
+            if state.pending == 0 || state.last_sent.is_some_and(|last| !cooled(last, now, cooldown_millis)) {
+                continue;
+            }
+            if let Some((event, skip)) = state.newest.take() {
+                due.push((key.clone(), event, skip, state.pending - 1));
+            }
+        }
+        due
     }
 }
 
@@ -605,6 +660,11 @@ impl App {
     /// What the alerter has done since start.
     pub fn alert_counters(&self) -> AlertCounters {
         self.inner.alerts.counters()
+    }
+
+    /// Reports repeats whose cooldown is over though no further repeat came (every few seconds).
+    pub fn flush_alerts(&self) {
+        self.inner.alerts.flush_due(self.now());
     }
 
     /// One alert to one sink, retries included; a dead letter when the last try fails.

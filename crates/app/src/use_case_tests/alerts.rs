@@ -332,6 +332,31 @@ async fn repeats_within_the_cooldown_are_coalesced_and_the_next_alert_counts_the
 }
 
 #[tokio::test]
+async fn a_burst_that_stops_inside_the_cooldown_is_reported_when_the_cooldown_ends() {
+    let hook = receiver(&[]).await;
+    let (t, _stop) = alerting(with_webhook(webhook(&hook))).await;
+
+    stuffing(&t.app, user(1)).await;
+    delivered(&t.app, 1).await;
+    for _ in 0..4 {
+        stuffing(&t.app, user(1)).await;
+    }
+    // Nothing more comes. Inside the cooldown a flush owes nothing yet ...
+    t.clock.advance_millis(5 * MINUTE);
+    t.app.flush_alerts();
+    assert_eq!(t.app.alert_counters().queued, 1);
+    // ... once it is over, the newest repeat goes out carrying the three before it, once.
+    t.clock.advance_millis(5 * MINUTE);
+    t.app.flush_alerts();
+    t.app.flush_alerts();
+    let counters = delivered(&t.app, 2).await;
+    assert_eq!(counters.queued, 2);
+    let counts: Vec<u64> =
+        hook.received().iter().map(|r| r.json()["coalesced_count"].as_u64().unwrap()).collect();
+    assert_eq!(counts, [0, 3]);
+}
+
+#[tokio::test]
 async fn an_event_below_the_minimum_severity_does_not_alert() {
     let hook = receiver(&[]).await;
     let (t, _stop) = alerting(with_webhook(webhook(&hook))).await;
