@@ -183,7 +183,7 @@ impl App {
         subject: [u8; 32],
     ) -> Result<(), AppError> {
         let Some(ip) = ip.and_then(|text| text.parse::<IpAddr>().ok()) else { return Ok(()) };
-        let rules = self.detection().clone();
+        let rules = self.detection();
         let mut short = [0u8; 8];
         short.copy_from_slice(&subject[..8]);
         let fired = self.inner.detector.stuffing.add(
@@ -227,7 +227,7 @@ impl App {
         principal: Option<Principal>,
         status: u16,
     ) -> Result<(), AppError> {
-        let rules = self.detection().clone();
+        let rules = self.detection();
         let now = self.now();
         match status {
             403 => {
@@ -239,7 +239,7 @@ impl App {
                     rules.probing_window,
                     rules.probing_forbidden,
                 ) {
-                    self.respond_to_probing(ip, principal, &rules).await?;
+                    self.respond_to_probing(ip, principal, rules).await?;
                 }
             }
             404 => {

@@ -123,9 +123,8 @@ impl App {
         if !self.inner.rate_limits.settings.enabled {
             return Ok(());
         }
-        let Ok(email) = Email::parse(identifier) else { return Ok(()) };
-        let (_, index) = self.loaded_keys().fields.email_index(&email)?;
-        self.spend(RatePolicyKind::Account, RateKey::Subject(index.0)).await.map(|_| ())
+        let Some(subject) = self.identifier_subject(identifier)? else { return Ok(()) };
+        self.spend(RatePolicyKind::Account, RateKey::Subject(subject)).await.map(|_| ())
     }
 
     /// Spends one reset mail of the address's budget; `false` when it is spent (the caller then
@@ -134,8 +133,7 @@ impl App {
         if !self.inner.rate_limits.settings.enabled {
             return Ok(true);
         }
-        let (_, index) = self.loaded_keys().fields.email_index(email)?;
-        match self.spend(RatePolicyKind::ResetMail, RateKey::Subject(index.0)).await {
+        match self.spend(RatePolicyKind::ResetMail, RateKey::Subject(self.email_subject(email)?)).await {
             Ok(_) => Ok(true),
             Err(AppError::RateLimited(_)) => Ok(false),
             Err(other) => Err(other),
