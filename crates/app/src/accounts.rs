@@ -6,12 +6,13 @@
 //! and one write each, and send their email from a background task so mail latency shows nowhere.
 
 use portcullis_domain::{
-    BuiltinRole, DisplayName, Email, OneTimePurpose, OneTimeToken, PasswordRule, RevokeReason,
+    BuiltinRole, DisplayName, Email, OneTimePurpose, OneTimeToken, Outcome, PasswordRule, RevokeReason,
     SecurityEventId, SecurityEventKind, Timestamp, User, UserId, UserStatus, normalize_password,
 };
 use portcullis_store::StoreTx;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::audit::AuditEntry;
 use crate::error::FieldIssue;
 use crate::mail::OutgoingEmail;
 use crate::passwords::{BCRYPT_MAX_BYTES, HashAlgorithm, Verified};
@@ -260,6 +261,7 @@ impl App {
         let hash = self.inner.hasher.hash(account.password).await?;
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
+        let mut invited = false;
         if let Some(invite) = &request.invite_token {
             let spent = self
                 .spend_one_time_token(
@@ -274,6 +276,7 @@ impl App {
             if !matches {
                 return Err(AppError::SignupNotAllowed);
             }
+            invited = true;
         }
         let user = User {
             id: UserId::from_random_bytes(random_id_bytes()?),
@@ -290,7 +293,16 @@ impl App {
             Ok(()) => {
                 let link =
                     self.issue_link(tx.as_mut(), OneTimePurpose::VerifyEmail, Some(&user), None, now).await?;
-                tx.commit().await?;
+                let mut entries = vec![
+                    AuditEntry::anonymous("user.signed_up")
+                        .target("user", user.id)
+                        .detail("role", user.role.as_str())
+                        .detail("via", if invited { "invite" } else { "open_signup" }),
+                ];
+                if invited {
+                    entries.push(AuditEntry::anonymous("user.invite.accepted").target("user", user.id));
+                }
+                self.commit_audited(tx, entries).await?;
                 tracing::info!(user = %user.id, "account created");
                 self.send_later(OutgoingEmail {
                     to: user.email,
@@ -306,11 +318,21 @@ impl App {
                 // statement has finished the first one.
                 drop(tx);
                 let owner = self.user_by_email(&account.email).await?;
-                self.record_security_event(
+                // The refusal is recorded in the security event's transaction, so this path writes
+                // once, as the other one does.
+                let mut refused = AuditEntry::anonymous("user.signed_up")
+                    .outcome(Outcome::Failure)
+                    .detail("reason", "address_taken");
+                if let Some(owner) = &owner {
+                    refused = refused.target("user", owner.id);
+                }
+                self.record_security_event_audited(
                     SecurityEventKind::SignupForExistingAccount,
                     owner.as_ref().map(|u| u.id),
                     None,
-                    client,
+                    client.ip.as_deref(),
+                    Default::default(),
+                    [refused],
                 )
                 .await?;
                 // To the address the owner registered, not the spelling the stranger typed: mail servers
@@ -418,7 +440,8 @@ impl App {
         if !tx.mark_email_verified(user, now).await? {
             return Err(AppError::InvalidToken);
         }
-        tx.commit().await?;
+        // Whoever holds the link: proving the mailbox is what the link is for, not who opens it.
+        self.commit_audited(tx, [AuditEntry::anonymous("user.email.verified").target("user", user)]).await?;
         self.inner.profiles.forget(user);
         Ok(())
     }
@@ -496,11 +519,17 @@ impl App {
             .map_err(|i| AppError::Validation(vec![i]))?;
         if !matches!(self.inner.hasher.verify(current, stored).await?, Verified::Yes { .. }) {
             // Someone holding the session is guessing the password: worth a security event.
-            self.record_security_event(
+            let refused = AuditEntry::by(principal, "user.password.changed")
+                .target("user", user.id)
+                .outcome(Outcome::Failure)
+                .detail("reason", "wrong_current_password");
+            self.record_security_event_audited(
                 SecurityEventKind::LoginFailed,
                 Some(user.id),
                 principal.session_id(),
-                &ClientContext::default(),
+                None,
+                Default::default(),
+                [refused],
             )
             .await?;
             let subject = self.email_subject(&user.email)?;
@@ -512,7 +541,9 @@ impl App {
         self.check_password_rules(&new, Some(&user.email), user.display_name.as_ref())
             .map_err(|rule| AppError::invalid("/new_password", rule))?;
         let hash = self.inner.hasher.hash(new).await?;
-        self.replace_password(&user, &hash, principal.session_id(), RevokeReason::PasswordChanged).await?;
+        let entry = AuditEntry::by(principal, "user.password.changed");
+        self.replace_password(&user, &hash, principal.session_id(), RevokeReason::PasswordChanged, entry)
+            .await?;
         self.send_later(OutgoingEmail {
             to: user.email,
             subject: "Your password was changed".into(),
@@ -524,20 +555,22 @@ impl App {
     }
 
     /// Stores a new password hash, voids outstanding reset links and ends the account's sessions
-    /// (all but `keep`).
+    /// (all but `keep`); `audit` is recorded with the change, about the account.
     async fn replace_password(
         &self,
         user: &User,
         hash: &str,
         keep: Option<portcullis_domain::SessionId>,
         reason: RevokeReason,
+        audit: AuditEntry,
     ) -> Result<(), AppError> {
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
         tx.set_password_hash(user.id, hash, now).await?;
         tx.void_one_time_tokens(user.id, OneTimePurpose::PasswordReset, now).await?;
         let revoked = revoke_sessions_in(tx.as_mut(), user.id, keep, reason, now).await?;
-        tx.commit().await?;
+        let audit = audit.target("user", user.id).detail("revoked_sessions", revoked.len());
+        self.commit_audited(tx, [audit]).await?;
         self.forget_sessions(&revoked, now);
         Ok(())
     }
@@ -564,7 +597,9 @@ impl App {
                 let link = self
                     .issue_link(tx.as_mut(), OneTimePurpose::PasswordReset, Some(&user), None, now)
                     .await?;
-                tx.commit().await?;
+                let requested =
+                    AuditEntry::anonymous("user.password.reset_requested").target("user", user.id);
+                self.commit_audited(tx, [requested]).await?;
                 self.send_later(OutgoingEmail {
                     to: user.email,
                     subject: "Reset your password".into(),
@@ -587,7 +622,11 @@ impl App {
                 };
                 tx.insert_security_event(&self.seal_security_event(event.clone(), client.ip.as_deref())?)
                     .await?;
-                tx.commit().await?;
+                // Recorded here too, so both paths append to the audit trail alike.
+                let requested = AuditEntry::anonymous("user.password.reset_requested")
+                    .outcome(Outcome::Failure)
+                    .detail("reason", "no_active_account");
+                self.commit_audited(tx, [requested]).await?;
                 crate::sessions::log_security_event(&event, true);
                 self.raise_alert(&event);
             }
@@ -618,10 +657,14 @@ impl App {
         tx.set_password_hash(user.id, &hash, now).await?;
         tx.void_one_time_tokens(user.id, OneTimePurpose::PasswordReset, now).await?;
         // Proving control of the mailbox ends a lockout: guessing cannot keep the owner out.
-        self.clear_lockout_in(tx.as_mut(), &user.email).await?;
+        let lockout_cleared = self.clear_lockout_in(tx.as_mut(), &user.email).await?;
         let revoked =
             revoke_sessions_in(tx.as_mut(), user.id, None, RevokeReason::PasswordChanged, now).await?;
-        tx.commit().await?;
+        let reset = AuditEntry::anonymous("user.password.reset")
+            .target("user", user.id)
+            .detail("revoked_sessions", revoked.len())
+            .detail("lockout_cleared", lockout_cleared);
+        self.commit_audited(tx, [reset]).await?;
         self.forget_sessions(&revoked, now);
         self.send_later(OutgoingEmail {
             to: user.email,
@@ -650,7 +693,9 @@ impl App {
             expires_at: now.plus_millis(OneTimePurpose::Setup.lifetime_millis()),
         };
         self.store_one_time_token(tx.as_mut(), record, None).await?;
-        tx.commit().await?;
+        let issued = AuditEntry::system("instance.setup_token.issued")
+            .detail("expires_in_secs", OneTimePurpose::Setup.lifetime_millis() / 1000);
+        self.commit_audited(tx, [issued]).await?;
         Ok(Some(token))
     }
 
@@ -685,7 +730,11 @@ impl App {
         }
         let user = self.new_operator_account(account, BuiltinRole::Owner, now)?;
         self.insert_account(tx.as_mut(), &user, &hash, now).await?;
-        tx.commit().await?;
+        // Whoever holds the setup token, before any account exists to name.
+        let setup = AuditEntry::anonymous("instance.setup")
+            .target("user", user.id)
+            .detail("role", BuiltinRole::Owner.as_str());
+        self.commit_audited(tx, [setup]).await?;
         tracing::info!(user = %user.id, "first owner account created with the setup token");
         Ok(user.into())
     }
@@ -705,7 +754,11 @@ impl App {
         let user = self.new_operator_account(account, role, now)?;
         let mut tx = self.inner.store.begin().await?;
         self.insert_account(tx.as_mut(), &user, &hash, now).await?;
-        tx.commit().await?;
+        let created = AuditEntry::system("user.created")
+            .target("user", user.id)
+            .detail("role", role.as_str())
+            .detail("via", "command_line");
+        self.commit_audited(tx, [created]).await?;
         Ok(user.into())
     }
 
@@ -737,7 +790,10 @@ impl App {
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
         let link = self.issue_link(tx.as_mut(), OneTimePurpose::Invite, None, Some(&email), now).await?;
-        tx.commit().await?;
+        // The address is the invitee's personal data: the record says an invite went out, not where.
+        let invited = AuditEntry::by(principal, "user.invited")
+            .detail("expires_in_secs", OneTimePurpose::Invite.lifetime_millis() / 1000);
+        self.commit_audited(tx, [invited]).await?;
         self.send_later(OutgoingEmail {
             to: email,
             subject: "You are invited".into(),

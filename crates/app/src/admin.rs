@@ -13,6 +13,7 @@ use portcullis_domain::{
 };
 use secrecy::SecretString;
 
+use crate::audit::AuditEntry;
 use crate::sessions::revoke_sessions_in;
 use crate::{App, AppError, Principal};
 
@@ -185,7 +186,30 @@ impl App {
         if !self.update_user_details(tx.as_mut(), &updated).await? {
             return Err(AppError::NotFound);
         }
-        tx.commit().await?;
+        // Which fields changed, never their values (addresses and names are personal data).
+        let mut entries = Vec::new();
+        if moved {
+            entries.push(
+                AuditEntry::by(principal, "user.email.changed")
+                    .target("user", updated.id)
+                    .detail("was_verified", user.email_verified_at.is_some()),
+            );
+        }
+        let mut fields = Vec::new();
+        if !moved && updated.email.as_str() != user.email.as_str() {
+            fields.push("email");
+        }
+        if updated.display_name != user.display_name {
+            fields.push("display_name");
+        }
+        if !fields.is_empty() {
+            entries.push(
+                AuditEntry::by(principal, "user.profile.updated")
+                    .target("user", updated.id)
+                    .detail("fields", fields),
+            );
+        }
+        self.commit_audited(tx, entries).await?;
         self.inner.profiles.forget(updated.id);
         if moved {
             self.resend_verification(&updated).await?;
@@ -380,7 +404,9 @@ impl App {
         let now = self.now();
         let user = self.new_operator_account(account, role, now)?;
         self.insert_account(tx.as_mut(), &user, &hash, now).await?;
-        tx.commit().await?;
+        let created =
+            AuditEntry::by(principal, "user.created").target("user", user.id).detail("role", role.as_str());
+        self.commit_audited(tx, [created]).await?;
         tracing::info!(admin = %principal.user_id, user = %user.id, role = role.as_str(), "account created");
         Ok(user.into())
     }
@@ -408,7 +434,13 @@ impl App {
             self.keep_an_owner(tx.as_mut(), &user).await?;
         }
         tx.set_user_role(id, role, now).await?;
-        tx.commit().await?;
+        let changed = (user.role != role).then(|| {
+            AuditEntry::by(principal, "user.role.changed")
+                .target("user", id)
+                .detail("from", user.role.as_str())
+                .detail("to", role.as_str())
+        });
+        self.commit_audited(tx, changed).await?;
         self.inner.profiles.forget(id);
         tracing::info!(admin = %principal.user_id, user = %id, role = role.as_str(), "role changed");
         Ok(AdminUser { role, updated_at: now, ..user.into() })
@@ -455,7 +487,20 @@ impl App {
                 revoked = revoke_sessions_in(tx.as_mut(), id, None, RevokeReason::UserRevoked, now).await?;
             }
         }
-        tx.commit().await?;
+        let mut entries = Vec::new();
+        if status != user.status {
+            entries.push(
+                AuditEntry::by(principal, "user.status.changed")
+                    .target("user", id)
+                    .detail("from", user.status.as_str())
+                    .detail("to", status.as_str())
+                    .detail("revoked_sessions", revoked.len()),
+            );
+        }
+        if lockout_cleared {
+            entries.push(AuditEntry::by(principal, "user.lockout.cleared").target("user", id));
+        }
+        self.commit_audited(tx, entries).await?;
         self.forget_sessions(&revoked, now);
         self.inner.profiles.forget(id);
         if lockout_cleared {
@@ -480,7 +525,11 @@ impl App {
         }
         let revoked = revoke_sessions_in(tx.as_mut(), id, None, RevokeReason::UserRevoked, now).await?;
         tx.delete_user(id, now).await?;
-        tx.commit().await?;
+        let deleted = AuditEntry::by(principal, "user.deleted")
+            .target("user", id)
+            .detail("role", user.role.as_str())
+            .detail("revoked_sessions", revoked.len());
+        self.commit_audited(tx, [deleted]).await?;
         self.forget_sessions(&revoked, now);
         self.inner.profiles.forget(id);
         tracing::info!(admin = %principal.user_id, user = %id, "account deleted");
@@ -503,7 +552,8 @@ impl App {
         if id != principal.user_id {
             self.outranks(&grants, &user)?;
         }
-        self.revoke_all_sessions(id, None, RevokeReason::UserRevoked).await
+        let entry = AuditEntry::by(principal, "session.revoked_all");
+        self.revoke_all_sessions(id, None, RevokeReason::UserRevoked, entry).await
     }
 
     /// The start of every write to another account: the cached permission check (cheap refusals

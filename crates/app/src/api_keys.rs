@@ -27,6 +27,7 @@ use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::audit::AuditEntry;
 use crate::keys::Place;
 use crate::organizations::{check_in, in_org, may_give_in, page_limit};
 use crate::secret_token::random_id_bytes;
@@ -354,7 +355,7 @@ impl App {
             let last_used_ip = match tx.api_key_last_ip(&key.id).await? {
                 Some((sealed, _)) => Some(fields.open_text(
                     &sealed,
-                    Place { table: PiiTable::ApiKeys, column: "last_used_ip", row: &row },
+                    Place { table: PiiTable::ApiKeys.name(), column: "last_used_ip", row: &row },
                 )?),
                 None => None,
             };
@@ -415,7 +416,7 @@ impl App {
         let (key, secret) = self.build_key(KeyOwner::User(principal.user_id), &grants, new)?;
         let mut tx = self.inner.store.begin().await?;
         self.store_key(tx.as_mut(), &key).await?;
-        tx.commit().await?;
+        self.commit_audited(tx, [key_created(principal, &key)]).await?;
         tracing::info!(user = %principal.user_id, key = %key.id, "api key created");
         Ok(IssuedApiKey { key, secret })
     }
@@ -433,8 +434,9 @@ impl App {
     pub async fn revoke_my_api_key(&self, principal: &Principal, id: &str) -> Result<(), AppError> {
         principal.require_session()?;
         let mut tx = self.inner.store.begin().await?;
-        let id = self.revoke_owned_key(tx.as_mut(), KeyOwner::User(principal.user_id), id).await?;
-        tx.commit().await?;
+        let owner = KeyOwner::User(principal.user_id);
+        let id = self.revoke_owned_key(tx.as_mut(), owner, id).await?;
+        self.commit_audited(tx, [key_record(principal, "api_key.revoked", &id, owner)]).await?;
         self.inner.api_keys.forget(&id);
         tracing::info!(user = %principal.user_id, key = %id, "api key revoked");
         Ok(())
@@ -447,7 +449,7 @@ impl App {
         self.require(principal, "apikeys:create", own).await?;
         let mut tx = self.inner.store.begin().await?;
         let issued = self.rotate_owned_key(tx.as_mut(), KeyOwner::User(principal.user_id), id).await?;
-        tx.commit().await?;
+        self.commit_audited(tx, [key_rotated(principal, &issued.key)]).await?;
         self.inner.api_keys.forget(&issued.key.id);
         tracing::info!(user = %principal.user_id, key = %issued.key.id, "api key rotated");
         Ok(issued)
@@ -478,11 +480,23 @@ impl App {
             Ok(()) => {}
             Err(KeyRefusal::OutsideAllowedNetworks) => {
                 tracing::info!(key = %key.id, "api key used from outside its allowed networks");
-                self.record_security_event(
+                // The secret was right: the key acted, and was refused.
+                let actor = portcullis_domain::Actor {
+                    kind: portcullis_domain::ActorKind::ApiKey,
+                    id: Some(key.id.to_string()),
+                    on_behalf_of: Some(key.owner.id().to_string()),
+                };
+                let refused = AuditEntry::new("api_key.refused", actor)
+                    .target("api_key", key.id)
+                    .outcome(portcullis_domain::Outcome::Denied)
+                    .detail("reason", "outside_allowed_networks");
+                self.record_security_event_audited(
                     SecurityEventKind::ApiKeyOutsideAllowedNetworks,
                     Some(key.owner.id()),
                     None,
-                    client,
+                    client.ip.as_deref(),
+                    Default::default(),
+                    [refused],
                 )
                 .await?;
                 return Err(AppError::Forbidden("this API key may not be used from this address".into()));
@@ -510,7 +524,7 @@ impl App {
     async fn record_key_use(&self, id: &ApiKeyId, ip: Option<&str>, now: Timestamp) -> Result<(), AppError> {
         let keys = self.loaded_keys();
         let row = id.to_string();
-        let place = Place { table: PiiTable::ApiKeys, column: "last_used_ip", row: &row };
+        let place = Place { table: PiiTable::ApiKeys.name(), column: "last_used_ip", row: &row };
         let sealed = ip.map(|ip| keys.fields.seal(ip.as_bytes(), place)).transpose()?;
         let pii_key = sealed.as_ref().map(|_| keys.fields.active_pii_id()).transpose()?;
         let mut tx = self.inner.store.begin().await?;
@@ -648,7 +662,11 @@ impl App {
             }
             other => other.into(),
         })?;
-        tx.commit().await?;
+        let created = AuditEntry::by(principal, "service_account.created")
+            .target("service_account", account.id)
+            .organization(org)
+            .detail("role", role.as_str());
+        self.commit_audited(tx, [created]).await?;
         tracing::info!(admin = %principal.user_id, service_account = %account.id, "service account created");
         Ok(account)
     }
@@ -750,19 +768,44 @@ impl App {
         for role in [Some(current.role), change.role].into_iter().flatten() {
             may_give_in(&grants, role, org)?;
         }
+        let mut entries = Vec::new();
         let custom_roles = match &change.custom_roles {
             Some(wanted) => {
-                self.set_service_account_custom_roles(tx.as_mut(), &grants, org, current.id, wanted).await?
+                let roles = self
+                    .set_service_account_custom_roles(tx.as_mut(), &grants, org, current.id, wanted)
+                    .await?;
+                entries.extend(roles.audit(principal, "service_account", current.id, org));
+                roles.held
             }
             None => tx.service_account_roles(current.id).await?,
         };
+        let mut updated_entry = AuditEntry::by(principal, "service_account.updated")
+            .target("service_account", current.id)
+            .organization(org);
         let updated = ServiceAccount {
             name: name.unwrap_or_else(|| current.name.clone()),
             role: change.role.unwrap_or(current.role),
             active: change.active.unwrap_or(current.active),
             updated_at: self.now(),
-            ..current
+            ..current.clone()
         };
+        let mut fields = Vec::new();
+        if updated.name != current.name {
+            fields.push("name");
+        }
+        if updated.role != current.role {
+            fields.push("role");
+            updated_entry = updated_entry
+                .detail("role_from", current.role.as_str())
+                .detail("role_to", updated.role.as_str());
+        }
+        if updated.active != current.active {
+            fields.push("active");
+            updated_entry = updated_entry.detail("active", updated.active);
+        }
+        if !fields.is_empty() {
+            entries.push(updated_entry.detail("fields", fields));
+        }
         if !tx.update_service_account(&updated).await.map_err(|e| match e {
             StoreError::Conflict { .. } => {
                 AppError::invalid("/name", "is taken by another service account of this organization")
@@ -771,7 +814,7 @@ impl App {
         })? {
             return Err(AppError::NotFound);
         }
-        tx.commit().await?;
+        self.commit_audited(tx, entries).await?;
         self.inner.api_keys.clear();
         tracing::info!(admin = %principal.user_id, service_account = %updated.id, active = updated.active, "service account changed");
         Ok(ServiceAccountDetails { account: updated, custom_roles })
@@ -798,7 +841,11 @@ impl App {
             ));
         }
         tx.delete_service_account(current.id).await?;
-        tx.commit().await?;
+        let deleted = AuditEntry::by(principal, "service_account.deleted")
+            .target("service_account", current.id)
+            .organization(org)
+            .detail("role", current.role.as_str());
+        self.commit_audited(tx, [deleted]).await?;
         self.inner.api_keys.clear();
         tracing::info!(admin = %principal.user_id, service_account = %current.id, "service account deleted");
         Ok(())
@@ -828,7 +875,7 @@ impl App {
         }
         let (key, secret) = self.build_key(KeyOwner::ServiceAccount(current.id), &theirs, new)?;
         self.store_key(tx.as_mut(), &key).await?;
-        tx.commit().await?;
+        self.commit_audited(tx, [key_created(principal, &key).organization(org)]).await?;
         tracing::info!(admin = %principal.user_id, service_account = %current.id, key = %key.id, "api key created");
         Ok(IssuedApiKey { key, secret })
     }
@@ -855,8 +902,11 @@ impl App {
     ) -> Result<(), AppError> {
         let account = self.visible_account(principal, id, "serviceaccounts:write").await?;
         let mut tx = self.inner.store.begin().await?;
-        let key = self.revoke_owned_key(tx.as_mut(), KeyOwner::ServiceAccount(account.id), key).await?;
-        tx.commit().await?;
+        let owner = KeyOwner::ServiceAccount(account.id);
+        let key = self.revoke_owned_key(tx.as_mut(), owner, key).await?;
+        let revoked =
+            key_record(principal, "api_key.revoked", &key, owner).organization(account.organization);
+        self.commit_audited(tx, [revoked]).await?;
         self.inner.api_keys.forget(&key);
         tracing::info!(admin = %principal.user_id, service_account = %account.id, key = %key, "api key revoked");
         Ok(())
@@ -883,7 +933,7 @@ impl App {
             ));
         }
         let issued = self.rotate_owned_key(tx.as_mut(), KeyOwner::ServiceAccount(current.id), key).await?;
-        tx.commit().await?;
+        self.commit_audited(tx, [key_rotated(principal, &issued.key).organization(org)]).await?;
         self.inner.api_keys.forget(&issued.key.id);
         tracing::info!(admin = %principal.user_id, service_account = %current.id, key = %issued.key.id, "api key rotated");
         Ok(issued)
@@ -972,5 +1022,34 @@ impl App {
             iss: Some(claims.iss),
             aud: Some(claims.aud),
         })
+    }
+}
+
+/// An audit record about a key: its public id as the target and its owner, never any secret.
+fn key_record(principal: &Principal, action: &str, id: &ApiKeyId, owner: KeyOwner) -> AuditEntry {
+    let (kind, owner) = match owner {
+        KeyOwner::User(id) => ("user", id),
+        KeyOwner::ServiceAccount(id) => ("service_account", id),
+    };
+    AuditEntry::by(principal, action)
+        .target("api_key", id)
+        .detail("owner_type", kind)
+        .detail("owner_id", owner.to_string())
+}
+
+/// `api_key.created`: what the key may do, from where (how many networks) and until when.
+fn key_created(principal: &Principal, key: &ApiKey) -> AuditEntry {
+    key_record(principal, "api_key.created", &key.id, key.owner)
+        .detail("scopes", key.scopes.iter().map(ToString::to_string).collect::<Vec<_>>())
+        .detail("expires_at", key.expires_at.to_rfc3339())
+        .detail("allowed_networks", key.allowed_cidrs.len())
+}
+
+/// `api_key.rotated`: until when the previous secret still works.
+fn key_rotated(principal: &Principal, key: &ApiKey) -> AuditEntry {
+    let entry = key_record(principal, "api_key.rotated", &key.id, key.owner);
+    match key.previous {
+        Some((_, until)) => entry.detail("previous_valid_until", until.to_rfc3339()),
+        None => entry,
     }
 }

@@ -1,12 +1,13 @@
-//! Hooks for the criterion benchmarks (`benches/`): the field-encryption work of a login and of an
-//! uncached profile read, on keys made for the benchmark. Not an API; hidden from the docs.
+//! Hooks for the benchmarks (`benches/`): the field-encryption work of a login and of an uncached
+//! profile read, on keys made for the benchmark, and appending audit events on each of the audit
+//! trail's two paths (`benches/audit.rs`). Not an API; hidden from the docs.
 
 use portcullis_domain::Email;
 use portcullis_store::{PiiTable, Sealed};
 use zeroize::Zeroizing;
 
-use crate::AppError;
 use crate::keys::{FieldKeys, Place};
+use crate::{App, AppError};
 
 /// An account's sealed address and name, and the keys that open them.
 #[derive(Debug)]
@@ -60,5 +61,44 @@ impl FieldWork {
 }
 
 fn place<'a>(row: &'a str, column: &'static str) -> Place<'a> {
-    Place { table: PiiTable::Users, column, row }
+    Place { table: PiiTable::Users.name(), column, row }
+}
+
+/// The client every benchmark audit event is recorded for: a request's address, user agent and id,
+/// so each event carries the two sealed fields a failed login's record carries.
+fn bench_request(writer: usize, n: usize) -> crate::audit::RequestContext {
+    crate::audit::RequestContext {
+        ip: Some(format!("203.0.113.{}", writer % 256)),
+        user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) portcullis-bench/1".to_owned()),
+        request_id: Some(format!("bench-{writer}-{n}")),
+    }
+}
+
+/// The event the audit benchmarks record: about what a failed login's record holds.
+fn bench_entry(writer: usize, n: usize) -> crate::audit::AuditEntry {
+    crate::audit::AuditEntry::system("bench.event.recorded")
+        .target("user", format!("0b1c2d3e-4f50-4617-8283-{writer:012}"))
+        .detail("writer", writer)
+        .detail("n", n)
+        .detail("reason", "benchmark")
+}
+
+/// Appends `count` events (`n`, `n + 1`, …) through the group-commit writer in one call
+/// (`App::record_audit`, the path of events without a change of their own), and returns once they
+/// are committed. `count = 1` is one failed login; larger counts fill a log quickly.
+pub async fn record_audit_events(app: &App, writer: usize, n: usize, count: usize) -> Result<(), AppError> {
+    let entries = (n..n + count).map(|i| bench_entry(writer, i));
+    crate::audit::within_request(bench_request(writer, n), app.record_audit(entries)).await?;
+    Ok(())
+}
+
+/// Appends one event in a transaction of its own (`App::commit_audited`, the path every state
+/// change takes, here with no change besides the event).
+pub async fn commit_audited_event(app: &App, writer: usize, n: usize) -> Result<(), AppError> {
+    let work = async {
+        let tx = app.store().begin().await?;
+        app.commit_audited(tx, [bench_entry(writer, n)]).await
+    };
+    crate::audit::within_request(bench_request(writer, n), work).await?;
+    Ok(())
 }

@@ -6,14 +6,15 @@ use portcullis_store::StoreError;
 /// in words that never repeat the submitted value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldIssue {
-    pub field: &'static str,
+    pub field: std::borrow::Cow<'static, str>,
     pub message: String,
 }
 
 impl FieldIssue {
-    /// An issue with `field` (a JSON pointer such as `/password`).
-    pub fn new(field: &'static str, message: impl std::fmt::Display) -> Self {
-        Self { field, message: message.to_string() }
+    /// An issue with `field` (a JSON pointer such as `/password`, or `/events/3/action` built for
+    /// an item of a batch).
+    pub fn new(field: impl Into<std::borrow::Cow<'static, str>>, message: impl std::fmt::Display) -> Self {
+        Self { field: field.into(), message: message.to_string() }
     }
 }
 

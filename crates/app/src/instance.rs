@@ -3,6 +3,7 @@
 use portcullis_domain::{InstanceId, InstanceMeta};
 use portcullis_store::StoreError;
 
+use crate::audit::AuditEntry;
 use crate::{App, AppError};
 
 impl App {
@@ -24,7 +25,11 @@ impl App {
         let mut tx = self.inner.store.begin().await?;
         match tx.insert_instance(&meta).await {
             Ok(()) => {
-                tx.commit().await?;
+                // The installation's first event: where its audit trail begins.
+                let created = AuditEntry::system("instance.created")
+                    .detail("instance_id", meta.id.to_string())
+                    .detail("version", meta.created_by_version.as_str());
+                self.commit_audited(tx, [created]).await?;
                 Ok(meta)
             }
             Err(StoreError::Conflict { .. }) => {

@@ -8,6 +8,7 @@ mod abuse;
 mod accounts;
 mod admin;
 mod api_keys;
+pub mod audit;
 mod authz;
 #[doc(hidden)]
 pub mod benchmarking;
@@ -67,7 +68,7 @@ pub use passwords::{BCRYPT_MAX_BYTES, HashAlgorithm, HashPoolSize, HashSlot, Pas
 pub use readiness::{CheckState, Readiness};
 pub use roles::{MAX_HOLDERS_LISTED, OrganizationRoles, RoleChange};
 pub use secret_token::SecretToken;
-pub use security_events::{AdminSecurityEvent, SecurityEventFilter, SecurityEventList};
+pub use security_events::{AdminSecurityEvent, SecurityEventFilter, SecurityEventList, parse_rfc3339};
 pub use sessions::{
     ClientContext, Credential, IssuedCredentials, LoginMode, LoginOutcome, Principal, PrincipalKind,
     REVOCATION_SYNC_SECS, SessionSummary, SessionTransport,
@@ -117,6 +118,8 @@ pub struct AppSettings {
     pub detection: DetectionSettings,
     /// Failed logins per account identifier that lock its password path, and for how long.
     pub lockout: portcullis_domain::LockoutPolicy,
+    /// Audit checkpoints, retention and verification.
+    pub audit: audit::AuditSettings,
 }
 
 impl AppSettings {
@@ -156,6 +159,7 @@ impl AppSettings {
             ip_rules: IpRuleSettings::default(),
             detection: DetectionSettings::default(),
             lockout: portcullis_domain::LockoutPolicy::default(),
+            audit: audit::AuditSettings::default(),
         }
     }
 }
@@ -190,6 +194,7 @@ struct Inner {
     rate_limits: abuse::RateLimits,
     ip_rules: abuse::ip_rules::IpRules,
     detector: abuse::detection::Detector,
+    audit_writer: audit::AuditWriter,
 }
 
 impl App {
@@ -226,6 +231,7 @@ impl App {
                 rate_limits,
                 ip_rules,
                 detector: abuse::detection::Detector::default(),
+                audit_writer: audit::AuditWriter::default(),
             }),
         })
     }

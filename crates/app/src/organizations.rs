@@ -15,6 +15,7 @@ use portcullis_domain::{
 use portcullis_store::{StoreError, StoreTx};
 
 use crate::admin::MAX_PAGE;
+use crate::audit::AuditEntry;
 use crate::secret_token::random_id_bytes;
 use crate::{App, AppError, Principal};
 
@@ -65,7 +66,14 @@ impl App {
         };
         let mut tx = self.inner.store.begin().await?;
         match tx.insert_organization(&organization).await {
-            Ok(()) => tx.commit().await?,
+            Ok(()) => {
+                let created = AuditEntry::system("organization.created")
+                    .target("organization", organization.id)
+                    .organization(organization.id)
+                    .detail("slug", organization.slug.as_str())
+                    .detail("default", true);
+                self.commit_audited(tx, [created]).await?;
+            }
             Err(StoreError::Conflict { .. }) => drop(tx),
             Err(other) => return Err(other.into()),
         }
@@ -107,7 +115,11 @@ impl App {
             StoreError::Conflict { .. } => AppError::invalid("/slug", "is taken by another organization"),
             other => other.into(),
         })?;
-        tx.commit().await?;
+        let created = AuditEntry::by(principal, "organization.created")
+            .target("organization", organization.id)
+            .organization(organization.id)
+            .detail("slug", organization.slug.as_str());
+        self.commit_audited(tx, [created]).await?;
         tracing::info!(admin = %principal.user_id, organization = %organization.id, "organization created");
         Ok(organization)
     }
@@ -167,7 +179,11 @@ impl App {
             return Err(AppError::NotFound);
         }
         let organization = tx.organization(id).await?.ok_or(AppError::NotFound)?;
-        tx.commit().await?;
+        let updated = AuditEntry::by(principal, "organization.updated")
+            .target("organization", id)
+            .organization(id)
+            .detail("fields", vec!["name"]);
+        self.commit_audited(tx, [updated]).await?;
         Ok(organization)
     }
 
@@ -185,7 +201,11 @@ impl App {
             return Err(AppError::Forbidden("the default organization cannot be deleted".into()));
         }
         tx.delete_organization(id).await?;
-        tx.commit().await?;
+        let deleted = AuditEntry::by(principal, "organization.deleted")
+            .target("organization", id)
+            .organization(id)
+            .detail("slug", organization.slug.as_str());
+        self.commit_audited(tx, [deleted]).await?;
         self.inner.profiles.clear();
         // Its service accounts and their keys went with it.
         self.inner.api_keys.clear();
@@ -271,11 +291,26 @@ impl App {
             keep_an_org_owner(tx.as_mut(), org, &target).await?;
         }
         tx.set_membership(org, user, role, now).await?;
+        let mut entries = Vec::new();
+        let membership = match current {
+            None => Some(AuditEntry::by(principal, "membership.added").detail("role", role.as_str())),
+            Some(from) if from != role => Some(
+                AuditEntry::by(principal, "membership.changed")
+                    .detail("from", from.as_str())
+                    .detail("to", role.as_str()),
+            ),
+            Some(_) => None,
+        };
+        entries.extend(membership.map(|e| e.target("user", user).organization(org)));
         let custom_roles = match custom_roles {
-            Some(wanted) => self.set_custom_roles(tx.as_mut(), &grants, org, user, wanted).await?,
+            Some(wanted) => {
+                let roles = self.set_custom_roles(tx.as_mut(), &grants, org, user, wanted).await?;
+                entries.extend(roles.audit(principal, "user", user, org));
+                roles.held
+            }
             None => tx.member_roles(org, user).await?,
         };
-        tx.commit().await?;
+        self.commit_audited(tx, entries).await?;
         self.inner.profiles.forget(user);
         tracing::info!(admin = %principal.user_id, organization = %org, user = %user, role = role.as_str(), "membership set");
         Ok(Member {
@@ -307,13 +342,20 @@ impl App {
         let grants = self.caller_under_lock(tx.as_mut(), principal, "memberships:write", in_org(org)).await?;
         let current = tx.membership(org, user).await?.ok_or(AppError::NotFound)?;
         may_give_in(&grants, current, org)?;
-        self.set_custom_roles(tx.as_mut(), &grants, org, user, &[]).await?;
+        let roles = self.set_custom_roles(tx.as_mut(), &grants, org, user, &[]).await?;
         if current == BuiltinRole::Owner {
             let target = self.load_user(tx.as_mut(), user).await?.ok_or(AppError::NotFound)?;
             keep_an_org_owner(tx.as_mut(), org, &target).await?;
         }
         tx.remove_membership(org, user).await?;
-        tx.commit().await?;
+        let mut entries = roles.audit(principal, "user", user, org);
+        entries.push(
+            AuditEntry::by(principal, "membership.removed")
+                .target("user", user)
+                .organization(org)
+                .detail("role", current.as_str()),
+        );
+        self.commit_audited(tx, entries).await?;
         self.inner.profiles.forget(user);
         tracing::info!(admin = %principal.user_id, organization = %org, user = %user, "membership removed");
         Ok(())

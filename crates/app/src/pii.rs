@@ -137,7 +137,7 @@ impl App {
     ) -> Result<(), AppError> {
         let keys = self.loaded_keys();
         let row = session.id.to_string();
-        let place = |column| Place { table: PiiTable::Sessions, column, row: &row };
+        let place = |column| Place { table: PiiTable::Sessions.name(), column, row: &row };
         let stored = StoredSession {
             session: session.clone(),
             ip: ip.map(|ip| keys.fields.seal(ip.as_bytes(), place("ip"))).transpose()?,
@@ -163,7 +163,7 @@ impl App {
         for stored in tx.sessions_of(user, now).await? {
             let keys = self.keys_holding(tx, stored.pii_key.as_deref()).await?;
             let row = stored.session.id.to_string();
-            let place = |column| Place { table: PiiTable::Sessions, column, row: &row };
+            let place = |column| Place { table: PiiTable::Sessions.name(), column, row: &row };
             opened.push(OpenedSession {
                 ip: stored.ip.as_ref().map(|ip| keys.fields.open_text(ip, place("ip"))).transpose()?,
                 user_agent: stored
@@ -185,7 +185,7 @@ impl App {
     ) -> Result<StoredSecurityEvent, AppError> {
         let keys = self.loaded_keys();
         let row = event.id.to_string();
-        let place = Place { table: PiiTable::SecurityEvents, column: "ip", row: &row };
+        let place = Place { table: PiiTable::SecurityEvents.name(), column: "ip", row: &row };
         Ok(StoredSecurityEvent {
             ip: ip.map(|ip| keys.fields.seal(ip.as_bytes(), place)).transpose()?,
             pii_key: ip.is_some().then(|| keys.fields.active_pii_id().map(str::to_owned)).transpose()?,
@@ -201,7 +201,7 @@ impl App {
     ) -> Result<(SecurityEvent, Option<String>), AppError> {
         let keys = self.keys_holding(tx, stored.pii_key.as_deref()).await?;
         let row = stored.event.id.to_string();
-        let place = Place { table: PiiTable::SecurityEvents, column: "ip", row: &row };
+        let place = Place { table: PiiTable::SecurityEvents.name(), column: "ip", row: &row };
         let ip = stored.ip.as_ref().map(|ip| keys.fields.open_text(ip, place)).transpose()?;
         Ok((stored.event, ip))
     }
@@ -215,7 +215,7 @@ impl App {
     ) -> Result<(), AppError> {
         let keys = self.loaded_keys();
         let row = token.hash.to_hex();
-        let place = Place { table: PiiTable::OneTimeTokens, column: "email", row: &row };
+        let place = Place { table: PiiTable::OneTimeTokens.name(), column: "email", row: &row };
         let stored = StoredOneTimeToken {
             email: email.map(|e| keys.fields.seal(e.as_str().as_bytes(), place)).transpose()?,
             pii_key: email.is_some().then(|| keys.fields.active_pii_id().map(str::to_owned)).transpose()?,
@@ -237,7 +237,7 @@ impl App {
         let Some(stored) = tx.spend_one_time_token(hash, purpose, now).await? else { return Ok(None) };
         let keys = self.keys_holding(tx, stored.pii_key.as_deref()).await?;
         let row = stored.token.hash.to_hex();
-        let place = Place { table: PiiTable::OneTimeTokens, column: "email", row: &row };
+        let place = Place { table: PiiTable::OneTimeTokens.name(), column: "email", row: &row };
         let email = stored
             .email
             .as_ref()
@@ -251,7 +251,7 @@ impl App {
 }
 
 fn users<'a>(row: &'a str, column: &'static str) -> Place<'a> {
-    Place { table: PiiTable::Users, column, row }
+    Place { table: PiiTable::Users.name(), column, row }
 }
 
 fn corrupt(column: &str) -> AppError {

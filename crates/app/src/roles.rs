@@ -13,6 +13,7 @@ use portcullis_domain::{
 };
 use portcullis_store::{StoreError, StoreTx};
 
+use crate::audit::AuditEntry;
 use crate::secret_token::random_id_bytes;
 use crate::{App, AppError, FieldIssue, Principal};
 
@@ -31,6 +32,41 @@ pub struct OrganizationRoles {
 pub struct RoleChange {
     pub name: Option<String>,
     pub permissions: Option<Vec<String>>,
+}
+
+/// The custom roles an account holds after a change, and the ones the change gave and took.
+#[derive(Debug)]
+pub(crate) struct HeldRoles {
+    pub(crate) held: Vec<CustomRole>,
+    given: Vec<RoleId>,
+    taken: Vec<RoleId>,
+}
+
+impl HeldRoles {
+    fn between(current: &[CustomRole], held: Vec<CustomRole>) -> Self {
+        let given = held.iter().filter(|r| !current.iter().any(|c| c.id == r.id)).map(|r| r.id).collect();
+        let taken = current.iter().filter(|c| !held.iter().any(|r| r.id == c.id)).map(|c| c.id).collect();
+        Self { held, given, taken }
+    }
+
+    /// `role.assigned` and `role.unassigned` records of the change, by `principal`, about the
+    /// account (`target_kind` `user` or `service_account`) in `org`.
+    pub(crate) fn audit(
+        &self,
+        principal: &Principal,
+        target_kind: &str,
+        target: UserId,
+        org: OrganizationId,
+    ) -> Vec<AuditEntry> {
+        let record = |action: &str, role: &RoleId| {
+            AuditEntry::by(principal, action)
+                .target(target_kind, target)
+                .organization(org)
+                .detail("role_id", role.to_string())
+        };
+        let given = self.given.iter().map(|role| record("role.assigned", role));
+        given.chain(self.taken.iter().map(|role| record("role.unassigned", role))).collect()
+    }
 }
 
 fn in_org(organization: OrganizationId) -> Resource {
@@ -153,7 +189,12 @@ impl App {
             )));
         }
         tx.insert_role(&role).await.map_err(name_taken)?;
-        tx.commit().await?;
+        let created = AuditEntry::by(principal, "role.created")
+            .target("role", role.id)
+            .organization(org)
+            .detail("name", role.name.as_str())
+            .detail("permissions", permission_texts(&role.permissions));
+        self.commit_audited(tx, [created]).await?;
         tracing::info!(admin = %principal.user_id, organization = %org, role = %role.id, "role created");
         Ok(role)
     }
@@ -182,6 +223,7 @@ impl App {
         let grants = self.caller_under_lock(tx.as_mut(), principal, "roles:write", in_org(org)).await?;
         let before = tx.role(org, id).await?.ok_or(AppError::NotFound)?;
         may_give(&grants, &before)?;
+        let before_permissions = before.permissions.clone();
         let after = CustomRole {
             name: name.unwrap_or_else(|| before.name.clone()),
             permissions: permissions.unwrap_or_else(|| before.permissions.clone()),
@@ -192,7 +234,13 @@ impl App {
         if !tx.update_role(&after).await.map_err(name_taken)? {
             return Err(AppError::NotFound);
         }
-        tx.commit().await?;
+        let updated = AuditEntry::by(principal, "role.updated")
+            .target("role", id)
+            .organization(org)
+            .detail("name", after.name.as_str())
+            .detail("permissions_before", permission_texts(&before_permissions))
+            .detail("permissions", permission_texts(&after.permissions));
+        self.commit_audited(tx, [updated]).await?;
         self.inner.profiles.clear();
         // Service accounts holding the role have their grants cached beside their keys.
         self.inner.api_keys.clear();
@@ -223,7 +271,14 @@ impl App {
             return Err(AppError::RoleInUse { holders });
         }
         tx.delete_role(org, id).await?;
-        tx.commit().await?;
+        // With `force`, the holders listed (at most MAX_HOLDERS_LISTED) lost it with the role.
+        let deleted = AuditEntry::by(principal, "role.deleted")
+            .target("role", id)
+            .organization(org)
+            .detail("name", role.name.as_str())
+            .detail("forced", force)
+            .detail("holders", holders.len());
+        self.commit_audited(tx, [deleted]).await?;
         self.inner.profiles.clear();
         self.inner.api_keys.clear();
         tracing::info!(admin = %principal.user_id, organization = %org, role = %id, forced = force, "role deleted");
@@ -232,7 +287,7 @@ impl App {
 
     /// Makes `wanted` (role ids) exactly the custom roles `user` holds in `org`, under the caller's
     /// lock-held grants: each role given or taken must be one the caller could create. Returns the
-    /// roles now held.
+    /// roles now held, and which were given and taken.
     pub(crate) async fn set_custom_roles(
         &self,
         tx: &mut dyn StoreTx,
@@ -240,12 +295,12 @@ impl App {
         org: OrganizationId,
         user: UserId,
         wanted: &[String],
-    ) -> Result<Vec<CustomRole>, AppError> {
+    ) -> Result<HeldRoles, AppError> {
         let current = tx.member_roles(org, user).await?;
         let roles = self.changed_roles(tx, grants, org, wanted, &current).await?;
         let ids: Vec<RoleId> = roles.iter().map(|r| r.id).collect();
         tx.set_member_roles(org, user, &ids).await?;
-        Ok(roles)
+        Ok(HeldRoles::between(&current, roles))
     }
 
     /// The same for a service account of `org`.
@@ -256,12 +311,12 @@ impl App {
         org: OrganizationId,
         account: UserId,
         wanted: &[String],
-    ) -> Result<Vec<CustomRole>, AppError> {
+    ) -> Result<HeldRoles, AppError> {
         let current = tx.service_account_roles(account).await?;
         let roles = self.changed_roles(tx, grants, org, wanted, &current).await?;
         let ids: Vec<RoleId> = roles.iter().map(|r| r.id).collect();
         tx.set_service_account_roles(org, account, &ids).await?;
-        Ok(roles)
+        Ok(HeldRoles::between(&current, roles))
     }
 
     /// The roles `wanted` names (ids of `org`'s roles, at most [`MAX_ROLES_PER_MEMBER`]), refused
@@ -298,6 +353,11 @@ impl App {
         roles.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
         Ok(roles)
     }
+}
+
+/// A role's permissions as the audit trail records them.
+fn permission_texts(permissions: &[Permission]) -> Vec<String> {
+    permissions.iter().map(ToString::to_string).collect()
 }
 
 /// A taken name is the caller's to fix; any other store error stays what it is.

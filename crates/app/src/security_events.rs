@@ -1,6 +1,7 @@
 //! Reading the security events (`GET /v1/admin/security-events`): what a defender looks at after an
 //! alert, filtered by kind, account and time, newest first, a page at a time, with the client's
-//! address opened. Needs `security:read` system-wide.
+//! address opened. Needs `security:read` system-wide; every read is recorded in the audit trail
+//! (`security_events.read`), since the page holds clients' addresses.
 //!
 //! Security events are about the whole installation (failed logins for unknown addresses, rate
 //! limits, blocked networks) and most belong to no organization, so there is no organization scope
@@ -97,6 +98,16 @@ impl App {
             events.push(AdminSecurityEvent::new(event, ip));
         }
         tx.rollback().await?;
+        // What was asked and how much came back; the events themselves stay where they are.
+        let mut read = crate::audit::AuditEntry::by(principal, "security_events.read")
+            .detail("returned", events.len())
+            .detail("kinds", filter.kinds.clone());
+        for (name, value) in [("user_id", filter.user_id), ("since", filter.since), ("until", filter.until)] {
+            if let Some(value) = value {
+                read = read.detail(name, value);
+            }
+        }
+        self.record_audit([read]).await?;
         Ok(SecurityEventList { events, next: page.next.map(cursor_text) })
     }
 }
@@ -183,7 +194,7 @@ fn parse_cursor(text: &str) -> Option<SecurityEventCursor> {
 /// refused, as JSON Schema's `date-time` refuses it, so the API accepts what it documents and no
 /// more. A leap second (`:60`) counts as the last millisecond of its minute, since unix time has no
 /// place for it.
-fn parse_rfc3339(text: &str) -> Option<Timestamp> {
+pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
     let b = text.as_bytes();
     // Nanoseconds and an offset make 35 bytes; a longer fraction is allowed, a page of digits is not.
     if !(20..=128).contains(&b.len()) {

@@ -8,12 +8,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use portcullis_domain::{
-    Email, RevokeReason, SecurityEvent, SecurityEventId, SecurityEventKind, Session, SessionId, SessionKind,
-    Timestamp, UserId, UserStatus, normalize_password,
+    Actor, ActorKind, Email, Outcome, RevokeReason, SecurityEvent, SecurityEventId, SecurityEventKind,
+    Session, SessionId, SessionKind, Timestamp, UserId, UserStatus, normalize_password,
 };
 use portcullis_store::{RefreshSpend, StoreTx};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::audit::AuditEntry;
 use crate::passwords::Verified;
 use crate::secret_token::{SecretToken, hash_token, random_id_bytes};
 use crate::tokens::{AccessClaims, AccessGrant};
@@ -221,15 +222,38 @@ impl App {
         // A locked identifier is refused before its password is checked, known or not alike, except
         // from an address the account has logged in from before (OWASP's "device cookie" idea, by
         // address): a guesser elsewhere cannot keep the owner out of where they usually are.
-        if !known_address {
-            self.refuse_if_locked(throttle.as_ref())?;
+        if !known_address && let Err(refusal) = self.refuse_if_locked(throttle.as_ref()) {
+            // Known and unknown identifiers alike: the record names the account only for readers of
+            // the trail, never in the answer.
+            let failed = login_failed("locked", user.as_ref().map(|u| u.id));
+            self.record_audit([failed]).await?;
+            return Err(refusal);
         }
         let verified = slot.verify(password, stored.clone()).await?;
         let user = match (user, verified) {
             (Some(user), Verified::Yes { rehash }) if user.status == UserStatus::Active => (user, rehash),
-            (user, _) => {
+            (user, verified) => {
+                let reason = match (&user, verified) {
+                    (None, _) => "unknown_account",
+                    (Some(user), Verified::Yes { .. }) => match user.status {
+                        UserStatus::Locked => "account_locked",
+                        UserStatus::Disabled => "account_disabled",
+                        UserStatus::Active => "account_inactive",
+                    },
+                    (Some(_), _) => "wrong_password",
+                };
                 let user = user.map(|u| u.id);
-                self.record_security_event(SecurityEventKind::LoginFailed, user, None, client).await?;
+                // The audit record joins the security event's transaction: every failure, known
+                // account or not, costs the same one write.
+                self.record_security_event_audited(
+                    SecurityEventKind::LoginFailed,
+                    user,
+                    None,
+                    client.ip.as_deref(),
+                    Default::default(),
+                    [login_failed(reason, user)],
+                )
+                .await?;
                 if let Some(subject) = subject {
                     self.count_login_failure(subject, user, client).await?;
                 }
@@ -241,7 +265,15 @@ impl App {
             // The same answer as a wrong password: a distinct one would tell an attacker who signed up
             // an address with a password of their choosing whether it already had an account. The
             // owner gets a fresh confirmation link instead, at the address only they read.
-            self.record_security_event(SecurityEventKind::LoginFailed, Some(user.id), None, client).await?;
+            self.record_security_event_audited(
+                SecurityEventKind::LoginFailed,
+                Some(user.id),
+                None,
+                client.ip.as_deref(),
+                Default::default(),
+                [login_failed("email_unverified", Some(user.id))],
+            )
+            .await?;
             self.resend_verification(&user).await?;
             return Err(AppError::InvalidCredentials);
         }
@@ -259,6 +291,7 @@ impl App {
             // Disabled, locked or deleted since it was read (an administrator's change committed
             // while the password was being checked): no session for it.
             drop(tx);
+            self.record_audit([login_failed("account_changed", Some(user.id))]).await?;
             return Err(AppError::InvalidCredentials);
         }
         let (session, credentials) = self.open_session(tx.as_mut(), user.id, mode, client, now).await?;
@@ -272,7 +305,18 @@ impl App {
             }
             None => None,
         };
-        tx.commit().await?;
+        let succeeded = AuditEntry::new("user.login.succeeded", user_actor(user.id))
+            .target("user", user.id)
+            .detail("method", "password")
+            .detail(
+                "mode",
+                match mode {
+                    LoginMode::Bearer => "bearer",
+                    LoginMode::Cookie => "cookie",
+                },
+            )
+            .detail("session_id", session.id.to_string());
+        self.commit_audited(tx, [succeeded]).await?;
         self.inner.profiles.forget(user.id);
         tracing::info!(user = %user.id, session = %session.id, "login");
         if let Some((ip, known, seen)) = remembered
@@ -381,7 +425,14 @@ impl App {
                 };
                 tx.insert_security_event(&self.seal_security_event(event.clone(), client.ip.as_deref())?)
                     .await?;
-                tx.commit().await?;
+                let mut reused = AuditEntry::system("session.refresh_reused")
+                    .outcome(Outcome::Failure)
+                    .target("session", session_id)
+                    .detail("revoked", session.is_some());
+                if let Some(session) = &session {
+                    reused = reused.detail("user_id", session.user_id.to_string());
+                }
+                self.commit_audited(tx, [reused]).await?;
                 log_security_event(&event, true);
                 self.raise_alert(&event);
                 self.forget_session(session_id, now);
@@ -518,7 +569,8 @@ impl App {
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
         tx.revoke_session(principal.user_id, session, now, RevokeReason::Logout).await?;
-        tx.commit().await?;
+        let entry = AuditEntry::by(principal, "session.logged_out").target("session", session);
+        self.commit_audited(tx, [entry]).await?;
         self.forget_session(session, now);
         Ok(())
     }
@@ -531,7 +583,11 @@ impl App {
         let Some(session) = tx.session_by_cookie(&hash_token(cookie)).await? else { return Ok(()) };
         if session.revoked_at.is_none() {
             tx.revoke_session(session.user_id, session.id, now, RevokeReason::Logout).await?;
-            tx.commit().await?;
+            // The browser holding the cookie acts for its session's account.
+            let entry = AuditEntry::new("session.logged_out", user_actor(session.user_id))
+                .target("session", session.id)
+                .detail("reason", "replaced_by_login");
+            self.commit_audited(tx, [entry]).await?;
             self.forget_session(session.id, now);
         }
         Ok(())
@@ -540,20 +596,25 @@ impl App {
     /// Ends every session of the caller, the current one included.
     pub async fn logout_all(&self, principal: &Principal) -> Result<u64, AppError> {
         principal.require_session()?;
-        self.revoke_all_sessions(principal.user_id, None, RevokeReason::UserRevoked).await
+        let entry = AuditEntry::by(principal, "session.revoked_all");
+        self.revoke_all_sessions(principal.user_id, None, RevokeReason::UserRevoked, entry).await
     }
 
-    /// Revokes a user's sessions (all, or all but `keep`) and forgets them locally at once.
+    /// Revokes a user's sessions (all, or all but `keep`) and forgets them locally at once. `audit`
+    /// (its target, the reason and the count filled in here) is recorded with the revocation.
     pub(crate) async fn revoke_all_sessions(
         &self,
         user: UserId,
         keep: Option<SessionId>,
         reason: RevokeReason,
+        audit: AuditEntry,
     ) -> Result<u64, AppError> {
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
         let revoked = revoke_sessions_in(tx.as_mut(), user, keep, reason, now).await?;
-        tx.commit().await?;
+        let audit =
+            audit.target("user", user).detail("reason", reason.as_str()).detail("revoked", revoked.len());
+        self.commit_audited(tx, [audit]).await?;
         self.forget_sessions(&revoked, now);
         Ok(revoked.len() as u64)
     }
@@ -602,7 +663,10 @@ impl App {
         if !tx.revoke_session(principal.user_id, id, now, RevokeReason::UserRevoked).await? {
             return Err(AppError::NotFound);
         }
-        tx.commit().await?;
+        let entry = AuditEntry::by(principal, "session.revoked")
+            .target("session", id)
+            .detail("reason", RevokeReason::UserRevoked.as_str());
+        self.commit_audited(tx, [entry]).await?;
         self.forget_session(id, now);
         Ok(())
     }
@@ -658,13 +722,28 @@ impl App {
         ip: Option<&str>,
         details: std::collections::BTreeMap<String, String>,
     ) -> Result<(), AppError> {
+        self.record_security_event_audited(kind, user_id, session_id, ip, details, []).await
+    }
+
+    /// Records one security event and the audit entries `audit` in one transaction of its own,
+    /// then logs the event: a refusal that has nothing else to commit (a failed login) costs one
+    /// transaction, not two.
+    pub(crate) async fn record_security_event_audited(
+        &self,
+        kind: SecurityEventKind,
+        user_id: Option<UserId>,
+        session_id: Option<SessionId>,
+        ip: Option<&str>,
+        details: std::collections::BTreeMap<String, String>,
+        audit: impl IntoIterator<Item = AuditEntry>,
+    ) -> Result<(), AppError> {
         let id = SecurityEventId::from_random_bytes(random_id_bytes()?);
         let details = crate::abuse::fit_details(details);
         let event = SecurityEvent { id, at: self.now(), kind, user_id, session_id, details };
         let sealed = self.seal_security_event(event.clone(), ip)?;
         let mut tx = self.inner.store.begin().await?;
         tx.insert_security_event(&sealed).await?;
-        tx.commit().await?;
+        self.commit_audited(tx, audit).await?;
         log_security_event(&event, true);
         self.raise_alert(&event);
         Ok(())
@@ -688,6 +767,22 @@ pub(crate) fn log_security_event(event: &SecurityEvent, stored: bool) {
         session = session.as_deref(),
         "security event"
     );
+}
+
+/// The audit actor of an account acting for itself outside an authenticated request (a login, the
+/// browser whose cookie a new login replaces).
+pub(crate) fn user_actor(user: UserId) -> Actor {
+    Actor { kind: ActorKind::User, id: Some(user.to_string()), on_behalf_of: None }
+}
+
+/// A refused login as the audit trail records it: by nobody yet known, about the account when the
+/// identifier names one, with why (never the identifier or the password).
+fn login_failed(reason: &str, user: Option<UserId>) -> AuditEntry {
+    let entry = AuditEntry::anonymous("user.login.failed").outcome(Outcome::Failure).detail("reason", reason);
+    match user {
+        Some(user) => entry.target("user", user),
+        None => entry,
+    }
 }
 
 /// Revokes a user's sessions inside `tx` (all, or all but `keep`); returns their ids so the caller

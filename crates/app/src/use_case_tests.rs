@@ -20,6 +20,8 @@ use secrecy::SecretString;
 mod admin;
 mod alerts;
 mod api_keys;
+mod audit;
+mod audit_actions;
 mod detection;
 mod ip_rules;
 mod keys;
@@ -619,7 +621,7 @@ async fn signup_validation_reports_every_broken_field_and_never_echoes_the_passw
         panic!("expected a validation error")
     };
 
-    let fields: Vec<&str> = issues.iter().map(|i| i.field).collect();
+    let fields: Vec<&str> = issues.iter().map(|i| i.field.as_ref()).collect();
     assert_eq!(fields, ["/display_name", "/password"]);
     assert!(issues.iter().all(|i| !i.message.contains("alice-1234")), "{issues:?}");
     assert_eq!(count_users(&t.app).await, 0);
@@ -634,7 +636,7 @@ async fn a_signup_with_a_bad_email_and_a_weak_password_reports_both() {
     let result = t.app.signup(signup_request("not an email", WEAK), &client()).await;
 
     let Err(AppError::Validation(issues)) = result else { panic!("expected a validation error: {result:?}") };
-    let fields: Vec<&str> = issues.iter().map(|i| i.field).collect();
+    let fields: Vec<&str> = issues.iter().map(|i| i.field.as_ref()).collect();
     assert_eq!(fields, ["/email", "/password"], "{issues:?}");
     assert!(issues.iter().all(|i| !i.message.contains(WEAK)), "{issues:?}");
 }
@@ -908,7 +910,7 @@ async fn changing_the_password_needs_the_current_one() {
         t.app.change_password(&principal, secret("a guess at the password"), secret(NEW_PASSWORD)).await;
 
     let Err(AppError::Validation(issues)) = result else { panic!("{result:?}") };
-    assert_eq!(issues.iter().map(|i| i.field).collect::<Vec<_>>(), ["/current_password"]);
+    assert_eq!(issues.iter().map(|i| i.field.as_ref()).collect::<Vec<_>>(), ["/current_password"]);
     login_bearer(&t.app, ALICE, PASSWORD).await;
     let new = t.app.login(ALICE, secret(NEW_PASSWORD), LoginMode::Bearer, &client()).await;
     assert!(matches!(new, Err(AppError::InvalidCredentials)));
@@ -948,7 +950,7 @@ async fn a_new_password_must_meet_the_policy() {
     let result = t.app.change_password(&principal, secret(PASSWORD), secret(WEAK)).await;
 
     let Err(AppError::Validation(issues)) = result else { panic!("{result:?}") };
-    assert_eq!(issues.iter().map(|i| i.field).collect::<Vec<_>>(), ["/new_password"]);
+    assert_eq!(issues.iter().map(|i| i.field.as_ref()).collect::<Vec<_>>(), ["/new_password"]);
     login_bearer(&t.app, ALICE, PASSWORD).await;
 }
 
@@ -1008,7 +1010,7 @@ async fn a_reset_with_a_weak_password_is_refused_and_leaves_the_link_usable() {
     let weak = t.app.reset_password(&token, secret(WEAK)).await;
 
     let Err(AppError::Validation(issues)) = weak else { panic!("{weak:?}") };
-    assert_eq!(issues.iter().map(|i| i.field).collect::<Vec<_>>(), ["/new_password"]);
+    assert_eq!(issues.iter().map(|i| i.field.as_ref()).collect::<Vec<_>>(), ["/new_password"]);
     login_bearer(&t.app, ALICE, PASSWORD).await;
     t.app.reset_password(&token, secret(NEW_PASSWORD)).await.unwrap();
     login_bearer(&t.app, ALICE, NEW_PASSWORD).await;

@@ -59,6 +59,10 @@ random_id!(
     /// One security event (its identity binds its sealed client address to its row).
     SecurityEventId
 );
+random_id!(
+    /// One audit event (its identity binds its sealed client fields to its row).
+    AuditEventId
+);
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@
 
 pub mod account;
 pub mod api_key;
+pub mod audit;
 pub mod display_name;
 pub mod email;
 pub mod error_chain;
@@ -27,10 +28,13 @@ pub use api_key::{
     API_KEY_LEN, API_KEY_PREFIX, ApiKey, ApiKeyId, InvalidApiKey, KeyOwner, KeyRefusal, MAX_KEY_CIDRS,
     MAX_KEY_SCOPES, PresentedApiKey, ServiceAccount, format_api_key, looks_like_api_key, parse_api_key,
 };
+pub use audit::{
+    Actor, ActorKind, AuditCheckpoint, AuditEvent, AuditRecord, ChainHead, InvalidAuditField, Outcome,
+};
 pub use display_name::{DisplayName, DisplayNameError};
 pub use email::{Email, EmailError};
 pub use error_chain::error_chain;
-pub use ids::{InvalidId, OrganizationId, RoleId, SecurityEventId, SessionId, UserId};
+pub use ids::{AuditEventId, InvalidId, OrganizationId, RoleId, SecurityEventId, SessionId, UserId};
 pub use instance::{InstanceId, InstanceMeta};
 pub use ip_rule::{
     InvalidNetwork, IpDenial, IpRule, IpRuleAction, IpRuleId, IpRuleScope, IpRuleSet, IpRuleSource,

@@ -42,6 +42,10 @@ pub enum SecurityEventKind {
     /// A detection rule acted on an account: a session revoked or the account put on hold (blocks
     /// of addresses are `IpBlocked`). An administrator's unlock reverses a hold.
     AutomaticResponse,
+    /// The scheduled verification found the audit chain broken (an event changed, removed, added
+    /// or reordered, or a checkpoint that does not verify): someone wrote to the database behind
+    /// Portcullis's back.
+    AuditChainBroken,
 }
 
 /// How urgently a human should look, from the least to the most.
@@ -97,11 +101,12 @@ impl SecurityEventKind {
             SecurityEventKind::AdminLoginFromNewIp => "admin_login_from_new_ip",
             SecurityEventKind::AlertDeliveryFailed => "alert_delivery_failed",
             SecurityEventKind::AutomaticResponse => "automatic_response",
+            SecurityEventKind::AuditChainBroken => "audit_chain_broken",
         }
     }
 
     /// Every kind, in declaration order (for documentation, filters and tests).
-    pub const ALL: [SecurityEventKind; 17] = [
+    pub const ALL: [SecurityEventKind; 18] = [
         SecurityEventKind::LoginFailed,
         SecurityEventKind::RefreshTokenReuse,
         SecurityEventKind::CsrfRejected,
@@ -119,6 +124,7 @@ impl SecurityEventKind {
         SecurityEventKind::AdminLoginFromNewIp,
         SecurityEventKind::AlertDeliveryFailed,
         SecurityEventKind::AutomaticResponse,
+        SecurityEventKind::AuditChainBroken,
     ];
 
     /// The default severity, which alert rules compare against (configurable per kind there).
@@ -142,6 +148,7 @@ impl SecurityEventKind {
             | SecurityEventKind::PrivilegeProbing
             | SecurityEventKind::AlertDeliveryFailed
             | SecurityEventKind::AutomaticResponse => Severity::High,
+            SecurityEventKind::AuditChainBroken => Severity::Critical,
         }
     }
 }
@@ -167,6 +174,7 @@ impl SecurityEventKind {
             "admin_login_from_new_ip" => SecurityEventKind::AdminLoginFromNewIp,
             "alert_delivery_failed" => SecurityEventKind::AlertDeliveryFailed,
             "automatic_response" => SecurityEventKind::AutomaticResponse,
+            "audit_chain_broken" => SecurityEventKind::AuditChainBroken,
             _ => return None,
         };
         Some(kind)
@@ -196,7 +204,8 @@ mod tests {
             | SecurityEventKind::Scanning
             | SecurityEventKind::AdminLoginFromNewIp
             | SecurityEventKind::AlertDeliveryFailed
-            | SecurityEventKind::AutomaticResponse => kind,
+            | SecurityEventKind::AutomaticResponse
+            | SecurityEventKind::AuditChainBroken => kind,
         }
     }
 

@@ -49,6 +49,9 @@ pub enum Command {
     /// Manage the keyring: signing, personal-data and blind-index keys, and the KEK that wraps them.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Verify and export the tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -109,7 +112,8 @@ pub enum KeysCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct RotateArgs {
-    /// Which keys: signing, pii or blind-index.
+    /// Which keys: signing, pii, blind-index or audit (the checkpoint signing key; the old one keeps
+    /// verifying the checkpoints it signed).
     #[arg(long)]
     pub purpose: String,
     /// Signing keys only, for a suspected compromise: the new key signs at once, the old one stops
@@ -123,6 +127,29 @@ pub struct GenerateKekArgs {
     /// The new KEK's id (1-32 of A-Z a-z 0-9 - _ .).
     #[arg(long)]
     pub id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chain and every checkpoint signature; report the first broken sequence
+    /// number and exit 1 if there is one. Shows progress on large logs.
+    Verify,
+    /// Write events in chain order to standard output, one JSON object a line, with bounded memory.
+    Export(AuditExportArgs),
+    /// Sign a checkpoint of the chain's current end now (the server also does it on its schedule).
+    Checkpoint,
+    /// Purge events past `audit.retention_days` now, cutting at a signed checkpoint.
+    Purge,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuditExportArgs {
+    /// Only events at or after this time (RFC 3339, such as 2026-01-31T00:00:00Z).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// The output format; only jsonl (one JSON object a line) for now.
+    #[arg(long, default_value = "jsonl")]
+    pub format: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -22,6 +22,7 @@ use crate::cli::GlobalArgs;
 
 mod accounts;
 mod alerts;
+mod audit;
 mod ip_rules;
 mod keys;
 mod rate_limits;
@@ -31,6 +32,7 @@ pub use accounts::{
     PasswordConfig, SignupPolicyName, SmtpSecurityName, TokenAlgorithm, TokensConfig,
 };
 pub use alerts::{AlertsConfig, EmailAlertConfig, SeverityName, WebhookConfig};
+pub use audit::AuditConfig;
 pub use ip_rules::IpRulesConfig;
 pub use keys::KeysConfig;
 pub use rate_limits::{
@@ -131,6 +133,7 @@ pub struct Config {
     pub lockout: LockoutConfig,
     pub detection: DetectionConfig,
     pub redis: RedisConfig,
+    pub audit: AuditConfig,
     /// Files that secrets were read from (for the permission checks); not a configuration key.
     #[serde(skip)]
     pub secret_files: Vec<(String, PathBuf)>,
@@ -163,6 +166,7 @@ impl Default for Config {
             lockout: LockoutConfig::default(),
             detection: DetectionConfig::default(),
             redis: RedisConfig::default(),
+            audit: AuditConfig::default(),
             secret_files: Vec::new(),
             config_file: None,
         }
@@ -578,6 +582,7 @@ impl Config {
         problems.extend(self.alert_problems());
         problems.extend(self.ip_rule_problems());
         problems.extend(self.key_problems());
+        problems.extend(self.audit_problems());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {e} (use a level such as info, debug, or a filter like portcullis=debug,info)"

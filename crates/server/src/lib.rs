@@ -48,6 +48,11 @@ pub enum StartError {
     Signals { source: std::io::Error },
     #[error("cannot read the password: {source}")]
     Input { source: std::io::Error },
+    /// `audit verify` found the chain broken (exit code 1, with where and why).
+    #[error("the audit chain is broken at seq {seq}: {reason}")]
+    AuditBroken { seq: i64, reason: String },
+    #[error("cannot write the export: {source}")]
+    Output { source: std::io::Error },
 }
 
 impl StartError {
@@ -183,6 +188,7 @@ pub async fn open_app(config: &Config) -> Result<App, StartError> {
     config.apply_rate_limit_settings(&mut settings);
     config.apply_ip_rule_settings(&mut settings);
     settings.keys = config.key_settings();
+    settings.audit = config.audit_settings();
     let mailer = config.mailer().map_err(|e| ConfigError { problems: vec![e] })?;
     let app = App::new(store, Arc::new(SystemClock), settings, mailer)?;
     app.load_keys().await?;
@@ -254,6 +260,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
     config.apply_rate_limit_settings(&mut settings);
     config.apply_ip_rule_settings(&mut settings);
     settings.keys = config.key_settings();
+    settings.audit = config.audit_settings();
     settings.alerts = config.alert_settings()?;
     let mailer = config.mailer().map_err(|e| ConfigError { problems: vec![e] })?;
     let app = App::new(store.clone(), Arc::new(SystemClock), settings, mailer)?;
@@ -266,6 +273,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         tokio::spawn(rate_limit_upkeep(app.clone(), receiver.clone())),
         tokio::spawn(app.clone().deliver_alerts(receiver.clone())),
         tokio::spawn(ip_rule_upkeep(app.clone(), receiver.clone())),
+        tokio::spawn(audit_upkeep(app.clone(), receiver.clone())),
     ];
     if store.migration_status().await?.is_current() {
         app.finish_bootstrap().await?;
@@ -387,6 +395,49 @@ async fn ip_rule_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => {
                 if app.can_sign_tokens() {
                     let _ = app.record_ip_denials().await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Until shutdown: signs audit checkpoints when due (checked every [`AUDIT_TICK_SECS`]), verifies
+/// the whole chain every `audit.verify_interval_secs` (a broken chain is a critical security event,
+/// so it alerts), and purges events past retention once an hour (a no-op until some are due).
+async fn audit_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
+    const AUDIT_TICK_SECS: u64 = 10;
+    let verify_every = app.audit_settings().verify_interval_secs.div_ceil(AUDIT_TICK_SECS);
+    let mut interval = tokio::time::interval(Duration::from_secs(AUDIT_TICK_SECS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if !app.can_sign_tokens() {
+                    continue;
+                }
+                ticks += 1;
+                if let Err(error) = app.checkpoint_audit_if_due().await {
+                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "audit checkpoint failed");
+                }
+                // The first verification runs a tick after start, then on the interval.
+                if verify_every > 0
+                    && (ticks == 1 || ticks.is_multiple_of(verify_every))
+                    && let Err(error) = app.run_audit_verification().await
+                {
+                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "audit verification could not run");
+                }
+                if ticks.is_multiple_of(3600 / AUDIT_TICK_SECS)
+                    && let Err(error) = app.purge_audit_events().await
+                {
+                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "audit retention purge failed");
+                }
+            }
+            _ = shutdown.changed() => {
+                // Events written since the last checkpoint get one on a clean shutdown.
+                if app.can_sign_tokens() {
+                    let _ = app.checkpoint_audit_now().await;
                 }
                 return;
             }

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use portcullis::cli::{
-    Cli, Command, ConfigCommand, CreateUserArgs, KeysCommand, MigrateArgs, RotateArgs, ServeArgs,
-    UsersCommand,
+    AuditCommand, Cli, Command, ConfigCommand, CreateUserArgs, KeysCommand, MigrateArgs, RotateArgs,
+    ServeArgs, UsersCommand,
 };
 use portcullis::config::{self, Config};
 use portcullis::{StartError, StartOptions, VERSION, telemetry};
@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::Users(UsersCommand::Create(args)) => run_async(create_user(config, args)),
         Command::Keys(KeysCommand::GenerateKek(args)) => generate_kek(&args.id),
         Command::Keys(command) => run_async(keys(config, command)),
+        Command::Audit(command) => run_async(audit(config, command)),
         Command::Version => ExitCode::SUCCESS,
     }
 }
@@ -239,7 +240,7 @@ async fn keys_with(app: &portcullis_app::App, command: KeysCommand) -> Result<()
         KeysCommand::Rotate(RotateArgs { purpose, emergency }) => {
             let purpose = KeyPurpose::parse(&purpose)
                 .filter(|p| *p != KeyPurpose::Audit)
-                .ok_or_else(|| flag_problem("--purpose: must be signing, pii or blind-index"))?;
+                .ok_or_else(|| flag_problem("--purpose: must be signing, pii, blind-index or audit"))?;
             let rotation = app.rotate_key(purpose, emergency).await.map_err(as_flag_error)?;
             println!(
                 "{} key {} is active from {}; it replaces {}{}",
@@ -304,6 +305,103 @@ async fn keys_with(app: &portcullis_app::App, command: KeysCommand) -> Result<()
             );
         }
         KeysCommand::GenerateKek(_) => {}
+    }
+    Ok(())
+}
+
+async fn audit(config: Config, command: AuditCommand) -> Result<(), StartError> {
+    telemetry::init(&config.log, config.mode);
+    let app = portcullis::open_app(&config).await?;
+    let result = audit_with(&app, command).await;
+    app.shutdown().await;
+    result
+}
+
+async fn audit_with(app: &portcullis_app::App, command: AuditCommand) -> Result<(), StartError> {
+    match command {
+        AuditCommand::Verify => {
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} events verified ({per_sec}, {eta} left)",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let report = app
+                .verify_audit_chain(&|done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .await?;
+            bar.finish_and_clear();
+            if let Some(broken) = report.broken {
+                return Err(StartError::AuditBroken { seq: broken.seq, reason: broken.reason });
+            }
+            let start = if report.anchored_at == 0 {
+                "from the first event".to_owned()
+            } else {
+                format!(
+                    "from the signed checkpoint at seq {} (earlier events were purged by retention)",
+                    report.anchored_at
+                )
+            };
+            println!(
+                "audit chain intact: {} event(s) {start} to seq {}, {} signed checkpoint(s) verified",
+                report.events, report.last_seq, report.checkpoints
+            );
+        }
+        AuditCommand::Export(args) => {
+            if args.format != "jsonl" {
+                return Err(flag_problem("--format: only jsonl is supported"));
+            }
+            let since = args
+                .since
+                .as_deref()
+                .map(|text| {
+                    portcullis_app::parse_rfc3339(text).ok_or_else(|| {
+                        flag_problem("--since: must be an RFC 3339 date-time, such as 2026-01-31T00:00:00Z")
+                    })
+                })
+                .transpose()?;
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            let mut failure = None;
+            let written = app
+                .export_audit_events(since, &mut |event| {
+                    let line = serde_json::to_string(&event)
+                        .map_err(|e| portcullis_app::AppError::Internal(Box::new(e)))?;
+                    if let Err(error) = writeln!(out, "{line}") {
+                        failure.get_or_insert(error);
+                        return Err(portcullis_app::AppError::Internal("the output closed".into()));
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Some(source) = failure {
+                return Err(StartError::Output { source });
+            }
+            let written = written?;
+            out.flush().map_err(|source| StartError::Output { source })?;
+            eprintln!("{written} event(s) exported");
+        }
+        AuditCommand::Checkpoint => match app.checkpoint_audit_now().await? {
+            Some(checkpoint) => println!(
+                "checkpoint signed at seq {} (hash {}) with audit key {}",
+                checkpoint.seq,
+                portcullis_domain::audit::hex(&checkpoint.hash),
+                checkpoint.key_id
+            ),
+            None => println!("nothing to checkpoint: the log is empty or its end is already checkpointed"),
+        },
+        AuditCommand::Purge => {
+            let purge = app.purge_audit_events().await?;
+            match purge.through_seq {
+                Some(seq) => println!(
+                    "{} event(s) purged; the chain now starts after the checkpoint at seq {seq}",
+                    purge.deleted
+                ),
+                None => println!("nothing to purge"),
+            }
+        }
     }
     Ok(())
 }

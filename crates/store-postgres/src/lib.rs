@@ -8,6 +8,7 @@
 
 mod accounts;
 mod api_keys;
+mod audit;
 mod instance;
 mod ip_rules;
 mod keys;
@@ -324,13 +325,13 @@ mod tests {
     #[test]
     fn the_embedded_migrations_are_all_pending_on_an_empty_database() {
         let status = status_of(&MIGRATOR, Vec::new());
-        assert_eq!(status.pending, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(status.pending, vec![1, 2, 3, 4, 5, 6, 7]);
         assert!(status.unknown.is_empty());
     }
 
     #[test]
     fn versions_this_binary_lacks_are_reported_as_unknown() {
-        let status = status_of(&MIGRATOR, vec![1, 2, 3, 4, 5, 6, 99]);
+        let status = status_of(&MIGRATOR, vec![1, 2, 3, 4, 5, 6, 7, 99]);
         assert!(status.pending.is_empty());
         assert_eq!(status.unknown, vec![99]);
         assert!(!status.is_current());

@@ -7,6 +7,7 @@
 
 mod accounts;
 mod api_keys;
+mod audit;
 mod instance;
 mod ip_rules;
 mod keys;

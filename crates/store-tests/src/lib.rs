@@ -26,6 +26,7 @@ use portcullis_store::{
 
 mod accounts_admin;
 mod api_keys;
+mod audit;
 mod ip_rules;
 mod login_throttle;
 mod roles;
@@ -563,6 +564,26 @@ pub const CHECKS: &[Check] = &[
     },
     Check { name: "ping_answers", run: |s| Box::pin(ping_answers(s)) },
     Check { name: "close_is_clean", run: |s| Box::pin(close_is_clean(s)) },
+    Check {
+        name: "audit_events_append_at_the_head_and_read_back_in_chain_order",
+        run: |s| Box::pin(audit::audit_events_append_at_the_head_and_read_back_in_chain_order(s)),
+    },
+    Check {
+        name: "an_append_from_a_stale_head_is_refused_and_writes_nothing",
+        run: |s| Box::pin(audit::an_append_from_a_stale_head_is_refused_and_writes_nothing(s)),
+    },
+    Check {
+        name: "two_transactions_appending_at_once_form_one_chain",
+        run: |s| Box::pin(audit::two_transactions_appending_at_once_form_one_chain(s)),
+    },
+    Check {
+        name: "audit_listing_filters_and_pages_newest_first",
+        run: |s| Box::pin(audit::audit_listing_filters_and_pages_newest_first(s)),
+    },
+    Check {
+        name: "checkpoints_are_one_per_seq_and_found_by_seq_and_cut",
+        run: |s| Box::pin(audit::checkpoints_are_one_per_seq_and_found_by_seq_and_cut(s)),
+    },
 ];
 
 /// The migration version [`a_database_migrated_by_a_newer_binary_is_refused`] expects the runner to

@@ -6,6 +6,7 @@
 
 mod accounts;
 mod api_keys;
+mod audit;
 mod error;
 mod instance;
 mod ip_rules;
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 
 pub use accounts::AccountStore;
 pub use api_keys::ApiKeyStore;
+pub use audit::{AuditQuery, AuditStore};
 pub use error::StoreError;
 pub use instance::InstanceStore;
 pub use ip_rules::IpRuleStore;
@@ -140,6 +142,7 @@ pub trait StoreTx:
     + ApiKeyStore
     + IpRuleStore
     + LoginThrottleStore
+    + AuditStore
     + Send
 {
     /// Makes every change in the transaction durable.

@@ -99,7 +99,7 @@ impl PiiTable {
 
     /// The table's name: with a column name and the row's id, the associated data a sealed value is
     /// bound to.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             PiiTable::Users => "users",
             PiiTable::Sessions => "sessions",

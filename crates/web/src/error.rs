@@ -40,7 +40,7 @@ impl ApiError {
             AppError::Validation(issues) => Problem::validation(
                 issues
                     .into_iter()
-                    .map(|i| FieldError { field: i.field.to_owned(), message: i.message })
+                    .map(|i| FieldError { field: i.field.into_owned(), message: i.message })
                     .collect(),
             ),
             // 401, one type and one message for every way a login can fail (ASVS 6.3.8).

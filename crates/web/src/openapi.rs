@@ -24,7 +24,8 @@ use crate::problem::{FieldError, ProblemDocument};
          (name = "meta", description = "Describing the API itself"),
          (name = "auth", description = "Signing up, logging in, tokens and sessions"),
          (name = "me", description = "The caller's own account"),
-         (name = "admin", description = "Administration")),
+         (name = "admin", description = "Administration"),
+         (name = "audit", description = "The tamper-evident audit trail")),
 )]
 pub(crate) struct ApiDoc;
 

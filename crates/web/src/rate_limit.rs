@@ -61,9 +61,22 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
     let slot = PrincipalSlot::default();
     let mut request = request;
     request.extensions_mut().insert(slot.clone());
+    // What audit records made while serving this request name as its client.
+    let context = portcullis_app::audit::RequestContext {
+        ip: Some(client.ip.to_string()),
+        user_agent: request
+            .headers()
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        request_id: request
+            .extensions()
+            .get::<portcullis_domain::RequestId>()
+            .map(|id| id.as_str().to_owned()),
+    };
     match state.app.spend_client_budget(client.ip, auth_route).await {
         Ok(standing) => {
-            let mut response = next.run(request).await;
+            let mut response = portcullis_app::audit::within_request(context, next.run(request)).await;
             let status = response.status().as_u16();
             if matches!(status, 403 | 404) {
                 // Bursts of these are probing or scanning; a failure to record is logged, and the

@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::handlers::{
-    admin, api_keys, auth, authz, health, ip_rules, me, oauth, organizations, roles, security_events,
+    admin, api_keys, audit, auth, authz, health, ip_rules, me, oauth, organizations, roles, security_events,
     service_accounts, well_known,
 };
 use crate::middleware::edge::{EdgeLayer, X_REQUEST_ID};
@@ -62,6 +62,9 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
         // Authenticated: the check API (deciding for someone else needs `authz:check`).
         .routes(routes!(authz::check))
         .routes(routes!(authz::check_batch))
+        // Authenticated: the audit trail (reading needs `audit:read`; writing, a service account
+        // with `audit:write`).
+        .routes(routes!(audit::list_audit_events, audit::record_audit_events))
         // Administration: each use case requires its own permission (docs in each handler).
         .routes(routes!(admin::create_invite))
         .routes(routes!(admin::list_users, admin::create_user))

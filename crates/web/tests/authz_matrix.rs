@@ -208,6 +208,27 @@ const MATRIX: &[Row] = &[
         body: None,
         expected: [401, 403, 200, 200, 200, 403, 403],
     },
+    // The audit trail: `audit:read` system-wide (auditor, admin, owner) reads it all; an
+    // organization's administrator reads its own organization's events and nothing else. Writing is
+    // for service accounts holding `audit:write`: no person may, whatever their role.
+    Row {
+        method: "GET",
+        path: "/v1/audit/events",
+        body: None,
+        expected: [401, 403, 200, 200, 200, 403, 403],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/audit/events?organization_id={org}&action=user.&limit=5",
+        body: None,
+        expected: [401, 403, 200, 200, 200, 200, 403],
+    },
+    Row {
+        method: "POST",
+        path: "/v1/audit/events",
+        body: Some(r#"{"events":[{"action":"invoice.paid","organization_id":"{org}"}]}"#),
+        expected: [401, 403, 403, 403, 403, 403, 403],
+    },
     // IP rules are installation-wide: `iprules:read` (auditor, admin, owner) and `iprules:write`
     // (admin, owner) system-wide; an organization's administrator holds neither. `{id}` names no
     // rule, so the callers allowed to delete get 404.

@@ -414,7 +414,7 @@ async fn readyz_is_a_503_problem_naming_pending_migrations() {
     let (response, json) = send(&router, request("GET", "/readyz").body(Body::empty()).unwrap()).await;
     assert_problem(&response, &json, StatusCode::SERVICE_UNAVAILABLE, "not-ready");
     assert_eq!(json["checks"]["database"], "ok");
-    assert_eq!(json["checks"]["migrations"], "6 migration(s) pending");
+    assert_eq!(json["checks"]["migrations"], "7 migration(s) pending");
     assert_eq!(json["checks"]["keys"], "no token signing key is loaded");
 }
 
@@ -466,6 +466,7 @@ async fn the_openapi_document_describes_every_route_its_access_and_its_problem_r
             "/v1/admin/users/{id}/role",
             "/v1/admin/users/{id}/sessions",
             "/v1/admin/users/{id}/unlock",
+            "/v1/audit/events",
             "/v1/auth/login",
             "/v1/auth/logout",
             "/v1/auth/logout-all",

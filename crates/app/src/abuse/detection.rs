@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use portcullis_domain::{RevokeReason, SecurityEventKind, SessionId, Timestamp, UserId, UserStatus};
 use sha2::Sha256;
 
+use crate::audit::AuditEntry;
 use crate::{App, AppError, Principal};
 
 /// What to do, besides recording the event, when probing is detected.
@@ -358,8 +359,14 @@ impl App {
     async fn revoke_session_automatically(&self, user: UserId, session: SessionId) -> Result<(), AppError> {
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
-        tx.revoke_session(user, session, now, RevokeReason::UserRevoked).await?;
-        tx.commit().await?;
+        let revoked = tx.revoke_session(user, session, now, RevokeReason::UserRevoked).await?;
+        let entry = revoked.then(|| {
+            AuditEntry::system("session.revoked")
+                .target("session", session)
+                .detail("user_id", user.to_string())
+                .detail("reason", "privilege_probing")
+        });
+        self.commit_audited(tx, entry).await?;
         self.forget_sessions(&[session], now);
         Ok(())
     }
@@ -376,13 +383,27 @@ impl App {
             return Ok(false);
         }
         let hold = account.role != portcullis_domain::BuiltinRole::Owner;
+        let mut entries = Vec::new();
         if hold {
             tx.set_user_status(user, UserStatus::Locked, now).await?;
+            entries.push(
+                AuditEntry::system("user.status.changed")
+                    .target("user", user)
+                    .detail("from", account.status.as_str())
+                    .detail("to", UserStatus::Locked.as_str())
+                    .detail("reason", "privilege_probing"),
+            );
         }
         let revoked =
             crate::sessions::revoke_sessions_in(tx.as_mut(), user, None, RevokeReason::UserRevoked, now)
                 .await?;
-        tx.commit().await?;
+        entries.push(
+            AuditEntry::system("session.revoked_all")
+                .target("user", user)
+                .detail("reason", "privilege_probing")
+                .detail("revoked", revoked.len()),
+        );
+        self.commit_audited(tx, entries).await?;
         self.forget_sessions(&revoked, now);
         self.inner.profiles.forget(user);
         Ok(hold)

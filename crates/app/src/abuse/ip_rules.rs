@@ -12,8 +12,9 @@
 //! address (with the count), like rate limit trips, so a flood from a blocked network costs no
 //! database write per request.
 //!
-//! The audit trail does not exist yet (issue 8): creating and deleting a rule logs a structured
-//! line (`event.kind = "ip_rule.created"` / `"ip_rule.deleted"`) until it does.
+//! Creating and deleting a rule, by an administrator or a detection rule, and purging expired ones
+//! are recorded in the audit trail (`ip_rule.created`, `ip_rule.deleted`, `ip_rule.purged`) in the
+//! transaction that makes the change.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -28,6 +29,7 @@ use portcullis_domain::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::audit::AuditEntry;
 use crate::secret_token::random_id_bytes;
 use crate::{App, AppError, FieldIssue, Principal};
 
@@ -194,7 +196,8 @@ impl App {
     pub async fn purge_expired_ip_rules(&self) -> Result<u64, AppError> {
         let mut tx = self.inner.store.begin().await?;
         let purged = tx.purge_expired_ip_rules(self.now()).await?;
-        tx.commit().await?;
+        let entry = (purged > 0).then(|| AuditEntry::system("ip_rule.purged").detail("expired", purged));
+        self.commit_audited(tx, entry).await?;
         if purged > 0 {
             self.reload_ip_rules().await?;
         }
@@ -283,15 +286,13 @@ impl App {
             }
         }
         tx.insert_ip_rule(&rule).await?;
-        tx.commit().await?;
+        self.commit_audited(tx, [rule_record(AuditEntry::by(principal, "ip_rule.created"), &rule)]).await?;
         tracing::info!(
-            event.kind = "ip_rule.created",
             actor = %principal.user_id,
             rule_id = %rule.id,
             network = %rule.network,
             action = rule.action.as_str(),
             scope = rule.scope.as_str(),
-            expires_at = rule.expires_at.map(|t| t.to_rfc3339()),
             "ip rule created"
         );
         self.reload_after_change().await;
@@ -341,9 +342,8 @@ impl App {
         if !tx.delete_ip_rule(id).await? {
             return Err(AppError::NotFound);
         }
-        tx.commit().await?;
+        self.commit_audited(tx, [rule_record(AuditEntry::by(principal, "ip_rule.deleted"), &rule)]).await?;
         tracing::info!(
-            event.kind = "ip_rule.deleted",
             actor = %principal.user_id,
             rule_id = %rule.id,
             network = %rule.network,
@@ -400,7 +400,8 @@ impl App {
             ));
         }
         tx.insert_ip_rule(&rule).await?;
-        tx.commit().await?;
+        let created = rule_record(AuditEntry::system("ip_rule.created"), &rule).detail("reason", reason);
+        self.commit_audited(tx, [created]).await?;
         let mut details = BTreeMap::from([
             ("rule_id".to_owned(), rule.id.to_string()),
             ("expires_at".to_owned(), rule.expires_at.map(|t| t.to_rfc3339()).unwrap_or_default()),
@@ -426,6 +427,24 @@ impl App {
             tracing::warn!(error = %portcullis_domain::error_chain(&error), "reloading ip rules failed");
         }
     }
+}
+
+/// An audit record about `rule`: what it does, where, until when and who made it. The network is
+/// named when it is a network, an operator's policy; a single address is personal data, kept out of
+/// the trail (which cannot forget) and left to the rule itself and the sealed security event.
+fn rule_record(entry: AuditEntry, rule: &IpRule) -> AuditEntry {
+    let mut entry = entry
+        .target("ip_rule", rule.id)
+        .detail("action", rule.action.as_str())
+        .detail("scope", rule.scope.as_str())
+        .detail("source", rule.source.as_str())
+        .detail("expires_at", rule.expires_at.map(|t| t.to_rfc3339()));
+    if rule.network.prefix_len() == rule.network.max_prefix_len() {
+        entry = entry.detail("single_address", true);
+    } else {
+        entry = entry.detail("network", rule.network.to_string());
+    }
+    entry
 }
 
 /// The rule an administrator asked for, or every field that is wrong.

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use portcullis_domain::{Email, LoginThrottle, SecurityEventKind, UserId};
 use portcullis_store::StoreTx;
 
+use crate::audit::AuditEntry;
 use crate::{App, AppError, ClientContext};
 
 impl App {
@@ -32,8 +33,8 @@ impl App {
     }
 
     /// Counts one failed login for `subject`; the failure that reaches the policy's count locks the
-    /// identifier and records an `account_locked_out` security event (with the account, when the
-    /// identifier names one).
+    /// identifier, records `user.login.locked` in the audit trail with the lock, and an
+    /// `account_locked_out` security event (with the account, when the identifier names one).
     pub(crate) async fn count_login_failure(
         &self,
         subject: [u8; 32],
@@ -46,7 +47,18 @@ impl App {
         let previous = tx.login_throttle_for_update(&subject).await?;
         let (record, locked) = LoginThrottle::after_failure(previous, subject, now, &policy);
         tx.save_login_throttle(&record).await?;
-        tx.commit().await?;
+        // Known identifiers and unknown ones lock alike; only the record names the account.
+        let locked_entry = locked.map(|millis| {
+            let entry = AuditEntry::system("user.login.locked")
+                .detail("locked_for_secs", millis / 1000)
+                .detail("lockouts", record.lockouts)
+                .detail("failures", policy.max_failures);
+            match user {
+                Some(user) => entry.target("user", user),
+                None => entry.detail("account", "unknown"),
+            }
+        });
+        self.commit_audited(tx, locked_entry).await?;
         self.observe_login_failure(client.ip.as_deref(), subject).await?;
         if let Some(millis) = locked {
             let details = BTreeMap::from([

@@ -11,7 +11,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use portcullis_domain::Email;
-use portcullis_store::{BlindIndex, PiiTable, Sealed};
+use portcullis_store::{BlindIndex, Sealed};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -24,7 +24,7 @@ const NONCE_BYTES: usize = 24;
 /// column and still open.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Place<'a> {
-    pub table: PiiTable,
+    pub table: &'static str,
     pub column: &'static str,
     pub row: &'a str,
 }
@@ -33,7 +33,7 @@ impl Place<'_> {
     fn associated_data(&self) -> Vec<u8> {
         [
             b"portcullis/field/v1\0".as_slice(),
-            self.table.name().as_bytes(),
+            self.table.as_bytes(),
             b".",
             self.column.as_bytes(),
             b"\0",
@@ -151,16 +151,13 @@ impl FieldKeys {
         let (id, nonce, ciphertext) = parse(&sealed.0).ok_or_else(|| {
             AppError::Keyring(format!(
                 "{}.{} of row {} is not a sealed value",
-                place.table.name(),
-                place.column,
-                place.row
+                place.table, place.column, place.row
             ))
         })?;
         let key = self.pii.get(id).ok_or_else(|| {
             AppError::Keyring(format!(
                 "{}.{} is sealed under key {id}, which is not loaded",
-                place.table.name(),
-                place.column
+                place.table, place.column
             ))
         })?;
         XChaCha20Poly1305::new(key.as_ref().into())
@@ -169,9 +166,7 @@ impl FieldKeys {
             .map_err(|_| {
                 AppError::Keyring(format!(
                     "{}.{} of row {} does not decrypt: it was altered or belongs to another row",
-                    place.table.name(),
-                    place.column,
-                    place.row
+                    place.table, place.column, place.row
                 ))
             })
     }
@@ -244,6 +239,7 @@ pub(crate) fn sealed_key_id(sealed: &Sealed) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_store::PiiTable;
 
     fn keys() -> FieldKeys {
         let mut keys = FieldKeys::default();
@@ -254,7 +250,7 @@ mod tests {
         keys
     }
 
-    const HERE: Place<'static> = Place { table: PiiTable::Users, column: "email", row: "user-1" };
+    const HERE: Place<'static> = Place { table: PiiTable::Users.name(), column: "email", row: "user-1" };
 
     #[test]
     fn a_sealed_value_opens_only_in_its_own_row_and_column_and_names_its_key() {
@@ -266,7 +262,7 @@ mod tests {
         for elsewhere in [
             Place { row: "user-2", ..HERE },
             Place { column: "display_name", ..HERE },
-            Place { table: PiiTable::OneTimeTokens, ..HERE },
+            Place { table: PiiTable::OneTimeTokens.name(), ..HERE },
         ] {
             assert!(matches!(keys.open(&sealed, elsewhere), Err(AppError::Keyring(_))));
         }

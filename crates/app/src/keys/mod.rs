@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 pub(crate) use fields::{FieldKeys, Place};
 pub use kek::{KEK_BYTES, KekSet};
 
+use crate::audit::AuditEntry;
 use crate::tokens::{Keyring, generate_signing_key};
 use crate::{App, AppError};
 
@@ -67,13 +68,20 @@ impl Default for KeySettings {
 pub(crate) struct LoadedKeys {
     pub signing: Keyring,
     pub fields: FieldKeys,
+    /// Signs and verifies audit checkpoints.
+    pub audit: crate::audit::AuditKeys,
     /// What was loaded: (id, state, kek) of every key, to notice changes made by other nodes.
     fingerprint: Vec<(String, KeyState, String)>,
 }
 
 impl LoadedKeys {
     pub(crate) fn empty() -> Self {
-        Self { signing: Keyring::empty(), fields: FieldKeys::default(), fingerprint: Vec::new() }
+        Self {
+            signing: Keyring::empty(),
+            fields: FieldKeys::default(),
+            audit: crate::audit::AuditKeys::default(),
+            fingerprint: Vec::new(),
+        }
     }
 }
 
@@ -133,7 +141,7 @@ impl App {
         let mut stored = self.read_keys().await?;
         self.build_keys(&stored)?;
         let mut created = false;
-        for purpose in [KeyPurpose::Signing, KeyPurpose::Pii, KeyPurpose::BlindIndex] {
+        for purpose in [KeyPurpose::Signing, KeyPurpose::Pii, KeyPurpose::BlindIndex, KeyPurpose::Audit] {
             if stored.iter().any(|k| k.purpose == purpose && k.state == KeyState::Active) {
                 continue;
             }
@@ -141,7 +149,7 @@ impl App {
             let mut tx = self.inner.store.begin().await?;
             match tx.insert_key(&key).await {
                 Ok(()) => {
-                    tx.commit().await?;
+                    self.commit_audited(tx, [key_created(&key)]).await?;
                     tracing::debug!(key = %key.id, purpose = purpose.as_str(), "created the first key");
                     created = true;
                 }
@@ -275,14 +283,18 @@ impl App {
                 KeyPurpose::Signing => now >= retired_at.plus_millis(verify_window),
                 KeyPurpose::Pii | KeyPurpose::BlindIndex => {
                     now >= retired_at.plus_millis(RETIRED_KEY_GRACE_MILLIS)
-                        && self.rows_under(key).await? == 0
+                        && self.rows_under(key, Movable::AndAudit).await? == 0
                 }
                 KeyPurpose::Audit => false,
             };
             if done {
                 let mut tx = self.inner.store.begin().await?;
                 if tx.transition_key(&key.id, KeyState::Retired, KeyState::Destroyed, now).await? {
-                    tx.commit().await?;
+                    let destroyed = AuditEntry::system("key.destroyed")
+                        .target("key", &key.id)
+                        .detail("purpose", key.purpose.as_str())
+                        .detail("reason", "retired_and_unused");
+                    self.commit_audited(tx, [destroyed]).await?;
                     tracing::info!(key = %key.id, purpose = key.purpose.as_str(), "retired key destroyed");
                     changed = true;
                 }
@@ -312,8 +324,11 @@ impl App {
         let stored = self.read_keys().await?;
         let active = stored.iter().find(|k| k.purpose == purpose && k.state == KeyState::Active);
         let rotation = match (purpose, emergency) {
-            (KeyPurpose::Audit, _) => {
-                return Err(AppError::invalid("/purpose", "the audit key is not managed here yet"));
+            (KeyPurpose::Audit, true) => {
+                return Err(AppError::invalid(
+                    "/emergency",
+                    "the audit key has no emergency rotation: checkpoints it signed must keep verifying",
+                ));
             }
             (KeyPurpose::Signing, false) => {
                 if let Some(next) = stored.iter().find(|k| k.purpose == purpose && k.state == KeyState::Next)
@@ -326,13 +341,14 @@ impl App {
                 let key = self.new_key(purpose, KeyState::Next)?;
                 let mut tx = self.inner.store.begin().await?;
                 tx.insert_key(&key).await.map_err(|e| conflict_as_busy(e, purpose))?;
-                tx.commit().await?;
-                Rotation {
+                let rotation = Rotation {
                     active_from: now.plus_millis(self.inner.settings.keys.signing_publish_ahead_millis),
                     new_key: key.id,
                     old_key: active.map(|k| k.id.clone()),
                     revoked_sessions: 0,
-                }
+                };
+                self.commit_audited(tx, [rotated(purpose, false, &rotation)]).await?;
+                rotation
             }
             (KeyPurpose::Signing, true) => {
                 // Whoever holds one signing key's secret may hold them all (they share the database
@@ -359,16 +375,18 @@ impl App {
                     None => Vec::new(),
                 };
                 tx.insert_key(&key).await.map_err(|e| conflict_as_busy(e, purpose))?;
-                tx.commit().await?;
-                self.forget_sessions(&revoked, now);
                 let destroyed: Vec<&str> = live.iter().map(|k| k.id.as_str()).collect();
-                tracing::warn!(new = %key.id, ?destroyed, revoked = revoked.len(), "emergency signing key rotation");
-                Rotation {
-                    new_key: key.id,
+                let rotation = Rotation {
+                    new_key: key.id.clone(),
                     old_key: active.map(|k| k.id.clone()),
                     active_from: now,
                     revoked_sessions: revoked.len() as u64,
-                }
+                };
+                let entry = rotated(purpose, true, &rotation).detail("destroyed", destroyed.clone());
+                self.commit_audited(tx, [entry]).await?;
+                self.forget_sessions(&revoked, now);
+                tracing::warn!(new = %key.id, ?destroyed, revoked = revoked.len(), "emergency signing key rotation");
+                rotation
             }
             (KeyPurpose::Pii | KeyPurpose::BlindIndex, true) => {
                 return Err(AppError::invalid(
@@ -376,21 +394,22 @@ impl App {
                     "only signing keys have an emergency rotation; data keys are re-encrypted in place",
                 ));
             }
-            (KeyPurpose::Pii, false) => {
+            (KeyPurpose::Pii | KeyPurpose::Audit, false) => {
                 let key = self.new_key(purpose, KeyState::Active)?;
                 let mut tx = self.inner.store.begin().await?;
                 if let Some(old) = active {
                     tx.transition_key(&old.id, KeyState::Active, KeyState::Retired, now).await?;
                 }
                 tx.insert_key(&key).await.map_err(|e| conflict_as_busy(e, purpose))?;
-                tx.commit().await?;
-                tracing::info!(new = %key.id, old = ?active.map(|k| &k.id), "personal-data key rotated; re-encryption follows");
-                Rotation {
-                    new_key: key.id,
+                let rotation = Rotation {
+                    new_key: key.id.clone(),
                     old_key: active.map(|k| k.id.clone()),
                     active_from: now,
                     revoked_sessions: 0,
-                }
+                };
+                self.commit_audited(tx, [rotated(purpose, false, &rotation)]).await?;
+                tracing::info!(new = %key.id, old = ?active.map(|k| &k.id), purpose = purpose.as_str(), "key rotated");
+                rotation
             }
             (KeyPurpose::BlindIndex, false) => {
                 if let Some(next) = stored.iter().find(|k| k.purpose == purpose && k.state == KeyState::Next)
@@ -403,13 +422,14 @@ impl App {
                 let key = self.new_key(purpose, KeyState::Next)?;
                 let mut tx = self.inner.store.begin().await?;
                 tx.insert_key(&key).await.map_err(|e| conflict_as_busy(e, purpose))?;
-                tx.commit().await?;
-                Rotation {
+                let rotation = Rotation {
                     new_key: key.id,
                     old_key: active.map(|k| k.id.clone()),
                     active_from: now.plus_millis(BLIND_INDEX_PUBLISH_AHEAD_MILLIS),
                     revoked_sessions: 0,
-                }
+                };
+                self.commit_audited(tx, [rotated(purpose, false, &rotation)]).await?;
+                rotation
             }
         };
         self.install_keys(&self.read_keys().await?)?;
@@ -435,17 +455,22 @@ impl App {
                 rewrapped += 1;
             }
         }
-        tx.commit().await?;
+        let entry = AuditEntry::system("key.kek_rotated")
+            .detail("kek_id", keks.active_id())
+            .detail("rewrapped", rewrapped);
+        self.commit_audited(tx, [entry]).await?;
         self.install_keys(&self.read_keys().await?)?;
         Ok(rewrapped)
     }
 
-    /// How many rows (and blind indexes) still use a retired key.
+    /// How many rows (and blind indexes) still use a retired key and can move off it. Audit events
+    /// never move (the chain hashes their ciphertext): they keep a retired key from being
+    /// destroyed, not the re-encryption from finishing.
     pub async fn reencryption_remaining(&self) -> Result<u64, AppError> {
         let stored = self.read_keys().await?;
         let mut remaining = 0;
         for key in stored.iter().filter(|k| k.state == KeyState::Retired) {
-            remaining += self.rows_under(key).await?;
+            remaining += self.rows_under(key, Movable::Only).await?;
         }
         Ok(remaining)
     }
@@ -463,6 +488,7 @@ impl App {
         for table in PiiTable::ALL {
             let mut tx = self.inner.store.begin().await?;
             let rows = tx.pii_rows_not_under(table, &active, batch).await?;
+            let mut resealed = 0u64;
             for mut row in rows {
                 // One row that does not open (altered, or under a key that is gone) is reported and
                 // skipped; it must not stop every other row from moving to the new key.
@@ -475,18 +501,27 @@ impl App {
                     }
                 }
                 if tx.reseal_pii_row(table, &row, &active).await? {
-                    step.resealed += 1;
+                    resealed += 1;
                 }
             }
-            tx.commit().await?;
+            step.resealed += resealed;
+            let entry = (resealed > 0).then(|| {
+                AuditEntry::system("key.reencrypted")
+                    .target("key", &active)
+                    .detail("purpose", KeyPurpose::Pii.as_str())
+                    .detail("table", table.name())
+                    .detail("rows", resealed)
+            });
+            self.commit_audited(tx, entry).await?;
         }
         let index_key = keys.fields.active_index_id()?.to_owned();
         let mut tx = self.inner.store.begin().await?;
+        let reindexed_before = step.reindexed;
         for user in tx.users_not_indexed_under(&index_key, batch).await? {
             let row = user.id.to_string();
             let index = match keys
                 .fields
-                .open_text(&user.email, Place { table: PiiTable::Users, column: "email", row: &row })
+                .open_text(&user.email, Place { table: PiiTable::Users.name(), column: "email", row: &row })
                 .and_then(|email| {
                     portcullis_domain::Email::parse(&email)
                         .map_err(|_| AppError::Internal("a stored email no longer parses".into()))
@@ -512,7 +547,15 @@ impl App {
                 step.reindexed += 1;
             }
         }
-        tx.commit().await?;
+        let reindexed = step.reindexed - reindexed_before;
+        let entry = (reindexed > 0).then(|| {
+            AuditEntry::system("key.reencrypted")
+                .target("key", &index_key)
+                .detail("purpose", KeyPurpose::BlindIndex.as_str())
+                .detail("table", PiiTable::Users.name())
+                .detail("rows", reindexed)
+        });
+        self.commit_audited(tx, entry).await?;
         step.remaining = self.reencryption_remaining().await?;
         Ok(step)
     }
@@ -566,10 +609,18 @@ impl App {
         Ok(stored)
     }
 
-    async fn rows_under(&self, key: &StoredKey) -> Result<u64, AppError> {
+    async fn rows_under(&self, key: &StoredKey, which: Movable) -> Result<u64, AppError> {
         let mut tx = self.inner.store.begin_read().await?;
         let count = match key.purpose {
-            KeyPurpose::Pii => tx.count_pii_rows_under(&key.id).await?,
+            // Audit events keep their sealed fields under the key that sealed them (the chain hashes
+            // the ciphertext), so such a key stays until retention purges the events.
+            KeyPurpose::Pii => {
+                let audit = match which {
+                    Movable::Only => 0,
+                    Movable::AndAudit => tx.count_audit_rows_under(&key.id).await?,
+                };
+                tx.count_pii_rows_under(&key.id).await? + audit
+            }
             KeyPurpose::BlindIndex => tx.count_users_indexed_under(&key.id).await?,
             KeyPurpose::Signing | KeyPurpose::Audit => 0,
         };
@@ -584,7 +635,11 @@ impl App {
         if tx.transition_key(&active.id, KeyState::Active, KeyState::Retired, now).await?
             && tx.transition_key(&next.id, KeyState::Next, KeyState::Active, now).await?
         {
-            tx.commit().await?;
+            let promoted = AuditEntry::system("key.promoted")
+                .target("key", &next.id)
+                .detail("purpose", next.purpose.as_str())
+                .detail("old_key", active.id.as_str());
+            self.commit_audited(tx, [promoted]).await?;
             tracing::info!(new = %next.id, old = %active.id, purpose = next.purpose.as_str(), "key rotated");
             return Ok(true);
         }
@@ -596,7 +651,7 @@ impl App {
         let mut tx = self.inner.store.begin().await?;
         match tx.insert_key(&key).await {
             Ok(()) => {
-                tx.commit().await?;
+                self.commit_audited(tx, [key_created(&key)]).await?;
                 tracing::info!(key = %key.id, purpose = key.purpose.as_str(), state = key.state.as_str(), "key created");
                 Ok(true)
             }
@@ -622,7 +677,13 @@ impl App {
                 (random_key_id(purpose)?, algorithm.to_owned(), secret, None)
             }
             KeyPurpose::Audit => {
-                return Err(AppError::invalid("/purpose", "the audit key is not managed here yet"));
+                let key = crate::audit::generate_audit_key()?;
+                (
+                    random_key_id(purpose)?,
+                    crate::audit::AUDIT_KEY_ALGORITHM.to_owned(),
+                    key.pkcs8,
+                    Some(key.public),
+                )
             }
         };
         let (kek_id, wrapped) = keks.wrap(&secret, &id, purpose)?;
@@ -644,6 +705,7 @@ impl App {
     fn build_keys(&self, stored: &[StoredKey]) -> Result<LoadedKeys, AppError> {
         let keks = &self.inner.settings.keks;
         let mut fields = FieldKeys::default();
+        let mut audit = crate::audit::AuditKeys::default();
         let mut signing_keys: Vec<(&StoredKey, Zeroizing<Vec<u8>>)> = Vec::new();
         for key in stored {
             let Some(wrapped) = &key.wrapped else { continue };
@@ -655,7 +717,7 @@ impl App {
                 KeyPurpose::BlindIndex => {
                     fields.add_index(&key.id, fields::key_bytes(&secret, &key.id)?, active)
                 }
-                KeyPurpose::Audit => {}
+                KeyPurpose::Audit => audit.add(&key.id, &secret, active)?,
             }
         }
         let published: Vec<(&str, &str, &[u8])> = signing_keys
@@ -665,7 +727,7 @@ impl App {
         let signer =
             signing_keys.iter().find(|(key, _)| key.state == KeyState::Active).map(|(k, _)| k.id.as_str());
         let signing = Keyring::build(&published, signer)?;
-        Ok(LoadedKeys { signing, fields, fingerprint: fingerprint(stored) })
+        Ok(LoadedKeys { signing, fields, audit, fingerprint: fingerprint(stored) })
     }
 
     fn install_keys(&self, stored: &[StoredKey]) -> Result<(), AppError> {
@@ -685,6 +747,35 @@ impl App {
     }
 }
 
+/// Which rows under a key [`App::rows_under`] counts: those re-encryption moves, or those and the
+/// audit events sealed under it (which never move).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Movable {
+    Only,
+    AndAudit,
+}
+
+/// `key.created`, by Portcullis itself: the first keys of an installation and the schedule's next
+/// signing keys.
+fn key_created(key: &StoredKey) -> AuditEntry {
+    AuditEntry::system("key.created")
+        .target("key", &key.id)
+        .detail("purpose", key.purpose.as_str())
+        .detail("state", key.state.as_str())
+}
+
+/// `key.rotated`: a rotation an operator started (`portcullis keys rotate`, the command line).
+fn rotated(purpose: KeyPurpose, emergency: bool, rotation: &Rotation) -> AuditEntry {
+    AuditEntry::system("key.rotated")
+        .target("key", &rotation.new_key)
+        .detail("purpose", purpose.as_str())
+        .detail("emergency", emergency)
+        .detail("new_key", rotation.new_key.as_str())
+        .detail("old_key", rotation.old_key.clone())
+        .detail("active_from", rotation.active_from.to_rfc3339())
+        .detail("revoked_sessions", rotation.revoked_sessions)
+}
+
 /// A row's sealed fields opened and sealed again under `active`.
 fn reseal_fields(
     keys: &FieldKeys,
@@ -694,7 +785,7 @@ fn reseal_fields(
 ) -> Result<Vec<Option<portcullis_store::Sealed>>, AppError> {
     let mut fields = Vec::with_capacity(row.fields.len());
     for (column, field) in table.columns().iter().zip(&row.fields) {
-        let place = Place { table, column, row: &row.id };
+        let place = Place { table: table.name(), column, row: &row.id };
         fields.push(match field {
             Some(sealed) => Some(keys.seal_under(active, &keys.open(sealed, place)?, place)?),
             None => None,

@@ -76,9 +76,9 @@ fn allowed(c: &Cast, address: &str, admin_route: bool) -> bool {
     }
 }
 
-fn invalid_fields<T: std::fmt::Debug>(result: Result<T, AppError>) -> Vec<&'static str> {
+fn invalid_fields<T: std::fmt::Debug>(result: Result<T, AppError>) -> Vec<String> {
     match result {
-        Err(AppError::Validation(issues)) => issues.iter().map(|i| i.field).collect(),
+        Err(AppError::Validation(issues)) => issues.into_iter().map(|i| i.field.into_owned()).collect(),
         other => panic!("expected a validation error, got {other:?}"),
     }
 }

@@ -1,10 +1,13 @@
-//! No secret reaches the logs (ASVS 16.2.5, DESIGN.md "Secrets never leak"): passwords, tokens,
-//! cookies and emailed link tokens are pushed through every account endpoint with debug logging on,
-//! and then looked for in everything the server logged.
+//! No secret reaches the logs or the audit trail (ASVS 16.2.5, DESIGN.md "Secrets never leak"):
+//! passwords, tokens, cookies, emailed link tokens and API keys are pushed through every account
+//! endpoint (and an application's audit event) with debug logging on, and then looked for in
+//! everything the server logged and in the audit trail it kept.
 
 use std::time::Duration;
 
-use crate::support::{log_text, spawn_app};
+use portcullis::config::{Config, DatabaseTarget};
+
+use crate::support::{TestApp, log_text, spawn_app};
 
 /// The single-use tokens in every email the outbox holds (quoted-printable soft breaks undone).
 async fn emailed_tokens(app: &crate::support::TestApp, at_least: usize) -> Vec<String> {
@@ -114,11 +117,135 @@ async fn secrets_pushed_through_the_account_endpoints_never_reach_the_logs() {
         post("/v1/auth/verify-email", serde_json::json!({"token": token})).await;
     }
     secrets.extend(links);
-    app.stop().await;
+    secrets.extend(application_event_with_secrets(&app).await);
+    // Stopped, with its data dir kept for the look at the audit trail.
+    let TestApp { server, config, _dir, .. } = app;
+    server.shutdown().await;
 
     let logs = log_text();
     for secret in &secrets {
         assert!(!logs.contains(secret.as_str()), "a secret reached the logs: {:.12}…", secret);
+    }
+    let trail = audit_trail_bytes(&config).await;
+    assert!(
+        trail.windows(CANARY_ACTION.len()).any(|w| w == CANARY_ACTION.as_bytes()),
+        "the look at the audit trail sees the application's event"
+    );
+    for secret in &secrets {
+        assert!(
+            !trail.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a secret reached the audit trail: {:.12}…",
+            secret
+        );
+    }
+}
+
+/// The action of the application event that carries secrets in its details.
+const CANARY_ACTION: &str = "hygiene.canary_posted";
+
+/// An owner (password through the login endpoint), an organization, a service account with an API
+/// key, and an application event posted with that key whose details hold a password and the key
+/// itself; the event is recorded with both redacted. Returns the secrets used.
+async fn application_event_with_secrets(app: &TestApp) -> Vec<String> {
+    use portcullis_domain::BuiltinRole;
+    use secrecy::SecretString;
+    let owner_password = "canary-owner-password amber quill fjord";
+    let app_password = "canary-app-password lantern mosaic";
+    app.server
+        .app()
+        .create_user_as_operator(
+            "hygiene-owner@example.com",
+            None,
+            SecretString::from(owner_password),
+            BuiltinRole::Owner,
+        )
+        .await
+        .unwrap();
+    let owner = crate::support::login(app, "hygiene-owner@example.com", owner_password).await;
+    let create = |path: String, body: serde_json::Value| {
+        let request = app.client.post(app.url(&path)).bearer_auth(&owner.access).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(status, 201, "{path}: {body}");
+            body
+        }
+    };
+    let org =
+        create("/v1/admin/organizations".into(), serde_json::json!({"slug": "hygiene", "name": "H"})).await;
+    let org = org["id"].as_str().unwrap().to_owned();
+    let account = create(
+        "/v1/admin/service-accounts".into(),
+        serde_json::json!({"organization_id": org, "name": "Hygiene", "role": "owner"}),
+    )
+    .await;
+    let issued = create(
+        format!("/v1/admin/service-accounts/{}/api-keys", account["id"].as_str().unwrap()),
+        serde_json::json!({"name": "canary", "scopes": ["audit:write"], "expires_in_days": 7}),
+    )
+    .await;
+    let key = issued["key"].as_str().unwrap().to_owned();
+    let key_secret =
+        key.strip_prefix(&format!("pcs_{}_", issued["api_key"]["id"].as_str().unwrap())).unwrap();
+    let event = serde_json::json!({"events": [{
+        "action": CANARY_ACTION, "organization_id": org, "subject": "customer-7",
+        "details": {"password": app_password, "note": key, "kept": "visible"}
+    }]});
+    let posted = app.client.post(app.url("/v1/audit/events")).header("x-api-key", &key).json(&event).send();
+    assert_eq!(posted.await.unwrap().status(), 201);
+    let listed: serde_json::Value = app
+        .client
+        .get(app.url("/v1/audit/events"))
+        .bearer_auth(&owner.access)
+        .query(&[("action", CANARY_ACTION)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["events"][0]["details"],
+        serde_json::json!({"password": "[redacted]", "note": "[redacted]", "kept": "visible"}),
+        "{listed}"
+    );
+    vec![
+        owner_password.to_owned(),
+        app_password.to_owned(),
+        owner.access.clone(),
+        owner.refresh.clone(),
+        key.clone(),
+        key_secret.to_owned(),
+    ]
+}
+
+/// The audit trail as stored: on SQLite every byte of the database file and its write-ahead log
+/// (whatever the trail holds is in one of them, in clear or not at all); on PostgreSQL the text of
+/// every event's columns that could carry a value from a request.
+async fn audit_trail_bytes(config: &Config) -> Vec<u8> {
+    match config.database_target().unwrap() {
+        DatabaseTarget::Sqlite(path) => {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let mut wal = path.into_os_string();
+            wal.push("-wal");
+            bytes.extend(std::fs::read(&wal).unwrap_or_default());
+            bytes
+        }
+        DatabaseTarget::Postgres => {
+            use sqlx::Connection;
+            let url = config.database.url.as_ref().unwrap().expose();
+            let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+            let text: Option<String> = sqlx::query_scalar(
+                "SELECT string_agg(concat_ws('|', action, actor_id, on_behalf_of, target_type, target_id, \
+                 organization_id, request_id, details), E'\\n' ORDER BY seq) FROM audit_events",
+            )
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            db.close().await.unwrap();
+            text.unwrap_or_default().into_bytes()
+        }
     }
 }
 

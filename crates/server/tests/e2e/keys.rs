@@ -150,7 +150,7 @@ async fn a_wrong_kek_stops_the_start_with_a_clear_message_and_a_rotated_kek_keep
     let both = format!("{new_entry},{}", dev_kek.trim());
     let (code, out, err) = keys(&config.data_dir, &["rotate-kek"], &[("PORTCULLIS_KEYS__KEK", &both)]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("re-wrapped 3 key(s)"), "{out}");
+    assert!(out.starts_with("re-wrapped 4 key(s)"), "{out}");
     let (code, list, err) = keys(&config.data_dir, &["list"], &[("PORTCULLIS_KEYS__KEK", &new_entry)]);
     assert_eq!(code, 0, "{err}");
     assert!(list.lines().skip(1).all(|l| l.contains(" prod2 ")), "{list}");

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod api_keys;
+mod audit;
 mod binary;
 mod cli_users;
 mod docs;

@@ -14,6 +14,9 @@ pub struct TestApp {
     pub server: RunningServer,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
+    /// The configuration it was started with: its database URL on PostgreSQL, for the command line
+    /// and for tests that look at the database itself.
+    pub config: Config,
     pub _dir: tempfile::TempDir,
 }
 
@@ -74,13 +77,51 @@ pub async fn spawn_with_options(adjust: impl FnOnce(&mut Config), options: Start
     }
     adjust(&mut config);
     let server = portcullis::start(&config, options).await.unwrap();
+    running(server, config, dir)
+}
+
+fn running(server: RunningServer, config: Config, dir: tempfile::TempDir) -> TestApp {
     TestApp {
         addr: server.local_addr(),
         server,
         client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
         data_dir: config.data_dir.clone(),
+        config,
         _dir: dir,
     }
+}
+
+/// Whether this run puts every spawned server on PostgreSQL (`PORTCULLIS_E2E_ON_POSTGRES=1`).
+pub fn on_postgres() -> bool {
+    std::env::var("PORTCULLIS_E2E_ON_POSTGRES").ok().as_deref() == Some("1")
+}
+
+/// A second server on `first`'s database, as a second node of one installation: the same database,
+/// instance secret, key-encryption key and public URL, its own data dir (and so its own data dir
+/// lock). PostgreSQL only: two servers on one SQLite file are what that lock exists to refuse.
+pub async fn spawn_beside(first: &TestApp) -> TestApp {
+    assert!(first.config.database.url.is_some(), "a second server needs a shared (PostgreSQL) database");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = first.config.clone();
+    config.data_dir = dir.path().join("data");
+    // In development both are generated into the first server's data dir; the second reads them.
+    let generated = |file: &str| {
+        let text = std::fs::read_to_string(first.data_dir.join(file)).unwrap();
+        Some(portcullis::config::Secret::new(text.trim_end().to_owned()))
+    };
+    if config.keys.kek.is_none() {
+        config.keys.kek = generated(portcullis::data_dir::KEK_FILE);
+    }
+    if config.secrets.instance_secret.is_none() {
+        config.secrets.instance_secret = generated(portcullis::data_dir::INSTANCE_SECRET_FILE);
+    }
+    // One installation has one public URL (the tokens' issuer); in development it is otherwise the
+    // address each server bound.
+    if config.http.public_url.is_none() {
+        config.http.public_url = Some(first.origin());
+    }
+    let server = portcullis::start(&config, StartOptions::default()).await.unwrap();
+    running(server, config, dir)
 }
 
 /// With `PORTCULLIS_E2E_ON_POSTGRES=1` and `PORTCULLIS_TEST_POSTGRES_URL` set, a fresh database on that
@@ -89,7 +130,7 @@ pub async fn spawn_with_options(adjust: impl FnOnce(&mut Config), options: Start
 async fn postgres_database() -> Option<String> {
     use sqlx::Connection;
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    if std::env::var("PORTCULLIS_E2E_ON_POSTGRES").ok().as_deref() != Some("1") {
+    if !on_postgres() {
         return None;
     }
     let admin_url = std::env::var("PORTCULLIS_TEST_POSTGRES_URL")

@@ -2,6 +2,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod api_keys;
+pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod authz;
 pub(crate) mod health;

@@ -1,0 +1,51 @@
+-- The audit trail (see crates/store/src/audit.rs and crates/domain/src/audit.rs).
+
+-- One row per event, in chain order. Personal data (client address, user agent) is sealed like
+-- everywhere else, and the chain hashes the ciphertext; details are redacted, bounded JSON text,
+-- hashed exactly as stored (TEXT, so no engine reformats it).
+CREATE TABLE audit_events (
+    seq             INTEGER PRIMARY KEY,
+    id              TEXT    NOT NULL UNIQUE,
+    at              INTEGER NOT NULL,
+    actor_kind      TEXT    NOT NULL,
+    actor_id        TEXT,
+    on_behalf_of    TEXT,
+    action          TEXT    NOT NULL,
+    target_type     TEXT,
+    target_id       TEXT,
+    organization_id TEXT,
+    ip              BLOB,
+    user_agent      BLOB,
+    pii_key         TEXT,
+    request_id      TEXT,
+    outcome         TEXT    NOT NULL,
+    details         TEXT    NOT NULL,
+    prev_hash       BLOB    NOT NULL CHECK (length(prev_hash) = 32),
+    hash            BLOB    NOT NULL CHECK (length(hash) = 32)
+) STRICT;
+CREATE INDEX audit_events_at ON audit_events (at);
+CREATE INDEX audit_events_action ON audit_events (action);
+CREATE INDEX audit_events_actor ON audit_events (actor_id);
+CREATE INDEX audit_events_on_behalf_of ON audit_events (on_behalf_of);
+CREATE INDEX audit_events_target ON audit_events (target_id);
+CREATE INDEX audit_events_organization ON audit_events (organization_id);
+CREATE INDEX audit_events_pii_key ON audit_events (pii_key);
+
+-- The chain's end: one row, moved by every append under a condition on its old value. A tail cut
+-- off the events table no longer matches it.
+CREATE TABLE audit_head (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL,
+    hash BLOB    NOT NULL CHECK (length(hash) = 32)
+) STRICT;
+INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, zeroblob(32));
+
+-- Signed statements "event seq has this hash", made every N events or T minutes with the audit
+-- key (Ed25519, wrapped in the keyring like every key).
+CREATE TABLE audit_checkpoints (
+    seq       INTEGER PRIMARY KEY,
+    hash      BLOB    NOT NULL CHECK (length(hash) = 32),
+    at        INTEGER NOT NULL,
+    key_id    TEXT    NOT NULL,
+    signature BLOB    NOT NULL
+) STRICT;
