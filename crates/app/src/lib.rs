@@ -243,6 +243,13 @@ impl App {
 
     /// Closes the database cleanly: in-flight transactions finish, SQLite checkpoints its log.
     pub async fn shutdown(&self) {
+        // Events since the last checkpoint get one at every clean stop (the CLI's too), so only a
+        // crash leaves any uncovered.
+        if self.can_sign_tokens()
+            && let Err(error) = self.checkpoint_audit_now(true).await
+        {
+            tracing::warn!(error = %portcullis_domain::error_chain(&error), "no audit checkpoint at shutdown");
+        }
         self.inner.store.close().await;
     }
 

@@ -437,7 +437,7 @@ async fn audit_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => {
                 // Events written since the last checkpoint get one on a clean shutdown.
                 if app.can_sign_tokens() {
-                    let _ = app.checkpoint_audit_now().await;
+                    let _ = app.checkpoint_audit_now(true).await;
                 }
                 return;
             }

@@ -239,7 +239,6 @@ async fn keys_with(app: &portcullis_app::App, command: KeysCommand) -> Result<()
         }
         KeysCommand::Rotate(RotateArgs { purpose, emergency }) => {
             let purpose = KeyPurpose::parse(&purpose)
-                .filter(|p| *p != KeyPurpose::Audit)
                 .ok_or_else(|| flag_problem("--purpose: must be signing, pii, blind-index or audit"))?;
             let rotation = app.rotate_key(purpose, emergency).await.map_err(as_flag_error)?;
             println!(
@@ -383,7 +382,7 @@ async fn audit_with(app: &portcullis_app::App, command: AuditCommand) -> Result<
             out.flush().map_err(|source| StartError::Output { source })?;
             eprintln!("{written} event(s) exported");
         }
-        AuditCommand::Checkpoint => match app.checkpoint_audit_now().await? {
+        AuditCommand::Checkpoint => match app.checkpoint_audit_now(false).await? {
             Some(checkpoint) => println!(
                 "checkpoint signed at seq {} (hash {}) with audit key {}",
                 checkpoint.seq,

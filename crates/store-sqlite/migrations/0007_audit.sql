@@ -23,6 +23,8 @@ CREATE TABLE audit_events (
     prev_hash       BLOB    NOT NULL CHECK (length(prev_hash) = 32),
     hash            BLOB    NOT NULL CHECK (length(hash) = 32)
 ) STRICT;
+-- Listings are newest first (by seq) under one or more filters: each filter's index carries seq
+-- (implicitly here: it is the rowid), so a filtered page is an index range read backwards.
 CREATE INDEX audit_events_at ON audit_events (at);
 CREATE INDEX audit_events_action ON audit_events (action);
 CREATE INDEX audit_events_actor ON audit_events (actor_id);

@@ -202,9 +202,8 @@ impl AuditStore for SqliteTx {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
-        // Only the filters asked for are in the statement (so the equality filters can use their
-        // indexes; the action prefix is a substr comparison that filters the newest-first walk of the
-        // primary key instead); the text comes from the fixed fragments below and every value is bound.
+        // Only the filters asked for are in the statement (so each can use its index); the text comes
+        // from the fixed fragments below and every value is bound.
         let mut sql = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
             "SELECT {COLUMNS} FROM audit_events WHERE 1 = 1"
         ));
@@ -216,11 +215,13 @@ impl AuditStore for SqliteTx {
                 .push(")");
         }
         if let Some(prefix) = &query.action_prefix {
-            // substr, not LIKE: action names contain `_`, which LIKE would read as a wildcard.
-            sql.push(" AND substr(action, 1, CAST(")
-                .push_bind(prefix.len() as i64)
-                .push(" AS INTEGER)) = ")
-                .push_bind(prefix.clone());
+            // A range, not LIKE (action names contain `_`, a LIKE wildcard) nor substr (no index):
+            // every action starting with the prefix sorts bytewise in [prefix, prefix + DEL), since
+            // action names are lowercase letters, digits, `_` and `.`, all below DEL.
+            sql.push(" AND action >= ")
+                .push_bind(prefix.clone())
+                .push(" AND action < ")
+                .push_bind(format!("{prefix}\u{7f}"));
         }
         if let Some(kind) = &query.target_type {
             sql.push(" AND target_type = ").push_bind(kind.clone());

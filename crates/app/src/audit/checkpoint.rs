@@ -121,21 +121,41 @@ impl App {
         if !due {
             return Ok(None);
         }
-        self.checkpoint_audit_head_at(head.seq, &head.hash, now).await
+        self.checkpoint_verified(true, now).await
     }
 
-    /// Signs and stores a checkpoint of the current head now, whatever the schedule says.
-    pub async fn checkpoint_audit_now(&self) -> Result<Option<AuditCheckpoint>, AppError> {
-        let mut tx = self.inner.store.begin_read().await?;
-        let head = tx.read_audit_head().await?;
-        tx.rollback().await?;
-        if head.seq == 0 {
+    /// Signs a checkpoint now, whatever the schedule says (a clean stop, `portcullis audit
+    /// checkpoint`). With `coverage` false (only the operator's explicit command) events more than
+    /// a day old without a checkpoint are accepted: how a gap left by a crash and a long outage is
+    /// closed once the operator has read the verification's report.
+    pub async fn checkpoint_audit_now(&self, coverage: bool) -> Result<Option<AuditCheckpoint>, AppError> {
+        self.checkpoint_verified(coverage, self.now()).await
+    }
+
+    /// Verifies what the next checkpoint will cover (from the newest valid checkpoint on), then signs
+    /// what verified. Never the head row alone: someone who can write the database could point it
+    /// anywhere and have this node sign it. A chain that does not verify is not signed; it is an
+    /// `audit_chain_broken` security event.
+    async fn checkpoint_verified(
+        &self,
+        coverage: bool,
+        now: Timestamp,
+    ) -> Result<Option<AuditCheckpoint>, AppError> {
+        let scope = super::verify::Scope { from_newest_checkpoint: true, coverage };
+        let report = self.verify_scope(scope, &|_, _| {}).await?;
+        if let Some(broken) = &report.broken {
+            self.raise_chain_broken(broken).await?;
+            return Err(AppError::Internal(
+                format!("the audit chain does not verify at seq {}: {}", broken.seq, broken.reason).into(),
+            ));
+        }
+        if report.last_seq == 0 {
             return Ok(None);
         }
-        self.checkpoint_audit_head_at(head.seq, &head.hash, self.now()).await
+        self.sign_checkpoint(report.last_seq, &report.last_hash, now).await
     }
 
-    async fn checkpoint_audit_head_at(
+    async fn sign_checkpoint(
         &self,
         seq: i64,
         hash: &[u8; 32],
@@ -149,6 +169,7 @@ impl App {
             Err(other) => return Err(other.into()),
         }
         tracing::info!(seq, hash = %hex(hash), key = %checkpoint.key_id, "audit checkpoint signed");
+        self.inner.audit_writer.raise_high_water(seq, *hash);
         if let Some(path) = &self.inner.settings.audit.checkpoint_file
             && let Err(error) = append_checkpoint_line(path, &checkpoint)
         {
@@ -174,6 +195,14 @@ impl App {
         let (Some(cut), Some((min, _, _))) = (cut, bounds) else { return Ok(AuditPurge::default()) };
         if min > cut {
             return Ok(AuditPurge::default());
+        }
+        // Only a chain that verifies is cut: deleting a tampered span would delete the evidence.
+        let report = self.verify_audit_chain(&|_, _| {}).await?;
+        if let Some(broken) = &report.broken {
+            self.raise_chain_broken(broken).await?;
+            return Err(AppError::Internal(
+                format!("the audit chain does not verify at seq {}; nothing was purged", broken.seq).into(),
+            ));
         }
         let mut deleted = 0;
         let mut after = min - 1;
@@ -212,6 +241,7 @@ fn append_checkpoint_line(path: &std::path::Path, checkpoint: &AuditCheckpoint) 
         "seq": checkpoint.seq,
         "hash": hex(&checkpoint.hash),
         "at": checkpoint.at.to_rfc3339(),
+        "at_ms": checkpoint.at.as_unix_millis(),
         "key_id": checkpoint.key_id,
         "signature": hex(&checkpoint.signature),
     });

@@ -264,13 +264,32 @@ fn holds_credential(text: &str) -> bool {
     text.contains(portcullis_domain::API_KEY_PREFIX)
         || lower.contains("bearer ")
         || lower.contains("basic ")
-        || text.match_indices("eyJ").any(|(at, _)| {
-            let run: String = text[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                .collect();
-            run.matches('.').count() >= 2
-        })
+        || holds_jwt(text.as_bytes())
+}
+
+/// Whether some run of base64url characters and dots starting with `eyJ` holds two dots: one pass
+/// over the text (each run is scanned once), so a hostile string cannot make it quadratic.
+fn holds_jwt(bytes: &[u8]) -> bool {
+    let in_run = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    let mut i = 0;
+    while i < bytes.len() {
+        if !in_run(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && in_run(bytes[i]) {
+            i += 1;
+        }
+        let run = &bytes[start..i];
+        // A JWT may start anywhere in the run (`x.eyJ...`): look for its header, then two dots after.
+        if let Some(header) = run.windows(3).position(|w| w == b"eyJ")
+            && run[header..].iter().filter(|b| **b == b'.').count() >= 2
+        {
+            return true;
+        }
+    }
+    false
 }
 
 fn cut(mut text: String, chars: usize) -> String {

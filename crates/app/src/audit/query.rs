@@ -17,6 +17,23 @@ use super::AuditEntry;
 use crate::security_events::parse_rfc3339;
 use crate::{App, AppError, DEFAULT_PAGE, FieldIssue, MAX_PAGE, Principal, PrincipalKind};
 
+/// The first words of Portcullis's own action names: an application's events may not use them, so
+/// that none can pass for one of ours (its actor type `application` tells them apart as well).
+pub const RESERVED_NAMESPACES: [&str; 12] = [
+    "audit",
+    "api_key",
+    "instance",
+    "ip_rule",
+    "key",
+    "membership",
+    "organization",
+    "role",
+    "security_events",
+    "service_account",
+    "session",
+    "user",
+];
+
 /// The most events one `POST /v1/audit/events` carries.
 pub const MAX_APPLICATION_BATCH: usize = 100;
 
@@ -130,13 +147,19 @@ impl App {
         });
         if !system && !in_org {
             tracing::info!(user = %principal.user_id, "audit read denied");
+            // A refused read of the trail is itself worth keeping (ASVS V16.3.2).
+            let denied = AuditEntry::by(principal, "audit.events.read").outcome(Outcome::Denied);
+            self.record_audit([denied]).await?;
             return Err(AppError::Forbidden("this needs the audit:read permission".into()));
         }
         let mut tx = self.inner.store.begin_read().await?;
         let events = tx.list_audit_events(&query).await?;
         let mut views = Vec::with_capacity(events.len());
+        // An organization's administrator sees what happened in it, but not the addresses and
+        // browsers of everyone who acted there (platform staff included): those are opened only
+        // for readers of the whole trail.
         for event in &events {
-            views.push(self.audit_view(tx.as_mut(), event).await?);
+            views.push(self.audit_view(tx.as_mut(), event, system).await?);
         }
         tx.rollback().await?;
         let next = (events.len() == query.limit as usize)
@@ -181,7 +204,16 @@ impl App {
         let mut entries = Vec::with_capacity(events.len());
         for (i, event) in events.into_iter().enumerate() {
             let at = |field: &str| format!("/events/{i}/{field}");
-            if check_action(&event.action).is_err() {
+            let namespace = event.action.split('.').next().unwrap_or_default();
+            if RESERVED_NAMESPACES.contains(&namespace) {
+                issues.push(FieldIssue::new(
+                    at("action"),
+                    format!(
+                        "must not start with one of Portcullis's own namespaces ({})",
+                        RESERVED_NAMESPACES.join(", ")
+                    ),
+                ));
+            } else if check_action(&event.action).is_err() {
                 issues.push(FieldIssue::new(at("action"), "must be two to eight dot-separated words of lowercase letters, digits or _, at most 64 bytes"));
             }
             let outcome = match event.outcome.as_deref() {
@@ -268,7 +300,8 @@ impl App {
     }
 
     /// Streams every event at or after `since` in chain order to `sink`, a page at a time (the CLI's
-    /// `audit export`): memory stays flat whatever the size of the log. Returns how many it wrote.
+    /// `audit export`): memory stays flat whatever the size of the log. Returns how many it wrote;
+    /// the export itself is recorded (by the system: the command line acts as the operator).
     pub async fn export_audit_events(
         &self,
         since: Option<portcullis_domain::Timestamp>,
@@ -282,11 +315,16 @@ impl App {
             let Some(last) = page.last() else { break };
             after = last.seq;
             for event in page.iter().filter(|e| since.is_none_or(|since| e.record.at >= since)) {
-                sink(self.audit_view(tx.as_mut(), event).await?)?;
+                sink(self.audit_view(tx.as_mut(), event, true).await?)?;
                 written += 1;
             }
             tx.rollback().await?;
         }
+        let mut entry = AuditEntry::system("audit.events.exported").detail("events", written);
+        if let Some(since) = since {
+            entry = entry.detail("since", since.to_rfc3339());
+        }
+        self.record_audit([entry]).await?;
         Ok(written)
     }
 
@@ -294,8 +332,10 @@ impl App {
         &self,
         tx: &mut dyn portcullis_store::StoreTx,
         event: &AuditEvent,
+        open_client: bool,
     ) -> Result<AuditEventView, AppError> {
-        let (ip, user_agent) = self.open_audit_client(tx, &event.record).await?;
+        let (ip, user_agent) =
+            if open_client { self.open_audit_client(tx, &event.record).await? } else { (None, None) };
         let r = &event.record;
         let details: Value = serde_json::from_str(&r.details).unwrap_or(Value::String(r.details.clone()));
         Ok(AuditEventView {

@@ -1,16 +1,31 @@
 //! Verifying the audit chain: every event's hash recomputed from its content and the one before,
-//! every checkpoint's signature and hash checked, the start anchored at genesis or at a signed
-//! checkpoint (after a retention purge), and the end matched against the head row.
+//! every checkpoint's signature and hash checked (those in the database, those in the checkpoint
+//! file outside it, and the newest one this node has seen, which it keeps in memory), the start
+//! anchored at genesis or at a signed checkpoint (after a retention purge), the end matched against
+//! the head row, and no event older than a day left without a signed checkpoint after it.
+//!
+//! The last rule is what stops someone who can write the database from deleting every checkpoint
+//! and rewriting the chain from genesis with fresh hashes: checkpoints are made every few minutes
+//! while a server runs and at every clean stop, so a day-old event that none covers means they were
+//! removed (or a crashed server stayed down that long: `portcullis audit checkpoint`, an operator's
+//! explicit act after reading the report, covers such a gap).
 //!
 //! The whole check reads one snapshot, a page at a time, so memory stays flat on any size of log.
 
-use portcullis_domain::AuditCheckpoint;
+use std::collections::BTreeMap;
+
 use portcullis_domain::audit::{GENESIS_HASH, event_hash, hex};
+use portcullis_domain::{AuditCheckpoint, Timestamp};
+use portcullis_store::StoreError;
 
 use crate::{App, AppError};
 
 /// Events read per page.
 const PAGE: u32 = 5000;
+
+/// How much older than the checkpoint interval an event may be before a missing checkpoint after it
+/// counts as tampering.
+pub const COVERAGE_GRACE_MILLIS: i64 = 24 * 3_600_000;
 
 /// Where the chain first breaks, and why, in words an operator can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +43,9 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     /// The seq the verified chain starts after (0, or the checkpoint a purge cut at).
     pub anchored_at: i64,
-    /// The newest seq verified.
+    /// The newest seq verified, and its hash.
     pub last_seq: i64,
+    pub last_hash: [u8; 32],
     /// The first defect, if any; verification stops there.
     pub broken: Option<ChainBreak>,
 }
@@ -41,27 +57,50 @@ impl VerifyReport {
     }
 }
 
+/// How much to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scope {
+    /// Start at the newest valid checkpoint rather than at the chain's start (before signing the
+    /// next checkpoint: what it covers was verified when it was signed).
+    pub from_newest_checkpoint: bool,
+    /// Apply the coverage rule (an operator's explicit checkpoint does not: it is how a gap left by
+    /// a long outage after a crash is closed).
+    pub coverage: bool,
+}
+
 impl App {
-    /// The scheduled check of `serve`: verifies the chain and, when it is broken, records an
-    /// `audit_chain_broken` security event (critical, so it alerts by default) naming where.
+    /// The scheduled check of `serve`: verifies the chain and, when it is broken or cannot be read
+    /// (a row that no longer parses is tampering too), records an `audit_chain_broken` security
+    /// event (critical, so it alerts by default) naming where.
     pub async fn run_audit_verification(&self) -> Result<VerifyReport, AppError> {
-        let report = self.verify_audit_chain(&|_, _| {}).await?;
+        let report = match self.verify_audit_chain(&|_, _| {}).await {
+            Ok(report) => report,
+            Err(AppError::Unavailable(error)) => return Err(AppError::Unavailable(error)),
+            Err(error) => VerifyReport::default().broken(
+                0,
+                format!("the audit log could not be read: {}", portcullis_domain::error_chain(&error)),
+            ),
+        };
         if let Some(broken) = &report.broken {
-            tracing::error!(seq = broken.seq, reason = %broken.reason, "the audit chain is broken");
-            let details =
-                [("seq".to_owned(), broken.seq.to_string()), ("reason".to_owned(), broken.reason.clone())];
-            self.record_security_event_with(
-                portcullis_domain::SecurityEventKind::AuditChainBroken,
-                None,
-                None,
-                None,
-                details.into_iter().collect(),
-            )
-            .await?;
+            self.raise_chain_broken(broken).await?;
         } else {
             tracing::info!(events = report.events, checkpoints = report.checkpoints, "audit chain verified");
         }
         Ok(report)
+    }
+
+    pub(crate) async fn raise_chain_broken(&self, broken: &ChainBreak) -> Result<(), AppError> {
+        tracing::error!(seq = broken.seq, reason = %broken.reason, "the audit chain is broken");
+        let details =
+            [("seq".to_owned(), broken.seq.to_string()), ("reason".to_owned(), broken.reason.clone())];
+        self.record_security_event_with(
+            portcullis_domain::SecurityEventKind::AuditChainBroken,
+            None,
+            None,
+            None,
+            details.into_iter().collect(),
+        )
+        .await
     }
 
     /// Recomputes the whole chain (`portcullis audit verify`, and the scheduled check in `serve`).
@@ -70,26 +109,65 @@ impl App {
         &self,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<VerifyReport, AppError> {
+        self.verify_scope(Scope { from_newest_checkpoint: false, coverage: true }, progress).await
+    }
+
+    pub(crate) async fn verify_scope(
+        &self,
+        scope: Scope,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<VerifyReport, AppError> {
+        // An audit key rotated by another node verifies its checkpoints here only once loaded.
+        self.reload_keys_if_changed().await?;
         let keys = self.loaded_keys();
+        let mut report = VerifyReport::default();
+        // Every trusted statement "event seq has hash h": the file's lines and this node's memory.
+        let mut outside: BTreeMap<i64, ([u8; 32], &'static str)> = BTreeMap::new();
+        match self.checkpoint_file_lines() {
+            Ok(lines) => {
+                for checkpoint in lines {
+                    if !keys.audit.verifies(&checkpoint) {
+                        return Ok(report.broken(
+                            checkpoint.seq,
+                            format!(
+                                "the checkpoint file's line for seq {} has an invalid signature",
+                                checkpoint.seq
+                            ),
+                        ));
+                    }
+                    outside.insert(checkpoint.seq, (checkpoint.hash, "the checkpoint file"));
+                }
+            }
+            Err(reason) => return Ok(report.broken(0, reason)),
+        }
+        if let Some((seq, hash)) = self.inner.audit_writer.high_water() {
+            outside.entry(seq).or_insert((hash, "a checkpoint this server signed or verified earlier"));
+        }
+
         let mut tx = self.inner.store.begin_read().await?;
         let head = tx.read_audit_head().await?;
         let bounds = tx.audit_bounds().await?;
-        let mut report = VerifyReport::default();
         let Some((min, max, total)) = bounds else {
             tx.rollback().await?;
             if head.seq != 0 {
                 return Ok(report.broken(1, format!("the chain head says {} events were written but none is stored: the events were deleted", head.seq)));
             }
+            if let Some((seq, (_, source))) = outside.last_key_value() {
+                return Ok(report.broken(
+                    1,
+                    format!("{source} names event {seq} but the log is empty: the events were deleted"),
+                ));
+            }
             return Ok(report);
         };
-        // The start: genesis, or a signed checkpoint exactly where a purge cut.
-        let mut prev = if min == 1 {
-            GENESIS_HASH
-        } else {
+        // The start: genesis, or a signed checkpoint exactly where a purge cut; for an incremental
+        // check, the newest checkpoint that verifies.
+        let mut start = if min == 1 { Some((0, GENESIS_HASH)) } else { None };
+        if min > 1 {
             match tx.audit_checkpoint_at(min - 1).await? {
                 Some(anchor) if keys.audit.verifies(&anchor) => {
                     report.checkpoints += 1;
-                    anchor.hash
+                    start = Some((anchor.seq, anchor.hash));
                 }
                 Some(_) => {
                     tx.rollback().await?;
@@ -101,18 +179,44 @@ impl App {
                         ),
                     ));
                 }
-                None => {
-                    tx.rollback().await?;
-                    return Ok(report.broken(min, format!("events before seq {min} are missing and no signed checkpoint marks a retention cut there: events were deleted")));
-                }
+                None => {}
             }
+        }
+        let Some((mut anchor, mut prev)) = start else {
+            tx.rollback().await?;
+            return Ok(report.broken(min, format!("events before seq {min} are missing and no signed checkpoint marks a retention cut there: events were deleted")));
         };
-        report.anchored_at = min - 1;
-        let mut expected = min;
-        let mut checkpoints: Vec<AuditCheckpoint> = tx.audit_checkpoints_after(min - 1, PAGE).await?;
+        if scope.from_newest_checkpoint
+            && let Some(newest) = tx.latest_audit_checkpoint().await?
+            && newest.seq > anchor
+            && newest.seq <= max
+            && keys.audit.verifies(&newest)
+            && outside.range(newest.seq + 1..).next().is_none()
+        {
+            // What the newest checkpoint covers was verified when it was signed; a trusted
+            // statement past it (the file, this node's memory) must still be met below.
+            anchor = newest.seq;
+            prev = newest.hash;
+        }
+        report.anchored_at = anchor;
+
+        let stale_before = self
+            .now()
+            .plus_millis(-(self.inner.settings.audit.checkpoint_interval_millis + COVERAGE_GRACE_MILLIS));
+        let mut last_stale: Option<i64> = None;
+        let mut covered = (anchor, prev);
+        let mut expected = anchor + 1;
+        let mut checkpoints: Vec<AuditCheckpoint> = tx.audit_checkpoints_after(anchor, PAGE).await?;
         checkpoints.reverse();
         loop {
-            let page = tx.audit_events_after(expected - 1, PAGE).await?;
+            let page = match tx.audit_events_after(expected - 1, PAGE).await {
+                Ok(page) => page,
+                Err(StoreError::Corrupt(what)) => {
+                    tx.rollback().await?;
+                    return Ok(report.broken(expected, format!("an event at or after seq {expected} no longer parses ({what}): it was changed in the database")));
+                }
+                Err(other) => return Err(other.into()),
+            };
             if page.is_empty() {
                 break;
             }
@@ -153,6 +257,7 @@ impl App {
                             return Ok(report.broken(event.seq, format!("the signed checkpoint at seq {} holds hash {} but the chain has {}: the chain was rewritten", event.seq, hex(&checkpoint.hash), hex(&hash))));
                         }
                         report.checkpoints += 1;
+                        covered = (event.seq, hash);
                     }
                     checkpoints.pop();
                     if checkpoints.is_empty() {
@@ -160,9 +265,22 @@ impl App {
                         checkpoints.reverse();
                     }
                 }
+                if let Some((trusted, source)) = outside.get(&event.seq) {
+                    if *trusted != hash {
+                        tx.rollback().await?;
+                        return Ok(report.broken(event.seq, format!("{source} holds hash {} for event {} but the chain has {}: the chain was rewritten", hex(trusted), event.seq, hex(&hash))));
+                    }
+                    if event.seq > covered.0 {
+                        covered = (event.seq, hash);
+                    }
+                }
+                if event.record.at < stale_before {
+                    last_stale = Some(event.seq);
+                }
                 prev = hash;
                 report.events += 1;
                 report.last_seq = event.seq;
+                report.last_hash = hash;
                 expected += 1;
             }
             progress(report.events, total);
@@ -172,9 +290,69 @@ impl App {
         if let Some(checkpoint) = beyond.first() {
             return Ok(report.broken(max + 1, format!("a signed checkpoint names event {} but the log ends at {max}: events after {max} were deleted", checkpoint.seq)));
         }
+        if let Some((seq, (_, source))) = outside.range(max + 1..).next() {
+            return Ok(report.broken(
+                max + 1,
+                format!(
+                    "{source} names event {seq} but the log ends at {max}: events after {max} were deleted"
+                ),
+            ));
+        }
         if head.seq != max || head.hash != prev {
             return Ok(report.broken(max + 1, format!("the chain head says event {} (hash {}) but the log ends at event {max}: the log's tail was cut or the head was changed", head.seq, hex(&head.hash))));
         }
+        if scope.coverage
+            && let Some(stale) = last_stale
+            && stale > covered.0
+        {
+            return Ok(report.broken(covered.0 + 1, format!("events {} to {stale} are more than a day old but no signed checkpoint covers them: checkpoints were deleted (or a server that crashed stayed down that long; if so, `portcullis audit checkpoint` covers them once this report is understood)", covered.0 + 1)));
+        }
+        // What verified is trusted from now on: a later deletion of that checkpoint, or a rewrite
+        // under it, is caught by this node even if the database no longer shows it.
+        if covered.0 > 0 {
+            self.inner.audit_writer.raise_high_water(covered.0, covered.1);
+        }
         Ok(report)
     }
+
+    /// The checkpoint file's lines, if one is configured and exists; a line that does not parse is
+    /// an error naming it (the file is evidence: it is read, never repaired).
+    fn checkpoint_file_lines(&self) -> Result<Vec<AuditCheckpoint>, String> {
+        let Some(path) = &self.inner.settings.audit.checkpoint_file else { return Ok(Vec::new()) };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => {
+                return Err(format!("the checkpoint file {} cannot be read: {error}", path.display()));
+            }
+        };
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(n, line)| {
+                parse_checkpoint_line(line).ok_or_else(|| {
+                    format!("line {} of the checkpoint file {} does not parse", n + 1, path.display())
+                })
+            })
+            .collect()
+    }
+}
+
+/// A checkpoint as `append_checkpoint_line` writes it.
+fn parse_checkpoint_line(line: &str) -> Option<AuditCheckpoint> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let bytes = |field: &str| -> Option<Vec<u8>> {
+        let text = value.get(field)?.as_str()?;
+        if text.len() % 2 != 0 {
+            return None;
+        }
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+    };
+    Some(AuditCheckpoint {
+        seq: value.get("seq")?.as_i64()?,
+        hash: bytes("hash")?.try_into().ok()?,
+        at: Timestamp::from_unix_millis(value.get("at_ms")?.as_i64()?),
+        key_id: value.get("key_id")?.as_str()?.to_owned(),
+        signature: bytes("signature")?,
+    })
 }

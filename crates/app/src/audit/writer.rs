@@ -32,6 +32,9 @@ pub(crate) struct AuditWriter {
     sender: OnceLock<mpsc::Sender<Job>>,
     /// Events appended since start (by the writer and by audited transactions), for checkpoints.
     appended: AtomicU64,
+    /// The newest (seq, hash) this node signed or verified under a checkpoint: trusted even if the
+    /// database later says otherwise.
+    high_water: std::sync::Mutex<Option<(i64, [u8; 32])>>,
 }
 
 impl std::fmt::Debug for AuditWriter {
@@ -41,6 +44,17 @@ impl std::fmt::Debug for AuditWriter {
 }
 
 impl AuditWriter {
+    pub(crate) fn high_water(&self) -> Option<(i64, [u8; 32])> {
+        *self.high_water.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn raise_high_water(&self, seq: i64, hash: [u8; 32]) {
+        let mut mark = self.high_water.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if mark.is_none_or(|(known, _)| known < seq) {
+            *mark = Some((seq, hash));
+        }
+    }
+
     pub(crate) fn note_appended(&self, count: usize) {
         self.appended.fetch_add(count as u64, Ordering::Relaxed);
     }

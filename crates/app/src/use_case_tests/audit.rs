@@ -78,7 +78,7 @@ async fn broken_at(app: &App, seq: i64, why: &str) {
 async fn every_event_links_to_the_one_before_and_the_chain_verifies() {
     let f = file_app().await;
     write_events(&f.t.app, 5).await;
-    f.t.app.checkpoint_audit_now().await.unwrap().unwrap();
+    f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
     write_events(&f.t.app, 3).await;
 
     let events = all_events(&f.t.app).await;
@@ -171,7 +171,7 @@ async fn reordering_two_events_is_detected() {
 async fn cutting_the_tail_after_a_checkpoint_is_detected_even_with_the_head_row_moved_back() {
     let f = file_app().await;
     write_events(&f.t.app, 6).await;
-    f.t.app.checkpoint_audit_now().await.unwrap().unwrap();
+    f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
     // The attacker removes events 5 and 6 and points the head at event 4, as if they never were.
     let keep = f.b + 4;
     exec(&f.path, &format!("DELETE FROM audit_events WHERE seq > {keep}")).await;
@@ -197,7 +197,7 @@ async fn cutting_the_tail_past_the_last_checkpoint_is_caught_by_the_head_row() {
 async fn rewriting_an_event_and_rehashing_everything_after_it_fails_at_the_signed_checkpoint() {
     let f = file_app().await;
     write_events(&f.t.app, 4).await;
-    f.t.app.checkpoint_audit_now().await.unwrap().unwrap();
+    f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
     write_events(&f.t.app, 2).await;
     // A careful attacker: changes event 2 and recomputes every hash after it, and the head.
     let mut events = all_events(&f.t.app).await;
@@ -226,7 +226,7 @@ async fn rewriting_an_event_and_rehashing_everything_after_it_fails_at_the_signe
 async fn a_checkpoint_with_a_forged_signature_is_detected() {
     let f = file_app().await;
     write_events(&f.t.app, 3).await;
-    f.t.app.checkpoint_audit_now().await.unwrap().unwrap();
+    f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
     exec(&f.path, "UPDATE audit_checkpoints SET signature = zeroblob(64)").await;
     broken_at(&f.t.app, f.b + 3, "invalid signature").await;
 }
@@ -245,11 +245,12 @@ async fn retention_cuts_at_a_signed_checkpoint_records_the_purge_and_the_rest_st
     settings.audit.retention_days = 30;
     let f = file_app_with(settings).await;
     write_events(&f.t.app, 3).await;
-    f.t.app.checkpoint_audit_now().await.unwrap().unwrap();
+    f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
     write_events(&f.t.app, 2).await;
-    f.t.app.checkpoint_audit_now().await.unwrap().unwrap();
+    f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
     f.t.clock.advance_millis(20 * DAY);
     write_events(&f.t.app, 2).await;
+    f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
     f.t.clock.advance_millis(11 * DAY);
 
     let purge = f.t.app.purge_audit_events().await.unwrap();
@@ -266,6 +267,7 @@ async fn retention_cuts_at_a_signed_checkpoint_records_the_purge_and_the_rest_st
     assert!(last.record.details.contains(&format!("\"through_seq\":{cut}")));
     let report = verify(&f.t.app).await;
     assert_eq!((report.broken, report.anchored_at, report.events), (None, cut, 3));
+    assert_eq!(report.checkpoints, 2, "the anchor and the checkpoint after the day-20 events");
 
     // Nothing more is due: a second run purges nothing and records nothing.
     assert_eq!(f.t.app.purge_audit_events().await.unwrap().deleted, 0);
@@ -307,9 +309,9 @@ async fn every_checkpoint_is_copied_to_the_checkpoint_file() {
     settings.audit.checkpoint_file = Some(file.clone());
     let f = file_app_with(settings).await;
     write_events(&f.t.app, 2).await;
-    let first = f.t.app.checkpoint_audit_now().await.unwrap().unwrap();
+    let first = f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
     write_events(&f.t.app, 2).await;
-    f.t.app.checkpoint_audit_now().await.unwrap().unwrap();
+    f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
@@ -590,4 +592,203 @@ async fn a_change_and_its_audit_record_commit_together_or_not_at_all() {
     // And an outcome other than success is kept as given.
     t.app.record_audit([AuditEntry::system("test.event.failed").outcome(Outcome::Failure)]).await.unwrap();
     assert_eq!(all_events(&t.app).await.last().map(|e| e.record.outcome), Some(Outcome::Failure));
+}
+
+/// The same database opened by a second process (a restarted server): it shares the clock, and
+/// nothing this process remembers.
+async fn reopened(f: &FileApp, settings: AppSettings) -> TestApp {
+    let store = SqliteStore::open(&SqliteOptions::new(f.path.clone())).await.unwrap();
+    let t = testing::app_with_clock(store, settings, f.t.clock.clone());
+    t.app.load_keys().await.unwrap();
+    t
+}
+
+/// A careful attacker's rewrite: changes event `seq`'s action and recomputes every hash from there
+/// on, and the head.
+async fn rewrite_from(f: &FileApp, seq: i64) {
+    let mut events = all_events(&f.t.app).await;
+    let at = usize::try_from(seq - 1).unwrap();
+    events[at].record.action = "test.event.forged".into();
+    let mut conn = raw(&f.path).await;
+    let mut prev = if at == 0 { GENESIS_HASH } else { events[at - 1].hash };
+    for event in events.iter().skip(at) {
+        let hash = event_hash(&prev, event.seq, &event.record);
+        sqlx::query("UPDATE audit_events SET action = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
+            .bind(&event.record.action)
+            .bind(prev.as_slice())
+            .bind(hash.as_slice())
+            .bind(event.seq)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    sqlx::query("UPDATE audit_head SET hash = $1").bind(prev.as_slice()).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_every_checkpoint_and_rewriting_the_chain_from_genesis_is_detected_once_the_events_are_a_day_old()
+ {
+    let f = file_app().await;
+    write_events(&f.t.app, 4).await;
+    f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
+    f.t.clock.advance_millis(2 * DAY);
+    exec(&f.path, "DELETE FROM audit_checkpoints").await;
+    rewrite_from(&f, 2).await;
+
+    // A restarted server remembers nothing: the day-old events without a checkpoint give it away.
+    let restarted = reopened(&f, testing::settings()).await;
+    let report = verify(&restarted.app).await;
+    let broken = report.broken.unwrap();
+    assert_eq!(broken.seq, 1, "{}", broken.reason);
+    assert!(broken.reason.contains("no signed checkpoint covers them"), "{}", broken.reason);
+    // And it will not sign the rewritten chain.
+    assert!(restarted.app.checkpoint_audit_if_due().await.is_err());
+    assert!(all_checkpoints(&f.path).await.is_empty());
+    assert_eq!(testing::security_events(&restarted.app, SecurityEventKind::AuditChainBroken).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_running_server_catches_a_rewrite_under_a_checkpoint_it_signed_even_once_the_checkpoint_is_gone() {
+    let f = file_app().await;
+    write_events(&f.t.app, 4).await;
+    f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
+    exec(&f.path, "DELETE FROM audit_checkpoints").await;
+    rewrite_from(&f, f.b + 2).await;
+    broken_at(&f.t.app, f.b + 4, "a checkpoint this server signed").await;
+}
+
+#[tokio::test]
+async fn the_checkpoint_file_catches_a_fresh_rewrite_after_every_stored_checkpoint_was_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_file = || {
+        let mut settings = testing::settings();
+        settings.audit.checkpoint_file = Some(dir.path().join("checkpoints.jsonl"));
+        settings
+    };
+    let f = file_app_with(with_file()).await;
+    write_events(&f.t.app, 4).await;
+    f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
+    exec(&f.path, "DELETE FROM audit_checkpoints").await;
+    rewrite_from(&f, f.b + 2).await;
+
+    let restarted = reopened(&f, with_file()).await;
+    let report = verify(&restarted.app).await;
+    let broken = report.broken.unwrap();
+    assert_eq!(broken.seq, f.b + 4, "{}", broken.reason);
+    assert!(broken.reason.contains("the checkpoint file"), "{}", broken.reason);
+}
+
+#[tokio::test]
+async fn the_checkpoint_job_never_signs_a_head_that_the_events_do_not_reach() {
+    let f = file_app().await;
+    write_events(&f.t.app, 3).await;
+    // The head is pointed at a hash no event has, as if to have the server sign a forged chain end.
+    exec(&f.path, "UPDATE audit_head SET hash = zeroblob(32)").await;
+    assert!(f.t.app.checkpoint_audit_if_due().await.is_err());
+    assert!(all_checkpoints(&f.path).await.is_empty());
+    let raised = testing::security_events(&f.t.app, SecurityEventKind::AuditChainBroken).await;
+    assert_eq!(raised.len(), 1);
+}
+
+#[tokio::test]
+async fn a_row_changed_so_that_it_no_longer_parses_is_reported_as_broken_and_alerts() {
+    let f = file_app().await;
+    write_events(&f.t.app, 3).await;
+    exec(&f.path, &format!("UPDATE audit_events SET actor_kind = 'nobody' WHERE seq = {}", f.b + 2)).await;
+    let report = f.t.app.run_audit_verification().await.unwrap();
+    assert!(report.broken.is_some(), "a row that does not parse must not switch the check off");
+    assert_eq!(testing::security_events(&f.t.app, SecurityEventKind::AuditChainBroken).await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_operators_explicit_checkpoint_closes_the_gap_a_crash_and_a_long_outage_leave() {
+    let f = file_app().await;
+    f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
+    // Events after the last checkpoint, then a crash (no checkpoint at shutdown) and two days down.
+    write_events(&f.t.app, 3).await;
+    f.t.clock.advance_millis(2 * DAY);
+    let restarted = reopened(&f, testing::settings()).await;
+    let broken = verify(&restarted.app).await.broken.unwrap();
+    assert_eq!(broken.seq, f.b + 1, "{}", broken.reason);
+    // The scheduled job will not cover them on its own; the operator's command does, after reading.
+    assert!(restarted.app.checkpoint_audit_if_due().await.is_err());
+    let checkpoint = restarted.app.checkpoint_audit_now(false).await.unwrap().unwrap();
+    assert_eq!(checkpoint.seq, f.b + 3);
+    assert_eq!(verify(&restarted.app).await.broken, None);
+}
+
+async fn all_checkpoints(path: &std::path::Path) -> Vec<i64> {
+    let mut conn = raw(path).await;
+    let rows: Vec<(i64,)> =
+        sqlx::query_as("SELECT seq FROM audit_checkpoints ORDER BY seq").fetch_all(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    rows.into_iter().map(|(seq,)| seq).collect()
+}
+
+#[tokio::test]
+async fn an_application_cannot_use_portcullis_own_action_names() {
+    let (t, _, org, service) = service_in_org(BuiltinRole::Owner, &["audit:write", "audit:read"]).await;
+    for action in ["user.login.succeeded", "audit.events.purged", "session.revoked", "key.rotated"] {
+        let error =
+            t.app.record_application_events(&service, vec![app_event(action, Some(&org))]).await.unwrap_err();
+        let AppError::Validation(issues) = error else { panic!("{action}: {error:?}") };
+        assert_eq!(issues[0].field, "/events/0/action", "{action}");
+    }
+}
+
+#[tokio::test]
+async fn an_organization_admin_reads_its_events_without_the_clients_addresses() {
+    let (t, owner, org, service) = service_in_org(BuiltinRole::Owner, &["audit:write", "audit:read"]).await;
+    let context = RequestContext {
+        ip: Some("198.51.100.9".into()),
+        user_agent: Some("Billing/2".into()),
+        request_id: None,
+    };
+    within_request(
+        context,
+        t.app.record_application_events(&service, vec![app_event("invoice.paid", Some(&org))]),
+    )
+    .await
+    .unwrap();
+    t.app.create_user_as_operator(ADMIN, None, secret(PASSWORD), BuiltinRole::Member).await.unwrap();
+    let org_admin_id = user_id_of(&t.app, ADMIN).await;
+    t.app.admin_set_member(&owner, &org, &org_admin_id.to_string(), BuiltinRole::Admin, None).await.unwrap();
+    let org_admin = principal(&t.app, ADMIN).await;
+
+    let filter =
+        AuditEventFilter { organization_id: Some(&org), action: Some("invoice."), ..Default::default() };
+    let scoped = t.app.list_audit_events(&org_admin, &filter).await.unwrap();
+    assert_eq!((scoped.events[0].ip.as_deref(), scoped.events[0].user_agent.as_deref()), (None, None));
+    let whole = t.app.list_audit_events(&owner, &filter).await.unwrap();
+    assert_eq!(whole.events[0].ip.as_deref(), Some("198.51.100.9"));
+}
+
+#[tokio::test]
+async fn a_refused_read_of_the_trail_is_recorded_as_denied() {
+    let t = testing::app().await;
+    t.app.create_user_as_operator(ALICE, None, secret(PASSWORD), BuiltinRole::Member).await.unwrap();
+    let alice = principal(&t.app, ALICE).await;
+    forbidden(t.app.list_audit_events(&alice, &AuditEventFilter::default()).await);
+    let last = all_events(&t.app).await.pop().unwrap();
+    assert_eq!((last.record.action.as_str(), last.record.outcome), ("audit.events.read", Outcome::Denied));
+    assert_eq!(last.record.actor.id, Some(alice.user_id.to_string()));
+}
+
+#[tokio::test]
+async fn checkpoints_signed_before_an_audit_key_rotation_still_verify_after_it() {
+    let f = file_app().await;
+    write_events(&f.t.app, 2).await;
+    let before = f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
+    f.t.app.rotate_key(portcullis_store::KeyPurpose::Audit, false).await.unwrap();
+    write_events(&f.t.app, 2).await;
+    let after = f.t.app.checkpoint_audit_now(true).await.unwrap().unwrap();
+    assert_ne!(before.key_id, after.key_id, "the new key signs");
+    let report = verify(&reopened(&f, testing::settings()).await.app).await;
+    assert_eq!((report.broken, report.checkpoints), (None, 2));
+    assert!(
+        f.t.app.rotate_key(portcullis_store::KeyPurpose::Audit, true).await.is_err(),
+        "no emergency rotation"
+    );
 }
