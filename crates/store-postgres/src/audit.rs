@@ -94,32 +94,26 @@ impl CheckpointRow {
     }
 }
 
-#[async_trait]
-impl AuditStore for PostgresTx {
-    async fn lock_audit_head(&mut self) -> Result<ChainHead, StoreError> {
-        let row: Option<(i64, Vec<u8>)> =
-            match sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-                .fetch_optional(&mut *self.tx)
-                .await
-            {
-                Ok(row) => row,
-                Err(e) => return Err(self.fail(e)),
-            };
+impl PostgresTx {
+    /// The chain head, read by `sql` (with or without a lock).
+    async fn audit_head(&mut self, sql: &'static str) -> Result<ChainHead, StoreError> {
+        let row: Option<(i64, Vec<u8>)> = match sqlx::query_as(sql).fetch_optional(&mut *self.tx).await {
+            Ok(row) => row,
+            Err(e) => return Err(self.fail(e)),
+        };
         let (seq, hash) = row.ok_or_else(|| corrupt("audit_head has no row"))?;
         Ok(ChainHead { seq, hash: hash32(hash, "audit_head.hash is not 32 bytes")? })
     }
+}
+
+#[async_trait]
+impl AuditStore for PostgresTx {
+    async fn lock_audit_head(&mut self) -> Result<ChainHead, StoreError> {
+        self.audit_head("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE").await
+    }
 
     async fn read_audit_head(&mut self) -> Result<ChainHead, StoreError> {
-        let row: Option<(i64, Vec<u8>)> =
-            match sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-                .fetch_optional(&mut *self.tx)
-                .await
-            {
-                Ok(row) => row,
-                Err(e) => return Err(self.fail(e)),
-            };
-        let (seq, hash) = row.ok_or_else(|| corrupt("audit_head has no row"))?;
-        Ok(ChainHead { seq, hash: hash32(hash, "audit_head.hash is not 32 bytes")? })
+        self.audit_head("SELECT seq, hash FROM audit_head WHERE id = 1").await
     }
 
     async fn append_audit_events(
