@@ -17,12 +17,19 @@
 //! a checkpoint signed whenever one is due (as `serve` does), and `App::verify_audit_chain` is timed
 //! over it, with the peak resident memory of the process during verification.
 //!
+//! Beside events per second: this process's CPU per event (/proc/self/stat, all threads, so on
+//! SQLite the database engine too), on SQLite the CPU of the writer connection's thread (the serial
+//! part of every append) and how busy it was, on a local PostgreSQL the server's CPU (its
+//! postmaster's process tree), call latency, and events per committed append (PostgreSQL's row
+//! statistics of the head row; on SQLite one extra run with a trigger counting the head's moves).
+//!
 //! `cargo bench -p portcullis-app --bench audit`. SQLite always (production options, a file under
 //! `AUDIT_BENCH_DIR` or the temporary directory); PostgreSQL when `PORTCULLIS_TEST_POSTGRES_URL`
 //! names a server where that user may create databases (`scripts/bench/audit.sh` starts one).
 //! `AUDIT_BENCH_QUICK=1` shrinks every size for a smoke run; `AUDIT_BENCH_ROUNDS=n` sets the rounds;
 //! `AUDIT_BENCH_BACKENDS=sqlite` or `=postgres` runs one backend only; `AUDIT_BENCH_NO_VERIFY=1`
-//! skips the verification part.
+//! skips the verification part, `AUDIT_BENCH_VERIFY_ROUNDS=n` sets its rounds (5), and
+//! `AUDIT_BENCH_NO_COUNT=1` skips the extra SQLite run that counts events per commit.
 
 #![allow(clippy::print_stdout, reason = "a benchmark's report is its output")]
 
@@ -84,9 +91,20 @@ struct Plan {
     rounds: usize,
     verify_events: usize,
     verify_rounds: usize,
+    /// SQLite: one more `grouped ×32` run with the commit-counting trigger.
+    count_sqlite: bool,
 }
 
-fn plan(postgres: bool, quick: bool, rounds: Option<usize>, verify: bool) -> Plan {
+/// What the environment asks for (see the module's documentation).
+#[derive(Debug, Clone)]
+struct Knobs {
+    rounds: Option<usize>,
+    verify: bool,
+    verify_rounds: Option<usize>,
+    count_sqlite: bool,
+}
+
+fn plan(postgres: bool, quick: bool, knobs: &Knobs) -> Plan {
     // (grouped ×32, grouped ×1, own tx ×32, verify log)
     let (grouped, single, own, verify_events) = match (postgres, quick) {
         (false, false) => (200_000, 4_000, 9_600, 1_000_000),
@@ -100,9 +118,10 @@ fn plan(postgres: bool, quick: bool, rounds: Option<usize>, verify: bool) -> Pla
             Target { name: "grouped ×1", route: Route::Grouped, writers: 1, events: single },
             Target { name: "own tx ×32", route: Route::OwnTransaction, writers: WRITERS, events: own },
         ],
-        rounds: rounds.unwrap_or(if quick { 1 } else { 3 }),
-        verify_events: if verify { verify_events } else { 0 },
-        verify_rounds: if quick { 1 } else { 5 },
+        rounds: knobs.rounds.unwrap_or(if quick { 1 } else { 3 }),
+        verify_events: if knobs.verify { verify_events } else { 0 },
+        verify_rounds: knobs.verify_rounds.unwrap_or(if quick { 1 } else { 5 }),
+        count_sqlite: knobs.count_sqlite,
     }
 }
 
@@ -489,9 +508,25 @@ async fn measure(backend: &Backend, target: Target, count_on_sqlite: bool) -> Re
     let app = app_on(store.clone()).await?;
     // One event before timing: starts the writer task and warms the connections.
     benchmarking::record_audit_events(&app, 0, 0, 1).await?;
+    let mut run = drive(backend, &app, target).await?;
+    app.shutdown().await;
+    drop(app);
+    store.close().await;
+    backend.wait_for_disconnect(&database).await?;
+    let appends_after = backend.appends(&database).await?;
+    backend.dispose(database).await?;
+
+    let events = (target.events / target.writers * target.writers) as f64;
+    // Less the warm-up event's transaction.
+    run.per_commit =
+        appends_before.zip(appends_after).map(|(before, after)| events / (after - before - 1).max(1) as f64);
+    Ok(run)
+}
+
+/// `target`'s writers on `app`, timed.
+async fn drive(backend: &Backend, app: &App, target: Target) -> Result<Run, BoxError> {
     let per_writer = target.events / target.writers;
     let events = per_writer * target.writers;
-
     let server_before = backend.server_cpu();
     let sqlite_before = threads_cpu(SQLITE_THREADS);
     let cpu_before = process_cpu();
@@ -522,13 +557,6 @@ async fn measure(backend: &Backend, target: Target, count_on_sqlite: bool) -> Re
     let server_cpu =
         server_before.zip(backend.server_cpu()).map(|(before, after)| after.saturating_sub(before));
 
-    app.shutdown().await;
-    drop(app);
-    store.close().await;
-    backend.wait_for_disconnect(&database).await?;
-    let appends_after = backend.appends(&database).await?;
-    backend.dispose(database).await?;
-
     latencies.sort_unstable();
     let quantile = |q: f64| {
         let index = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
@@ -544,10 +572,7 @@ async fn measure(backend: &Backend, target: Target, count_on_sqlite: bool) -> Re
         sqlite_thread_busy: is_sqlite.then(|| sqlite_cpu.as_secs_f64() / wall.as_secs_f64()),
         p50_ms: quantile(0.50),
         p99_ms: quantile(0.99),
-        // Less the warm-up event's transaction.
-        per_commit: appends_before
-            .zip(appends_after)
-            .map(|(before, after)| events as f64 / (after - before - 1).max(1) as f64),
+        per_commit: None,
     })
 }
 
@@ -654,7 +679,9 @@ async fn verify_once(backend: &Backend, app: &App) -> Result<Verify, BoxError> {
     })
 }
 
-async fn verification(backend: &Backend, plan: &Plan) -> Result<(Fill, Vec<Verify>), BoxError> {
+/// Fills a log, verifies it `verify_rounds` times, then appends to the full log as `grouped ×32`
+/// does to an empty one (a quarter as many events): what a log that has grown costs each append.
+async fn verification(backend: &Backend, plan: &Plan) -> Result<(Fill, Vec<Verify>, Target, Run), BoxError> {
     let database = backend.create().await?;
     let app = app_on(database.store.clone()).await?;
     let (events, seconds) = fill(&app, plan.verify_events).await?;
@@ -668,11 +695,14 @@ async fn verification(backend: &Backend, plan: &Plan) -> Result<(Fill, Vec<Verif
     for _ in 0..plan.verify_rounds {
         runs.push(verify_once(backend, &app).await?);
     }
+    let target = Target { events: plan.targets[0].events / 4, ..plan.targets[0] };
+    benchmarking::record_audit_events(&app, 0, 0, 1).await?;
+    let appended = drive(backend, &app, target).await?;
     app.shutdown().await;
     drop(app);
     store.close().await;
     backend.dispose(database).await?;
-    Ok((Fill { events, seconds, bytes }, runs))
+    Ok((Fill { events, seconds, bytes }, runs, target, appended))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -692,6 +722,15 @@ fn median_of(runs: &[Run], field: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
     (!values.is_empty()).then(|| median(values))
 }
 
+/// The database side of a run's CPU, for its one-line summary.
+fn database_cpu(run: &Run) -> String {
+    match (run.sqlite_thread_us, run.sqlite_thread_busy, run.server_cpu_us) {
+        (Some(us), Some(busy), _) => format!(" (SQLite writer thread {us:.1}, busy {:.0} %)", busy * 100.0),
+        (_, _, Some(server)) => format!(", PostgreSQL server {server:.1}"),
+        _ => String::new(),
+    }
+}
+
 fn show(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
 }
@@ -706,13 +745,7 @@ async fn bench_backend(backend: &Backend, plan: &Plan) -> Result<(), BoxError> {
             let index = (round + k) % plan.targets.len();
             let target = plan.targets[index];
             let run = measure(backend, target, false).await?;
-            let database = match (run.sqlite_thread_us, run.sqlite_thread_busy, run.server_cpu_us) {
-                (Some(us), Some(busy), _) => {
-                    format!(" (SQLite writer thread {us:.1}, busy {:.0} %)", busy * 100.0)
-                }
-                (_, _, Some(server)) => format!(", PostgreSQL server {server:.1}"),
-                _ => String::new(),
-            };
+            let database = database_cpu(&run);
             println!(
                 "round {} {:<12} {:>7} events: {:>6.0} events/s; CPU µs/event {:.1}{database}; p50 {:.2} ms, p99 {:.2} ms; {} events/commit",
                 round + 1,
@@ -759,7 +792,7 @@ async fn bench_backend(backend: &Backend, plan: &Plan) -> Result<(), BoxError> {
         println!("- {} raw events/s: {}; CPU µs/event: {}", target.name, rates.join(" "), cpu.join(" "));
     }
 
-    if matches!(backend, Backend::Sqlite { .. }) {
+    if plan.count_sqlite && matches!(backend, Backend::Sqlite { .. }) {
         // SQLite keeps no row statistics: one more run, with a trigger counting the head's moves.
         let target = plan.targets[0];
         let run = measure(backend, target, true).await?;
@@ -775,7 +808,7 @@ async fn bench_backend(backend: &Backend, plan: &Plan) -> Result<(), BoxError> {
         return Ok(());
     }
     println!("\n{label}: verification of a {}-event log\n", plan.verify_events);
-    let (fill, runs) = verification(backend, plan).await?;
+    let (fill, runs, target, appended) = verification(backend, plan).await?;
     println!(
         "filled {} events in {:.1} s ({:.0} events/s, {} writers × {} events per call); database {:.1} MiB ({:.0} bytes/event)",
         fill.events,
@@ -787,7 +820,7 @@ async fn bench_backend(backend: &Backend, plan: &Plan) -> Result<(), BoxError> {
         fill.bytes as f64 / fill.events.max(1) as f64,
     );
     println!(
-        "\n| round | events | checkpoints | seconds | events/s | CPU µs/event (bench process) | server CPU µs/event | RSS before (MiB) | peak RSS during (MiB) |"
+        "\n| round | events | checkpoints | seconds | events/s | CPU µs/event (bench process) | PostgreSQL server CPU µs/event | RSS before (MiB) | peak RSS during (MiB) |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, v) in runs.iter().enumerate() {
@@ -818,6 +851,17 @@ async fn bench_backend(backend: &Backend, plan: &Plan) -> Result<(), BoxError> {
         ),
         median(runs.iter().map(|v| v.peak_rss_mib).collect()),
     );
+    let database = database_cpu(&appended);
+    println!(
+        "\nThen {} on the {}-event log: {} events, {:.0} events/s; CPU µs/event {:.1}{database}; p50 {:.2} ms, p99 {:.2} ms.",
+        target.name,
+        fill.events,
+        target.events,
+        appended.events_per_sec,
+        appended.cpu_us,
+        appended.p50_ms,
+        appended.p99_ms,
+    );
     Ok(())
 }
 
@@ -834,8 +878,13 @@ fn host() -> String {
 
 async fn run() -> Result<(), BoxError> {
     let quick = env_flag("AUDIT_BENCH_QUICK");
-    let verify = !env_flag("AUDIT_BENCH_NO_VERIFY");
-    let rounds = std::env::var("AUDIT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).filter(|r| *r > 0);
+    let number = |name: &str| std::env::var(name).ok().and_then(|r| r.parse().ok()).filter(|r| *r > 0);
+    let knobs = Knobs {
+        rounds: number("AUDIT_BENCH_ROUNDS"),
+        verify: !env_flag("AUDIT_BENCH_NO_VERIFY"),
+        verify_rounds: number("AUDIT_BENCH_VERIFY_ROUNDS"),
+        count_sqlite: !env_flag("AUDIT_BENCH_NO_COUNT"),
+    };
     let backends = std::env::var("AUDIT_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".to_owned());
     let wanted = |name: &str| backends.split(',').any(|b| b.trim().eq_ignore_ascii_case(name));
     println!("# Audit trail throughput{}", if quick { " (AUDIT_BENCH_QUICK)" } else { "" });
@@ -844,7 +893,7 @@ async fn run() -> Result<(), BoxError> {
     if wanted("sqlite") {
         let dir = std::env::var_os("AUDIT_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
         let backend = Backend::Sqlite { dir };
-        bench_backend(&backend, &plan(false, quick, rounds, verify)).await?;
+        bench_backend(&backend, &plan(false, quick, &knobs)).await?;
     }
     if wanted("postgres") {
         match std::env::var(POSTGRES_URL_VAR).ok().filter(|u| !u.is_empty()) {
@@ -853,7 +902,7 @@ async fn run() -> Result<(), BoxError> {
                 if backend.server_cpu().is_none() {
                     println!("\n(the PostgreSQL server's processes are not readable here: no server CPU)");
                 }
-                bench_backend(&backend, &plan(true, quick, rounds, verify)).await?;
+                bench_backend(&backend, &plan(true, quick, &knobs)).await?;
             }
             None => println!("\n{POSTGRES_URL_VAR} is not set: PostgreSQL skipped."),
         }

@@ -23,15 +23,16 @@ CREATE TABLE audit_events (
     prev_hash       BYTEA  NOT NULL CHECK (length(prev_hash) = 32),
     hash            BYTEA  NOT NULL CHECK (length(hash) = 32)
 );
+-- Columns most events leave empty are indexed only where set (cheaper appends).
 -- Listings are newest first (by seq) under one or more filters: each filter's index ends in seq,
 -- so a filtered page is an index range read backwards. Action prefixes compare bytewise (C).
 CREATE INDEX audit_events_at ON audit_events (at);
 CREATE INDEX audit_events_action ON audit_events ((action COLLATE "C"), seq);
 CREATE INDEX audit_events_actor ON audit_events (actor_id, seq);
-CREATE INDEX audit_events_on_behalf_of ON audit_events (on_behalf_of, seq);
+CREATE INDEX audit_events_on_behalf_of ON audit_events (on_behalf_of, seq) WHERE on_behalf_of IS NOT NULL;
 CREATE INDEX audit_events_target ON audit_events (target_id, seq);
-CREATE INDEX audit_events_organization ON audit_events (organization_id, seq);
-CREATE INDEX audit_events_pii_key ON audit_events (pii_key);
+CREATE INDEX audit_events_organization ON audit_events (organization_id, seq) WHERE organization_id IS NOT NULL;
+CREATE INDEX audit_events_pii_key ON audit_events (pii_key) WHERE pii_key IS NOT NULL;
 
 -- The chain's end: one row, locked (SELECT ... FOR UPDATE) by every appending transaction, so that
 -- nodes writing at once still form one chain, and moved under a condition on its old value.

@@ -23,15 +23,16 @@ CREATE TABLE audit_events (
     prev_hash       BLOB    NOT NULL CHECK (length(prev_hash) = 32),
     hash            BLOB    NOT NULL CHECK (length(hash) = 32)
 ) STRICT;
+-- Columns most events leave empty are indexed only where set (cheaper appends).
 -- Listings are newest first (by seq) under one or more filters: each filter's index carries seq
 -- (implicitly here: it is the rowid), so a filtered page is an index range read backwards.
 CREATE INDEX audit_events_at ON audit_events (at);
 CREATE INDEX audit_events_action ON audit_events (action);
 CREATE INDEX audit_events_actor ON audit_events (actor_id);
-CREATE INDEX audit_events_on_behalf_of ON audit_events (on_behalf_of);
+CREATE INDEX audit_events_on_behalf_of ON audit_events (on_behalf_of) WHERE on_behalf_of IS NOT NULL;
 CREATE INDEX audit_events_target ON audit_events (target_id);
-CREATE INDEX audit_events_organization ON audit_events (organization_id);
-CREATE INDEX audit_events_pii_key ON audit_events (pii_key);
+CREATE INDEX audit_events_organization ON audit_events (organization_id) WHERE organization_id IS NOT NULL;
+CREATE INDEX audit_events_pii_key ON audit_events (pii_key) WHERE pii_key IS NOT NULL;
 
 -- The chain's end: one row, moved by every append under a condition on its old value. A tail cut
 -- off the events table no longer matches it.
