@@ -367,7 +367,6 @@ impl App {
         let records = entries.into_iter().map(|e| self.audit_record(e)).collect::<Result<Vec<_>, _>>()?;
         let events = append(tx.as_mut(), records).await?;
         tx.commit().await?;
-        self.inner.audit_writer.note_appended(events.len());
         Ok(events)
     }
 

@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use portcullis_domain::{AuditEvent, AuditRecord};
 use portcullis_store::Store;
@@ -30,8 +29,6 @@ struct Job {
 #[derive(Default)]
 pub(crate) struct AuditWriter {
     sender: OnceLock<mpsc::Sender<Job>>,
-    /// Events appended since start (by the writer and by audited transactions), for checkpoints.
-    appended: AtomicU64,
     /// The newest (seq, hash) this node signed or verified under a checkpoint: trusted even if the
     /// database later says otherwise.
     high_water: std::sync::Mutex<Option<(i64, [u8; 32])>>,
@@ -39,7 +36,7 @@ pub(crate) struct AuditWriter {
 
 impl std::fmt::Debug for AuditWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditWriter").field("appended", &self.appended.load(Ordering::Relaxed)).finish()
+        f.debug_struct("AuditWriter").field("high_water", &self.high_water()).finish()
     }
 }
 
@@ -55,10 +52,6 @@ impl AuditWriter {
         }
     }
 
-    pub(crate) fn note_appended(&self, count: usize) {
-        self.appended.fetch_add(count as u64, Ordering::Relaxed);
-    }
-
     /// Appends `records` through the writer task; returns them as chained, once committed.
     pub(crate) async fn write(
         &self,
@@ -69,7 +62,6 @@ impl AuditWriter {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let count = records.len();
         let sender = self.sender.get_or_init(|| {
             let (sender, receiver) = mpsc::channel(QUEUE);
             tokio::spawn(run(store.clone(), receiver, batch_max.max(1)));
@@ -84,7 +76,6 @@ impl AuditWriter {
             .await
             .map_err(|_| AppError::Internal("the audit writer dropped a batch".into()))?
             .map_err(|message| AppError::Internal(format!("audit write failed: {message}").into()))?;
-        self.note_appended(count);
         Ok(events)
     }
 }
