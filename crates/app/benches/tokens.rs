@@ -66,7 +66,9 @@ fn fixture() -> Result<Fixture, Box<dyn std::error::Error>> {
         let outcome = app
             .login(EMAIL, SecretString::from(PASSWORD), LoginMode::Bearer, &ClientContext::default())
             .await?;
-        let LoginOutcome::Authenticated { credentials, .. } = outcome;
+        let LoginOutcome::Authenticated { credentials, .. } = outcome else {
+            return Err("the bench account has no second factor".into());
+        };
         Ok::<_, Box<dyn std::error::Error>>((app, credentials))
     })?;
     let IssuedCredentials::Bearer { access_token, refresh_token, .. } = credentials else {

@@ -190,7 +190,7 @@ impl App {
 
     /// NFKC-normalizes a submitted password, refusing first one so long that normalizing it would be
     /// work worth attacking (the policy's maximum is 128 characters; this is a cheap outer bound).
-    fn normalized_password(
+    pub(crate) fn normalized_password(
         &self,
         password: &SecretString,
         field: &'static str,
@@ -507,6 +507,7 @@ impl App {
         new: SecretString,
     ) -> Result<(), AppError> {
         principal.require_session()?;
+        self.require_recent_auth(principal).await?;
         let mut tx = self.inner.store.begin_read().await?;
         let user = self.load_user(tx.as_mut(), principal.user_id).await?.ok_or(AppError::Unauthenticated)?;
         let stored = tx.password_hash(user.id).await?;

@@ -512,6 +512,7 @@ impl App {
                 KeyOwner::ServiceAccount(_) => PrincipalKind::ServiceAccount,
             },
             credential: Credential::ApiKey(key.id),
+            mfa_enrollment_required: false,
         };
         // The owner must be active now: a disabled person or service account stops its keys at once.
         self.owner_grants(&principal).await?;
@@ -637,6 +638,7 @@ impl App {
             AppError::NotFound => AppError::invalid("/organization", "no such organization"),
             other => other,
         })?;
+        self.step_up_for(principal, "serviceaccounts:write").await?;
         let name = DisplayName::parse(name).map_err(|e| AppError::invalid("/name", e))?;
         let now = self.now();
         let account = ServiceAccount {
@@ -724,6 +726,7 @@ impl App {
         let account = account.ok_or(AppError::NotFound)?;
         let grants = self.grants_of(principal).await?;
         check_in(&grants, principal, permission, account.organization)?;
+        self.step_up_for(principal, permission).await?;
         Ok(account)
     }
 
@@ -992,6 +995,7 @@ impl App {
                     KeyOwner::ServiceAccount(_) => PrincipalKind::ServiceAccount,
                 },
                 credential: Credential::ApiKey(key.id),
+                mfa_enrollment_required: false,
             };
             self.owner_grants(&owner).await.ok()?;
             return Some(Introspection {

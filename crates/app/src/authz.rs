@@ -105,7 +105,18 @@ impl App {
             tracing::info!(user = %principal.user_id, permission, reason = %decision.reason, "authorization denied");
             return Err(AppError::Forbidden(format!("this needs the {permission} permission")));
         }
+        self.step_up_for(principal, permission).await?;
         Ok(grants)
+    }
+
+    /// Changes (creating, writing, deleting) are sensitive: a person's session must have proven
+    /// itself recently for them (ASVS 7.5.3; [`App::require_recent_auth`]). Reads are not.
+    pub(crate) async fn step_up_for(&self, principal: &Principal, permission: &str) -> Result<(), AppError> {
+        let action = permission.rsplit(':').next().unwrap_or_default();
+        if matches!(action, "create" | "write" | "delete") {
+            self.require_recent_auth(principal).await?;
+        }
+        Ok(())
     }
 
     /// Answers an application's question: may the caller (or, with `authz:check`, `subject`) do

@@ -32,6 +32,26 @@ pub enum AppError {
     #[error("invalid email or password")]
     InvalidCredentials,
 
+    /// A second factor was wrong, replayed or not one of the account's. HTTP 401.
+    #[error("the second factor is wrong")]
+    InvalidSecondFactor,
+
+    /// This needs a recent authentication at the account's level (ASVS 7.5.3): the session's last
+    /// proof is older than `max_age_secs`, or the account has a second factor the session did not
+    /// prove. The client re-authenticates (`POST /v1/auth/reauthenticate`) and retries. HTTP 401
+    /// with `WWW-Authenticate: Bearer error="insufficient_user_authentication"` (RFC 9470).
+    #[error("re-authentication required")]
+    ReauthenticationRequired { max_age_secs: i64 },
+
+    /// The account must use a second factor and has none: this session may only enroll one (or log
+    /// out). HTTP 403.
+    #[error("a second factor must be enrolled first")]
+    MfaEnrollmentRequired,
+
+    /// The server is not set up for this (passkeys without a usable relying-party id). HTTP 501.
+    #[error("not available: {0}")]
+    NotAvailable(&'static str),
+
     /// No valid credential came with the request (missing, malformed, expired, revoked). HTTP 401.
     #[error("authentication required")]
     Unauthenticated,

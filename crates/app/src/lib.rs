@@ -18,6 +18,7 @@ mod error;
 mod instance;
 mod keys;
 pub mod mail;
+mod mfa;
 mod organizations;
 mod passwords;
 mod pii;
@@ -63,6 +64,10 @@ pub use api_keys::{
 pub use authz::{CheckRequest, MAX_CHECK_BATCH};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{AppError, FieldIssue};
+pub use mfa::{
+    MfaChallenge, MfaDevice, MfaFactors, MfaSettings, PasskeyOptions, PasskeySettings, RecoveryCodes,
+    SecondFactor, TotpEnrollment,
+};
 pub use organizations::Member;
 pub use passwords::{BCRYPT_MAX_BYTES, HashAlgorithm, HashPoolSize, HashSlot, PasswordHasher, Verified};
 pub use readiness::{CheckState, Readiness};
@@ -120,6 +125,8 @@ pub struct AppSettings {
     pub lockout: portcullis_domain::LockoutPolicy,
     /// Audit checkpoints, retention and verification.
     pub audit: audit::AuditSettings,
+    /// Second factors, their policy, and step-up.
+    pub mfa: MfaSettings,
 }
 
 impl AppSettings {
@@ -160,6 +167,7 @@ impl AppSettings {
             detection: DetectionSettings::default(),
             lockout: portcullis_domain::LockoutPolicy::default(),
             audit: audit::AuditSettings::default(),
+            mfa: MfaSettings::default(),
         }
     }
 }
@@ -195,6 +203,8 @@ struct Inner {
     ip_rules: abuse::ip_rules::IpRules,
     detector: abuse::detection::Detector,
     audit_writer: audit::AuditWriter,
+    /// The WebAuthn relying party; `None` when the public URL cannot carry passkeys.
+    webauthn: Option<webauthn_rs::Webauthn>,
 }
 
 impl App {
@@ -211,6 +221,13 @@ impl App {
         let alerts = abuse::alerts::Alerter::new(&settings.alerts, settings.version);
         let rate_limits = abuse::RateLimits::new(settings.rate_limits.clone(), clock.clone())?;
         let ip_rules = abuse::ip_rules::IpRules::new(&settings.ip_rules, clock.now());
+        let webauthn = match mfa::relying_party(&settings.mfa.passkeys, &settings.accounts.public_url) {
+            Ok(webauthn) => Some(webauthn),
+            Err(why) => {
+                tracing::warn!(%why, "passkeys are unavailable");
+                None
+            }
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -232,6 +249,7 @@ impl App {
                 ip_rules,
                 detector: abuse::detection::Detector::default(),
                 audit_writer: audit::AuditWriter::default(),
+                webauthn,
             }),
         })
     }

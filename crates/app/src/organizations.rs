@@ -91,6 +91,7 @@ impl App {
     ) -> Result<Arc<[Grant]>, AppError> {
         let grants = self.grants_of(principal).await?;
         check_in(&grants, principal, permission, organization)?;
+        self.step_up_for(principal, permission).await?;
         Ok(grants)
     }
 

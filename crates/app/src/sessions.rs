@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use portcullis_domain::{
-    Actor, ActorKind, Email, Outcome, RevokeReason, SecurityEvent, SecurityEventId, SecurityEventKind,
-    Session, SessionId, SessionKind, Timestamp, UserId, UserStatus, normalize_password,
+    Actor, ActorKind, AuthMethods, Email, Outcome, RevokeReason, SecurityEvent, SecurityEventId,
+    SecurityEventKind, Session, SessionId, SessionKind, Timestamp, User, UserId, UserStatus,
+    normalize_password,
 };
 use portcullis_store::{RefreshSpend, StoreTx};
 use secrecy::{ExposeSecret, SecretString};
@@ -79,12 +80,23 @@ impl std::fmt::Debug for IssuedCredentials {
 }
 
 /// The result of a login whose password was right.
-///
-/// Logins that need more proof will answer `MfaRequired { challenge }` here (the MFA issue) instead
-/// of credentials, so clients already branch on the outcome rather than assume tokens.
 #[derive(Debug)]
 pub enum LoginOutcome {
-    Authenticated { session_id: SessionId, user_id: UserId, credentials: IssuedCredentials },
+    Authenticated {
+        session_id: SessionId,
+        user_id: UserId,
+        credentials: IssuedCredentials,
+    },
+    /// The account has a second factor: no session yet, a challenge to answer with it.
+    MfaRequired(crate::mfa::MfaChallenge),
+}
+
+/// What a new session's login proved.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Proof {
+    pub amr: AuthMethods,
+    /// The account must enroll a second factor before anything else.
+    pub enrollment_required: bool,
 }
 
 /// How the current request proved its session.
@@ -119,6 +131,9 @@ pub struct Principal {
     pub user_id: UserId,
     pub kind: PrincipalKind,
     pub credential: Credential,
+    /// The account must use a second factor and its session has none yet: it may only enroll one
+    /// (the web layer's `Authenticated` refuses everything else).
+    pub mfa_enrollment_required: bool,
 }
 
 impl Principal {
@@ -277,14 +292,40 @@ impl App {
             self.resend_verification(&user).await?;
             return Err(AppError::InvalidCredentials);
         }
-        let now = self.now();
         let mut tx = self.inner.store.begin().await?;
         if let (Some(new), Some(old)) = (rehash, stored) {
             // Conditional: a password changed since we read it is never overwritten.
-            tx.replace_password_hash(user.id, &old, &new, now).await?;
+            tx.replace_password_hash(user.id, &old, &new, self.now()).await?;
         }
-        if let (Some(subject), Some(_)) = (subject, &throttle) {
-            // A success forgets the failures, and the doubling starts again from the first lockout.
+        // An account with a second factor gets a challenge, not a session: the password alone
+        // proves nothing more than that it was typed (or guessed, or phished) right.
+        let inventory = self.mfa_inventory(tx.as_mut(), user.id).await?;
+        if inventory.any() {
+            return self.challenge_login(tx, user.id, mode, inventory).await;
+        }
+        // A success forgets the failures, and the doubling starts again from the first lockout.
+        let clear = subject.filter(|_| throttle.is_some());
+        self.establish_login(tx, &user, mode, client, AuthMethods::PASSWORD, clear, Vec::new()).await
+    }
+
+    /// The end of every successful login (a password alone, or with its second factor): records it,
+    /// opens the session, remembers the address, and commits with `extra` audit entries.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site per kind of login; a struct would only rename them"
+    )]
+    pub(crate) async fn establish_login(
+        &self,
+        mut tx: Box<dyn StoreTx>,
+        user: &User,
+        mode: LoginMode,
+        client: &ClientContext,
+        proven: AuthMethods,
+        clear_throttle: Option<[u8; 32]>,
+        extra: Vec<AuditEntry>,
+    ) -> Result<LoginOutcome, AppError> {
+        let now = self.now();
+        if let Some(subject) = clear_throttle {
             tx.clear_login_throttle(&subject).await?;
         }
         if !tx.record_login(user.id, now).await? {
@@ -294,9 +335,16 @@ impl App {
             self.record_audit([login_failed("account_changed", Some(user.id))]).await?;
             return Err(AppError::InvalidCredentials);
         }
-        let (session, credentials) = self.open_session(tx.as_mut(), user.id, mode, client, now).await?;
+        // Under a policy that asks a second factor of an account that has none, the session may only
+        // enroll one (ASVS 6.3.3 for the accounts that need it).
+        let enrollment_required =
+            !proven.is_multi_factor() && self.mfa_required_for(tx.as_mut(), user).await?;
+        let proof = Proof { amr: proven, enrollment_required };
+        let (session, credentials) =
+            self.open_session(tx.as_mut(), user.id, mode, client, now, proof).await?;
         // The address joins the account's known ones (as a keyed digest): it may log in through a
         // lockout later, and an administrator's login from an unknown one is worth an event.
+        let address = client.ip.as_deref().and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
         let remembered = match address {
             Some(ip) => {
                 let digest = self.login_ip_digest(user.id, ip)?;
@@ -307,7 +355,8 @@ impl App {
         };
         let succeeded = AuditEntry::new("user.login.succeeded", user_actor(user.id))
             .target("user", user.id)
-            .detail("method", "password")
+            .detail("method", if proven.hardware_key && !proven.password { "passkey" } else { "password" })
+            .detail("amr", proven.as_stored())
             .detail(
                 "mode",
                 match mode {
@@ -316,9 +365,9 @@ impl App {
                 },
             )
             .detail("session_id", session.id.to_string());
-        self.commit_audited(tx, [succeeded]).await?;
+        self.commit_audited(tx, std::iter::once(succeeded).chain(extra)).await?;
         self.inner.profiles.forget(user.id);
-        tracing::info!(user = %user.id, session = %session.id, "login");
+        tracing::info!(user = %user.id, session = %session.id, amr = %proven.as_stored(), "login");
         if let Some((ip, known, seen)) = remembered
             && matches!(
                 user.role,
@@ -338,6 +387,7 @@ impl App {
         mode: LoginMode,
         client: &ClientContext,
         now: Timestamp,
+        proof: Proof,
     ) -> Result<(Session, IssuedCredentials), AppError> {
         let lifetimes = self.inner.settings.accounts.sessions;
         let session = Session {
@@ -350,7 +400,10 @@ impl App {
             created_at: now,
             last_seen_at: now,
             expires_at: now.plus_millis(lifetimes.absolute_millis),
-            mfa_level: 0,
+            mfa_level: u8::from(proof.amr.is_multi_factor()),
+            amr: proof.amr,
+            authenticated_at: now,
+            mfa_enrollment_required: proof.enrollment_required,
             revoked_at: None,
         };
         let user_agent = client.user_agent.as_ref().map(|ua| truncate(ua, 256));
@@ -393,6 +446,9 @@ impl App {
             nbf: iat,
             exp,
             jti,
+            amr: session.amr.amr().into_iter().map(str::to_owned).collect(),
+            auth_time: Some(session.authenticated_at.as_unix_millis().div_euclid(1000)),
+            mfa_enrollment_required: session.mfa_enrollment_required,
         };
         Ok((self.loaded_keys().signing.sign(&claims)?, exp - iat))
     }
@@ -470,6 +526,7 @@ impl App {
                     expires_at: Timestamp::from_unix_millis(
                         (claims.exp + self.inner.settings.tokens.leeway_secs).saturating_mul(1000),
                     ),
+                    mfa_enrollment_required: claims.mfa_enrollment_required,
                 };
                 self.inner.verified_tokens.insert(token, grant, now);
                 grant
@@ -482,6 +539,7 @@ impl App {
             user_id: grant.user_id,
             kind: PrincipalKind::Person,
             credential: Credential::Bearer(grant.session_id),
+            mfa_enrollment_required: grant.mfa_enrollment_required,
         })
     }
 
@@ -505,6 +563,7 @@ impl App {
             user_id: session.user_id,
             kind: PrincipalKind::Person,
             credential: Credential::Cookie(session.id),
+            mfa_enrollment_required: session.mfa_enrollment_required,
         })
     }
 

@@ -82,6 +82,15 @@ pub struct AccessClaims {
     pub nbf: i64,
     pub exp: i64,
     pub jti: String,
+    /// What the session's login (or latest re-authentication) proved (RFC 8176 values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// When the holder last proved who they are (OIDC Core section 2), seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
+    /// Present and true while the account must enroll a second factor before anything else.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mfa_enrollment_required: bool,
 }
 
 /// Who a verified access token speaks for.
@@ -91,6 +100,8 @@ pub struct AccessGrant {
     pub session_id: SessionId,
     /// When the token stops being valid (its `exp`).
     pub expires_at: Timestamp,
+    /// The session may only enroll a second factor.
+    pub mfa_enrollment_required: bool,
 }
 
 /// A key that can sign, parsed once.
@@ -405,6 +416,9 @@ mod tests {
             nbf: iat,
             exp: iat + 900,
             jti: "j".into(),
+            amr: vec!["pwd".into()],
+            auth_time: Some(iat),
+            mfa_enrollment_required: false,
         }
     }
 
@@ -528,6 +542,7 @@ mod tests {
             user_id: UserId::from_random_bytes([1; 16]),
             session_id: SessionId::from_random_bytes([2; 16]),
             expires_at: now.plus_millis(1000),
+            mfa_enrollment_required: false,
         };
         cache.insert("t", grant, now);
         assert_eq!(cache.get("t", now), Some(grant));

@@ -26,6 +26,7 @@ mod detection;
 mod ip_rules;
 mod keys;
 mod lockout;
+mod mfa;
 mod rate_limits;
 mod roles;
 mod security_events;
@@ -92,7 +93,10 @@ fn bearer_tokens(credentials: IssuedCredentials) -> (String, String) {
 
 async fn login_bearer(app: &App, email: &str, password: &str) -> BearerLogin {
     let LoginOutcome::Authenticated { session_id, user_id, credentials } =
-        app.login(email, secret(password), LoginMode::Bearer, &client()).await.unwrap();
+        app.login(email, secret(password), LoginMode::Bearer, &client()).await.unwrap()
+    else {
+        panic!("expected a session, not a second-factor challenge")
+    };
     let (access, refresh) = bearer_tokens(credentials);
     BearerLogin { user: user_id, session: session_id, access, refresh }
 }
@@ -106,7 +110,10 @@ struct BrowserLogin {
 
 async fn login_cookie(app: &App, email: &str, password: &str) -> BrowserLogin {
     let LoginOutcome::Authenticated { credentials, .. } =
-        app.login(email, secret(password), LoginMode::Cookie, &client()).await.unwrap();
+        app.login(email, secret(password), LoginMode::Cookie, &client()).await.unwrap()
+    else {
+        panic!("expected a session, not a second-factor challenge")
+    };
     let (cookie, csrf) = match credentials {
         IssuedCredentials::Cookie { cookie, csrf_token, .. } => (cookie.expose().to_owned(), csrf_token),
         other => panic!("expected cookie credentials, got {other:?}"),
@@ -251,6 +258,7 @@ async fn an_access_token_from_a_bearer_login_authenticates_its_session() {
             user_id: login.user,
             kind: crate::PrincipalKind::Person,
             credential: crate::Credential::Bearer(login.session),
+            mfa_enrollment_required: false,
         }
     );
 }

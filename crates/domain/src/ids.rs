@@ -63,6 +63,10 @@ random_id!(
     /// One audit event (its identity binds its sealed client fields to its row).
     AuditEventId
 );
+random_id!(
+    /// One second-factor device of an account: a TOTP authenticator or a passkey.
+    MfaDeviceId
+);
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod instance;
 pub mod ip_rule;
 pub mod lockout;
+pub mod mfa;
 pub mod organization;
 pub mod password_policy;
 pub mod permission;
@@ -34,13 +35,19 @@ pub use audit::{
 pub use display_name::{DisplayName, DisplayNameError};
 pub use email::{Email, EmailError};
 pub use error_chain::error_chain;
-pub use ids::{AuditEventId, InvalidId, OrganizationId, RoleId, SecurityEventId, SessionId, UserId};
+pub use ids::{
+    AuditEventId, InvalidId, MfaDeviceId, OrganizationId, RoleId, SecurityEventId, SessionId, UserId,
+};
 pub use instance::{InstanceId, InstanceMeta};
 pub use ip_rule::{
     InvalidNetwork, IpDenial, IpRule, IpRuleAction, IpRuleId, IpRuleScope, IpRuleSet, IpRuleSource,
     MAX_ADMIN_IP_RULES, MAX_DETECTION_IP_RULES, MAX_IP_RULE_NOTE_CHARS, parse_network,
 };
 pub use lockout::{LockoutPolicy, LoginThrottle};
+pub use mfa::{
+    AuthMethods, ChallengePurpose, MfaMethod, MfaPolicy, RECOVERY_CODE_CHARS, RECOVERY_CODE_COUNT,
+    TotpParams, format_recovery_code, normalize_recovery_code, parse_device_name,
+};
 pub use organization::{DEFAULT_ORGANIZATION_SLUG, InvalidSlug, Organization, OrganizationSlug};
 pub use password_policy::{PasswordPolicy, PasswordRule, normalize_password};
 pub use permission::{

@@ -46,6 +46,13 @@ pub enum SecurityEventKind {
     /// or reordered, or a checkpoint that does not verify): someone wrote to the database behind
     /// Portcullis's back.
     AuditChainBroken,
+    /// A second factor was wrong at login or step-up (a wrong or replayed code, a failed passkey
+    /// assertion); counts toward the account identifier's lockout like a wrong password.
+    MfaFailed,
+    /// A recovery code was spent: the owner has lost their device, or someone else has their codes.
+    RecoveryCodeUsed,
+    /// A passkey's signature counter went backwards: the authenticator may have been cloned.
+    PasskeyCounterRegressed,
 }
 
 /// How urgently a human should look, from the least to the most.
@@ -102,11 +109,14 @@ impl SecurityEventKind {
             SecurityEventKind::AlertDeliveryFailed => "alert_delivery_failed",
             SecurityEventKind::AutomaticResponse => "automatic_response",
             SecurityEventKind::AuditChainBroken => "audit_chain_broken",
+            SecurityEventKind::MfaFailed => "mfa_failed",
+            SecurityEventKind::RecoveryCodeUsed => "recovery_code_used",
+            SecurityEventKind::PasskeyCounterRegressed => "passkey_counter_regressed",
         }
     }
 
     /// Every kind, in declaration order (for documentation, filters and tests).
-    pub const ALL: [SecurityEventKind; 18] = [
+    pub const ALL: [SecurityEventKind; 21] = [
         SecurityEventKind::LoginFailed,
         SecurityEventKind::RefreshTokenReuse,
         SecurityEventKind::CsrfRejected,
@@ -125,6 +135,9 @@ impl SecurityEventKind {
         SecurityEventKind::AlertDeliveryFailed,
         SecurityEventKind::AutomaticResponse,
         SecurityEventKind::AuditChainBroken,
+        SecurityEventKind::MfaFailed,
+        SecurityEventKind::RecoveryCodeUsed,
+        SecurityEventKind::PasskeyCounterRegressed,
     ];
 
     /// The default severity, which alert rules compare against (configurable per kind there).
@@ -136,18 +149,21 @@ impl SecurityEventKind {
             | SecurityEventKind::PasswordResetForUnknownAccount
             | SecurityEventKind::LockoutCleared
             | SecurityEventKind::RateLimited
-            | SecurityEventKind::IpDenied => Severity::Low,
+            | SecurityEventKind::IpDenied
+            | SecurityEventKind::MfaFailed => Severity::Low,
             SecurityEventKind::CsrfRejected
             | SecurityEventKind::AccountLockedOut
             | SecurityEventKind::Scanning
-            | SecurityEventKind::AdminLoginFromNewIp => Severity::Medium,
+            | SecurityEventKind::AdminLoginFromNewIp
+            | SecurityEventKind::RecoveryCodeUsed => Severity::Medium,
             SecurityEventKind::RefreshTokenReuse
             | SecurityEventKind::ApiKeyOutsideAllowedNetworks
             | SecurityEventKind::IpBlocked
             | SecurityEventKind::CredentialStuffing
             | SecurityEventKind::PrivilegeProbing
             | SecurityEventKind::AlertDeliveryFailed
-            | SecurityEventKind::AutomaticResponse => Severity::High,
+            | SecurityEventKind::AutomaticResponse
+            | SecurityEventKind::PasskeyCounterRegressed => Severity::High,
             SecurityEventKind::AuditChainBroken => Severity::Critical,
         }
     }
@@ -175,6 +191,9 @@ impl SecurityEventKind {
             "alert_delivery_failed" => SecurityEventKind::AlertDeliveryFailed,
             "automatic_response" => SecurityEventKind::AutomaticResponse,
             "audit_chain_broken" => SecurityEventKind::AuditChainBroken,
+            "mfa_failed" => SecurityEventKind::MfaFailed,
+            "recovery_code_used" => SecurityEventKind::RecoveryCodeUsed,
+            "passkey_counter_regressed" => SecurityEventKind::PasskeyCounterRegressed,
             _ => return None,
         };
         Some(kind)
@@ -205,7 +224,10 @@ mod tests {
             | SecurityEventKind::AdminLoginFromNewIp
             | SecurityEventKind::AlertDeliveryFailed
             | SecurityEventKind::AutomaticResponse
-            | SecurityEventKind::AuditChainBroken => kind,
+            | SecurityEventKind::AuditChainBroken
+            | SecurityEventKind::MfaFailed
+            | SecurityEventKind::RecoveryCodeUsed
+            | SecurityEventKind::PasskeyCounterRegressed => kind,
         }
     }
 

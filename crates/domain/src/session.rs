@@ -1,6 +1,6 @@
 //! Sessions: how long a login stays good, and the rules that end it.
 
-use crate::{SessionId, Timestamp, UserId};
+use crate::{AuthMethods, SessionId, Timestamp, UserId};
 
 /// How a session's holder proves it on each request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +69,16 @@ pub struct Session {
     pub last_seen_at: Timestamp,
     /// The absolute end: refreshing never moves it (ASVS 7.3.2).
     pub expires_at: Timestamp,
-    /// How many second factors were proven at login (0 until the MFA issue).
+    /// 1 when the login (or a later step-up) proved more than one factor, 0 otherwise.
     pub mfa_level: u8,
+    /// What the login, or the latest re-authentication, proved (the `amr` claim).
+    pub amr: AuthMethods,
+    /// When the holder last proved who they are (the login, or a later re-authentication): what
+    /// sensitive actions compare against (ASVS 7.5.3, OIDC `auth_time`).
+    pub authenticated_at: Timestamp,
+    /// The account must use a second factor and has none: until it enrolls one, this session may
+    /// do nothing else.
+    pub mfa_enrollment_required: bool,
     pub revoked_at: Option<Timestamp>,
 }
 
@@ -112,6 +120,9 @@ mod tests {
             last_seen_at: Timestamp::from_unix_millis(created),
             expires_at: Timestamp::from_unix_millis(created + 1_000),
             mfa_level: 0,
+            amr: AuthMethods::PASSWORD,
+            authenticated_at: Timestamp::from_unix_millis(created),
+            mfa_enrollment_required: false,
             revoked_at: None,
         }
     }

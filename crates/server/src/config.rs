@@ -25,6 +25,7 @@ mod alerts;
 mod audit;
 mod ip_rules;
 mod keys;
+mod mfa;
 mod rate_limits;
 
 pub use accounts::{
@@ -35,6 +36,7 @@ pub use alerts::{AlertsConfig, EmailAlertConfig, SeverityName, WebhookConfig};
 pub use audit::AuditConfig;
 pub use ip_rules::IpRulesConfig;
 pub use keys::KeysConfig;
+pub use mfa::MfaConfig;
 pub use rate_limits::{
     DetectionConfig, FailureModeName, LockoutConfig, ProbeResponseName, RateLimitsConfig, RedisConfig,
 };
@@ -134,6 +136,7 @@ pub struct Config {
     pub detection: DetectionConfig,
     pub redis: RedisConfig,
     pub audit: AuditConfig,
+    pub mfa: MfaConfig,
     /// Files that secrets were read from (for the permission checks); not a configuration key.
     #[serde(skip)]
     pub secret_files: Vec<(String, PathBuf)>,
@@ -167,6 +170,7 @@ impl Default for Config {
             detection: DetectionConfig::default(),
             redis: RedisConfig::default(),
             audit: AuditConfig::default(),
+            mfa: MfaConfig::default(),
             secret_files: Vec::new(),
             config_file: None,
         }
@@ -583,6 +587,7 @@ impl Config {
         problems.extend(self.ip_rule_problems());
         problems.extend(self.key_problems());
         problems.extend(self.audit_problems());
+        problems.extend(self.mfa_problems());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {e} (use a level such as info, debug, or a filter like portcullis=debug,info)"

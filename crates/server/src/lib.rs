@@ -189,6 +189,7 @@ pub async fn open_app(config: &Config) -> Result<App, StartError> {
     config.apply_ip_rule_settings(&mut settings);
     settings.keys = config.key_settings();
     settings.audit = config.audit_settings();
+    settings.mfa = config.mfa_settings();
     let mailer = config.mailer().map_err(|e| ConfigError { problems: vec![e] })?;
     let app = App::new(store, Arc::new(SystemClock), settings, mailer)?;
     app.load_keys().await?;
@@ -261,6 +262,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
     config.apply_ip_rule_settings(&mut settings);
     settings.keys = config.key_settings();
     settings.audit = config.audit_settings();
+    settings.mfa = config.mfa_settings();
     settings.alerts = config.alert_settings()?;
     let mailer = config.mailer().map_err(|e| ConfigError { problems: vec![e] })?;
     let app = App::new(store.clone(), Arc::new(SystemClock), settings, mailer)?;

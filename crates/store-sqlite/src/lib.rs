@@ -12,6 +12,7 @@ mod instance;
 mod ip_rules;
 mod keys;
 mod login_throttle;
+mod mfa;
 mod organizations;
 mod pii;
 mod roles;

@@ -52,6 +52,13 @@ fn sql(table: PiiTable) -> TableSql {
                      WHERE id = $1 AND pii_key = $2 AND $4 IS NULL",
             hashed_id: false,
         },
+        PiiTable::TotpDevices => TableSql {
+            select: "SELECT id, pii_key, secret, NULL FROM mfa_totp_devices \
+                     WHERE pii_key <> $1 ORDER BY id LIMIT $2",
+            update: "UPDATE mfa_totp_devices SET secret = $3, pii_key = $5 \
+                     WHERE id = $1 AND pii_key = $2 AND $4 IS NULL",
+            hashed_id: false,
+        },
     }
 }
 
@@ -142,7 +149,8 @@ impl PiiStore for SqliteTx {
              + (SELECT COUNT(*) FROM sessions WHERE pii_key = $1) \
              + (SELECT COUNT(*) FROM one_time_tokens WHERE pii_key = $1) \
              + (SELECT COUNT(*) FROM security_events WHERE pii_key = $1) \
-             + (SELECT COUNT(*) FROM api_keys WHERE pii_key = $1)",
+             + (SELECT COUNT(*) FROM api_keys WHERE pii_key = $1) \
+             + (SELECT COUNT(*) FROM mfa_totp_devices WHERE pii_key = $1)",
         )
         .bind(key)
         .fetch_one(&mut *self.tx)

@@ -1,13 +1,18 @@
 //! SQLite implementation of the session aggregate: sessions and the refresh tokens of bearer sessions.
 
 use async_trait::async_trait;
-use portcullis_domain::{RevokeReason, Session, SessionId, SessionKind, Timestamp, TokenHash, UserId};
+use portcullis_domain::{
+    AuthMethods, RevokeReason, Session, SessionId, SessionKind, Timestamp, TokenHash, UserId,
+};
 use portcullis_store::{RefreshSpend, Sealed, SessionStore, StoreError, StoredSession};
 
 use crate::{SqliteTx, corrupt};
 
-const SESSION_COLUMNS: &str = "id, user_id, kind, created_at, last_seen_at, expires_at, mfa_level, ip, \
-                               user_agent, pii_key, revoked_at";
+// A session from before migration 0008 has no `authenticated_at`: its login, at creation, is the
+// last time its holder proved who they are.
+const SESSION_COLUMNS: &str = "id, user_id, kind, created_at, last_seen_at, expires_at, mfa_level, amr, \
+                               COALESCE(authenticated_at, created_at) AS authenticated_at, \
+                               mfa_enrollment_required, ip, user_agent, pii_key, revoked_at";
 
 /// A `sessions` row as stored, before its text is parsed back into domain types.
 #[derive(sqlx::FromRow)]
@@ -19,6 +24,9 @@ struct SessionRow {
     last_seen_at: i64,
     expires_at: i64,
     mfa_level: i32,
+    amr: String,
+    authenticated_at: i64,
+    mfa_enrollment_required: bool,
     ip: Option<Vec<u8>>,
     user_agent: Option<Vec<u8>>,
     pii_key: Option<String>,
@@ -36,6 +44,10 @@ impl SessionRow {
             expires_at: Timestamp::from_unix_millis(self.expires_at),
             mfa_level: u8::try_from(self.mfa_level)
                 .map_err(|_| corrupt("sessions.mfa_level is out of range"))?,
+            amr: AuthMethods::parse(&self.amr)
+                .ok_or_else(|| corrupt("sessions.amr holds an unknown method"))?,
+            authenticated_at: Timestamp::from_unix_millis(self.authenticated_at),
+            mfa_enrollment_required: self.mfa_enrollment_required,
             revoked_at: self.revoked_at.map(Timestamp::from_unix_millis),
         };
         Ok(StoredSession {
@@ -81,8 +93,8 @@ impl SessionStore for SqliteTx {
         let session = &stored.session;
         let result = sqlx::query(
             "INSERT INTO sessions (id, user_id, kind, cookie_hash, created_at, last_seen_at, expires_at, \
-             mfa_level, ip, user_agent, pii_key, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             mfa_level, amr, authenticated_at, mfa_enrollment_required, ip, user_agent, pii_key, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(session.id.to_string())
         .bind(session.user_id.to_string())
@@ -92,6 +104,9 @@ impl SessionStore for SqliteTx {
         .bind(session.last_seen_at.as_unix_millis())
         .bind(session.expires_at.as_unix_millis())
         .bind(i32::from(session.mfa_level))
+        .bind(session.amr.as_stored())
+        .bind(session.authenticated_at.as_unix_millis())
+        .bind(session.mfa_enrollment_required)
         .bind(stored.ip.as_ref().map(|ip| ip.0.as_slice()))
         .bind(stored.user_agent.as_ref().map(|ua| ua.0.as_slice()))
         .bind(stored.pii_key.as_deref())

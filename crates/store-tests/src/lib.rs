@@ -14,14 +14,14 @@ use std::pin::Pin;
 use std::slice;
 
 use portcullis_domain::{
-    BuiltinRole, CustomRole, DisplayName, InstanceId, InstanceMeta, OneTimePurpose, OneTimeToken,
-    Organization, OrganizationId, OrganizationSlug, Permission, RevokeReason, RoleId, RoleName,
+    AuthMethods, BuiltinRole, CustomRole, DisplayName, InstanceId, InstanceMeta, MfaMethod, OneTimePurpose,
+    OneTimeToken, Organization, OrganizationId, OrganizationSlug, Permission, RevokeReason, RoleId, RoleName,
     SecurityEvent, SecurityEventId, SecurityEventKind, Session, SessionId, SessionKind, Timestamp, TokenHash,
     UserId, UserStatus, error_chain,
 };
 use portcullis_store::{
     BlindIndex, KeyPurpose, KeyState, PiiRow, PiiTable, RefreshSpend, Sealed, Store, StoreError, StoreTx,
-    StoredKey, StoredOneTimeToken, StoredSecurityEvent, StoredSession, StoredUser,
+    StoredKey, StoredOneTimeToken, StoredSecurityEvent, StoredSession, StoredTotpDevice, StoredUser,
 };
 
 mod accounts_admin;
@@ -29,6 +29,7 @@ mod api_keys;
 mod audit;
 mod ip_rules;
 mod login_throttle;
+mod mfa;
 mod roles;
 mod security_events;
 
@@ -583,6 +584,80 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "checkpoints_are_one_per_seq_and_found_by_seq_and_cut",
         run: |s| Box::pin(audit::checkpoints_are_one_per_seq_and_found_by_seq_and_cut(s)),
+    },
+    Check {
+        name: "a_totp_device_round_trips_oldest_first_and_is_confirmed_once_by_its_owner",
+        run: |s| Box::pin(mfa::a_totp_device_round_trips_oldest_first_and_is_confirmed_once_by_its_owner(s)),
+    },
+    Check {
+        name: "a_totp_step_is_accepted_only_when_newer_than_every_step_before",
+        run: |s| Box::pin(mfa::a_totp_step_is_accepted_only_when_newer_than_every_step_before(s)),
+    },
+    Check {
+        name: "two_transactions_accepting_one_totp_code_at_once_accept_it_once",
+        run: |s| Box::pin(mfa::two_transactions_accepting_one_totp_code_at_once_accept_it_once(s)),
+    },
+    Check {
+        name: "deleting_totp_devices_takes_only_the_owners_and_sweeps_old_unconfirmed_ones",
+        run: |s| {
+            Box::pin(mfa::deleting_totp_devices_takes_only_the_owners_and_sweeps_old_unconfirmed_ones(s))
+        },
+    },
+    Check {
+        name: "a_totp_seed_is_found_resealed_and_counted_like_personal_data",
+        run: |s| Box::pin(mfa::a_totp_seed_is_found_resealed_and_counted_like_personal_data(s)),
+    },
+    Check {
+        name: "recovery_codes_are_replaced_whole_and_each_is_spent_once_by_its_owner",
+        run: |s| Box::pin(mfa::recovery_codes_are_replaced_whole_and_each_is_spent_once_by_its_owner(s)),
+    },
+    Check {
+        name: "two_transactions_spending_one_recovery_code_at_once_spend_it_once",
+        run: |s| Box::pin(mfa::two_transactions_spending_one_recovery_code_at_once_spend_it_once(s)),
+    },
+    Check {
+        name: "a_passkey_round_trips_and_a_registered_credential_id_is_a_conflict",
+        run: |s| Box::pin(mfa::a_passkey_round_trips_and_a_registered_credential_id_is_a_conflict(s)),
+    },
+    Check {
+        name: "a_passkey_is_updated_and_deleted_only_by_its_owner",
+        run: |s| Box::pin(mfa::a_passkey_is_updated_and_deleted_only_by_its_owner(s)),
+    },
+    Check {
+        name: "an_mfa_challenge_is_read_while_open_and_unexpired_and_records_its_ceremony",
+        run: |s| Box::pin(mfa::an_mfa_challenge_is_read_while_open_and_unexpired_and_records_its_ceremony(s)),
+    },
+    Check {
+        name: "wrong_answers_are_counted_and_close_an_mfa_challenge_at_the_limit",
+        run: |s| Box::pin(mfa::wrong_answers_are_counted_and_close_an_mfa_challenge_at_the_limit(s)),
+    },
+    Check {
+        name: "an_mfa_challenge_is_spent_once_and_not_once_expired",
+        run: |s| Box::pin(mfa::an_mfa_challenge_is_spent_once_and_not_once_expired(s)),
+    },
+    Check {
+        name: "two_transactions_spending_one_mfa_challenge_at_once_get_it_once",
+        run: |s| Box::pin(mfa::two_transactions_spending_one_mfa_challenge_at_once_get_it_once(s)),
+    },
+    Check {
+        name: "purging_mfa_challenges_takes_those_expired_before_the_instant",
+        run: |s| Box::pin(mfa::purging_mfa_challenges_takes_those_expired_before_the_instant(s)),
+    },
+    Check {
+        name: "an_organization_requires_mfa_once_set_and_its_members_are_found",
+        run: |s| Box::pin(mfa::an_organization_requires_mfa_once_set_and_its_members_are_found(s)),
+    },
+    Check {
+        name: "a_sessions_authentication_is_recorded_only_while_it_is_live",
+        run: |s| Box::pin(mfa::a_sessions_authentication_is_recorded_only_while_it_is_live(s)),
+    },
+    Check {
+        name: "deleting_all_factors_takes_every_factor_and_challenge_of_that_account_only",
+        run: |s| Box::pin(mfa::deleting_all_factors_takes_every_factor_and_challenge_of_that_account_only(s)),
+    },
+    Check {
+        name: "deleting_an_account_takes_its_factors",
+        run: |s| Box::pin(mfa::deleting_an_account_takes_its_factors(s)),
     },
 ];
 
@@ -1323,6 +1398,9 @@ pub async fn a_session_round_trips_and_is_found_by_its_cookie(store: &dyn Store)
         kind: SessionKind::Cookie,
         last_seen_at: at(3),
         mfa_level: 2,
+        amr: AuthMethods::PASSWORD.with(MfaMethod::Totp),
+        authenticated_at: at(2),
+        mfa_enrollment_required: true,
         revoked_at: Some(at(4)),
         ..session(2, alice.id, 1)
     };
@@ -2047,18 +2125,19 @@ pub async fn sealed_fields_of_every_table_round_trip_byte_for_byte(store: &dyn S
     ensure_eq("events", &events, &vec![stored_event])
 }
 
-/// Rows in all four tables, sealed under `pii-0`, `pii-1` and `pii-2`, and rows without personal
-/// data (no key), as [`write_sealed_rows`] writes them.
+/// Rows in the four personal-data tables, sealed under `pii-0`, `pii-1` and `pii-2`, rows without
+/// personal data (no key), and a TOTP seed, as [`write_sealed_rows`] writes them.
 struct SealedRows {
     users: [StoredUser; 3],
     sessions: [StoredSession; 4],
     tokens: [StoredOneTimeToken; 3],
     events: [StoredSecurityEvent; 4],
+    totp: StoredTotpDevice,
 }
 
 /// Writes [`SealedRows`] and returns them. Under `pii-1`: one user, two sessions, one token, one
-/// event; under `pii-2`: one of each; under `pii-0`: one user and one event; without a key: one
-/// session, one token, one event.
+/// event, one TOTP seed; under `pii-2`: one user, session, token and event; under `pii-0`: one user
+/// and one event; without a key: one session, one token, one event.
 async fn write_sealed_rows(store: &dyn Store) -> Result<SealedRows, Failure> {
     let under = |key: &str| Some(key.to_owned());
     let alice = user(1, "alice@example.com");
@@ -2115,7 +2194,9 @@ async fn write_sealed_rows(store: &dyn Store) -> Result<SealedRows, Failure> {
         sealed_event(3, "pii-2"),
         sealed_event(4, "pii-0"),
     ];
-    let rows = SealedRows { users: [alice, bob, carol], sessions, tokens, events };
+    let totp =
+        StoredTotpDevice { confirmed_at: Some(at(1)), last_step: Some(3), ..mfa::totp(1, alice.id, 0) };
+    let rows = SealedRows { users: [alice, bob, carol], sessions, tokens, events, totp };
 
     let mut tx = store.begin().await.step("begin a write")?;
     for u in &rows.users {
@@ -2130,6 +2211,7 @@ async fn write_sealed_rows(store: &dyn Store) -> Result<SealedRows, Failure> {
     for e in &rows.events {
         tx.insert_security_event(e).await.step("insert a security event")?;
     }
+    tx.insert_totp_device(&rows.totp).await.step("insert a totp device")?;
     tx.commit().await.step("commit the sealed rows")?;
     Ok(rows)
 }
@@ -2192,11 +2274,13 @@ pub async fn rows_sealed_under_other_keys_are_found_in_every_table_up_to_the_lim
     store: &dyn Store,
 ) -> Outcome {
     migrated(store).await?;
-    let SealedRows { users, sessions, tokens, events } = write_sealed_rows(store).await?;
+    let SealedRows { users, sessions, tokens, events, .. } = write_sealed_rows(store).await?;
 
     let mut found = Vec::new();
     for (key, limit) in [("pii-2", 10), ("pii-1", 10), ("pii-2", 1)] {
-        // API keys' sealed column has its own check (`an_api_keys_last_ip_is_found_resealed_and_counted`).
+        // API keys' and TOTP seeds' sealed columns have their own checks
+        // (`an_api_keys_last_ip_is_found_resealed_and_counted`,
+        // `a_totp_seed_is_found_resealed_and_counted_like_personal_data`).
         for table in [PiiTable::Users, PiiTable::Sessions, PiiTable::OneTimeTokens, PiiTable::SecurityEvents]
         {
             found.push(committed_pii_rows_not_under(store, table, key, limit).await?);
@@ -2237,7 +2321,7 @@ pub async fn a_row_is_resealed_only_while_it_is_still_under_the_key_it_was_read_
     store: &dyn Store,
 ) -> Outcome {
     migrated(store).await?;
-    let SealedRows { users, sessions, tokens, events } = write_sealed_rows(store).await?;
+    let SealedRows { users, sessions, tokens, events, totp } = write_sealed_rows(store).await?;
 
     let mut tx = store.begin().await.step("begin the reseal")?;
     let mut batches = Vec::new();
@@ -2275,10 +2359,11 @@ pub async fn a_row_is_resealed_only_while_it_is_still_under_the_key_it_was_read_
         .await
         .step("spend the invite")?;
     let alices_events = tx.security_events_of(users[0].id, 10).await.step("read alice's events")?;
+    let alices_devices = tx.totp_devices_of(users[0].id).await.step("list alice's totp devices")?;
     tx.rollback().await.step("roll back the reads")?;
 
-    ensure_eq("rows resealed", &resealed_all, &vec![true; 7])?;
-    ensure_eq("rows resealed from a stale read", &stale, &vec![false; 7])?;
+    ensure_eq("rows resealed", &resealed_all, &vec![true; 8])?;
+    ensure_eq("rows resealed from a stale read", &stale, &vec![false; 8])?;
     ensure_eq("rows left under other keys", &left, &Vec::new())?;
     let moved_user = |u: &StoredUser| StoredUser {
         email: Sealed([b"re:".as_slice(), &u.email.0].concat()),
@@ -2316,11 +2401,17 @@ pub async fn a_row_is_resealed_only_while_it_is_still_under_the_key_it_was_read_
         "alice's events",
         &alices_events,
         &vec![moved_event(&events[3]), events[2].clone(), events[1].clone(), moved_event(&events[0])],
-    )
+    )?;
+    let moved_totp = StoredTotpDevice {
+        secret: Sealed([b"re:".as_slice(), &totp.secret.0].concat()),
+        pii_key: "pii-2".to_owned(),
+        ..totp
+    };
+    ensure_eq("alice's totp devices", &alices_devices, &vec![moved_totp])
 }
 
-/// The count that tells when a retired key seals nothing any more adds up the rows of all four
-/// tables sealed under it, and rows without a key count for none.
+/// The count that tells when a retired key seals nothing any more adds up the rows of every table
+/// sealed under it (TOTP seeds included), and rows without a key count for none.
 pub async fn rows_under_a_key_are_counted_over_all_four_tables(store: &dyn Store) -> Outcome {
     migrated(store).await?;
     write_sealed_rows(store).await?;
@@ -2332,7 +2423,7 @@ pub async fn rows_under_a_key_are_counted_over_all_four_tables(store: &dyn Store
     }
     tx.commit().await.step("end the read")?;
 
-    ensure_eq("rows under pii-0, pii-1, pii-2 and pii-9", &counts, &vec![2, 5, 4, 0])
+    ensure_eq("rows under pii-0, pii-1, pii-2 and pii-9", &counts, &vec![2, 6, 4, 0])
 }
 
 /// The blind-index job finds the users indexed under any key but the current one (whole, in id
@@ -3371,6 +3462,9 @@ fn session(seed: u8, owner: UserId, created: i64) -> Session {
         last_seen_at: at(created),
         expires_at: at(created + 86_400_000),
         mfa_level: 0,
+        amr: AuthMethods::PASSWORD,
+        authenticated_at: at(created),
+        mfa_enrollment_required: false,
         revoked_at: None,
     }
 }

@@ -12,6 +12,7 @@ mod instance;
 mod ip_rules;
 mod keys;
 mod login_throttle;
+mod mfa;
 mod organizations;
 mod pii;
 mod roles;
@@ -28,6 +29,7 @@ pub use instance::InstanceStore;
 pub use ip_rules::IpRuleStore;
 pub use keys::{KeyPurpose, KeyState, KeyStore, StoredKey};
 pub use login_throttle::LoginThrottleStore;
+pub use mfa::{MfaStore, StoredMfaChallenge, StoredPasskey, StoredTotpDevice};
 pub use organizations::OrganizationStore;
 pub use pii::{
     BlindIndex, PiiRow, PiiStore, PiiTable, Sealed, StoredOneTimeToken, StoredSecurityEvent, StoredSession,
@@ -143,6 +145,7 @@ pub trait StoreTx:
     + IpRuleStore
     + LoginThrottleStore
     + AuditStore
+    + MfaStore
     + Send
 {
     /// Makes every change in the transaction durable.

@@ -86,15 +86,19 @@ pub enum PiiTable {
     OneTimeTokens,
     SecurityEvents,
     ApiKeys,
+    /// TOTP seeds are not personal data, but they are secrets sealed under the same keys, and a
+    /// retired key must not be destroyed while a seed still needs it.
+    TotpDevices,
 }
 
 impl PiiTable {
-    pub const ALL: [PiiTable; 5] = [
+    pub const ALL: [PiiTable; 6] = [
         PiiTable::Users,
         PiiTable::Sessions,
         PiiTable::OneTimeTokens,
         PiiTable::SecurityEvents,
         PiiTable::ApiKeys,
+        PiiTable::TotpDevices,
     ];
 
     /// The table's name: with a column name and the row's id, the associated data a sealed value is
@@ -106,6 +110,7 @@ impl PiiTable {
             PiiTable::OneTimeTokens => "one_time_tokens",
             PiiTable::SecurityEvents => "security_events",
             PiiTable::ApiKeys => "api_keys",
+            PiiTable::TotpDevices => "mfa_totp_devices",
         }
     }
 
@@ -117,6 +122,7 @@ impl PiiTable {
             PiiTable::OneTimeTokens => &["email"],
             PiiTable::SecurityEvents => &["ip"],
             PiiTable::ApiKeys => &["last_used_ip"],
+            PiiTable::TotpDevices => &["secret"],
         }
     }
 }

@@ -21,11 +21,29 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// The header an API key may come in, instead of `Authorization: Bearer`.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request. A session that must enroll a second factor first is
+/// refused here (403 `mfa-enrollment-required`); the few routes it may use take [`Enrolling`].
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticated(pub Principal);
 
 impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Enrolling(principal) = Enrolling::from_request_parts(parts, state).await?;
+        if principal.mfa_enrollment_required {
+            return Err(AppError::MfaEnrollmentRequired.into());
+        }
+        Ok(Authenticated(principal))
+    }
+}
+
+/// The authenticated caller, even one whose session must enroll a second factor before anything
+/// else: for enrolling it, seeing one's own account, and logging out.
+#[derive(Debug, Clone, Copy)]
+pub struct Enrolling(pub Principal);
+
+impl FromRequestParts<AppState> for Enrolling {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
@@ -36,7 +54,7 @@ impl FromRequestParts<AppState> for Authenticated {
         // The caller's own budget, from any address: a stolen token or key spread over many
         // addresses still spends one budget.
         state.app.spend_principal_budget(&principal).await?;
-        Ok(Authenticated(principal))
+        Ok(Enrolling(principal))
     }
 }
 

@@ -56,6 +56,34 @@ impl ApiError {
                     vec![(header::WWW_AUTHENTICATE, HeaderValue::from_static(BEARER_CHALLENGE))],
                 );
             }
+            // 401 with its own type: the challenge stays open for another try (up to its limit).
+            AppError::InvalidSecondFactor => {
+                Problem::new(ProblemType::INVALID_SECOND_FACTOR, "The code or passkey is wrong.")
+            }
+            // 401 + the step-up challenge of RFC 9470 section 3: the client re-authenticates
+            // (POST /v1/auth/reauthenticate) and retries.
+            AppError::ReauthenticationRequired { max_age_secs } => {
+                let problem = Problem::new(
+                    ProblemType::REAUTHENTICATION_REQUIRED,
+                    "This needs a recent authentication: re-authenticate, then retry.",
+                )
+                .with_extension("max_age", serde_json::Value::from(max_age_secs));
+                let challenge = format!(
+                    r#"Bearer realm="portcullis", error="insufficient_user_authentication", error_description="recent authentication required", max_age={max_age_secs}"#
+                );
+                let mut headers = Vec::new();
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    headers.push((header::WWW_AUTHENTICATE, value));
+                }
+                return (problem, headers);
+            }
+            // 403: the only way forward is enrolling a second factor.
+            AppError::MfaEnrollmentRequired => Problem::new(
+                ProblemType::MFA_ENROLLMENT_REQUIRED,
+                "This account must use a second factor: enroll one (under /v1/me/mfa) first.",
+            ),
+            // 501: the server is not set up for it; the reason names the setting.
+            AppError::NotAvailable(reason) => Problem::new(ProblemType::NOT_IMPLEMENTED, reason),
             // 403 with its own type, so a client can tell a stale page from a missing right.
             AppError::CsrfRejected => Problem::new(
                 ProblemType::CSRF_REJECTED,

@@ -63,6 +63,9 @@ problem_types! {
     SIGNUP_NOT_ALLOWED = ("signup-not-allowed", FORBIDDEN, "Signup is not open");
     CSRF_REJECTED = ("csrf-rejected", FORBIDDEN, "Cross-site request refused");
     IP_DENIED = ("ip-denied", FORBIDDEN, "Address not allowed");
+    INVALID_SECOND_FACTOR = ("invalid-second-factor", UNAUTHORIZED, "The second factor is wrong");
+    REAUTHENTICATION_REQUIRED = ("reauthentication-required", UNAUTHORIZED, "Recent authentication required");
+    MFA_ENROLLMENT_REQUIRED = ("mfa-enrollment-required", FORBIDDEN, "A second factor must be enrolled first");
 }
 
 impl ProblemType {

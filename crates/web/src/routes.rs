@@ -14,8 +14,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::handlers::{
-    admin, api_keys, audit, auth, authz, health, ip_rules, me, oauth, organizations, roles, security_events,
-    service_accounts, well_known,
+    admin, api_keys, audit, auth, authz, health, ip_rules, me, mfa, oauth, organizations, roles,
+    security_events, service_accounts, well_known,
 };
 use crate::middleware::edge::{EdgeLayer, X_REQUEST_ID};
 use crate::middleware::panic::panic_response;
@@ -52,6 +52,9 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
         .routes(routes!(auth::password_forgot))
         .routes(routes!(auth::password_reset))
         .routes(routes!(auth::setup))
+        // Public: a login's second factor (its challenge token is the credential).
+        .routes(routes!(auth::mfa_verify))
+        .routes(routes!(auth::mfa_passkey_options))
         // Authenticated (bearer token, or session cookie + CSRF token): the caller's own session.
         .routes(routes!(auth::logout))
         .routes(routes!(auth::logout_all))
@@ -59,6 +62,17 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
         .routes(routes!(me::change_password))
         .routes(routes!(me::sessions))
         .routes(routes!(me::revoke_session))
+        .routes(routes!(auth::reauthenticate))
+        .routes(routes!(auth::reauthenticate_passkey_options))
+        // Authenticated, even while a second factor must be enrolled: the caller's own factors.
+        .routes(routes!(mfa::list_my_mfa))
+        .routes(routes!(mfa::enroll_totp))
+        .routes(routes!(mfa::confirm_totp))
+        .routes(routes!(mfa::remove_totp))
+        .routes(routes!(mfa::regenerate_recovery_codes))
+        .routes(routes!(mfa::passkey_registration_options))
+        .routes(routes!(mfa::register_passkey))
+        .routes(routes!(mfa::remove_passkey))
         // Authenticated: the check API (deciding for someone else needs `authz:check`).
         .routes(routes!(authz::check))
         .routes(routes!(authz::check_batch))
@@ -74,6 +88,8 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
         .routes(routes!(admin::enable_user))
         .routes(routes!(admin::unlock_user))
         .routes(routes!(admin::revoke_user_sessions))
+        .routes(routes!(mfa::reset_user_mfa))
+        .routes(routes!(mfa::get_organization_mfa_policy, mfa::set_organization_mfa_policy))
         .routes(routes!(organizations::list_organizations, organizations::create_organization))
         .routes(routes!(
             organizations::get_organization,

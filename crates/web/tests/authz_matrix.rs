@@ -188,6 +188,12 @@ const MATRIX: &[Row] = &[
         expected: [401, 200, 200, 200, 200, 200, 200],
     },
     Row {
+        method: "DELETE",
+        path: "/v1/admin/users/{id}/mfa",
+        body: None,
+        expected: [401, 403, 403, 200, 200, 403, 403],
+    },
+    Row {
         method: "POST",
         path: "/v1/admin/invites",
         body: Some(r#"{"email":"{email}"}"#),
@@ -290,6 +296,18 @@ const MATRIX: &[Row] = &[
         method: "PATCH",
         path: "/v1/admin/organizations/{org}",
         body: Some(r#"{"name":"Renamed"}"#),
+        expected: [401, 404, 403, 200, 200, 200, 404],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/organizations/{org}/mfa-policy",
+        body: None,
+        expected: [401, 404, 200, 200, 200, 200, 404],
+    },
+    Row {
+        method: "PUT",
+        path: "/v1/admin/organizations/{org}/mfa-policy",
+        body: Some(r#"{"required":false}"#),
         expected: [401, 404, 403, 200, 200, 200, 404],
     },
     Row {
@@ -496,7 +514,10 @@ impl World {
         let LoginOutcome::Authenticated { credentials, .. } = app
             .login("root@example.com", SecretString::from(PASSWORD), LoginMode::Bearer, &Default::default())
             .await
-            .unwrap();
+            .unwrap()
+        else {
+            panic!("no second factor here")
+        };
         let IssuedCredentials::Bearer { access_token, .. } = credentials else { panic!("bearer") };
         let root = app.authenticate_bearer(&access_token).unwrap();
         World { app, router, counter: AtomicUsize::new(0), root }
@@ -554,7 +575,10 @@ impl World {
             .app
             .login(email, SecretString::from(PASSWORD), LoginMode::Bearer, &Default::default())
             .await
-            .unwrap();
+            .unwrap()
+        else {
+            panic!("no second factor here")
+        };
         let IssuedCredentials::Bearer { access_token, .. } = credentials else { panic!("bearer") };
         access_token
     }

@@ -139,6 +139,10 @@ async fn a_rotated_keys_old_secret_works_only_for_the_grace_period() {
     t.clock.advance_millis(DAY + 1);
     unauthenticated(t.app.authenticate_api_key(text(&first), &client()).await);
     t.app.authenticate_api_key(text(&rotated), &client()).await.unwrap();
+    // A day on, Alice's session is too old for minting secrets until she proves herself again.
+    let stale = t.app.rotate_my_api_key(&alice, &rotated.key.id.to_string()).await;
+    assert!(matches!(stale, Err(AppError::ReauthenticationRequired { .. })), "{stale:?}");
+    t.app.reauthenticate(&alice, Some(secret(PASSWORD)), None, None, &client()).await.unwrap();
     // A revoked key cannot be rotated back to life.
     t.app.revoke_my_api_key(&alice, &first.key.id.to_string()).await.unwrap();
     forbidden(t.app.rotate_my_api_key(&alice, &first.key.id.to_string()).await);
@@ -386,6 +390,7 @@ async fn introspection_describes_live_tokens_and_says_only_inactive_otherwise() 
 
     // Only a service account's key may ask, and only with tokens:introspect.
     forbidden(t.app.introspect(&alice, &login.access).await);
+    t.app.reauthenticate(&owner, Some(secret(PASSWORD)), None, None, &client()).await.unwrap();
     let bystander =
         t.app.admin_create_service_account(&owner, &acme, "Bystander", BuiltinRole::Member).await.unwrap();
     forbidden(

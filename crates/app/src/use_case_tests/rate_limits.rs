@@ -245,11 +245,13 @@ async fn a_person_and_an_api_key_each_have_a_budget_of_their_own_from_any_addres
             user_id: user,
             kind: PrincipalKind::Person,
             credential: Credential::Bearer(SessionId::from_random_bytes([2; 16])),
+            mfa_enrollment_required: false,
         };
         let key = Principal {
             user_id: user,
             kind: PrincipalKind::Person,
             credential: Credential::ApiKey(ApiKeyId::from_random_bytes([3; 16])),
+            mfa_enrollment_required: false,
         };
         let spend = |p: Principal| {
             let app = test.app.clone();

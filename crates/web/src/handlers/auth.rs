@@ -3,13 +3,13 @@
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use portcullis_app::{IssuedCredentials, LoginMode, LoginOutcome, SignupRequest};
+use portcullis_app::{AppError, IssuedCredentials, LoginMode, LoginOutcome, SecondFactor, SignupRequest};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::auth::{Authenticated, Client, PresentedCookie, SESSION_COOKIE, SameOrigin};
+use crate::auth::{Client, Enrolling, PresentedCookie, SESSION_COOKIE, SameOrigin};
 use crate::error::ApiError;
 use crate::extract::Json;
 
@@ -130,7 +130,26 @@ pub(crate) struct CookieSessionResponse {
     expires_at: String,
 }
 
-/// What a login answers: tokens (mode `token`) or the CSRF token of a cookie session (mode `cookie`).
+/// A login whose password was right, for an account with a second factor: no session yet.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct MfaRequiredResponse {
+    /// Always `mfa_required`.
+    status: &'static str,
+    /// Single use, valid `expires_in` seconds: send it to `POST /v1/auth/mfa/verify` with a factor.
+    challenge_token: String,
+    /// The factors the account can answer with: `totp`, `passkey`, `recovery_code`.
+    methods: Vec<&'static str>,
+    expires_in: i64,
+}
+
+impl std::fmt::Debug for MfaRequiredResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaRequiredResponse").field("methods", &self.methods).finish_non_exhaustive()
+    }
+}
+
+/// What a login answers: tokens (mode `token`), the CSRF token of a cookie session (mode `cookie`),
+/// or, for an account with a second factor, a challenge to answer with it.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 #[allow(
@@ -140,6 +159,20 @@ pub(crate) struct CookieSessionResponse {
 pub(crate) enum LoginResponse {
     Token(TokenResponse),
     Cookie(CookieSessionResponse),
+    MfaRequired(MfaRequiredResponse),
+}
+
+fn outcome_response(outcome: LoginOutcome) -> Response {
+    match outcome {
+        LoginOutcome::Authenticated { credentials, .. } => credentials_response(credentials),
+        LoginOutcome::MfaRequired(challenge) => axum::Json(MfaRequiredResponse {
+            status: "mfa_required",
+            challenge_token: challenge.token.expose().to_owned(),
+            methods: challenge.methods.iter().map(|m| m.as_str()).collect(),
+            expires_in: challenge.expires_in_secs,
+        })
+        .into_response(),
+    }
 }
 
 fn credentials_response(credentials: IssuedCredentials) -> Response {
@@ -199,9 +232,178 @@ pub(crate) async fn login(
         // The browser's previous session (its own, or one an attacker planted) ends with this login.
         state.app.end_cookie_session(&old).await?;
     }
-    match outcome {
-        LoginOutcome::Authenticated { credentials, .. } => Ok(credentials_response(credentials)),
+    Ok(outcome_response(outcome))
+}
+
+/// A second factor: the method and its proof.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FactorBody {
+    /// `totp`, `recovery_code` or `passkey`.
+    method: FactorMethod,
+    /// The TOTP code or recovery code (methods `totp`, `recovery_code`).
+    #[schema(value_type = Option<String>, max_length = 64)]
+    code: Option<SecretString>,
+    /// The browser's `PublicKeyCredential` from `navigator.credentials.get` (method `passkey`).
+    #[schema(value_type = Option<Object>)]
+    credential: Option<serde_json::Value>,
+}
+
+/// A kind of second factor.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum FactorMethod {
+    Totp,
+    RecoveryCode,
+    Passkey,
+}
+
+impl FactorBody {
+    /// The factor, or a field error naming what is missing.
+    fn factor(self) -> Result<SecondFactor, ApiError> {
+        let missing =
+            |field: &'static str| ApiError::from(AppError::invalid(field, "is required for this method"));
+        Ok(match self.method {
+            FactorMethod::Totp => SecondFactor::Totp(self.code.ok_or_else(|| missing("/code"))?),
+            FactorMethod::RecoveryCode => {
+                SecondFactor::RecoveryCode(self.code.ok_or_else(|| missing("/code"))?)
+            }
+            FactorMethod::Passkey => {
+                SecondFactor::Passkey(self.credential.ok_or_else(|| missing("/credential"))?)
+            }
+        })
     }
+}
+
+/// A login's challenge and the second factor that answers it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MfaVerifyBody {
+    #[schema(value_type = String, min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
+    challenge_token: SecretString,
+    #[serde(flatten)]
+    factor: FactorBody,
+}
+
+/// Finishes a login with its second factor. A wrong factor is 401 `invalid-second-factor` (the
+/// challenge stays open for a few tries, each counting toward the account's lockout); an unknown,
+/// used or expired challenge is 400 `invalid-token`.
+#[utoipa::path(post, path = "/v1/auth/mfa/verify", tag = "auth", operation_id = "mfa_verify", security(()),
+    request_body = MfaVerifyBody,
+    responses(
+        (status = 200, description = "Logged in, as the login's mode asked.", body = LoginResponse),
+        (status = 401, description = "The second factor is wrong.",
+            body = crate::problem::ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn mfa_verify(
+    State(state): State<AppState>,
+    Client(client): Client,
+    SameOrigin(same_origin): SameOrigin,
+    PresentedCookie(old_cookie): PresentedCookie,
+    Json(body): Json<MfaVerifyBody>,
+) -> Result<Response, ApiError> {
+    let factor = body.factor.factor()?;
+    let outcome = state
+        .app
+        .complete_login_mfa(body.challenge_token.expose_secret(), factor, same_origin, &client)
+        .await?;
+    if let (LoginOutcome::Authenticated { credentials: IssuedCredentials::Cookie { .. }, .. }, Some(old)) =
+        (&outcome, old_cookie)
+    {
+        state.app.end_cookie_session(&old).await?;
+    }
+    Ok(outcome_response(outcome))
+}
+
+/// A login's challenge token.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChallengeBody {
+    #[schema(value_type = String, min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
+    challenge_token: SecretString,
+}
+
+/// The WebAuthn assertion options for answering a login's challenge with a passkey: pass them to
+/// `navigator.credentials.get`, then send the result to `POST /v1/auth/mfa/verify`.
+#[utoipa::path(post, path = "/v1/auth/mfa/passkey-options", tag = "auth", operation_id = "mfa_passkey_options",
+    security(()), request_body = ChallengeBody,
+    responses((status = 200, description = "`PublicKeyCredentialRequestOptions` (as webauthn-json).",
+        body = Object)))]
+pub(crate) async fn mfa_passkey_options(
+    State(state): State<AppState>,
+    Json(body): Json<ChallengeBody>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    Ok(axum::Json(state.app.login_passkey_options(body.challenge_token.expose_secret()).await?))
+}
+
+/// A re-authentication: the password and a second factor (if the account has one), or a passkey
+/// alone (`passkey_challenge_token` from `POST /v1/auth/reauthenticate/passkey-options`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReauthenticateBody {
+    #[schema(value_type = Option<String>, format = Password)]
+    password: Option<SecretString>,
+    method: Option<FactorMethod>,
+    #[schema(value_type = Option<String>, max_length = 64)]
+    code: Option<SecretString>,
+    #[schema(value_type = Option<Object>)]
+    credential: Option<serde_json::Value>,
+    #[schema(value_type = Option<String>, min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
+    passkey_challenge_token: Option<SecretString>,
+}
+
+/// Proves the caller's identity again, so that sensitive actions (which answer 401
+/// `reauthentication-required` when the last proof is too old) may go ahead.
+#[utoipa::path(post, path = "/v1/auth/reauthenticate", tag = "auth", operation_id = "reauthenticate",
+    security(("bearer" = []), ("session_cookie" = [])), request_body = ReauthenticateBody,
+    responses((status = 204, description = "The session is freshly authenticated.")))]
+pub(crate) async fn reauthenticate(
+    State(state): State<AppState>,
+    Client(client): Client,
+    Enrolling(principal): Enrolling,
+    Json(body): Json<ReauthenticateBody>,
+) -> Result<StatusCode, ApiError> {
+    let factor = match body.method {
+        Some(method) => Some(FactorBody { method, code: body.code, credential: body.credential }.factor()?),
+        None => None,
+    };
+    let challenge = body.passkey_challenge_token.as_ref().map(|t| t.expose_secret());
+    state.app.reauthenticate(&principal, body.password, factor, challenge, &client).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A passkey assertion for re-authentication.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PasskeyOptionsResponse {
+    /// Send back with the ceremony's result.
+    challenge_token: String,
+    /// For `navigator.credentials.get` / `create` (as webauthn-json).
+    #[schema(value_type = Object)]
+    options: serde_json::Value,
+}
+
+impl std::fmt::Debug for PasskeyOptionsResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasskeyOptionsResponse(..)")
+    }
+}
+
+impl From<portcullis_app::PasskeyOptions> for PasskeyOptionsResponse {
+    fn from(options: portcullis_app::PasskeyOptions) -> Self {
+        Self { challenge_token: options.challenge.expose().to_owned(), options: options.options }
+    }
+}
+
+/// Starts re-authenticating the caller's session with a passkey.
+#[utoipa::path(post, path = "/v1/auth/reauthenticate/passkey-options", tag = "auth",
+    operation_id = "reauthenticate_passkey_options",
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses((status = 200, description = "Assertion options and their challenge.", body = PasskeyOptionsResponse)))]
+pub(crate) async fn reauthenticate_passkey_options(
+    State(state): State<AppState>,
+    Enrolling(principal): Enrolling,
+) -> Result<axum::Json<PasskeyOptionsResponse>, ApiError> {
+    Ok(axum::Json(state.app.reauthentication_passkey_options(&principal).await?.into()))
 }
 
 /// A refresh token.
@@ -245,7 +447,7 @@ fn clear_cookie(mut response: Response) -> Response {
     responses((status = 204, description = "Logged out.")))]
 pub(crate) async fn logout(
     State(state): State<AppState>,
-    Authenticated(principal): Authenticated,
+    Enrolling(principal): Enrolling,
 ) -> Result<Response, ApiError> {
     state.app.logout(&principal).await?;
     Ok(clear_cookie(StatusCode::NO_CONTENT.into_response()))
@@ -257,7 +459,7 @@ pub(crate) async fn logout(
     responses((status = 204, description = "Every session ended.")))]
 pub(crate) async fn logout_all(
     State(state): State<AppState>,
-    Authenticated(principal): Authenticated,
+    Enrolling(principal): Enrolling,
 ) -> Result<Response, ApiError> {
     state.app.logout_all(&principal).await?;
     Ok(clear_cookie(StatusCode::NO_CONTENT.into_response()))

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::auth::Authenticated;
+use crate::auth::{Authenticated, Enrolling};
 use crate::error::ApiError;
 use crate::extract::Json;
 
@@ -59,7 +59,7 @@ impl From<Profile> for ProfileResponse {
     responses((status = 200, description = "The profile.", body = ProfileResponse)))]
 pub(crate) async fn me(
     State(state): State<AppState>,
-    Authenticated(principal): Authenticated,
+    Enrolling(principal): Enrolling,
 ) -> Result<axum::Json<ProfileResponse>, ApiError> {
     Ok(axum::Json(state.app.my_profile(&principal).await?.into()))
 }
