@@ -613,7 +613,7 @@ impl App {
     }
 
     /// Refuses unless `grants` cover every grant of `user`'s role: an admin cannot act on an owner.
-    fn outranks(&self, grants: &[portcullis_domain::Grant], user: &User) -> Result<(), AppError> {
+    pub(crate) fn outranks(&self, grants: &[portcullis_domain::Grant], user: &User) -> Result<(), AppError> {
         if holds_all(grants, &self.inner.role_grants.of(user.role)) {
             Ok(())
         } else {

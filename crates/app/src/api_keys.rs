@@ -1011,6 +1011,11 @@ impl App {
             });
         }
         let principal = self.authenticate_bearer(token).ok()?;
+        // A session that must still enroll a second factor is no login a resource server should
+        // honour: it may only enroll one, here.
+        if principal.mfa_enrollment_required {
+            return None;
+        }
         // The account must still be active (its sessions end when it is disabled; this also covers
         // the moments before that revocation reaches this node).
         self.person_grants(&principal).await.ok()?;

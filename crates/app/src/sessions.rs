@@ -496,12 +496,13 @@ impl App {
                 Err(AppError::Unauthenticated)
             }
             RefreshSpend::Spent(session_id) => {
-                let session = tx.session(session_id).await?.ok_or(AppError::Unauthenticated)?;
+                let mut session = tx.session(session_id).await?.ok_or(AppError::Unauthenticated)?;
                 if !session.is_live(self.inner.settings.accounts.sessions, now)
                     || self.inner.revoked.contains(session.id)
                 {
                     return Err(AppError::Unauthenticated);
                 }
+                self.recheck_enrollment(tx.as_mut(), &mut session).await?;
                 let refresh_token = SecretToken::generate()?;
                 tx.insert_refresh_token(session.id, &refresh_token.hash(), now).await?;
                 tx.touch_session(session.id, now).await?;
@@ -554,9 +555,11 @@ impl App {
         {
             return Err(AppError::Unauthenticated);
         }
+        let mut session = session;
         if now.as_unix_millis() - session.last_seen_at.as_unix_millis() >= TOUCH_INTERVAL_MILLIS {
             let mut tx = self.inner.store.begin().await?;
             tx.touch_session(session.id, now).await?;
+            self.recheck_enrollment(tx.as_mut(), &mut session).await?;
             tx.commit().await?;
         }
         Ok(Principal {

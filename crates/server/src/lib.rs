@@ -333,7 +333,8 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
 }
 
 /// Until shutdown: every few seconds forgets rate limit budgets that are full again (bounding memory
-/// under a flood of distinct addresses), and each minute records what was refused as security events.
+/// under a flood of distinct addresses), and each minute records what was refused as security events
+/// and drops login failure records and second-factor challenges that have run out.
 async fn rate_limit_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
     const SWEEP_SECS: u64 = 5;
     let mut interval = tokio::time::interval(Duration::from_secs(SWEEP_SECS));
@@ -351,6 +352,9 @@ async fn rate_limit_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
                     }
                     if let Err(error) = app.purge_login_throttles().await {
                         tracing::warn!(error = %portcullis_domain::error_chain(&error), "purging login failure records failed");
+                    }
+                    if let Err(error) = app.purge_mfa_challenges().await {
+                        tracing::warn!(error = %portcullis_domain::error_chain(&error), "purging second-factor challenges failed");
                     }
                 }
             }

@@ -23,11 +23,14 @@ const PROBES: [&str; 2] = ["/healthz", "/readyz"];
 /// The routes that prove who someone is (POST): the stricter per-address budget applies to them.
 /// Changing the password proves the current one, so a stolen session guesses at the same pace; a
 /// second factor and a re-authentication are guesses too.
-const AUTH_ROUTES: [&str; 9] = [
+const AUTH_ROUTES: [&str; 12] = [
     "/v1/me/password",
     "/v1/auth/login",
     "/v1/auth/mfa/verify",
+    "/v1/auth/mfa/passkey-options",
     "/v1/auth/reauthenticate",
+    "/v1/auth/reauthenticate/passkey-options",
+    "/v1/me/mfa/totp/{id}/confirm",
     "/v1/auth/signup",
     "/v1/auth/password/forgot",
     "/v1/auth/password/reset",

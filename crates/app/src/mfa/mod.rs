@@ -268,11 +268,17 @@ impl App {
         }
         let method = factor.method();
         let mut tx = self.inner.store.begin().await?;
+        // Each answer reserves one of the challenge's tries before it is checked, in the transaction
+        // that checks it: answers sent in parallel cannot all slip under the limit. The try stays
+        // spent when the answer is wrong; a right one closes the challenge below.
+        let max = self.inner.settings.mfa.max_challenge_failures;
+        let tries = tx.fail_mfa_challenge(&hash, max + 1).await?;
+        if tries == 0 || tries > max {
+            tx.commit().await?;
+            return Err(AppError::InvalidToken);
+        }
         let checked = self.prove_factor(tx.as_mut(), &user, factor, open.ceremony.as_deref()).await?;
         if checked != Assertion::Accepted {
-            drop(tx);
-            let mut tx = self.inner.store.begin().await?;
-            tx.fail_mfa_challenge(&hash, self.inner.settings.mfa.max_challenge_failures).await?;
             tx.commit().await?;
             self.second_factor_failed(&user, method, checked, None, client, "user.login.failed").await?;
             return Err(AppError::InvalidSecondFactor);
@@ -440,8 +446,12 @@ impl App {
             }
             None => None,
         };
+        let throttle = tx.login_throttle(&self.email_subject(&user.email)?).await?;
         tx.rollback().await?;
         self.spend_identifier_budget(user.email.as_str()).await?;
+        // A locked identifier is locked here too, from anywhere: a held session must not become a
+        // way to keep guessing the password or the second factor.
+        self.refuse_if_locked(throttle.as_ref())?;
         let passkey_alone = password.is_none() && matches!(factor, Some(SecondFactor::Passkey(_)));
         let mut proven = AuthMethods::default();
         if !passkey_alone {
@@ -586,16 +596,58 @@ impl App {
         Ok(Some(self.replace_recovery_codes(tx, principal.user_id, now).await?))
     }
 
+    /// Brings a session's "must enroll a second factor" mark up to date inside `tx`: a policy
+    /// switched on (a role given, an organization's policy, a membership) reaches sessions opened
+    /// before it at their next refresh (bearer) or within a minute (cookie), not only at the next
+    /// login. A multi-factor session is never marked.
+    pub(crate) async fn recheck_enrollment(
+        &self,
+        tx: &mut dyn StoreTx,
+        session: &mut portcullis_domain::Session,
+    ) -> Result<(), AppError> {
+        if session.amr.is_multi_factor() {
+            return Ok(());
+        }
+        let Some(user) = self.load_user(tx, session.user_id).await? else { return Ok(()) };
+        let required =
+            self.mfa_required_for(tx, &user).await? && !self.mfa_inventory(tx, user.id).await?.any();
+        // An account that has a factor but a password-only session (opened before the factor) is not
+        // "without a factor": step-up covers it.
+        if required != session.mfa_enrollment_required {
+            tx.set_session_authentication(
+                session.id,
+                &session.amr.as_stored(),
+                session.mfa_level,
+                session.authenticated_at,
+                required,
+            )
+            .await?;
+            session.mfa_enrollment_required = required;
+        }
+        Ok(())
+    }
+
+    /// Deletes second-factor challenges that expired (they can no longer be answered); the server
+    /// calls this each minute. Returns how many.
+    pub async fn purge_mfa_challenges(&self) -> Result<u64, AppError> {
+        let mut tx = self.inner.store.begin().await?;
+        let purged = tx.purge_mfa_challenges(self.now()).await?;
+        tx.commit().await?;
+        Ok(purged)
+    }
+
     /// Removes every second factor of an account (it lost its devices). Needs `users:write`; the
     /// account's sessions end, since one of them may be the person who took the devices.
     pub async fn admin_reset_mfa(&self, principal: &Principal, id: &str) -> Result<u64, AppError> {
+        // A person who logged in, never an API key: this takes an account's second factor away.
+        principal.require_session()?;
         let user_id = UserId::parse(id).map_err(|_| AppError::NotFound)?;
-        self.require(principal, "users:write", Resource::default()).await?;
+        let grants = self.require(principal, "users:write", Resource::default()).await?;
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
-        if tx.user_by_id(user_id).await?.is_none() {
-            return Err(AppError::NotFound);
-        }
+        let user = self.load_user(tx.as_mut(), user_id).await?.ok_or(AppError::NotFound)?;
+        // An administrator cannot strip an owner's factors.
+        self.outranks(&grants, &user)?;
         let removed = tx.delete_all_factors(user_id).await?;
         let revoked = crate::sessions::revoke_sessions_in(
             tx.as_mut(),
@@ -621,6 +673,7 @@ impl App {
         id: &str,
         required: bool,
     ) -> Result<(), AppError> {
+        principal.require_session()?;
         let organization = OrganizationId::parse(id).map_err(|_| AppError::NotFound)?;
         self.require_in(principal, "orgs:write", organization).await?;
         let mut tx = self.inner.store.begin().await?;

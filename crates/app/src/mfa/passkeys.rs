@@ -128,6 +128,8 @@ impl App {
     ) -> Result<(MfaDeviceId, Option<RecoveryCodes>), AppError> {
         let session = principal.require_session()?;
         let webauthn = self.webauthn()?;
+        // Again at the finish (see `confirm_totp`): the account may have gained a factor since.
+        self.require_recent_auth(principal).await?;
         let name = parse_device_name(name).map_err(|e| AppError::invalid("/name", e))?;
         let response: RegisterPublicKeyCredential = serde_json::from_value(credential)
             .map_err(|_| AppError::invalid("/credential", "is not a WebAuthn registration response"))?;
@@ -151,6 +153,10 @@ impl App {
             AppError::invalid("/credential", "the authenticator's response does not verify")
         })?;
         let had_factor = self.mfa_inventory(tx.as_mut(), principal.user_id).await?.any();
+        // Again here: several registrations may have been started while under the limit.
+        if tx.passkeys_of(principal.user_id).await?.len() >= MAX_PASSKEYS {
+            return Err(AppError::invalid("", "this account already has 10 passkeys; remove one first"));
+        }
         let id = MfaDeviceId::from_random_bytes(random_id_bytes()?);
         let stored = StoredPasskey {
             id,
@@ -172,6 +178,7 @@ impl App {
             .target("mfa_device", id)
             .detail("recovery_codes_issued", codes.is_some());
         self.commit_audited(tx, [entry]).await?;
+        self.factor_added(principal).await?;
         Ok((id, codes))
     }
 
@@ -185,12 +192,15 @@ impl App {
     pub async fn login_passkey_options(&self, challenge: &str) -> Result<serde_json::Value, AppError> {
         let webauthn = self.webauthn()?;
         let hash = hash_token(challenge);
-        let mut tx = self.inner.store.begin().await?;
+        // Read first: a caller with a made-up token must not take the (SQLite) writer.
+        let mut tx = self.inner.store.begin_read().await?;
         let open = tx.mfa_challenge(&hash, self.now()).await?.ok_or(AppError::InvalidToken)?;
+        tx.rollback().await?;
         let purpose = ChallengePurpose::parse(&open.purpose, open.session_id);
         if !matches!(purpose, Some(ChallengePurpose::LoginBearer | ChallengePurpose::LoginCookie)) {
             return Err(AppError::InvalidToken);
         }
+        let mut tx = self.inner.store.begin().await?;
         let options = self.start_assertion(tx.as_mut(), webauthn, open.user_id, &hash).await?;
         tx.commit().await?;
         Ok(options)

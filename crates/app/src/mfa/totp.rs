@@ -120,6 +120,10 @@ impl App {
     ) -> Result<Option<RecoveryCodes>, AppError> {
         principal.require_session()?;
         let id = MfaDeviceId::parse(id).map_err(|_| AppError::NotFound)?;
+        // Again, not only when the enrollment started: a password-only session that started one
+        // before the owner enrolled their own factor must not finish it now (it would plant its
+        // own authenticator and turn itself multi-factor).
+        self.require_recent_auth(principal).await?;
         let params = self.inner.settings.mfa.totp;
         let code = params
             .normalize_code(code.expose_secret())
@@ -127,8 +131,12 @@ impl App {
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
         let devices = tx.totp_devices_of(principal.user_id).await?;
-        let device =
-            devices.iter().find(|d| d.id == id && d.confirmed_at.is_none()).ok_or(AppError::NotFound)?;
+        let device = devices
+            .iter()
+            .find(|d| d.id == id && d.confirmed_at.is_none())
+            // An enrollment left waiting longer than an hour is gone, whether or not swept yet.
+            .filter(|d| d.created_at.as_unix_millis() >= now.as_unix_millis() - UNCONFIRMED_TTL_MILLIS)
+            .ok_or(AppError::NotFound)?;
         let step = self.matching_step(tx.as_mut(), device, &code, now).await?;
         let Some(step) = step else {
             return Err(AppError::invalid("/code", "is not the current code of this authenticator"));
@@ -142,7 +150,26 @@ impl App {
             .target("mfa_device", id)
             .detail("recovery_codes_issued", codes.is_some());
         self.commit_audited(tx, [entry]).await?;
+        self.factor_added(principal).await?;
         Ok(codes)
+    }
+
+    /// Tells the owner a sign-in method was added: if it was not them, someone holding their session
+    /// just bound a device of their own to the account.
+    pub(crate) async fn factor_added(&self, principal: &Principal) -> Result<(), AppError> {
+        let mut tx = self.inner.store.begin_read().await?;
+        let user = self.load_user(tx.as_mut(), principal.user_id).await?;
+        tx.rollback().await?;
+        if let Some(user) = user {
+            self.send_later(crate::mail::OutgoingEmail {
+                to: user.email,
+                subject: "A sign-in method was added".into(),
+                text: "An authenticator or passkey was just added to your account. If you did not do \
+                       this, reset your password and contact your administrator now.\n"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// Removes an authenticator. Needs a recent authentication; the owner is told by email.

@@ -125,6 +125,8 @@ async fn a_challenge_is_single_use_expires_and_closes_after_five_wrong_answers()
     e.t.clock.advance_millis(5 * MINUTE);
     let late = verify(&e, &expiring, SecondFactor::Totp(code_at(&e.totp, now(&e.t)))).await;
     assert!(matches!(late, Err(AppError::InvalidToken)), "{late:?}");
+    // Expired challenges are swept (the server does so each minute).
+    assert!(e.t.app.purge_mfa_challenges().await.unwrap() >= 1);
 
     let guessed = challenge(&e.t.app, LoginMode::Bearer).await;
     for _ in 0..5 {
@@ -296,7 +298,12 @@ async fn an_organization_can_require_a_second_factor_of_its_members() {
         .await
         .unwrap();
     assert!(!t.app.admin_organization_mfa(&owner, &org.id.to_string()).await.unwrap());
+    let before = login_bearer(&t.app, ALICE, PASSWORD).await;
+    assert!(!t.app.authenticate_bearer(&before.access).unwrap().mfa_enrollment_required);
     t.app.admin_set_organization_mfa(&owner, &org.id.to_string(), true).await.unwrap();
+    // A session opened before the policy is held to it from its next refresh.
+    let (access, _) = bearer_tokens(t.app.refresh(&before.refresh, &client()).await.unwrap());
+    assert!(t.app.authenticate_bearer(&access).unwrap().mfa_enrollment_required);
     assert!(t.app.admin_organization_mfa(&owner, &org.id.to_string()).await.unwrap());
     let login = login_bearer(&t.app, ALICE, PASSWORD).await;
     assert!(t.app.authenticate_bearer(&login.access).unwrap().mfa_enrollment_required);
