@@ -84,7 +84,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, AppError> {
 impl App {
     fn webauthn(&self) -> Result<&Webauthn, AppError> {
         self.inner.webauthn.as_ref().ok_or(AppError::NotAvailable(
-            "passkeys need server.public_url to name a domain (or mfa.passkeys.rp_id)",
+            "passkeys need http.public_url to name a domain (and mfa.passkey_rp_id, if set, to be one of its suffixes)",
         ))
     }
 
