@@ -83,13 +83,19 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
             .login("fuzz@example.com", SecretString::from(password), LoginMode::Bearer, &client)
             .await
             .expect("a login");
-        let LoginOutcome::Authenticated { session_id, user_id, credentials } = outcome;
+        let LoginOutcome::Authenticated { session_id, user_id, credentials } = outcome else {
+            panic!("the fuzz account has no second factor")
+        };
         let IssuedCredentials::Bearer { access_token, .. } = credentials else {
             panic!("a bearer login gave a cookie")
         };
         let kid = app.jwks()["keys"][0]["kid"].as_str().expect("a kid in the JWKS").to_owned();
-        let principal =
-            Principal { user_id, kind: PrincipalKind::Person, credential: Credential::Bearer(session_id) };
+        let principal = Principal {
+            user_id,
+            kind: PrincipalKind::Person,
+            credential: Credential::Bearer(session_id),
+            mfa_enrollment_required: false,
+        };
         (app, access_token, principal, kid)
     });
     let (app, token, principal, kid) = fixture;

@@ -569,6 +569,8 @@ impl App {
         let mut tx = self.inner.store.begin().await?;
         tx.set_password_hash(user.id, hash, now).await?;
         tx.void_one_time_tokens(user.id, OneTimePurpose::PasswordReset, now).await?;
+        // A login that proved the old password and waits for its second factor ends here too.
+        tx.delete_login_challenges_of(user.id).await?;
         let revoked = revoke_sessions_in(tx.as_mut(), user.id, keep, reason, now).await?;
         let audit = audit.target("user", user.id).detail("revoked_sessions", revoked.len());
         self.commit_audited(tx, [audit]).await?;
@@ -656,6 +658,7 @@ impl App {
         self.check_password_rules(&new, Some(&user.email), user.display_name.as_ref())
             .map_err(|rule| AppError::invalid("/new_password", rule))?;
         tx.set_password_hash(user.id, &hash, now).await?;
+        tx.delete_login_challenges_of(user.id).await?;
         tx.void_one_time_tokens(user.id, OneTimePurpose::PasswordReset, now).await?;
         // Proving control of the mailbox ends a lockout: guessing cannot keep the owner out.
         let lockout_cleared = self.clear_lockout_in(tx.as_mut(), &user.email).await?;

@@ -485,6 +485,16 @@ impl MfaStore for PostgresTx {
         self.changed(result)
     }
 
+    async fn delete_login_challenges_of(&mut self, user: UserId) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "DELETE FROM mfa_challenges WHERE user_id = $1 AND purpose IN ('login_bearer', 'login_cookie')",
+        )
+        .bind(user.to_string())
+        .execute(&mut *self.tx)
+        .await;
+        self.changed(result)
+    }
+
     async fn set_organization_requires_mfa(
         &mut self,
         organization: OrganizationId,

@@ -644,6 +644,10 @@ pub const CHECKS: &[Check] = &[
         run: |s| Box::pin(mfa::purging_mfa_challenges_takes_those_expired_before_the_instant(s)),
     },
     Check {
+        name: "deleting_an_accounts_login_challenges_leaves_other_accounts_alone",
+        run: |s| Box::pin(mfa::deleting_an_accounts_login_challenges_leaves_other_accounts_alone(s)),
+    },
+    Check {
         name: "an_organization_requires_mfa_once_set_and_its_members_are_found",
         run: |s| Box::pin(mfa::an_organization_requires_mfa_once_set_and_its_members_are_found(s)),
     },

@@ -603,6 +603,31 @@ pub async fn purging_mfa_challenges_takes_those_expired_before_the_instant(store
     ensure_eq("purged later", &purged_all, &2)
 }
 
+/// A password change ends an account's pending login challenges, and only that account's.
+pub async fn deleting_an_accounts_login_challenges_leaves_other_accounts_alone(store: &dyn Store) -> Outcome {
+    migrated(store).await?;
+    let (alice, bob) = (user(1, "alice@example.com"), user(2, "bob@example.com"));
+    write_users(store, &[alice.clone(), bob.clone()]).await?;
+    let bearer = challenge(1, alice.id, ChallengePurpose::LoginBearer, 0, 100);
+    let cookie = challenge(2, alice.id, ChallengePurpose::LoginCookie, 0, 100);
+    let theirs = challenge(3, bob.id, ChallengePurpose::LoginBearer, 0, 100);
+    write_challenges(store, &[bearer.clone(), cookie.clone(), theirs.clone()]).await?;
+
+    let mut tx = store.begin().await.step("begin")?;
+    let deleted = tx.delete_login_challenges_of(alice.id).await.step("delete alice's")?;
+    let again = tx.delete_login_challenges_of(alice.id).await.step("delete again")?;
+    let bearer_left = tx.mfa_challenge(&bearer.hash, at(1)).await.step("read the bearer one")?;
+    let cookie_left = tx.mfa_challenge(&cookie.hash, at(1)).await.step("read the cookie one")?;
+    let theirs_left = tx.mfa_challenge(&theirs.hash, at(1)).await.step("read bob's")?;
+    tx.commit().await.step("commit")?;
+
+    ensure_eq("deleted", &deleted, &2)?;
+    ensure_eq("deleted again", &again, &0)?;
+    ensure_eq("alice's bearer challenge", &bearer_left, &None)?;
+    ensure_eq("alice's cookie challenge", &cookie_left, &None)?;
+    ensure_eq("bob's challenge", &theirs_left, &Some(theirs))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Organizations, sessions, reset
 // ---------------------------------------------------------------------------------------------

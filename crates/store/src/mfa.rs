@@ -176,6 +176,10 @@ pub trait MfaStore {
     /// Deletes challenges that expired before `before`; returns how many.
     async fn purge_mfa_challenges(&mut self, before: Timestamp) -> Result<u64, StoreError>;
 
+    /// Deletes `user`'s pending login challenges (their password just changed: a login that proved the
+    /// old one must not finish); returns how many.
+    async fn delete_login_challenges_of(&mut self, user: UserId) -> Result<u64, StoreError>;
+
     /// Sets whether an organization requires its members to use a second factor; returns false if it
     /// does not exist.
     async fn set_organization_requires_mfa(

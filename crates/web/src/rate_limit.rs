@@ -23,7 +23,8 @@ const PROBES: [&str; 2] = ["/healthz", "/readyz"];
 /// The routes that prove who someone is (POST): the stricter per-address budget applies to them.
 /// Changing the password proves the current one, so a stolen session guesses at the same pace; a
 /// second factor and a re-authentication are guesses too.
-const AUTH_ROUTES: [&str; 12] = [
+const AUTH_ROUTES: [&str; 13] = [
+    "/v1/auth/passkey/options",
     "/v1/me/password",
     "/v1/auth/login",
     "/v1/auth/mfa/verify",

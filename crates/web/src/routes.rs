@@ -55,6 +55,7 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
         // Public: a login's second factor (its challenge token is the credential).
         .routes(routes!(auth::mfa_verify))
         .routes(routes!(auth::mfa_passkey_options))
+        .routes(routes!(auth::passkey_login_options))
         // Authenticated (bearer token, or session cookie + CSRF token): the caller's own session.
         .routes(routes!(auth::logout))
         .routes(routes!(auth::logout_all))

@@ -43,6 +43,8 @@ pub struct MfaSettings {
     /// How recent a session's last authentication must be for sensitive actions (10 minutes).
     pub reauthentication_max_age_secs: i64,
     pub passkeys: PasskeySettings,
+    /// Whether a passkey alone may log in (no password): `POST /v1/auth/passkey/options`.
+    pub passkey_login: bool,
 }
 
 impl Default for MfaSettings {
@@ -55,6 +57,7 @@ impl Default for MfaSettings {
             max_challenge_failures: 5,
             reauthentication_max_age_secs: 600,
             passkeys: PasskeySettings::default(),
+            passkey_login: false,
         }
     }
 }
@@ -114,6 +117,16 @@ pub struct MfaFactors {
     pub recovery_codes_left: u64,
     /// Whether the account must use a second factor (by role or organization).
     pub required: bool,
+}
+
+/// A refused second factor, as [`App::second_factor_failed`] records it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Failure {
+    pub method: MfaMethod,
+    pub checked: Assertion,
+    pub session: Option<SessionId>,
+    /// Whether it counts toward the identifier's lockout (not for a passwordless passkey login).
+    pub count: bool,
 }
 
 /// What an account holds, as the login needs it.
@@ -232,6 +245,23 @@ impl App {
         same_origin: bool,
         client: &ClientContext,
     ) -> Result<LoginOutcome, AppError> {
+        let passkey = factor.method() == MfaMethod::Passkey;
+        match self.answer_login_challenge(challenge, factor, same_origin, client).await {
+            // A passkey answer to a challenge that is unknown, spent or closed reads as a refused
+            // passkey: a passwordless login's made-up challenge (for an address without an account)
+            // must answer exactly as a real one does.
+            Err(AppError::InvalidToken) if passkey => Err(AppError::InvalidSecondFactor),
+            other => other,
+        }
+    }
+
+    async fn answer_login_challenge(
+        &self,
+        challenge: &str,
+        factor: SecondFactor,
+        same_origin: bool,
+        client: &ClientContext,
+    ) -> Result<LoginOutcome, AppError> {
         let hash = hash_token(challenge);
         let now = self.now();
         let mut tx = self.inner.store.begin_read().await?;
@@ -257,16 +287,25 @@ impl App {
             None => false,
         };
         tx.rollback().await?;
+        let method = factor.method();
+        let before = AuthMethods::parse(&open.amr).unwrap_or_default();
+        // A passwordless login's challenge proves nothing yet: only a passkey (two factors by
+        // itself) may answer it, never a code.
+        let passwordless = !before.password;
+        if passwordless && method != MfaMethod::Passkey {
+            return Err(AppError::InvalidSecondFactor);
+        }
         // The same guessing limits as the password: the identifier's budget, and its lockout (with
-        // the same exception for an address the account logged in from before).
+        // the same exception for an address the account logged in from before). A passkey cannot be
+        // guessed, so a passwordless login is not held by a lockout that guessers of the password
+        // caused, nor counts toward one.
         self.spend_identifier_budget(user.email.as_str()).await?;
-        if !known_address {
+        if !known_address && !passwordless {
             self.refuse_if_locked(throttle.as_ref())?;
         }
         if user.status != UserStatus::Active {
             return Err(AppError::InvalidToken);
         }
-        let method = factor.method();
         let mut tx = self.inner.store.begin().await?;
         // Each answer reserves one of the challenge's tries before it is checked, in the transaction
         // that checks it: answers sent in parallel cannot all slip under the limit. The try stays
@@ -280,16 +319,20 @@ impl App {
         let checked = self.prove_factor(tx.as_mut(), &user, factor, open.ceremony.as_deref()).await?;
         if checked != Assertion::Accepted {
             tx.commit().await?;
-            self.second_factor_failed(&user, method, checked, None, client, "user.login.failed").await?;
+            let failure = Failure { method, checked, session: None, count: !passwordless };
+            self.second_factor_failed(&user, failure, client, "user.login.failed").await?;
             return Err(AppError::InvalidSecondFactor);
         }
         // Closing the challenge is the condition: of two answers racing, one opens a session.
         if tx.spend_mfa_challenge(&hash, now).await?.is_none() {
             return Err(AppError::InvalidToken);
         }
-        let proven = AuthMethods::parse(&open.amr).unwrap_or_default().with(method);
+        let proven = before.with(method);
         let extra = self.factor_used_entries(&user, method);
-        let outcome = self.establish_login(tx, &user, mode, client, proven, Some(subject), extra).await?;
+        // A passkey login leaves the password's failure count alone: a guesser of the password
+        // keeps the lockout they earned.
+        let clear = (!passwordless).then_some(subject);
+        let outcome = self.establish_login(tx, &user, mode, client, proven, clear, extra).await?;
         if method == MfaMethod::RecoveryCode
             && let LoginOutcome::Authenticated { session_id, .. } = &outcome
         {
@@ -324,12 +367,11 @@ impl App {
     pub(crate) async fn second_factor_failed(
         &self,
         user: &User,
-        method: MfaMethod,
-        checked: Assertion,
-        session: Option<SessionId>,
+        failure: Failure,
         client: &ClientContext,
         action: &'static str,
     ) -> Result<(), AppError> {
+        let Failure { method, checked, session, count } = failure;
         if checked == Assertion::CounterRegressed {
             self.record_security_event_with(
                 SecurityEventKind::PasskeyCounterRegressed,
@@ -355,6 +397,9 @@ impl App {
             [refused],
         )
         .await?;
+        if !count {
+            return Ok(());
+        }
         let subject = self.email_subject(&user.email)?;
         self.count_login_failure(subject, Some(user.id), client).await
     }
@@ -496,15 +541,14 @@ impl App {
             let checked = self.prove_factor(tx.as_mut(), &user, factor, ceremony_state).await?;
             if checked != Assertion::Accepted {
                 drop(tx);
-                self.second_factor_failed(
-                    &user,
-                    method,
-                    checked,
-                    Some(session),
-                    client,
-                    "session.reauthenticated",
-                )
-                .await?;
+                if let Some((hash, _)) = &ceremony {
+                    // A passkey challenge of a re-authentication has its tries like a login's.
+                    let mut tx = self.inner.store.begin().await?;
+                    tx.fail_mfa_challenge(hash, self.inner.settings.mfa.max_challenge_failures).await?;
+                    tx.commit().await?;
+                }
+                let failure = Failure { method, checked, session: Some(session), count: true };
+                self.second_factor_failed(&user, failure, client, "session.reauthenticated").await?;
                 return Err(AppError::InvalidSecondFactor);
             }
             if let Some((hash, _)) = &ceremony
@@ -663,6 +707,14 @@ impl App {
             .detail("revoked_sessions", revoked.len());
         self.commit_audited(tx, [entry]).await?;
         self.forget_sessions(&revoked, now);
+        self.send_later(crate::mail::OutgoingEmail {
+            to: user.email,
+            subject: "Your sign-in methods were reset".into(),
+            text: "An administrator just removed every authenticator, passkey and recovery code from your \
+                   account and ended its sessions; you can log in with your password and set them up \
+                   again. If you did not ask for this, contact your administrator now.\n"
+                .into(),
+        });
         Ok(removed)
     }
 

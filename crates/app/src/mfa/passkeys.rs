@@ -4,8 +4,11 @@
 //! factors on its own; a signature counter that goes backwards refuses the assertion and raises a
 //! security event (a cloned authenticator).
 
-use portcullis_domain::{ChallengePurpose, MfaDeviceId, MfaMethod, UserId, parse_device_name};
+use portcullis_domain::{
+    AuthMethods, ChallengePurpose, Email, MfaDeviceId, MfaMethod, UserId, UserStatus, parse_device_name,
+};
 use portcullis_store::{StoreError, StoreTx, StoredPasskey};
+use sha2::{Digest, Sha256};
 use webauthn_rs::prelude::{
     Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential,
     Url, Uuid, Webauthn, WebauthnBuilder, WebauthnError,
@@ -14,7 +17,7 @@ use webauthn_rs::prelude::{
 use super::RecoveryCodes;
 use crate::audit::AuditEntry;
 use crate::secret_token::{SecretToken, hash_token, random_id_bytes};
-use crate::{App, AppError, Principal};
+use crate::{App, AppError, LoginMode, Principal};
 
 /// Most passkeys one account may hold.
 const MAX_PASSKEYS: usize = 10;
@@ -82,6 +85,18 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, AppError> {
 }
 
 impl App {
+    /// The relying-party id passkeys are bound to (as the options name it).
+    fn passkey_rp_id(&self) -> Result<String, AppError> {
+        let settings = &self.inner.settings;
+        if let Some(id) = &settings.mfa.passkeys.rp_id {
+            return Ok(id.clone());
+        }
+        Url::parse(&settings.accounts.public_url)
+            .ok()
+            .and_then(|url| url.domain().map(str::to_owned))
+            .ok_or(AppError::NotAvailable("passkeys need http.public_url to name a domain"))
+    }
+
     fn webauthn(&self) -> Result<&Webauthn, AppError> {
         self.inner.webauthn.as_ref().ok_or(AppError::NotAvailable(
             "passkeys need http.public_url to name a domain (and mfa.passkey_rp_id, if set, to be one of its suffixes)",
@@ -204,6 +219,77 @@ impl App {
         let options = self.start_assertion(tx.as_mut(), webauthn, open.user_id, &hash).await?;
         tx.commit().await?;
         Ok(options)
+    }
+
+    /// Starts a passwordless login with a passkey (when `mfa.passkey_login` is on): assertion options
+    /// over the account's passkeys and a login challenge with nothing proven yet, which
+    /// `POST /v1/auth/mfa/verify` answers with the assertion (a passkey with user verification is two
+    /// factors by itself). An address with no account, or with no passkey, gets options of the same
+    /// shape for a made-up credential that no authenticator holds (stable per address), and a token
+    /// that matches nothing: the answer never tells which addresses have accounts (ASVS 6.3.8).
+    pub async fn start_passkey_login(
+        &self,
+        email: &str,
+        mode: LoginMode,
+    ) -> Result<PasskeyOptions, AppError> {
+        if !self.inner.settings.mfa.passkey_login {
+            return Err(AppError::NotAvailable("passwordless passkey login is off (mfa.passkey_login)"));
+        }
+        let webauthn = self.webauthn()?;
+        let address = Email::parse(email).map_err(|e| AppError::invalid("/email", e))?;
+        self.spend_identifier_budget(email).await?;
+        let mut tx = self.inner.store.begin_read().await?;
+        let user = self.find_user_by_email(tx.as_mut(), &address).await?;
+        let has_passkey = match &user {
+            Some(user) if user.status == UserStatus::Active => !tx.passkeys_of(user.id).await?.is_empty(),
+            _ => false,
+        };
+        tx.rollback().await?;
+        let Some(user) = user.filter(|_| has_passkey) else { return self.decoy_passkey_options(&address) };
+        let purpose = match mode {
+            LoginMode::Bearer => ChallengePurpose::LoginBearer,
+            LoginMode::Cookie => ChallengePurpose::LoginCookie,
+        };
+        let mut tx = self.inner.store.begin().await?;
+        let (challenge, _) =
+            self.open_challenge(tx.as_mut(), user.id, purpose, AuthMethods::default()).await?;
+        let options = self.start_assertion(tx.as_mut(), webauthn, user.id, &challenge.hash()).await?;
+        tx.commit().await?;
+        Ok(PasskeyOptions { challenge, options })
+    }
+
+    /// Options shaped like a real account's, for an address without one (or without a passkey).
+    fn decoy_passkey_options(&self, email: &Email) -> Result<PasskeyOptions, AppError> {
+        use webauthn_rs_proto::{
+            AllowCredentials, PublicKeyCredentialRequestOptions, RequestChallengeResponse,
+            UserVerificationPolicy,
+        };
+        // The made-up credential id is the same every time for an address, as a real one would be,
+        // and cannot be linked to the address without the blind-index key.
+        let subject = self.email_subject(email)?;
+        let id = Sha256::new_with_prefix(b"portcullis/passkey-decoy/v1\0").chain_update(subject).finalize();
+        let mut challenge = [0u8; 32];
+        getrandom::fill(&mut challenge).map_err(|e| AppError::Internal(Box::new(e)))?;
+        let options = RequestChallengeResponse {
+            public_key: PublicKeyCredentialRequestOptions {
+                challenge: challenge.to_vec(),
+                timeout: Some(
+                    u32::try_from(webauthn_rs::DEFAULT_AUTHENTICATOR_TIMEOUT.as_millis()).unwrap_or(300_000),
+                ),
+                rp_id: self.passkey_rp_id()?,
+                allow_credentials: vec![AllowCredentials {
+                    type_: "public-key".to_owned(),
+                    id: id.to_vec(),
+                    transports: None,
+                }],
+                user_verification: UserVerificationPolicy::Required,
+                hints: None,
+                extensions: None,
+            },
+            mediation: None,
+        };
+        let options = serde_json::to_value(&options).map_err(|e| AppError::Internal(Box::new(e)))?;
+        Ok(PasskeyOptions { challenge: SecretToken::generate()?, options })
     }
 
     /// Assertion options for re-authenticating the caller's session with a passkey.

@@ -1,4 +1,4 @@
-//! Recovery codes: ten single-use codes shown once, stored as SHA-256 digests (each has 120 bits,
+//! Recovery codes: ten single-use codes shown once, stored as SHA-256 digests (each has 140 bits,
 //! so a password hash would add nothing; ASVS 6.5.2), regenerated as a set.
 
 use portcullis_domain::{
@@ -82,9 +82,17 @@ impl App {
             ));
         }
         let codes = self.replace_recovery_codes(tx.as_mut(), principal.user_id, now).await?;
+        let user = self.load_user(tx.as_mut(), principal.user_id).await?.ok_or(AppError::Unauthenticated)?;
         let entry =
             AuditEntry::by(principal, "mfa.recovery_codes.regenerated").target("user", principal.user_id);
         self.commit_audited(tx, [entry]).await?;
+        self.send_later(crate::mail::OutgoingEmail {
+            to: user.email,
+            subject: "New recovery codes were made".into(),
+            text: "A new set of recovery codes was just made for your account; the old codes no longer \
+                   work. If you did not do this, reset your password and contact your administrator now.\n"
+                .into(),
+        });
         Ok(codes)
     }
 }

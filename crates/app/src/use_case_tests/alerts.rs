@@ -514,6 +514,13 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
 
 #[tokio::test]
 async fn the_sink_secret_never_appears_in_a_body_or_a_log_line() {
+    // tracing-core caches each callsite's interest. While only one dispatcher exists besides the
+    // global default, it computes that interest from the registering thread's own default, so a
+    // callsite first hit by another test's thread is cached as unwanted and this subscriber never
+    // sees it. A second, silent dispatcher kept for the whole run puts tracing-core in its
+    // many-dispatcher mode, where interest is computed from every live dispatcher.
+    static SILENT: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SILENT.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
     // A current-thread runtime: every task of this test logs through this thread's subscriber.
     let logs = LogBuffer::default();
     let subscriber = tracing_subscriber::fmt()

@@ -2,6 +2,7 @@
 //! totp-rs from the secret the enrollment showed), recovery codes, passkeys through webauthn-rs's
 //! software authenticator, the login challenge, lockout, policy and step-up.
 
+use portcullis_domain::mfa::RECOVERY_CODE_ALPHABET;
 use portcullis_domain::{BuiltinRole, MfaMethod, SecurityEventKind};
 use secrecy::ExposeSecret;
 use webauthn_authenticator_rs::WebauthnAuthenticator;
@@ -169,6 +170,15 @@ async fn wrong_second_factors_count_toward_the_lockout_and_raise_security_events
 async fn a_recovery_code_logs_in_once_tells_the_owner_and_regenerating_voids_the_old_set() {
     let e = enrolled().await;
     assert_eq!(e.codes.len(), 10);
+    // Seven groups of four symbols of the 32-symbol alphabet: 140 random bits each, all distinct.
+    for code in &e.codes {
+        let groups: Vec<&str> = code.split('-').collect();
+        assert_eq!(groups.len(), 7, "{code}");
+        assert!(groups.iter().all(|g| g.len() == 4), "{code}");
+        assert!(code.bytes().filter(|b| *b != b'-').all(|b| RECOVERY_CODE_ALPHABET.contains(&b)), "{code}");
+    }
+    let distinct: std::collections::BTreeSet<&String> = e.codes.iter().collect();
+    assert_eq!(distinct.len(), 10);
     let first = challenge(&e.t.app, LoginMode::Bearer).await;
     // Typed in lower case and without dashes still counts.
     let typed = e.codes[0].to_lowercase().replace('-', "");
@@ -177,11 +187,12 @@ async fn a_recovery_code_logs_in_once_tells_the_owner_and_regenerating_voids_the
     let again = challenge(&e.t.app, LoginMode::Bearer).await;
     let spent = verify(&e, &again, SecondFactor::RecoveryCode(secret(&e.codes[0]))).await;
     assert!(matches!(spent, Err(AppError::InvalidSecondFactor)), "{spent:?}");
-    let mail = e.t.mail.0.lock().unwrap().clone();
+    let mail = sent_mail(&e.t.mail).await;
     assert!(mail.iter().any(|m| m.subject == "A recovery code was used" && m.to.as_str() == ALICE));
     assert!(event_kinds_of(&e.t.app, e.alice.user_id).await.contains(&SecurityEventKind::RecoveryCodeUsed));
 
     let fresh = e.t.app.regenerate_recovery_codes(&e.alice).await.unwrap();
+    assert!(sent_mail(&e.t.mail).await.iter().any(|m| m.subject == "New recovery codes were made"));
     let fresh: Vec<String> = fresh.codes().map(str::to_owned).collect();
     let old = verify(&e, &again, SecondFactor::RecoveryCode(secret(&e.codes[1]))).await;
     assert!(matches!(old, Err(AppError::InvalidSecondFactor)), "{old:?}");
@@ -322,6 +333,7 @@ async fn an_administrator_reset_removes_every_factor_and_ends_the_sessions() {
     let refused = e.t.app.admin_reset_mfa(&e.alice, &owner.user_id.to_string()).await;
     assert!(matches!(refused, Err(AppError::Forbidden(_))), "{refused:?}");
     assert_eq!(e.t.app.admin_reset_mfa(&owner, &e.alice.user_id.to_string()).await.unwrap(), 1);
+    assert!(sent_mail(&e.t.mail).await.iter().any(|m| m.subject == "Your sign-in methods were reset"));
     let session = e.alice.session_id().unwrap();
     let mut tx = read_tx(&e.t.app).await;
     assert!(tx.session(session).await.unwrap().unwrap().revoked_at.is_some());
@@ -338,7 +350,8 @@ async fn removing_the_last_factor_removes_the_recovery_codes_and_tells_the_owner
     let factors = e.t.app.mfa_factors(&e.alice).await.unwrap();
     assert!(factors.devices.is_empty());
     assert_eq!(factors.recovery_codes_left, 0);
-    assert!(e.t.mail.0.lock().unwrap().iter().any(|m| m.subject == "A sign-in method was removed"));
+    assert!(sent_mail(&e.t.mail).await.iter().any(|m| m.subject == "A sign-in method was removed"));
+    assert!(sent_mail(&e.t.mail).await.iter().any(|m| m.subject == "A sign-in method was added"));
     login_bearer(&e.t.app, ALICE, PASSWORD).await;
 }
 
@@ -488,4 +501,142 @@ async fn a_passkey_alone_reauthenticates_a_session() {
         .await
         .unwrap();
     t.app.regenerate_recovery_codes(&alice).await.unwrap();
+}
+
+/// An app whose settings allow a passkey alone to log in.
+async fn passwordless_app() -> TestApp {
+    let mut settings = testing::settings();
+    settings.mfa.passkey_login = true;
+    app_with_settings(settings).await
+}
+
+/// Alice with a registered passkey (and her authenticator).
+async fn alice_with_passkey(t: &TestApp) -> (Principal, SoftPasskey) {
+    signup(&t.app, ALICE, PASSWORD).await;
+    let login = login_bearer(&t.app, ALICE, PASSWORD).await;
+    let alice = t.app.authenticate_bearer(&login.access).unwrap();
+    let mut authenticator = SoftPasskey::new(true);
+    register_passkey(t, &alice, &mut authenticator).await;
+    (alice, authenticator)
+}
+
+/// The authenticator's answer to passwordless options.
+fn answer(authenticator: &mut SoftPasskey, options: serde_json::Value) -> SecondFactor {
+    let options: RequestChallengeResponse = serde_json::from_value(options).unwrap();
+    let assertion = authenticator.do_authentication(Url::parse(ORIGIN).unwrap(), options).unwrap();
+    SecondFactor::Passkey(serde_json::to_value(assertion).unwrap())
+}
+
+#[tokio::test]
+async fn a_passkey_alone_logs_in_when_passwordless_login_is_on() {
+    let off = testing::app().await;
+    let refused = off.app.start_passkey_login(ALICE, LoginMode::Bearer).await;
+    assert!(matches!(refused, Err(AppError::NotAvailable(_))), "{refused:?}");
+
+    let t = passwordless_app().await;
+    let (alice, mut authenticator) = alice_with_passkey(&t).await;
+    let started = t.app.start_passkey_login(ALICE, LoginMode::Bearer).await.unwrap();
+    let factor = answer(&mut authenticator, started.options);
+    let outcome =
+        t.app.complete_login_mfa(started.challenge.expose(), factor, true, &client()).await.unwrap();
+    let claims = claims_of(&outcome);
+    assert_eq!(claims.amr, vec!["hwk", "mfa"]);
+    assert_eq!(claims.sub, alice.user_id.to_string());
+    // The challenge is spent: the same answer again is a refused passkey.
+    let started = t.app.start_passkey_login(ALICE, LoginMode::Bearer).await.unwrap();
+    let token = started.challenge.expose().to_owned();
+    let factor = answer(&mut authenticator, started.options);
+    t.app.complete_login_mfa(&token, factor, true, &client()).await.unwrap();
+    let replay = SecondFactor::Passkey(serde_json::json!({}));
+    let replay = t.app.complete_login_mfa(&token, replay, true, &client()).await;
+    assert!(matches!(replay, Err(AppError::InvalidSecondFactor)), "{replay:?}");
+}
+
+#[tokio::test]
+async fn a_passwordless_challenge_takes_no_code_and_ignores_the_password_lockout() {
+    let mut settings = testing::settings();
+    settings.mfa.passkey_login = true;
+    settings.lockout.max_failures = 2;
+    let t = app_with_settings(settings).await;
+    let (alice, mut authenticator) = alice_with_passkey(&t).await;
+    // She also has an authenticator app: its code must not open a passwordless login.
+    enroll_confirmed_totp(&t, &alice).await;
+    let started = t.app.start_passkey_login(ALICE, LoginMode::Bearer).await.unwrap();
+    for code in [
+        SecondFactor::Totp(secret("123456")),
+        SecondFactor::RecoveryCode(secret("0000-0000-0000-0000-0000-0000-0000")),
+    ] {
+        let refused = t.app.complete_login_mfa(started.challenge.expose(), code, true, &client()).await;
+        assert!(matches!(refused, Err(AppError::InvalidSecondFactor)), "{refused:?}");
+    }
+    // A guesser locks the password path; the owner's passkey still logs in.
+    for _ in 0..2 {
+        let _ = t.app.login(ALICE, secret(NEW_PASSWORD), LoginMode::Bearer, &ClientContext::default()).await;
+    }
+    let locked = t.app.login(ALICE, secret(PASSWORD), LoginMode::Bearer, &ClientContext::default()).await;
+    assert!(matches!(locked, Err(AppError::LoginLocked { .. })), "{locked:?}");
+    let factor = answer(&mut authenticator, started.options);
+    t.app
+        .complete_login_mfa(started.challenge.expose(), factor, true, &ClientContext::default())
+        .await
+        .unwrap();
+    // ...and leaves the guesser's lockout in place.
+    let locked = t.app.login(ALICE, secret(PASSWORD), LoginMode::Bearer, &ClientContext::default()).await;
+    assert!(matches!(locked, Err(AppError::LoginLocked { .. })), "{locked:?}");
+}
+
+/// Enrolls and confirms a TOTP authenticator for a principal whose session is fresh.
+async fn enroll_confirmed_totp(t: &TestApp, who: &Principal) {
+    let totp = t.app.enroll_totp(who, "Phone").await.unwrap();
+    t.app.confirm_totp(who, &totp.id.to_string(), &code_at(&totp, now(t))).await.unwrap();
+}
+
+#[tokio::test]
+async fn passwordless_options_look_alike_for_addresses_without_an_account_or_a_passkey() {
+    let t = passwordless_app().await;
+    let (_, mut authenticator) = alice_with_passkey(&t).await;
+    signup(&t.app, BOB, PASSWORD).await;
+    let real = t.app.start_passkey_login(ALICE, LoginMode::Bearer).await.unwrap();
+    let shape = |v: &serde_json::Value| {
+        let key = &v["publicKey"];
+        let mut keys: Vec<String> = key.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        (
+            keys,
+            key["rpId"].clone(),
+            key["userVerification"].clone(),
+            key["allowCredentials"].as_array().unwrap().len(),
+        )
+    };
+    for address in ["nobody@example.com", BOB] {
+        let decoy = t.app.start_passkey_login(address, LoginMode::Bearer).await.unwrap();
+        assert_eq!(shape(&decoy.options), shape(&real.options), "{address}");
+        assert_eq!(decoy.challenge.expose().len(), real.challenge.expose().len());
+        // Stable per address, as a real credential id is.
+        let again = t.app.start_passkey_login(address, LoginMode::Bearer).await.unwrap();
+        assert_eq!(
+            decoy.options["publicKey"]["allowCredentials"],
+            again.options["publicKey"]["allowCredentials"]
+        );
+        assert_ne!(decoy.options["publicKey"]["challenge"], again.options["publicKey"]["challenge"]);
+        // Answered like a refused passkey, never "no such challenge".
+        let refused = SecondFactor::Passkey(serde_json::json!({}));
+        let refused = t.app.complete_login_mfa(decoy.challenge.expose(), refused, true, &client()).await;
+        assert!(matches!(refused, Err(AppError::InvalidSecondFactor)), "{refused:?}");
+    }
+    // The real one still works.
+    let factor = answer(&mut authenticator, real.options);
+    t.app.complete_login_mfa(real.challenge.expose(), factor, true, &client()).await.unwrap();
+    let malformed = t.app.start_passkey_login("not an address", LoginMode::Bearer).await;
+    assert!(matches!(malformed, Err(AppError::Validation(ref i)) if i[0].field == "/email"), "{malformed:?}");
+}
+
+#[tokio::test]
+async fn a_password_change_ends_logins_waiting_for_their_second_factor() {
+    let e = enrolled().await;
+    // A phisher holds a challenge from the old password and waits for a code to relay.
+    let waiting = challenge(&e.t.app, LoginMode::Bearer).await;
+    e.t.app.change_password(&e.alice, secret(PASSWORD), secret(NEW_PASSWORD)).await.unwrap();
+    let late = verify(&e, &waiting, SecondFactor::Totp(code_at(&e.totp, now(&e.t)))).await;
+    assert!(matches!(late, Err(AppError::InvalidToken)), "{late:?}");
 }

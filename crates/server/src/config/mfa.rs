@@ -32,6 +32,8 @@ pub struct MfaConfig {
     pub passkey_rp_id: Option<String>,
     /// The name authenticators show for this server.
     pub passkey_rp_name: String,
+    /// Whether a passkey alone may log in, without a password.
+    pub passkey_login: bool,
 }
 
 impl Default for MfaConfig {
@@ -48,8 +50,20 @@ impl Default for MfaConfig {
             reauthentication_max_age_secs: defaults.reauthentication_max_age_secs,
             passkey_rp_id: None,
             passkey_rp_name: defaults.passkeys.rp_name,
+            passkey_login: defaults.passkey_login,
         }
     }
+}
+
+/// The host of a URL (lower case), without scheme, port or path.
+fn public_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    // An IPv6 literal keeps its brackets (and can never match a domain); otherwise the port goes.
+    let host =
+        if host.starts_with('[') { host.split_inclusive(']').next()? } else { host.split(':').next()? };
+    Some(host.to_ascii_lowercase())
 }
 
 impl Config {
@@ -85,8 +99,18 @@ impl Config {
         if !(60..=86_400).contains(&m.reauthentication_max_age_secs) {
             problems.push("mfa.reauthentication_max_age_secs: must be 60 to 86400".into());
         }
-        if m.passkey_rp_id.as_deref().is_some_and(|id| id.is_empty() || id.contains(['/', ':'])) {
-            problems.push("mfa.passkey_rp_id: must be a domain name".into());
+        if let Some(id) = m.passkey_rp_id.as_deref() {
+            if id.is_empty() || id.contains(['/', ':']) {
+                problems.push("mfa.passkey_rp_id: must be a domain name".into());
+            } else if let Some(host) = self.http.public_url.as_deref().and_then(public_host) {
+                // WebAuthn binds a credential to a domain the page's origin belongs to (the host or a
+                // parent domain of it); anything else makes every ceremony fail.
+                if host != id && !host.ends_with(&format!(".{id}")) {
+                    problems.push(format!(
+                        "mfa.passkey_rp_id: {id:?} is neither the host of http.public_url ({host}) nor a parent domain of it"
+                    ));
+                }
+            }
         }
         problems
     }
@@ -108,6 +132,43 @@ impl Config {
             max_challenge_failures: m.max_challenge_failures,
             reauthentication_max_age_secs: m.reauthentication_max_age_secs,
             passkeys: PasskeySettings { rp_id: m.passkey_rp_id.clone(), rp_name: m.passkey_rp_name.clone() },
+            passkey_login: m.passkey_login,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_passkey_relying_party_must_be_the_public_host_or_a_parent_domain_of_it() {
+        let mut config = Config::default();
+        config.http.public_url = Some("https://id.example.com:8443/base".into());
+        for (rp_id, ok) in
+            [("id.example.com", true), ("example.com", true), ("ample.com", false), ("other.test", false)]
+        {
+            config.mfa.passkey_rp_id = Some(rp_id.into());
+            assert_eq!(config.mfa_problems().is_empty(), ok, "{rp_id}");
+        }
+        config.mfa.passkey_rp_id = Some("https://example.com".into());
+        assert!(!config.mfa_problems().is_empty());
+        assert_eq!(public_host("http://[::1]:8080/").as_deref(), Some("[::1]"));
+        assert_eq!(public_host("https://user@Host.Example:1/").as_deref(), Some("host.example"));
+    }
+
+    #[test]
+    fn mfa_settings_follow_the_configuration_and_refuse_unknown_roles() {
+        let mut config = Config::default();
+        config.mfa.required_roles = vec!["admin".into(), "root".into()];
+        config.mfa.totp_digits = 9;
+        let problems = config.mfa_problems();
+        assert!(problems.iter().any(|p| p.contains("\"root\" is not a built-in role")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("mfa.totp_digits")), "{problems:?}");
+        config.mfa.required_roles = vec!["admin".into()];
+        config.mfa.passkey_login = true;
+        let settings = config.mfa_settings();
+        assert_eq!(settings.policy.required_roles, vec![BuiltinRole::Admin]);
+        assert!(settings.passkey_login);
     }
 }

@@ -1010,3 +1010,63 @@ async fn an_enrollment_left_pending_by_a_session_without_the_accounts_factor_can
     expect_problem(verify(&app, &challenge_token, totp(&code)).await, 401, "invalid-second-factor").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn with_passwordless_login_on_a_passkey_alone_logs_in_and_unknown_addresses_look_alike() {
+    let off = spawn_for_passkeys().await;
+    let refused = off.post_json("/v1/auth/passkey/options", &json!({ "email": "nel@example.com" })).await;
+    expect_problem(refused, 501, "not-implemented").await;
+    off.stop().await;
+
+    let app = spawn_with(|c| {
+        c.http.public_url = Some(PUBLIC_URL.into());
+        c.mfa.passkey_login = true;
+    })
+    .await;
+    register(&app, "nel@example.com", PASSWORD).await;
+    let tokens = login(&app, "nel@example.com", PASSWORD).await;
+    let mut key = authenticator();
+    register_passkey(&app, &tokens.access, &mut key, "Laptop").await;
+
+    let options = |email: &'static str| {
+        let app = &app;
+        async move {
+            let response = app.post_json("/v1/auth/passkey/options", &json!({ "email": email })).await;
+            json_of(response, 200).await
+        }
+    };
+    let real = options("nel@example.com").await;
+    let decoy = options("nobody@example.com").await;
+    let keys = |v: &Value| {
+        let mut keys: Vec<String> = v["options"]["publicKey"].as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(&real), keys(&decoy), "{real}\n{decoy}");
+    assert_eq!(
+        real["challenge_token"].as_str().unwrap().len(),
+        decoy["challenge_token"].as_str().unwrap().len()
+    );
+    let garbage = json!({ "method": "passkey", "credential": { "id": "nope" } });
+    for started in [&real, &decoy] {
+        let token = started["challenge_token"].as_str().unwrap();
+        expect_problem(verify(&app, token, garbage.clone()).await, 401, "invalid-second-factor").await;
+    }
+    // A code cannot answer a passwordless challenge, even a valid-looking one.
+    let token = real["challenge_token"].as_str().unwrap();
+    expect_problem(
+        verify(&app, token, json!({ "method": "totp", "code": "123456" })).await,
+        401,
+        "invalid-second-factor",
+    )
+    .await;
+
+    let request: RequestChallengeResponse = serde_json::from_value(real["options"].clone()).unwrap();
+    let credential = key.do_authentication(Url::parse(PUBLIC_URL).unwrap(), request).unwrap();
+    let answer = json!({ "method": "passkey", "credential": credential });
+    let session = Tokens::from_response(verify(&app, token, answer).await).await;
+    assert_eq!(amr(&session), ["hwk", "mfa"]);
+    let me = app.call(Method::GET, "/v1/me").bearer_auth(&session.access).go().await;
+    assert_eq!(json_of(me, 200).await["email"], "nel@example.com");
+    app.stop().await;
+}

@@ -336,6 +336,44 @@ pub(crate) async fn mfa_passkey_options(
     Ok(axum::Json(state.app.login_passkey_options(body.challenge_token.expose_secret()).await?))
 }
 
+/// Who wants to log in with a passkey alone, and how the session should be held.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PasskeyLoginBody {
+    #[schema(max_length = 254)]
+    email: String,
+    #[serde(default)]
+    mode: Mode,
+}
+
+/// Starts a passwordless login with a passkey (when `mfa.passkey_login` is on): pass `options` to
+/// `navigator.credentials.get`, then send the result to `POST /v1/auth/mfa/verify` with method
+/// `passkey`. Answers alike whether or not the address has an account with a passkey.
+#[utoipa::path(post, path = "/v1/auth/passkey/options", tag = "auth", operation_id = "passkey_login_options",
+    security(()), request_body = PasskeyLoginBody,
+    responses(
+        (status = 200, description = "Assertion options and their challenge.", body = PasskeyOptionsResponse),
+        (status = 501, description = "Passwordless passkey login is off, or passkeys are unavailable.",
+            body = crate::problem::ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn passkey_login_options(
+    State(state): State<AppState>,
+    SameOrigin(same_origin): SameOrigin,
+    Client(client): Client,
+    Json(body): Json<PasskeyLoginBody>,
+) -> Result<axum::Json<PasskeyOptionsResponse>, ApiError> {
+    let mode = match body.mode {
+        Mode::Token => LoginMode::Bearer,
+        Mode::Cookie => {
+            if !same_origin {
+                state.app.reject_csrf(None, &client).await?;
+            }
+            LoginMode::Cookie
+        }
+    };
+    Ok(axum::Json(state.app.start_passkey_login(&body.email, mode).await?.into()))
+}
+
 /// A re-authentication: the password and a second factor (if the account has one), or a passkey
 /// alone (`passkey_challenge_token` from `POST /v1/auth/reauthenticate/passkey-options`).
 #[derive(Debug, Deserialize, ToSchema)]
