@@ -246,6 +246,13 @@ impl App {
         client: &ClientContext,
     ) -> Result<LoginOutcome, AppError> {
         let passkey = factor.method() == MfaMethod::Passkey;
+        if passkey && !same_origin {
+            // Refused before the challenge is looked up, whatever its mode: the answer must not
+            // depend on whether the challenge is real (a passwordless one may be made up). An
+            // assertion only verifies for this server's own origin anyway.
+            self.reject_csrf(None, client).await?;
+            return Err(AppError::CsrfRejected);
+        }
         match self.answer_login_challenge(challenge, factor, same_origin, client).await {
             // A passkey answer to a challenge that is unknown, spent or closed reads as a refused
             // passkey: a passwordless login's made-up challenge (for an address without an account)
@@ -288,23 +295,33 @@ impl App {
         };
         tx.rollback().await?;
         let method = factor.method();
-        let before = AuthMethods::parse(&open.amr).unwrap_or_default();
+        let before = AuthMethods::parse(&open.amr).ok_or(AppError::InvalidToken)?;
         // A passwordless login's challenge proves nothing yet: only a passkey (two factors by
-        // itself) may answer it, never a code.
+        // itself) may answer it, never a code; a code gets what it gets for a made-up challenge.
         let passwordless = !before.password;
         if passwordless && method != MfaMethod::Passkey {
-            return Err(AppError::InvalidSecondFactor);
+            return Err(AppError::InvalidToken);
         }
         // The same guessing limits as the password: the identifier's budget, and its lockout (with
         // the same exception for an address the account logged in from before). A passkey cannot be
         // guessed, so a passwordless login is not held by a lockout that guessers of the password
-        // caused, nor counts toward one.
-        self.spend_identifier_budget(user.email.as_str()).await?;
-        if !known_address && !passwordless {
-            self.refuse_if_locked(throttle.as_ref())?;
+        // caused, nor counts toward one, nor spends the account's budget (its options did, and a
+        // made-up challenge spends none: the two must answer alike).
+        if !passwordless {
+            self.spend_identifier_budget(user.email.as_str()).await?;
+            if !known_address {
+                self.refuse_if_locked(throttle.as_ref())?;
+            }
         }
         if user.status != UserStatus::Active {
             return Err(AppError::InvalidToken);
+        }
+        // The password login's rule, for the passkey login too (a wrong passkey's answer).
+        if passwordless
+            && self.inner.settings.accounts.require_verified_email
+            && user.email_verified_at.is_none()
+        {
+            return Err(AppError::InvalidSecondFactor);
         }
         let mut tx = self.inner.store.begin().await?;
         // Each answer reserves one of the challenge's tries before it is checked, in the transaction
@@ -494,10 +511,13 @@ impl App {
         let throttle = tx.login_throttle(&self.email_subject(&user.email)?).await?;
         tx.rollback().await?;
         self.spend_identifier_budget(user.email.as_str()).await?;
-        // A locked identifier is locked here too, from anywhere: a held session must not become a
-        // way to keep guessing the password or the second factor.
-        self.refuse_if_locked(throttle.as_ref())?;
         let passkey_alone = password.is_none() && matches!(factor, Some(SecondFactor::Passkey(_)));
+        // A locked identifier is locked here too, from anywhere: a held session must not become a
+        // way to keep guessing the password or the second factor. A passkey alone cannot be
+        // guessed, and a guesser's lockout must not keep its owner from proving themselves.
+        if !passkey_alone {
+            self.refuse_if_locked(throttle.as_ref())?;
+        }
         let mut proven = AuthMethods::default();
         if !passkey_alone {
             let password = password.ok_or_else(|| AppError::invalid("/password", "is required"))?;
@@ -547,7 +567,7 @@ impl App {
                     tx.fail_mfa_challenge(hash, self.inner.settings.mfa.max_challenge_failures).await?;
                     tx.commit().await?;
                 }
-                let failure = Failure { method, checked, session: Some(session), count: true };
+                let failure = Failure { method, checked, session: Some(session), count: !passkey_alone };
                 self.second_factor_failed(&user, failure, client, "session.reauthenticated").await?;
                 return Err(AppError::InvalidSecondFactor);
             }

@@ -84,6 +84,27 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, AppError> {
     serde_json::to_string(value).map_err(|e| AppError::Internal(Box::new(e)))
 }
 
+/// One or two made-up credentials, fixed by `seed` (a 32-byte digest).
+fn decoy_credentials(seed: &[u8]) -> Vec<webauthn_rs_proto::AllowCredentials> {
+    use webauthn_rs_proto::{AllowCredentials, AuthenticatorTransport as T};
+    let count = 1 + usize::from(seed[0].is_multiple_of(4));
+    (0..count)
+        .map(|n| {
+            let pick = seed[1 + n];
+            let length = [16, 20, 32, 64][usize::from(pick % 4)];
+            let id = Sha256::new_with_prefix(seed).chain_update([n as u8]).finalize();
+            let id: Vec<u8> = id.iter().chain(Sha256::digest(id).iter()).copied().take(length).collect();
+            let transports = match pick / 4 % 4 {
+                0 => None,
+                1 => Some(vec![T::Internal, T::Hybrid]),
+                2 => Some(vec![T::Usb, T::Nfc]),
+                _ => Some(vec![T::Hybrid, T::Internal]),
+            };
+            AllowCredentials { type_: "public-key".to_owned(), id, transports }
+        })
+        .collect()
+}
+
 impl App {
     /// The relying-party id passkeys are bound to (as the options name it).
     fn passkey_rp_id(&self) -> Result<String, AppError> {
@@ -215,6 +236,11 @@ impl App {
         if !matches!(purpose, Some(ChallengePurpose::LoginBearer | ChallengePurpose::LoginCookie)) {
             return Err(AppError::InvalidToken);
         }
+        // A passwordless challenge came with its options; asking again for it must answer as for a
+        // made-up one (nothing stored), or the pair would tell which addresses have a passkey.
+        if !AuthMethods::parse(&open.amr).is_some_and(|proven| proven.password) {
+            return Err(AppError::InvalidToken);
+        }
         let mut tx = self.inner.store.begin().await?;
         let options = self.start_assertion(tx.as_mut(), webauthn, open.user_id, &hash).await?;
         tx.commit().await?;
@@ -261,13 +287,14 @@ impl App {
     /// Options shaped like a real account's, for an address without one (or without a passkey).
     fn decoy_passkey_options(&self, email: &Email) -> Result<PasskeyOptions, AppError> {
         use webauthn_rs_proto::{
-            AllowCredentials, PublicKeyCredentialRequestOptions, RequestChallengeResponse,
-            UserVerificationPolicy,
+            PublicKeyCredentialRequestOptions, RequestChallengeResponse, UserVerificationPolicy,
         };
-        // The made-up credential id is the same every time for an address, as a real one would be,
-        // and cannot be linked to the address without the blind-index key.
+        // The made-up credentials are the same every time for an address, as real ones would be, and
+        // cannot be linked to the address without the blind-index key: how many (one or two), each
+        // id's length (as different authenticators choose) and the transports a browser reported
+        // are drawn from a digest of its blind index.
         let subject = self.email_subject(email)?;
-        let id = Sha256::new_with_prefix(b"portcullis/passkey-decoy/v1\0").chain_update(subject).finalize();
+        let seed = Sha256::new_with_prefix(b"portcullis/passkey-decoy/v1\0").chain_update(subject).finalize();
         let mut challenge = [0u8; 32];
         getrandom::fill(&mut challenge).map_err(|e| AppError::Internal(Box::new(e)))?;
         let options = RequestChallengeResponse {
@@ -277,11 +304,7 @@ impl App {
                     u32::try_from(webauthn_rs::DEFAULT_AUTHENTICATOR_TIMEOUT.as_millis()).unwrap_or(300_000),
                 ),
                 rp_id: self.passkey_rp_id()?,
-                allow_credentials: vec![AllowCredentials {
-                    type_: "public-key".to_owned(),
-                    id: id.to_vec(),
-                    transports: None,
-                }],
+                allow_credentials: decoy_credentials(&seed),
                 user_verification: UserVerificationPolicy::Required,
                 hints: None,
                 extensions: None,

@@ -1052,14 +1052,25 @@ async fn with_passwordless_login_on_a_passkey_alone_logs_in_and_unknown_addresse
         let token = started["challenge_token"].as_str().unwrap();
         expect_problem(verify(&app, token, garbage.clone()).await, 401, "invalid-second-factor").await;
     }
-    // A code cannot answer a passwordless challenge, even a valid-looking one.
+    // A code, a second options request and a cross-site passkey answer get the same answers for a
+    // real challenge and a made-up one.
+    for started in [&real, &decoy] {
+        let token = started["challenge_token"].as_str().unwrap();
+        let code = json!({ "method": "totp", "code": "123456" });
+        expect_problem(verify(&app, token, code).await, 400, "invalid-token").await;
+        let again = app.post_json("/v1/auth/mfa/passkey-options", &json!({ "challenge_token": token })).await;
+        expect_problem(again, 400, "invalid-token").await;
+        let mut body = garbage.clone();
+        body["challenge_token"] = json!(token);
+        let cross_site = app
+            .call(Method::POST, "/v1/auth/mfa/verify")
+            .header("origin", "https://evil.example")
+            .json(&body)
+            .go()
+            .await;
+        expect_problem(cross_site, 403, "csrf-rejected").await;
+    }
     let token = real["challenge_token"].as_str().unwrap();
-    expect_problem(
-        verify(&app, token, json!({ "method": "totp", "code": "123456" })).await,
-        401,
-        "invalid-second-factor",
-    )
-    .await;
 
     let request: RequestChallengeResponse = serde_json::from_value(real["options"].clone()).unwrap();
     let credential = key.do_authentication(Url::parse(PUBLIC_URL).unwrap(), request).unwrap();
