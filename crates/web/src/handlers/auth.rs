@@ -235,17 +235,11 @@ pub(crate) async fn login(
     Ok(outcome_response(outcome))
 }
 
-/// A second factor: the method and its proof.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FactorBody {
-    /// `totp`, `recovery_code` or `passkey`.
+/// A second factor as a request names it: the method and its proof.
+#[derive(Debug)]
+struct FactorBody {
     method: FactorMethod,
-    /// The TOTP code or recovery code (methods `totp`, `recovery_code`).
-    #[schema(value_type = Option<String>, max_length = 64)]
     code: Option<SecretString>,
-    /// The browser's `PublicKeyCredential` from `navigator.credentials.get` (method `passkey`).
-    #[schema(value_type = Option<Object>)]
     credential: Option<serde_json::Value>,
 }
 
@@ -275,14 +269,22 @@ impl FactorBody {
     }
 }
 
-/// A login's challenge and the second factor that answers it.
+/// A login's challenge and the second factor that answers it. (The factor's fields are spelled out,
+/// not flattened from [`FactorBody`]: a flattened struct cannot refuse unknown fields, and its
+/// OpenAPI rendering would be two closed schemas that no body satisfies.)
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MfaVerifyBody {
     #[schema(value_type = String, min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
     challenge_token: SecretString,
-    #[serde(flatten)]
-    factor: FactorBody,
+    /// `totp`, `recovery_code` or `passkey`.
+    method: FactorMethod,
+    /// The TOTP code or recovery code (methods `totp`, `recovery_code`).
+    #[schema(value_type = Option<String>, max_length = 64)]
+    code: Option<SecretString>,
+    /// The browser's `PublicKeyCredential` from `navigator.credentials.get` (method `passkey`).
+    #[schema(value_type = Option<Object>)]
+    credential: Option<serde_json::Value>,
 }
 
 /// Finishes a login with its second factor. A wrong factor is 401 `invalid-second-factor` (the
@@ -302,7 +304,7 @@ pub(crate) async fn mfa_verify(
     PresentedCookie(old_cookie): PresentedCookie,
     Json(body): Json<MfaVerifyBody>,
 ) -> Result<Response, ApiError> {
-    let factor = body.factor.factor()?;
+    let factor = FactorBody { method: body.method, code: body.code, credential: body.credential }.factor()?;
     let outcome = state
         .app
         .complete_login_mfa(body.challenge_token.expose_secret(), factor, same_origin, &client)
