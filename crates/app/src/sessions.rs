@@ -227,7 +227,16 @@ impl App {
                         tx.login_ip_known(user.id, &self.login_ip_digest(user.id, ip)?).await?,
                     ),
                     (Some(user), None) => (tx.password_hash(user.id).await?, false),
-                    (None, _) => (None, false),
+                    (None, ip) => {
+                        // The reads an existing account costs, on an id that names nobody: the
+                        // answer's timing must not tell which addresses have accounts (ASVS 6.3.8).
+                        let nobody = UserId::from_random_bytes(random_id_bytes()?);
+                        tx.password_hash(nobody).await?;
+                        if let Some(ip) = ip {
+                            tx.login_ip_known(nobody, &self.login_ip_digest(nobody, ip)?).await?;
+                        }
+                        (None, false)
+                    }
                 };
                 tx.rollback().await?;
                 (user, stored, throttle, known_address)
