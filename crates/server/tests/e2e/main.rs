@@ -15,6 +15,7 @@ mod interop;
 mod ip_rules;
 mod keys;
 mod lifecycle;
+mod metrics;
 mod mfa;
 mod rate_limits;
 mod sessions;
