@@ -5,10 +5,11 @@
 //! as the tests run them, never count into each other. Every label value comes from a closed set
 //! (a route template, a status class, a policy or event kind): no user ids, no raw paths.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use portcullis_domain::{MfaMethod, SecurityEvent, SecurityEventKind};
 
@@ -78,7 +79,13 @@ pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     in_flight: Gauge,
+    /// The HTTP series' handles by route template, then method and status class: building a key
+    /// and looking it up in the registry allocates, and this runs on every request (bounded like
+    /// the labels: routes × methods × classes).
+    http: Arc<RwLock<HttpSeries>>,
 }
+
+type HttpSeries = HashMap<String, HashMap<(&'static str, &'static str), (Counter, Histogram)>>;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -145,6 +152,7 @@ impl Metrics {
             in_flight: recorder.register_gauge(&Key::from_name(HTTP_IN_FLIGHT), &METADATA),
             recorder: Arc::new(recorder),
             handle,
+            http: Arc::default(),
         };
         metrics.describe();
         metrics.gauge(BUILD_INFO, vec![Label::new("version", version)]).set(1.0);
@@ -217,17 +225,31 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        let labels = || {
-            vec![
-                Label::new("method", method),
-                Label::new("route", route.to_owned()),
-                Label::new("status", class),
-            ]
+        let series = (method, class);
+        // The common case: a read lock and a lookup by the borrowed route, no allocation.
+        let cached = self.http.read().ok().and_then(|by_route| by_route.get(route)?.get(&series).cloned());
+        let (count, latency) = match cached {
+            Some(handles) => handles,
+            None => {
+                let labels = || {
+                    vec![
+                        Label::new("method", method),
+                        Label::new("route", route.to_owned()),
+                        Label::new("status", class),
+                    ]
+                };
+                let handles = (
+                    self.counter(HTTP_REQUESTS, labels()),
+                    self.recorder.register_histogram(&Key::from_parts(HTTP_DURATION, labels()), &METADATA),
+                );
+                if let Ok(mut by_route) = self.http.write() {
+                    by_route.entry(route.to_owned()).or_default().insert(series, handles.clone());
+                }
+                handles
+            }
         };
-        self.counter(HTTP_REQUESTS, labels()).increment(1);
-        self.recorder
-            .register_histogram(&Key::from_parts(HTTP_DURATION, labels()), &METADATA)
-            .record(elapsed.as_secs_f64());
+        count.increment(1);
+        latency.record(elapsed.as_secs_f64());
     }
 
     pub(crate) fn login(&self, result: LoginResult) {

@@ -754,6 +754,7 @@ impl Config {
                 preload: self.tls.hsts_preload,
             },
             metrics_route: self.metrics_exposure() == MetricsExposure::MainListener,
+            count_requests: self.metrics.enabled,
         }
     }
 

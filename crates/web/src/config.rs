@@ -27,6 +27,9 @@ pub struct WebConfig {
     /// Whether the main router serves `GET /metrics` (only when its access is restricted and it
     /// has no listener of its own).
     pub metrics_route: bool,
+    /// Whether requests are counted into the metrics (off with `metrics.enabled = false`: then the
+    /// edge does no metrics work at all).
+    pub count_requests: bool,
 }
 
 impl Default for WebConfig {
@@ -41,6 +44,7 @@ impl Default for WebConfig {
             cors: CorsConfig::default(),
             hsts: HstsConfig::default(),
             metrics_route: false,
+            count_requests: true,
         }
     }
 }

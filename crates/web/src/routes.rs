@@ -159,7 +159,10 @@ pub fn with_middleware(
     // One ServiceBuilder, applied once: each separate `Router::layer` would wrap every route in
     // another boxed service, cloned per request (scripts/bench measured ~2 µs/request for six).
     let stack = ServiceBuilder::new()
-        .layer(EdgeLayer::new(config, guard.as_ref().map(|state| state.app.metrics().clone())))
+        .layer(EdgeLayer::new(
+            config,
+            guard.as_ref().filter(|_| config.count_requests).map(|state| state.app.metrics().clone()),
+        ))
         .map_response(IntoResponse::into_response)
         // Before CORS, authentication, the body and the route: a refused request costs the
         // budget check and nothing else.

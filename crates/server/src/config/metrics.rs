@@ -12,7 +12,8 @@ use super::{Config, Mode, Secret, secret_problem};
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Whether `/metrics` is served at all.
+    /// Whether `/metrics` is served at all, and requests are counted (off: the edge does no metrics
+    /// work per request; logins and events, rare next to requests, are still counted).
     pub enabled: bool,
     /// A listener of its own (plain http, for a network only the scraper reaches). Unset: the main
     /// listener serves `/metrics`, and only when `allow` or `token` is set.
