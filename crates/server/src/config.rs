@@ -27,7 +27,9 @@ mod ip_rules;
 mod keys;
 mod mfa;
 mod rate_limits;
+mod sentry;
 
+pub use self::sentry::SentryConfig;
 pub use accounts::{
     AccountsConfig, ApiKeysConfig, AuthzConfig, EmailConfig, EmailTransport, PasswordAlgorithmName,
     PasswordConfig, SignupPolicyName, SmtpSecurityName, TokenAlgorithm, TokensConfig,
@@ -45,8 +47,14 @@ pub use rate_limits::{
 pub const ENV_PREFIX: &str = "PORTCULLIS_";
 
 /// Keys that hold secrets: readable from `*_FILE` variables, never printed.
-pub const SECRET_KEYS: &[&str] =
-    &["secrets.instance_secret", "database.url", "email.smtp_password", "keys.kek", "redis.url"];
+pub const SECRET_KEYS: &[&str] = &[
+    "secrets.instance_secret",
+    "database.url",
+    "email.smtp_password",
+    "keys.kek",
+    "redis.url",
+    "sentry.dsn",
+];
 
 /// Secret values printed in config/example.toml and the docs. A production server refuses them:
 /// a secret that is published is not a secret.
@@ -137,6 +145,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub audit: AuditConfig,
     pub mfa: MfaConfig,
+    pub sentry: SentryConfig,
     /// Files that secrets were read from (for the permission checks); not a configuration key.
     #[serde(skip)]
     pub secret_files: Vec<(String, PathBuf)>,
@@ -171,6 +180,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             audit: AuditConfig::default(),
             mfa: MfaConfig::default(),
+            sentry: SentryConfig::default(),
             secret_files: Vec::new(),
             config_file: None,
         }
@@ -588,6 +598,7 @@ impl Config {
         problems.extend(self.key_problems());
         problems.extend(self.audit_problems());
         problems.extend(self.mfa_problems());
+        problems.extend(self.sentry_problems());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {e} (use a level such as info, debug, or a filter like portcullis=debug,info)"
@@ -622,6 +633,7 @@ impl Config {
         problems.extend(self.key_production_problems());
         problems.extend(self.rate_limit_production_problems());
         problems.extend(self.alert_production_problems());
+        problems.extend(self.sentry_production_problems());
         if let Some(secret) = &self.email.smtp_password {
             problems.extend(
                 secret_problem("email.smtp_password", secret.expose()).filter(|p| p.contains("example")),
