@@ -630,7 +630,7 @@ impl App {
                     .outcome(Outcome::Failure)
                     .detail("reason", "no_active_account");
                 self.commit_audited(tx, [requested]).await?;
-                crate::sessions::log_security_event(&event, true);
+                self.log_security_event(&event, true);
                 self.raise_alert(&event);
             }
         }

@@ -18,6 +18,7 @@ mod error;
 mod instance;
 mod keys;
 pub mod mail;
+mod metrics;
 mod mfa;
 mod organizations;
 mod passwords;
@@ -64,6 +65,7 @@ pub use api_keys::{
 pub use authz::{CheckRequest, MAX_CHECK_BATCH};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{AppError, FieldIssue};
+pub use metrics::{InFlight, LoginResult, Metrics, MetricsAccess};
 pub use mfa::{
     MfaChallenge, MfaDevice, MfaFactors, MfaSettings, PasskeyOptions, PasskeySettings, RecoveryCodes,
     SecondFactor, TotpEnrollment,
@@ -127,6 +129,8 @@ pub struct AppSettings {
     pub audit: audit::AuditSettings,
     /// Second factors, their policy, and step-up.
     pub mfa: MfaSettings,
+    /// Who may read the metrics.
+    pub metrics: MetricsAccess,
 }
 
 impl AppSettings {
@@ -168,6 +172,7 @@ impl AppSettings {
             lockout: portcullis_domain::LockoutPolicy::default(),
             audit: audit::AuditSettings::default(),
             mfa: MfaSettings::default(),
+            metrics: MetricsAccess::default(),
         }
     }
 }
@@ -205,6 +210,10 @@ struct Inner {
     audit_writer: audit::AuditWriter,
     /// The WebAuthn relying party; `None` when the public URL cannot carry passkeys.
     webauthn: Option<webauthn_rs::Webauthn>,
+    metrics: metrics::Metrics,
+    /// This node's last whole-chain verification, if any: when, and whether the chain was intact
+    /// (for the metrics).
+    audit_verified: std::sync::Mutex<Option<(portcullis_domain::Timestamp, bool)>>,
 }
 
 impl App {
@@ -217,6 +226,7 @@ impl App {
         mailer: Arc<dyn Mailer>,
     ) -> Result<Self, AppError> {
         let hasher = PasswordHasher::new(settings.password_hash, settings.hash_pool)?;
+        let metrics = metrics::Metrics::new(settings.version)?;
         let csrf = CsrfKey::derive(&settings.instance_secret)?;
         let alerts = abuse::alerts::Alerter::new(&settings.alerts, settings.version);
         let rate_limits = abuse::RateLimits::new(settings.rate_limits.clone(), clock.clone())?;
@@ -253,6 +263,8 @@ impl App {
                 detector: abuse::detection::Detector::default(),
                 audit_writer: audit::AuditWriter::default(),
                 webauthn,
+                metrics,
+                audit_verified: std::sync::Mutex::new(None),
             }),
         })
     }

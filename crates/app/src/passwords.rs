@@ -68,6 +68,10 @@ pub struct PasswordHasher {
     /// A hash of a random password in the configured algorithm, verified for unknown accounts so a
     /// failed login costs the same whether or not the account exists (ASVS 6.3.x, zero2prod).
     dummy: Arc<str>,
+    /// Places `admission` holds in all, to tell how many are taken.
+    capacity: usize,
+    /// Hashes refused because the queue was full, since the start (a metric).
+    shed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PasswordHasher {
@@ -88,6 +92,8 @@ impl PasswordHasher {
             admission: Arc::new(Semaphore::new(workers + size.queue)),
             workers: Arc::new(Semaphore::new(workers)),
             dummy: dummy.into(),
+            capacity: workers + size.queue,
+            shed: Arc::default(),
         })
     }
 
@@ -95,12 +101,21 @@ impl PasswordHasher {
     /// that must do other work before hashing (a login reads the account first) reserves first, so a
     /// request that will be shed costs no database round trip.
     pub fn reserve(&self) -> Result<HashSlot, AppError> {
-        let admitted = self
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| AppError::Overloaded { retry_after_secs: 1 })?;
+        let admitted = self.admission.clone().try_acquire_owned().map_err(|_| {
+            self.shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            AppError::Overloaded { retry_after_secs: 1 }
+        })?;
         Ok(HashSlot { hasher: self.clone(), admitted })
+    }
+
+    /// Hashes running or waiting for a worker now.
+    pub fn occupied(&self) -> usize {
+        self.capacity.saturating_sub(self.admission.available_permits())
+    }
+
+    /// Hashes refused at once because the queue was full, since the start.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Hashes a (policy-checked, normalized) password for storage.
@@ -368,10 +383,17 @@ mod tests {
             })
         };
         tokio::task::spawn_blocking(move || started_rx.recv().unwrap()).await.unwrap();
+        assert_eq!(
+            (hasher.occupied(), hasher.shed()),
+            (1, 0),
+            "the queue's depth and shed count, as metered"
+        );
         let shed = hasher.hash(secret("anything at all")).await;
         assert!(matches!(shed, Err(AppError::Overloaded { retry_after_secs: 1 })), "{shed:?}");
+        assert_eq!(hasher.shed(), 1);
         release_tx.send(()).unwrap();
         busy.await.unwrap().unwrap();
+        assert_eq!(hasher.occupied(), 0);
         assert!(hasher.hash(secret("anything at all")).await.is_ok());
     }
 }

@@ -206,6 +206,20 @@ impl App {
         mode: LoginMode,
         client: &ClientContext,
     ) -> Result<LoginOutcome, AppError> {
+        let result = self.password_login(email, password, mode, client).await;
+        if let Some(counted) = crate::LoginResult::of(&result) {
+            self.inner.metrics.login(counted);
+        }
+        result
+    }
+
+    async fn password_login(
+        &self,
+        email: &str,
+        password: SecretString,
+        mode: LoginMode,
+        client: &ClientContext,
+    ) -> Result<LoginOutcome, AppError> {
         if password.expose_secret().len() > MAX_PRESENTED_PASSWORD_BYTES {
             return Err(AppError::InvalidCredentials);
         }
@@ -385,6 +399,7 @@ impl App {
         {
             self.report_admin_login(user.id, ip, known, seen).await?;
         }
+        self.inner.metrics.login(crate::LoginResult::Success);
         Ok(LoginOutcome::Authenticated { session_id: session.id, user_id: user.id, credentials })
     }
 
@@ -498,7 +513,7 @@ impl App {
                     reused = reused.detail("user_id", session.user_id.to_string());
                 }
                 self.commit_audited(tx, [reused]).await?;
-                log_security_event(&event, true);
+                self.log_security_event(&event, true);
                 self.raise_alert(&event);
                 self.forget_session(session_id, now);
                 tracing::warn!(session = %session_id, "a spent refresh token was presented; session revoked");
@@ -613,7 +628,7 @@ impl App {
                 session_id: None,
                 details: Default::default(),
             };
-            log_security_event(&event, false);
+            self.log_security_event(&event, false);
             return Err(AppError::CsrfRejected);
         }
         self.record_security_event(
@@ -815,29 +830,10 @@ impl App {
         let mut tx = self.inner.store.begin().await?;
         tx.insert_security_event(&sealed).await?;
         self.commit_audited(tx, audit).await?;
-        log_security_event(&event, true);
+        self.log_security_event(&event, true);
         self.raise_alert(&event);
         Ok(())
     }
-}
-
-/// Every security event also goes to the log stream, once it is recorded (or when it is not stored
-/// at all), as one structured line with a stable `event.kind`, so a SIEM can follow them without the
-/// database. The client's ip is not in it: the request span that carries the line names the client.
-pub(crate) fn log_security_event(event: &SecurityEvent, stored: bool) {
-    let user = event.user_id.map(|u| u.to_string());
-    let session = event.session_id.map(|s| s.to_string());
-    let details = (!event.details.is_empty()).then(|| format!("{:?}", event.details));
-    tracing::info!(
-        event.kind = event.kind.as_str(),
-        event.severity = event.kind.severity().as_str(),
-        event.id = %event.id,
-        event.stored = stored,
-        event.details = details.as_deref(),
-        user = user.as_deref(),
-        session = session.as_deref(),
-        "security event"
-    );
 }
 
 /// The audit actor of an account acting for itself outside an authenticated request (a login, the
@@ -877,4 +873,26 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     text[..end].to_owned()
+}
+
+impl App {
+    /// Every security event also goes to the log stream, once it is recorded (or when it is not stored
+    /// at all), as one structured line with a stable `event.kind`, so a SIEM can follow them without the
+    /// database. The client's ip is not in it: the request span that carries the line names the client.
+    pub(crate) fn log_security_event(&self, event: &SecurityEvent, stored: bool) {
+        self.inner.metrics.security_event(event);
+        let user = event.user_id.map(|u| u.to_string());
+        let session = event.session_id.map(|s| s.to_string());
+        let details = (!event.details.is_empty()).then(|| format!("{:?}", event.details));
+        tracing::info!(
+            event.kind = event.kind.as_str(),
+            event.severity = event.kind.severity().as_str(),
+            event.id = %event.id,
+            event.stored = stored,
+            event.details = details.as_deref(),
+            user = user.as_deref(),
+            session = session.as_deref(),
+            "security event"
+        );
+    }
 }

@@ -26,6 +26,7 @@ mod detection;
 mod ip_rules;
 mod keys;
 mod lockout;
+mod metrics;
 mod mfa;
 mod rate_limits;
 mod roles;

@@ -25,6 +25,7 @@ mod alerts;
 mod audit;
 mod ip_rules;
 mod keys;
+mod metrics;
 mod mfa;
 mod rate_limits;
 mod sentry;
@@ -38,6 +39,7 @@ pub use alerts::{AlertsConfig, EmailAlertConfig, SeverityName, WebhookConfig};
 pub use audit::AuditConfig;
 pub use ip_rules::IpRulesConfig;
 pub use keys::KeysConfig;
+pub use metrics::{MetricsConfig, MetricsExposure};
 pub use mfa::MfaConfig;
 pub use rate_limits::{
     DetectionConfig, FailureModeName, LockoutConfig, ProbeResponseName, RateLimitsConfig, RedisConfig,
@@ -54,6 +56,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "keys.kek",
     "redis.url",
     "sentry.dsn",
+    "metrics.token",
 ];
 
 /// Secret values printed in config/example.toml and the docs. A production server refuses them:
@@ -146,6 +149,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub mfa: MfaConfig,
     pub sentry: SentryConfig,
+    pub metrics: MetricsConfig,
     /// Files that secrets were read from (for the permission checks); not a configuration key.
     #[serde(skip)]
     pub secret_files: Vec<(String, PathBuf)>,
@@ -181,6 +185,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             mfa: MfaConfig::default(),
             sentry: SentryConfig::default(),
+            metrics: MetricsConfig::default(),
             secret_files: Vec::new(),
             config_file: None,
         }
@@ -599,6 +604,7 @@ impl Config {
         problems.extend(self.audit_problems());
         problems.extend(self.mfa_problems());
         problems.extend(self.sentry_problems());
+        problems.extend(self.metrics_problems());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {e} (use a level such as info, debug, or a filter like portcullis=debug,info)"
@@ -634,6 +640,7 @@ impl Config {
         problems.extend(self.rate_limit_production_problems());
         problems.extend(self.alert_production_problems());
         problems.extend(self.sentry_production_problems());
+        problems.extend(self.metrics_production_problems());
         if let Some(secret) = &self.email.smtp_password {
             problems.extend(
                 secret_problem("email.smtp_password", secret.expose()).filter(|p| p.contains("example")),
@@ -753,6 +760,7 @@ impl Config {
                 include_subdomains: self.tls.hsts_include_subdomains,
                 preload: self.tls.hsts_preload,
             },
+            metrics_route: self.metrics_exposure() == MetricsExposure::MainListener,
         }
     }
 
@@ -930,15 +938,76 @@ mod tests {
 
     #[test]
     fn the_masked_rendering_never_contains_a_secret() {
-        let env = env(&[
+        let vars = env(&[
             ("PORTCULLIS_SECRETS__INSTANCE_SECRET", "canary-secret-value-0123456789abcdef"),
             ("PORTCULLIS_DATABASE__URL", "postgres://u:canary-password@db.example/portcullis"),
         ]);
-        let config = load_from(&GlobalArgs::default(), env).unwrap();
+        let config = load_from(&GlobalArgs::default(), vars).unwrap();
         let text = format!("{}{:?}", config.to_masked_toml(), config);
         assert!(!text.contains("canary"), "{text}");
         assert!(text.contains("********"));
         assert_eq!(config.database_description(), "PostgreSQL db.example/portcullis");
+
+        // Every key in SECRET_KEYS (a new one included, untouched here), in each shape a secret takes
+        // (a bare value, a URL's password, a KEK entry), from each source (variable, `_FILE`, the
+        // configuration file), in both modes: nothing `config check` prints (the rendering, the
+        // production problems, or the refusal), nor Debug, nor the database description, holds it.
+        // Some secrets are only accepted beside another setting: those are the companions; a new
+        // secret that needs one not listed fails the last assertion, not silently.
+        use base64::Engine;
+        let canary = "CanaryS3cretValue0123456789abcdefXYZ";
+        let kek =
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(b"canary-kek-bytes-0123456789abcde");
+        let shapes = [
+            (canary.to_owned(), canary),
+            (format!("postgres://u:{canary}@db.example:5432/portcullis"), canary),
+            (format!("redis://:{canary}@127.0.0.1:6379/0"), canary),
+            (format!("k1:{kek}"), kek.as_str()),
+        ];
+        let companions: [&[(&str, &str)]; 2] = [&[], &[("PORTCULLIS_EMAIL__SMTP_USERNAME", "u")]];
+        for key in SECRET_KEYS {
+            let (section, name) = key.split_once('.').unwrap();
+            let variable = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase().replace('.', "__"));
+            let mut masked = false;
+            for (value, secret) in &shapes {
+                let file = toml_file(value);
+                let path = file.path().to_str().unwrap().to_owned();
+                let toml_line = format!("[{section}]\n{name} = {}\n", toml::Value::from(value.as_str()));
+                let config_file = toml_file(&toml_line);
+                for mode in ["development", "production"] {
+                    let sources = [
+                        (GlobalArgs::default(), (variable.clone(), value.clone())),
+                        (GlobalArgs::default(), (format!("{variable}_FILE"), path.clone())),
+                        (
+                            GlobalArgs { config: Some(config_file.path().into()), ..Default::default() },
+                            ("PORTCULLIS_LOG__LEVEL".into(), "info".into()),
+                        ),
+                    ];
+                    for ((flags, (set, to)), companion) in
+                        sources.into_iter().flat_map(|source| companions.map(|c| (source.clone(), c)))
+                    {
+                        let mut vars = env(companion);
+                        vars.extend(env(&[("PORTCULLIS_MODE", mode), (&set, &to)]));
+                        let printed = match load_from(&flags, vars) {
+                            Ok(config) => {
+                                let rendered = config.to_masked_toml();
+                                let table: toml::Table = toml::from_str(&rendered).unwrap();
+                                masked |= table.get(section).and_then(|s| s.get(name))
+                                    == Some(&toml::Value::from("********"));
+                                format!(
+                                    "{rendered}\n{}\n{config:?}\n{}",
+                                    config.production_problems(false).join("\n"),
+                                    config.database_description()
+                                )
+                            }
+                            Err(refused) => refused.to_string(),
+                        };
+                        assert!(!printed.contains(secret), "{key} from {set} ({mode}) printed: {printed}");
+                    }
+                }
+            }
+            assert!(masked, "{key}: no shape of secret was accepted, so its masking went untested");
+        }
     }
 
     #[test]
@@ -1145,5 +1214,222 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    // ----- every key, read off the configuration types themselves -----
+
+    /// What a configuration key holds, as far as its documentation is concerned.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Shape {
+        /// One value: `PORTCULLIS_SECTION__KEY`.
+        Value,
+        /// Names to values (`alerts.severity`): one variable per name, `PORTCULLIS_SECTION__KEY__NAME`.
+        Map,
+        /// A list of tables (`[[alerts.webhooks]]`), in the file only; the fields of one entry.
+        TableList(Vec<String>),
+    }
+
+    /// A field no table of the configuration has.
+    const PROBE: &str = "__probe__";
+
+    /// `value` at `path` in an otherwise empty configuration.
+    fn at(path: &[String], value: serde_json::Value) -> serde_json::Value {
+        path.iter().rev().fold(value, |inner, key| serde_json::json!({ key.as_str(): inner }))
+    }
+
+    /// Why `Config`'s deserializer refuses `value`, if it does.
+    fn refusal(value: serde_json::Value) -> Option<String> {
+        serde_json::from_value::<Config>(value).err().map(|e| e.to_string())
+    }
+
+    /// The fields of the table that `probe` (holding a [`PROBE`] field) reaches at `path`, if it is a
+    /// table: every table denies unknown fields, and serde's refusal lists the real ones
+    /// ("unknown field `__probe__`, expected one of `a`, `b`").
+    fn fields_at(path: &[String], probe: serde_json::Value) -> Option<Vec<String>> {
+        let refusal = refusal(at(path, probe))?;
+        let listed = refusal.strip_prefix(&format!("unknown field `{PROBE}`, "))?;
+        Some(listed.split('`').skip(1).step_by(2).map(str::to_owned).collect())
+    }
+
+    /// Every key the configuration accepts (dotted) and its shape. Read off the deserializer, the one
+    /// that loads real files, rather than a list kept by hand: a key added to any table, or a new
+    /// table, is in it at once, `Option` keys (which the rendering of the defaults leaves out) too.
+    fn every_key() -> Vec<(String, Shape)> {
+        fn walk(path: &[String], keys: &mut Vec<(String, Shape)>) {
+            let probe = serde_json::json!({ PROBE: 1 });
+            let fields = fields_at(path, probe.clone())
+                .unwrap_or_else(|| panic!("`{}` is not a table that denies unknown fields", path.join(".")));
+            for field in fields {
+                let mut path = path.to_vec();
+                path.push(field);
+                let dotted = path.join(".");
+                if fields_at(&path, probe.clone()).is_some() {
+                    walk(&path, keys);
+                } else if refusal(at(&path, serde_json::json!({}))).is_none() {
+                    keys.push((dotted, Shape::Map));
+                } else if let Some(entry) = fields_at(&path, serde_json::json!([probe])) {
+                    keys.push((dotted, Shape::TableList(entry)));
+                } else {
+                    keys.push((dotted, Shape::Value));
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        walk(&[], &mut keys);
+        keys
+    }
+
+    fn repository_file(name: &str) -> String {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(name)).unwrap()
+    }
+
+    /// A key's variable: `mode` is `PORTCULLIS_MODE`, `http.listen` is `PORTCULLIS_HTTP__LISTEN`.
+    fn variable_of(key: &str) -> String {
+        format!("{ENV_PREFIX}{}", key.to_ascii_uppercase().replace('.', "__"))
+    }
+
+    /// The value at a dotted path of a TOML table.
+    fn lookup<'t>(table: &'t toml::Table, key: &str) -> Option<&'t toml::Value> {
+        match key.split_once('.') {
+            None => table.get(key),
+            Some((first, rest)) => lookup(table.get(first)?.as_table()?, rest),
+        }
+    }
+
+    /// The `# PORTCULLIS_NAME=value` lines of .env.example, as (name, value).
+    fn env_example_entries(text: &str) -> Vec<(String, String)> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# ")?.split_once('='))
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX) && !name.contains(' '))
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect()
+    }
+
+    /// Every `PORTCULLIS_…` name a text mentions, but the `PORTCULLIS_SECTION__KEY` pattern itself.
+    fn variables_in(text: &str) -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with(ENV_PREFIX) && !w.starts_with("PORTCULLIS_SECTION"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The lines of the commented example of one `[[key]]` entry in config/example.toml.
+    fn entry_example<'t>(example: &'t str, key: &str) -> Vec<&'t str> {
+        let header = format!("#   [[{key}]]");
+        let mut lines = example.lines().skip_while(|line| line.trim_end() != header);
+        lines.next();
+        lines.take_while(|line| line.starts_with("#   ")).collect()
+    }
+
+    #[test]
+    fn every_configuration_key_is_documented_in_the_example_file_and_the_environment_list() {
+        let example = repository_file("config/example.toml");
+        let documented: toml::Table = toml::from_str(&uncomment(&example)).unwrap();
+        let env_example = repository_file(".env.example");
+        let listed: Vec<String> =
+            env_example_entries(&env_example).into_iter().map(|(name, _)| name).collect();
+        let keys = every_key();
+        assert!(keys.len() > 100 && keys.iter().any(|(k, _)| k == "http.listen"), "{keys:?}");
+
+        let mut missing = Vec::new();
+        // The command line's own variables (--config, --listen, …) set something too.
+        use clap::CommandFactory;
+        let mut settable: Vec<String> = crate::cli::Cli::command()
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|name| name.to_string_lossy().into_owned())
+            .collect();
+        let mut prefixes = Vec::new();
+        for (key, shape) in &keys {
+            if lookup(&documented, key).is_none() {
+                missing.push(format!("config/example.toml: {key}"));
+            }
+            let variable = variable_of(key);
+            match shape {
+                Shape::Value => {
+                    if !listed.contains(&variable) {
+                        missing.push(format!(".env.example: {variable}"));
+                    }
+                    settable.push(variable);
+                }
+                Shape::Map => {
+                    let prefix = format!("{variable}__");
+                    if !listed.iter().any(|name| name.starts_with(&prefix)) {
+                        missing.push(format!(".env.example: {prefix}<NAME>"));
+                    }
+                    prefixes.push(prefix);
+                }
+                Shape::TableList(fields) => {
+                    let lines = entry_example(&example, key);
+                    for field in fields {
+                        let shown = [format!("#   {field} = "), format!(" or {field} = ")];
+                        if !lines.iter().any(|line| shown.iter().any(|s| line.contains(s.as_str()))) {
+                            missing.push(format!(
+                                "config/example.toml: {key}[].{field} in its [[{key}]] example"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for secret in SECRET_KEYS {
+            assert!(keys.iter().any(|(key, _)| key == secret), "SECRET_KEYS names {secret}, which is no key");
+            let file = format!("{}_FILE", variable_of(secret));
+            if !listed.contains(&file) {
+                missing.push(format!(".env.example: {file}"));
+            }
+            settable.push(file);
+        }
+        assert!(missing.is_empty(), "undocumented: {missing:#?}");
+
+        // The other way round: every variable either file names sets something.
+        for (file, text) in [("config/example.toml", &example), (".env.example", &env_example)] {
+            let stale: Vec<String> = variables_in(text)
+                .into_iter()
+                .filter(|name| !settable.contains(name) && !prefixes.iter().any(|p| name.starts_with(p)))
+                .collect();
+            assert!(stale.is_empty(), "{file} names variables that set nothing: {stale:?}");
+        }
+    }
+
+    #[test]
+    fn the_example_file_and_env_example_show_the_real_default_of_every_key() {
+        let example = repository_file("config/example.toml");
+        let documented: toml::Table = toml::from_str(&uncomment(&example)).unwrap();
+        let defaults: toml::Table = toml::from_str(&Config::default().to_masked_toml()).unwrap();
+        let keys = every_key();
+        let mut wrong = Vec::new();
+        for (key, _) in &keys {
+            // A key without a default (unset) shows an example value instead, which is fine.
+            if let (Some(default), Some(shown)) = (lookup(&defaults, key), lookup(&documented, key))
+                && default != shown
+            {
+                wrong.push(format!("config/example.toml shows {key} = {shown}; the default is {default}"));
+            }
+        }
+        // .env.example shows what config/example.toml shows (secrets: nothing), as the environment
+        // layer reads it: TOML when it parses as a value (numbers, booleans, lists), else the text.
+        for (name, value) in env_example_entries(&repository_file(".env.example")) {
+            let Some((key, _)) =
+                keys.iter().find(|(key, shape)| *shape == Shape::Value && variable_of(key) == name)
+            else {
+                continue;
+            };
+            let Some(shown) = lookup(&documented, key) else { continue };
+            if SECRET_KEYS.contains(&key.as_str()) {
+                if !value.is_empty() {
+                    wrong.push(format!(".env.example gives the secret {name} a value"));
+                }
+                continue;
+            }
+            let read = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut table| table.remove("v"))
+                .unwrap_or_else(|| toml::Value::from(value.as_str()));
+            if &read != shown {
+                wrong.push(format!(".env.example shows {name}={value}; config/example.toml shows {shown}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
     }
 }

@@ -87,6 +87,7 @@ pub struct StartOptions {
 pub struct RunningServer {
     local_addr: SocketAddr,
     redirect_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     tls: Option<Arc<TlsReloader>>,
     app: App,
     shutdown: watch::Sender<bool>,
@@ -104,6 +105,11 @@ impl RunningServer {
     /// Where the http→https redirect listener is bound, if configured.
     pub fn redirect_addr(&self) -> Option<SocketAddr> {
         self.redirect_addr
+    }
+
+    /// Where the metrics listener of its own (`metrics.listen`) is bound, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The use-case façade the server runs on.
@@ -194,6 +200,7 @@ pub async fn open_app(config: &Config) -> Result<App, StartError> {
     settings.keys = config.key_settings();
     settings.audit = config.audit_settings();
     settings.mfa = config.mfa_settings();
+    settings.metrics = config.metrics_access();
     let mailer = config.mailer().map_err(|e| ConfigError { problems: vec![e] })?;
     let app = App::new(store, Arc::new(SystemClock), settings, mailer)?;
     app.load_keys().await?;
@@ -267,6 +274,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
     settings.keys = config.key_settings();
     settings.audit = config.audit_settings();
     settings.mfa = config.mfa_settings();
+    settings.metrics = config.metrics_access();
     settings.alerts = config.alert_settings()?;
     let mailer = config.mailer().map_err(|e| ConfigError { problems: vec![e] })?;
     let app = App::new(store.clone(), Arc::new(SystemClock), settings, mailer)?;
@@ -320,7 +328,16 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
                 .map_err(|e| ConfigError { problems: vec![e.to_string()] })?;
         let listener = bind(addr).await?;
         redirect_addr = listener.local_addr().ok();
-        tasks.push(tokio::spawn(listener::serve(listener, redirect, None, limits, receiver)));
+        tasks.push(tokio::spawn(listener::serve(listener, redirect, None, limits, receiver.clone())));
+    }
+
+    let mut metrics_addr = None;
+    if let config::MetricsExposure::OwnListener(addr) = config.metrics_exposure() {
+        let router = portcullis_web::metrics_router(portcullis_web::AppState::new(app.clone()), &web)
+            .map_err(|e| ConfigError { problems: vec![e.to_string()] })?;
+        let listener = bind(addr).await?;
+        metrics_addr = listener.local_addr().ok();
+        tasks.push(tokio::spawn(listener::serve(listener, router, None, limits, receiver)));
     }
 
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -333,11 +350,20 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         config.database_description(),
         config.mode,
     );
-    Ok(RunningServer { local_addr, redirect_addr, tls, app, shutdown, tasks, _data_dir_lock: data_dir_lock })
+    Ok(RunningServer {
+        local_addr,
+        redirect_addr,
+        metrics_addr,
+        tls,
+        app,
+        shutdown,
+        tasks,
+        _data_dir_lock: data_dir_lock,
+    })
 }
 
 /// Until shutdown: every few seconds forgets rate limit budgets that are full again (bounding memory
-/// under a flood of distinct addresses), and each minute records what was refused as security events
+/// under a flood of distinct addresses) and folds the latency samples into their histogram, and each minute records what was refused as security events
 /// and drops login failure records and second-factor challenges that have run out.
 async fn rate_limit_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
     const SWEEP_SECS: u64 = 5;
@@ -349,6 +375,7 @@ async fn rate_limit_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
             _ = interval.tick() => {
                 app.sweep_rate_limits();
                 app.flush_alerts();
+                app.metrics_upkeep();
                 ticks += 1;
                 if ticks.is_multiple_of(60 / SWEEP_SECS) && app.can_sign_tokens() {
                     if let Err(error) = app.record_rate_limit_trips().await {

@@ -106,6 +106,10 @@ impl Store for PostgresStore {
         Backend::Postgres
     }
 
+    fn pool_usage(&self) -> Vec<portcullis_store::PoolUsage> {
+        vec![pool_usage("main", &self.pool)]
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
         Ok(())
@@ -292,6 +296,16 @@ fn redact_url(url: &str) -> String {
         None => tail.to_owned(),
     };
     format!("{scheme}://{authority}{tail}")
+}
+
+/// One pool's use, as the metrics report it.
+fn pool_usage<DB: sqlx::Database>(name: &'static str, pool: &sqlx::Pool<DB>) -> portcullis_store::PoolUsage {
+    portcullis_store::PoolUsage {
+        name,
+        size: pool.size(),
+        idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+        max: pool.options().get_max_connections(),
+    }
 }
 
 #[cfg(test)]

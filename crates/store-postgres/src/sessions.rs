@@ -147,6 +147,18 @@ impl SessionStore for PostgresTx {
         rows.into_iter().map(SessionRow::into_session).collect()
     }
 
+    async fn count_active_sessions(&mut self, now: Timestamp) -> Result<u64, StoreError> {
+        let count: Result<i64, _> =
+            sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > $1")
+                .bind(now.as_unix_millis())
+                .fetch_one(&mut *self.tx)
+                .await;
+        match count {
+            Ok(count) => Ok(u64::try_from(count).unwrap_or(0)),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
     async fn touch_session(&mut self, id: SessionId, at: Timestamp) -> Result<(), StoreError> {
         // The condition keeps a slow request that finishes late from moving activity backwards.
         let result = sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2")

@@ -132,6 +132,10 @@ impl Store for SqliteStore {
         Backend::Sqlite
     }
 
+    fn pool_usage(&self) -> Vec<portcullis_store::PoolUsage> {
+        vec![pool_usage("write", &self.writer), pool_usage("read", &self.reader)]
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.reader).await.map_err(map_err)?;
         Ok(())
@@ -281,5 +285,15 @@ pub(crate) fn map_err(error: sqlx::Error) -> StoreError {
             StoreError::Unavailable(Box::new(error))
         }
         other => StoreError::Database(Box::new(other)),
+    }
+}
+
+/// One pool's use, as the metrics report it.
+fn pool_usage<DB: sqlx::Database>(name: &'static str, pool: &sqlx::Pool<DB>) -> portcullis_store::PoolUsage {
+    portcullis_store::PoolUsage {
+        name,
+        size: pool.size(),
+        idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+        max: pool.options().get_max_connections(),
     }
 }

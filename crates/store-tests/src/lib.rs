@@ -1456,8 +1456,13 @@ pub async fn sessions_of_lists_live_sessions_newest_first(store: &dyn Store) -> 
     .await?;
 
     let listed = committed_sessions_of(store, alice.id, now).await?;
+    ensure_eq("alice's live sessions", &listed, &vec![newest, tie_high, tie_low, oldest])?;
 
-    ensure_eq("alice's live sessions", &listed, &vec![newest, tie_high, tie_low, oldest])
+    // The metric counts everyone's live sessions with the same rule: not revoked, not expired.
+    let mut tx = store.begin_read().await.step("begin read")?;
+    let active = tx.count_active_sessions(now).await.step("count active sessions")?;
+    tx.rollback().await.step("rollback")?;
+    ensure_eq("live sessions of everyone", &active, &5)
 }
 
 /// The session list carries each session's sealed ip and user agent byte for byte with the key that

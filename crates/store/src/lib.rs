@@ -90,6 +90,19 @@ impl MigrationStatus {
     }
 }
 
+/// One connection pool's use at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Which pool: `main` on PostgreSQL; `write` and `read` on SQLite.
+    pub name: &'static str,
+    /// Connections open now.
+    pub size: u32,
+    /// Of those, connections waiting for work.
+    pub idle: u32,
+    /// Most connections the pool may open.
+    pub max: u32,
+}
+
 /// A database: the entry point to transactions and to operational checks.
 ///
 /// Held as `Arc<dyn Store>` behind the `App` façade (see docs/decisions/0001-crate-layout.md).
@@ -97,6 +110,9 @@ impl MigrationStatus {
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// The engine behind this store.
     fn backend(&self) -> Backend;
+
+    /// How each connection pool is used right now (for the metrics).
+    fn pool_usage(&self) -> Vec<PoolUsage>;
 
     /// A cheap round trip proving the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

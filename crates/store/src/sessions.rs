@@ -37,6 +37,10 @@ pub trait SessionStore {
     /// first, with their sealed client details (for the owner's session list).
     async fn sessions_of(&mut self, user: UserId, now: Timestamp) -> Result<Vec<StoredSession>, StoreError>;
 
+    /// How many sessions of anyone are neither revoked nor past their absolute expiry at `now` (a
+    /// metric).
+    async fn count_active_sessions(&mut self, now: Timestamp) -> Result<u64, StoreError>;
+
     /// Moves `last_seen_at` forward to `at` (never back).
     async fn touch_session(&mut self, id: SessionId, at: Timestamp) -> Result<(), StoreError>;
 

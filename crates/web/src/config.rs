@@ -24,6 +24,9 @@ pub struct WebConfig {
     pub cors: CorsConfig,
     /// Strict-Transport-Security, sent when the request arrived over https.
     pub hsts: HstsConfig,
+    /// Whether the main router serves `GET /metrics` (only when its access is restricted and it
+    /// has no listener of its own).
+    pub metrics_route: bool,
 }
 
 impl Default for WebConfig {
@@ -37,6 +40,7 @@ impl Default for WebConfig {
             request_timeout: Duration::from_secs(30),
             cors: CorsConfig::default(),
             hsts: HstsConfig::default(),
+            metrics_route: false,
         }
     }
 }

@@ -26,7 +26,7 @@ pub use middleware::edge::{ClientInfo, ConnectionInfo};
 pub use middleware::headers::apply as apply_security_headers;
 pub use problem::{FieldError, Problem, ProblemType};
 pub use redirect::https_redirect_router;
-pub use routes::{router, with_middleware};
+pub use routes::{metrics_router, router, with_middleware};
 
 /// The private header parsers of the authentication extractor, reachable for the fuzz targets in
 /// `fuzz/` and for tests. Not part of the API: handlers authenticate with the extractors.

@@ -124,10 +124,23 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
     let document = openapi::Rendered(bytes::Bytes::from(serde_json::to_vec(&document).unwrap_or_default()));
 
     let guard = state.clone();
+    let mut operations = Router::new();
+    if config.metrics_route {
+        // Operators only: outside the OpenAPI document, behind `[metrics]` rules.
+        operations = operations.route("/metrics", get(crate::handlers::metrics::scrape));
+    }
     let router = routes
+        .merge(operations)
         .with_state(state)
         .merge(Router::new().route("/openapi.json", get(openapi::openapi_json)).with_state(document));
     with_middleware(router, config, Some(guard))
+}
+
+/// The router of a listener of its own for `GET /metrics` (`metrics.listen`): nothing else is
+/// served there, and its requests are not counted in the HTTP metrics (scrapes are not traffic).
+pub fn metrics_router(state: AppState, config: &WebConfig) -> Result<Router, WebConfigError> {
+    let router = Router::new().route("/metrics", get(crate::handlers::metrics::scrape)).with_state(state);
+    with_middleware(router, config, None)
 }
 
 /// Wraps a router in the stack every response passes through. Public so that tests can put probe
@@ -146,7 +159,7 @@ pub fn with_middleware(
     // One ServiceBuilder, applied once: each separate `Router::layer` would wrap every route in
     // another boxed service, cloned per request (scripts/bench measured ~2 µs/request for six).
     let stack = ServiceBuilder::new()
-        .layer(EdgeLayer::new(config))
+        .layer(EdgeLayer::new(config, guard.as_ref().map(|state| state.app.metrics().clone())))
         .map_response(IntoResponse::into_response)
         // Before CORS, authentication, the body and the route: a refused request costs the
         // budget check and nothing else.

@@ -741,10 +741,10 @@ impl App {
         }
         .await;
         match result {
-            Ok(()) => crate::sessions::log_security_event(&event, true),
+            Ok(()) => self.log_security_event(&event, true),
             Err(error) => {
                 tracing::error!(error = %portcullis_domain::error_chain(&error), "dead letter not stored");
-                crate::sessions::log_security_event(&event, false);
+                self.log_security_event(&event, false);
             }
         }
         if alert.event.kind != SecurityEventKind::AlertDeliveryFailed {

@@ -147,6 +147,7 @@ impl App {
             Ok(RateDecision::Allowed(allowance)) => Ok(Some((kind, allowance))),
             Ok(RateDecision::Limited(refusal)) => {
                 limits.trips.count(kind, key);
+                self.inner.metrics.rate_limited(kind.as_str());
                 Err(AppError::RateLimited(refusal))
             }
             Err(unavailable) => {

@@ -81,12 +81,20 @@ impl App {
                 format!("the audit log could not be read: {}", portcullis_domain::error_chain(&error)),
             ),
         };
+        if let Ok(mut last) = self.inner.audit_verified.lock() {
+            *last = Some((self.now(), report.broken.is_none()));
+        }
         if let Some(broken) = &report.broken {
             self.raise_chain_broken(broken).await?;
         } else {
             tracing::info!(events = report.events, checkpoints = report.checkpoints, "audit chain verified");
         }
         Ok(report)
+    }
+
+    /// When this node last verified the whole chain (the scheduled check), and whether it was intact.
+    pub fn last_audit_verification(&self) -> Option<(portcullis_domain::Timestamp, bool)> {
+        self.inner.audit_verified.lock().ok().and_then(|last| *last)
     }
 
     pub(crate) async fn raise_chain_broken(&self, broken: &ChainBreak) -> Result<(), AppError> {

@@ -389,6 +389,7 @@ impl App {
         action: &'static str,
     ) -> Result<(), AppError> {
         let Failure { method, checked, session, count } = failure;
+        self.inner.metrics.mfa_failed(method);
         if checked == Assertion::CounterRegressed {
             self.record_security_event_with(
                 SecurityEventKind::PasskeyCounterRegressed,

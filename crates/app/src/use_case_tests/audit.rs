@@ -550,6 +550,8 @@ async fn the_scheduled_verification_raises_a_critical_security_event_when_the_ch
     write_events(&f.t.app, 3).await;
     assert_eq!(f.t.app.run_audit_verification().await.unwrap().broken, None);
     assert!(testing::security_events(&f.t.app, SecurityEventKind::AuditChainBroken).await.is_empty());
+    let intact = || super::metrics::metric(&f.t.app, "portcullis_audit_chain_intact", &[]);
+    assert_eq!(intact().await, Some(1.0));
 
     exec(&f.path, &format!("UPDATE audit_events SET outcome = 'denied' WHERE seq = {}", f.b + 2)).await;
     let report = f.t.app.run_audit_verification().await.unwrap();
@@ -558,6 +560,10 @@ async fn the_scheduled_verification_raises_a_critical_security_event_when_the_ch
     assert_eq!(raised.len(), 1);
     assert_eq!(raised[0].details.get("seq").map(String::as_str), Some((f.b + 2).to_string().as_str()));
     assert_eq!(SecurityEventKind::AuditChainBroken.severity(), portcullis_domain::Severity::Critical);
+    // Operators without the alert sinks see it too: the gauge drops and the event is counted.
+    assert_eq!(intact().await, Some(0.0));
+    let broken = [("kind", "audit_chain_broken"), ("severity", "critical")];
+    assert_eq!(super::metrics::count(&f.t.app, "portcullis_security_events_total", &broken).await, 1.0);
 }
 
 #[tokio::test]

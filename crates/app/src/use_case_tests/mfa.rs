@@ -164,6 +164,16 @@ async fn wrong_second_factors_count_toward_the_lockout_and_raise_security_events
     let kinds = event_kinds_of(&e.t.app, e.alice.user_id).await;
     assert_eq!(kinds.iter().filter(|k| **k == SecurityEventKind::MfaFailed).count(), 3, "{kinds:?}");
     assert!(kinds.contains(&SecurityEventKind::AccountLockedOut), "{kinds:?}");
+    // And in the metrics: three wrong codes, one lockout, three passwords that asked for a factor
+    // (and the setup login), one refused login.
+    use super::metrics::count;
+    let app = &e.t.app;
+    assert_eq!(count(app, "portcullis_mfa_failures_total", &[("method", "totp")]).await, 3.0);
+    assert_eq!(count(app, "portcullis_mfa_failures_total", &[("method", "recovery_code")]).await, 0.0);
+    assert_eq!(count(app, "portcullis_lockouts_total", &[]).await, 1.0);
+    assert_eq!(count(app, "portcullis_logins_total", &[("result", "mfa_required")]).await, 3.0);
+    assert_eq!(count(app, "portcullis_logins_total", &[("result", "failure")]).await, 1.0);
+    assert_eq!(count(app, "portcullis_logins_total", &[("result", "success")]).await, 1.0);
 }
 
 #[tokio::test]

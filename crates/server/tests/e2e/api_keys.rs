@@ -4,7 +4,7 @@
 use portcullis_domain::BuiltinRole;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::support::{log_text, login, register, spawn_app};
+use crate::support::{Canary, canary, log_text, login, register, spawn_app};
 
 const PASSWORD: &str = "velvet otter migrates at dusk";
 
@@ -30,6 +30,7 @@ async fn a_key_works_in_either_header_is_listed_without_its_secret_rotates_revok
     assert_eq!(created.status(), 201);
     let created: serde_json::Value = created.json().await.unwrap();
     let key = created["key"].as_str().unwrap().to_owned();
+    canary(Canary::ApiKey, &key);
     let id = created["api_key"]["id"].as_str().unwrap().to_owned();
     assert!(key.starts_with(&format!("pcs_{id}_")));
 
@@ -77,6 +78,7 @@ async fn a_key_works_in_either_header_is_listed_without_its_secret_rotates_revok
         .await
         .unwrap();
     let new_key = rotated["key"].as_str().unwrap().to_owned();
+    canary(Canary::ApiKey, &new_key);
     assert!(rotated["api_key"]["previous_secret_valid_until"].is_string());
     assert_eq!(me("x-api-key", key.clone()).await.status(), 200, "the old secret has a grace period");
     assert_eq!(me("x-api-key", new_key.clone()).await.status(), 200);
@@ -140,6 +142,7 @@ async fn a_service_account_key_introspects_tokens_and_keys_over_the_form_endpoin
         .unwrap();
     assert_eq!(issued.status(), 201);
     let gateway_key = issued.json::<serde_json::Value>().await.unwrap()["key"].as_str().unwrap().to_owned();
+    canary(Canary::ApiKey, &gateway_key);
 
     let introspect = |token: String| {
         let request = app

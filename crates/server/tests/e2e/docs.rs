@@ -499,6 +499,24 @@ fn the_key_inventory_names_every_keyring_purpose_and_algorithm() {
 }
 
 #[test]
+fn the_log_inventory_names_every_security_event_kind_at_its_severity_and_every_metric() {
+    let inventory = std::fs::read_to_string(root().join("docs/logging.md")).unwrap();
+    for kind in portcullis_domain::SecurityEventKind::ALL {
+        let row = format!("| {} |", kind.severity().as_str());
+        let line = inventory.lines().find(|l| l.starts_with(&row)).unwrap_or_else(|| panic!("no {row} row"));
+        assert!(line.contains(&format!("`{}`", kind.as_str())), "{} is not in the {row} row", kind.as_str());
+    }
+    // Every series the registry defines is in the architecture's metrics table.
+    let source = std::fs::read_to_string(root().join("crates/app/src/metrics.rs")).unwrap();
+    let architecture = std::fs::read_to_string(root().join("docs/architecture.md")).unwrap();
+    let names: Vec<&str> = source.split('"').filter(|s| s.starts_with("portcullis_")).collect();
+    assert!(names.len() >= 19, "{names:?}");
+    for name in names {
+        assert!(architecture.contains(&format!("`{name}`")), "{name} is not in docs/architecture.md");
+    }
+}
+
+#[test]
 fn env_example_lists_every_environment_variable_and_a_file_variant_for_every_secret() {
     let example = std::fs::read_to_string(root().join("config/example.toml")).unwrap();
     let env = std::fs::read_to_string(root().join(".env.example")).unwrap();

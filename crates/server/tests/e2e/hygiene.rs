@@ -1,13 +1,16 @@
 //! No secret reaches the logs or the audit trail (ASVS 16.2.5, DESIGN.md "Secrets never leak"):
 //! passwords, tokens, cookies, emailed link tokens and API keys are pushed through every account
 //! endpoint (and an application's audit event) with debug logging on, and then looked for in
-//! everything the server logged and in the audit trail it kept.
+//! everything the server logged and in the audit trail it kept. Beyond these, every secret any suite
+//! sends or receives through the support helpers is looked for in every captured line when the test
+//! binary exits (`support::canary`); the tests of that scanner are here too.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use portcullis::config::{Config, DatabaseTarget};
 
-use crate::support::{TestApp, log_text, spawn_app};
+use crate::support::{Canary, TestApp, find_leaks, log_text, spawn_app};
 
 /// The single-use tokens in every email the outbox holds (quoted-printable soft breaks undone).
 async fn emailed_tokens(app: &crate::support::TestApp, at_least: usize) -> Vec<String> {
@@ -328,4 +331,64 @@ async fn check_decisions_are_logged_every_denial_and_one_in_n_allowed() {
     let deny = decisions.iter().find(|d| d["outcome"] == "deny").unwrap();
     assert_eq!(deny["permission"], "users:read");
     assert!(!serde_json::to_string(&decisions).unwrap().contains("decider@example.com"));
+}
+
+// ----- the whole-run scanner (support::find_leaks), run at exit over every captured line -----
+
+/// A fake capture: JSON lines as the subscriber writes them, one of them holding `planted`.
+fn fake_log(planted: &str) -> String {
+    let field = serde_json::to_string(planted).unwrap();
+    [
+        r#"{"level":"INFO","message":"request completed","status":200}"#.to_owned(),
+        format!(r#"{{"level":"DEBUG","message":"parsed body","body":{field},"path":"/v1/auth/login"}}"#),
+        r#"{"level":"INFO","message":"security event","event.kind":"login_failed"}"#.to_owned(),
+    ]
+    .join("\n")
+}
+
+#[test]
+fn the_exit_scan_finds_a_planted_canary_and_prints_its_line_masked() {
+    let password = "canary-planted-password quartz 91";
+    let token = "Zm9vYmFyYmF6cXV4LXRoaXMtaXMtYS1yZWZyZXNoLXRva2Vu";
+    let canaries =
+        BTreeMap::from([(password.to_owned(), Canary::Password), (token.to_owned(), Canary::RefreshToken)]);
+
+    let leaks = find_leaks(&fake_log(password), &canaries);
+
+    assert_eq!(leaks.len(), 1, "{leaks:?}");
+    assert_eq!(leaks[0].kinds, vec![Canary::Password]);
+    assert!(!leaks[0].masked_line.contains(password), "{}", leaks[0].masked_line);
+    assert!(!leaks[0].masked_line.contains("quartz 91"), "{}", leaks[0].masked_line);
+    assert!(leaks[0].masked_line.contains(r#""body":"[password]""#), "{}", leaks[0].masked_line);
+    assert!(leaks[0].masked_line.contains("parsed body"), "the rest of the line is kept for the reader");
+    // Two canaries in one line: one leak naming both kinds, both masked.
+    let both = format!("{} then {token}", &fake_log(password).lines().nth(1).unwrap());
+    let leaks = find_leaks(&both, &canaries);
+    assert_eq!(leaks.len(), 1, "{leaks:?}");
+    assert_eq!(leaks[0].kinds, vec![Canary::Password, Canary::RefreshToken]);
+    assert!(!leaks[0].masked_line.contains(password) && !leaks[0].masked_line.contains(token));
+}
+
+#[test]
+fn the_exit_scan_sees_a_canary_escaped_in_json_at_either_end_of_a_line_and_nothing_else() {
+    // The capture is JSON: a quote or a backslash in a password is escaped in the line.
+    let quoted = r#"canary "quoted" back\slash"#;
+    let canaries = BTreeMap::from([(quoted.to_owned(), Canary::Password)]);
+    let leaks = find_leaks(&fake_log(quoted), &canaries);
+    assert_eq!(leaks.len(), 1, "the escaped form is found: {leaks:?}");
+    assert!(!leaks[0].masked_line.contains("back"), "{}", leaks[0].masked_line);
+
+    let key = "pcs_0190c0de_secretpartofthekey";
+    let canaries = BTreeMap::from([(key.to_owned(), Canary::ApiKey)]);
+    for line in [key.to_owned(), format!("x{key}"), format!("{key}x")] {
+        assert_eq!(find_leaks(&line, &canaries).len(), 1, "{line}");
+    }
+    // Nearly, but not: a prefix, the key cut by a line break, another key.
+    let near =
+        format!("{}\n{}\n{}", &key[..key.len() - 1], key.replace("part", "\npart"), "pcs_0190c0de_other");
+    assert_eq!(find_leaks(&near, &canaries), vec![]);
+    assert_eq!(find_leaks(&fake_log("nothing secret here"), &canaries), vec![]);
+    // A value shorter than the floor is no canary: it would match by chance.
+    let short = BTreeMap::from([("123456".to_owned(), Canary::RecoveryCode)]);
+    assert_eq!(find_leaks("elapsed_us=1234567", &short), vec![]);
 }

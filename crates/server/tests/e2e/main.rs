@@ -16,6 +16,7 @@ mod interop;
 mod ip_rules;
 mod keys;
 mod lifecycle;
+mod metrics;
 mod mfa;
 mod rate_limits;
 mod sessions;

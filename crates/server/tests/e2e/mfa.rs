@@ -22,9 +22,9 @@ use webauthn_authenticator_rs::prelude::{CreationChallengeResponse, RequestChall
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 
 use crate::support::{
-    Go, PASSWORD, TestApp, Tokens, expect_field_error, expect_problem, jwt_parts, log_text, login,
-    login_response, register, set_session_cookie, setup_owner, spawn_app, spawn_with, spawn_with_setup_token,
-    wait_for_email,
+    Canary, Go, PASSWORD, TestApp, Tokens, canary, expect_field_error, expect_problem, jwt_parts, log_text,
+    login, login_response, register, set_session_cookie, setup_owner, spawn_app, spawn_with,
+    spawn_with_setup_token, wait_for_email,
 };
 
 // ----- TOTP codes from other implementations -----
@@ -173,6 +173,7 @@ async fn start_totp(app: &TestApp, access: &str, name: &str) -> (String, Value) 
         .go()
         .await;
     let body = json_of(response, 201).await;
+    canary(Canary::TotpSecret, body["secret"].as_str().unwrap_or_default());
     (body["id"].as_str().unwrap().to_owned(), body)
 }
 
@@ -196,6 +197,10 @@ fn recovery_codes(body: &Value) -> Vec<String> {
     assert_eq!(codes.len(), 10, "{body}");
     let distinct: std::collections::HashSet<&String> = codes.iter().collect();
     assert_eq!(distinct.len(), 10, "{body}");
+    for code in &codes {
+        canary(Canary::RecoveryCode, code);
+        canary(Canary::RecoveryCode, &code.replace('-', ""));
+    }
     codes
 }
 
@@ -224,6 +229,7 @@ async fn challenge_of(response: reqwest::Response) -> (String, Vec<String>) {
     assert!(body.get("access_token").is_none() && body.get("refresh_token").is_none(), "{body}");
     assert!(body.get("csrf_token").is_none(), "{body}");
     let token = body["challenge_token"].as_str().unwrap().to_owned();
+    canary(Canary::ChallengeToken, &token);
     assert_eq!(token.len(), 43, "{body}");
     assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{token}");
     let methods =

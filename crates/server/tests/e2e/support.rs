@@ -1,10 +1,13 @@
 //! The harness: `spawn_app()` starts what `portcullis serve` starts, on port 0, with a fresh data dir.
 //! Logs of every test are captured (JSON) so tests can assert on them; `TEST_LOG=1` also prints them.
+//! Every secret the helpers send or receive is a canary that no captured log line may hold when the
+//! test binary exits (see [`canary`]).
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use portcullis::config::Config;
 use portcullis::{RunningServer, StartOptions};
@@ -278,12 +281,12 @@ impl TestApp {
 
     /// `POST path` with a JSON body and no credentials.
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.call(reqwest::Method::POST, path).json(body).send().await.unwrap()
+        self.call(reqwest::Method::POST, path).json(body).go().await
     }
 
     /// `GET /v1/me` with a bearer access token.
     pub async fn me(&self, access_token: &str) -> reqwest::Response {
-        self.call(reqwest::Method::GET, "/v1/me").bearer_auth(access_token).send().await.unwrap()
+        self.call(reqwest::Method::GET, "/v1/me").bearer_auth(access_token).go().await
     }
 
     /// The status of `GET /v1/me` with a bearer access token.
@@ -313,14 +316,18 @@ impl TestApp {
     }
 }
 
-/// `send().await.unwrap()`, so a request reads as one chain.
+/// `send().await.unwrap()`, so a request reads as one chain; the secrets it carries become canaries
+/// (see [`canaries_sent`]).
 pub trait Go {
     fn go(self) -> impl std::future::Future<Output = reqwest::Response>;
 }
 
 impl Go for reqwest::RequestBuilder {
     async fn go(self) -> reqwest::Response {
-        self.send().await.unwrap()
+        let (client, request) = self.build_split();
+        let request = request.unwrap();
+        canaries_sent(&request);
+        client.execute(request).await.unwrap()
     }
 }
 
@@ -339,10 +346,13 @@ impl Tokens {
         assert_eq!(body["token_type"], "Bearer", "{body}");
         let expires_in = body["expires_in"].as_i64().unwrap_or_else(|| panic!("no expires_in: {body}"));
         assert!((890..=900).contains(&expires_in), "expires_in {expires_in}");
-        Tokens {
+        let tokens = Tokens {
             access: body["access_token"].as_str().unwrap().to_owned(),
             refresh: body["refresh_token"].as_str().unwrap().to_owned(),
-        }
+        };
+        canary(Canary::AccessToken, &tokens.access);
+        canary(Canary::RefreshToken, &tokens.refresh);
+        tokens
     }
 
     /// The session id (`sid` claim) of the access token.
@@ -379,15 +389,18 @@ impl WithSession for reqwest::RequestBuilder {
     }
 }
 
-/// The value of the session cookie a response sets, if it sets one.
+/// The session cookie a response sets (the whole `Set-Cookie` value), if it sets one.
 pub fn set_session_cookie(response: &reqwest::Response) -> Option<String> {
-    response
+    let set_cookie = response
         .headers()
         .get_all(reqwest::header::SET_COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find(|v| v.starts_with(&format!("{SESSION_COOKIE}=")))
-        .map(str::to_owned)
+        .map(str::to_owned)?;
+    let value = set_cookie.split(';').next().and_then(|pair| pair.split_once('=')).map_or("", |(_, v)| v);
+    canary(Canary::SessionCookie, value);
+    Some(set_cookie)
 }
 
 /// `POST /v1/auth/signup` with email and password, expecting the uniform 202.
@@ -443,7 +456,9 @@ pub async fn login_cookie(app: &TestApp, email: &str, password: &str) -> CookieS
     let set_cookie = set_session_cookie(&response).expect("a cookie login sets the session cookie");
     let value = set_cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
     let body: serde_json::Value = response.json().await.unwrap();
-    CookieSession { cookie: value, csrf: body["csrf_token"].as_str().unwrap().to_owned() }
+    let csrf = body["csrf_token"].as_str().unwrap().to_owned();
+    canary(Canary::CsrfToken, &csrf);
+    CookieSession { cookie: value, csrf }
 }
 
 /// Asserts that `response` is the problem `slug` with `status` (RFC 9457 shape, request id included)
@@ -575,6 +590,7 @@ pub fn token_from(eml: &str, page: &str) -> String {
     let token: String =
         eml[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
     assert_eq!(token.len(), 43, "a link token is 32 random bytes in base64url: {token:?}");
+    canary(Canary::LinkToken, &token);
     token
 }
 
@@ -823,4 +839,252 @@ fn ecdsa_der(raw: &[u8]) -> Vec<u8> {
     let mut out = vec![0x30, body.len() as u8];
     out.extend(body);
     out
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Log hygiene over the whole run (issue 11, ASVS 16.2.5): every secret the helpers send or receive is
+// registered as a canary, and when the test binary exits no captured log line may hold one.
+// ---------------------------------------------------------------------------------------------------
+
+/// What a canary is, named in the report when one turns up in a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Canary {
+    Password,
+    AccessToken,
+    RefreshToken,
+    SessionCookie,
+    CsrfToken,
+    /// The token of an emailed link (verification, password reset, invite).
+    LinkToken,
+    ChallengeToken,
+    ApiKey,
+    TotpSecret,
+    RecoveryCode,
+}
+
+impl Canary {
+    pub fn label(self) -> &'static str {
+        match self {
+            Canary::Password => "password",
+            Canary::AccessToken => "access token",
+            Canary::RefreshToken => "refresh token",
+            Canary::SessionCookie => "session cookie",
+            Canary::CsrfToken => "CSRF token",
+            Canary::LinkToken => "emailed link token",
+            Canary::ChallengeToken => "MFA challenge token",
+            Canary::ApiKey => "API key",
+            Canary::TotpSecret => "TOTP secret",
+            Canary::RecoveryCode => "recovery code",
+        }
+    }
+}
+
+/// Values shorter than this are not canaries: a test's `"wrong"` or a six-digit TOTP code turns up in
+/// a log line by chance (inside a timestamp, a word, a count) far too often to mean anything.
+pub const MIN_CANARY_LEN: usize = 8;
+
+/// Every registered canary, by value (the first kind it was registered as wins).
+fn registry() -> &'static Mutex<BTreeMap<String, Canary>> {
+    static CANARIES: OnceLock<Mutex<BTreeMap<String, Canary>>> = OnceLock::new();
+    CANARIES.get_or_init(|| Mutex::new(BTreeMap::new()))
+}
+
+/// A lock that outlives a test that panicked while holding it: the exit check must still run.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Registers a secret a test sent or received. When the test binary exits, every line captured from
+/// any test is searched for it; a hit fails the run (see [`install_exit_check`]).
+pub fn canary(kind: Canary, value: &str) {
+    if value.len() < MIN_CANARY_LEN {
+        return;
+    }
+    install_exit_check();
+    lock(registry()).entry(value.to_owned()).or_insert(kind);
+}
+
+/// The secrets in a request about to be sent: bearer tokens and API keys, the session cookie, the
+/// CSRF token, and the passwords and tokens of a JSON body. The setup token is left out: the server
+/// logs it at start on purpose, for the operator (`portcullis::start`).
+fn canaries_sent(request: &reqwest::Request) {
+    for (name, value) in request.headers() {
+        let Ok(value) = value.to_str() else { continue };
+        match name.as_str() {
+            "authorization" => {
+                if let Some(token) = value.strip_prefix("Bearer ") {
+                    let kind = if token.starts_with("pcs_") { Canary::ApiKey } else { Canary::AccessToken };
+                    canary(kind, token);
+                }
+            }
+            "x-api-key" => canary(Canary::ApiKey, value),
+            "x-csrf-token" => canary(Canary::CsrfToken, value),
+            "cookie" => {
+                for pair in value.split(';') {
+                    if let Some((SESSION_COOKIE, cookie)) = pair.trim().split_once('=') {
+                        canary(Canary::SessionCookie, cookie);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let body = request.body().and_then(reqwest::Body::as_bytes);
+    if let Some(json) = body.and_then(|bytes| serde_json::from_slice::<serde_json::Value>(bytes).ok()) {
+        canaries_in_json(&json);
+    }
+}
+
+/// The secrets of a JSON request body, by field name, at any depth. `code` is left to the suites:
+/// a TOTP code is a few digits, a recovery code is registered where a suite reads it.
+fn canaries_in_json(value: &serde_json::Value) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (name, field) in fields {
+                let kind = match name.as_str() {
+                    "password" | "current_password" | "new_password" => Some(Canary::Password),
+                    "refresh_token" => Some(Canary::RefreshToken),
+                    "token" => Some(Canary::LinkToken),
+                    "challenge_token" => Some(Canary::ChallengeToken),
+                    _ => None,
+                };
+                match (kind, field.as_str()) {
+                    (Some(kind), Some(secret)) => canary(kind, secret),
+                    _ => canaries_in_json(field),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(canaries_in_json),
+        _ => {}
+    }
+}
+
+/// Registers [`check_logs_at_exit`] to run when the process exits, once.
+///
+/// Why at exit: libtest has no hook after the last test, and a test that looked at the logs could
+/// only see what the tests before it logged, and only when it was selected. Every way the harness
+/// ends goes through the C library's `exit` (libtest's `process::exit` on a failure, `main`
+/// returning otherwise), which runs the `atexit` handlers, so the check sees everything that every
+/// selected test logged, whatever the filter. `shutdown_hooks` is a safe wrapper over `atexit`; the
+/// workspace forbids `unsafe` code, tests included, so `libc::atexit` cannot be called from here.
+fn install_exit_check() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        assert!(shutdown_hooks::add_shutdown_hook(check_logs_at_exit), "atexit refused the log check");
+    });
+}
+
+/// Most leaking lines printed; the rest are counted.
+const LEAKS_SHOWN: usize = 20;
+
+/// The `atexit` handler: searches every captured line for every canary, and on a hit prints each
+/// leaking line with the canaries masked and aborts. Aborting, not exiting: `exit` is already under
+/// way, and std refuses a second one (so does C: calling it again is undefined), while `_exit`
+/// would need `unsafe`. Either way the process ends by a signal and `cargo test` fails.
+extern "C" fn check_logs_at_exit() {
+    let canaries = lock(registry()).clone();
+    let text = String::from_utf8_lossy(&lock(logs())).into_owned();
+    let leaks = find_leaks(&text, &canaries);
+    let mut stderr = std::io::stderr().lock();
+    if leaks.is_empty() {
+        let mut kinds: BTreeMap<Canary, usize> = BTreeMap::new();
+        canaries.values().for_each(|kind| *kinds.entry(*kind).or_default() += 1);
+        let kinds: Vec<String> = kinds.iter().map(|(kind, n)| format!("{n} {}", kind.label())).collect();
+        let lines = text.lines().count();
+        let _ = writeln!(stderr, "log hygiene: no secret in {lines} log lines ({})", kinds.join(", "));
+        return;
+    }
+    let _ = writeln!(
+        stderr,
+        "\nlog hygiene: {} captured log line(s) hold a secret the tests sent or received:",
+        leaks.len()
+    );
+    for leak in leaks.iter().take(LEAKS_SHOWN) {
+        let kinds: Vec<&str> = leak.kinds.iter().map(|k| k.label()).collect();
+        let _ = writeln!(stderr, "  [{}] {}", kinds.join(", "), leak.masked_line);
+    }
+    if leaks.len() > LEAKS_SHOWN {
+        let _ = writeln!(stderr, "  ... and {} more", leaks.len() - LEAKS_SHOWN);
+    }
+    let _ = stderr.flush();
+    std::process::abort();
+}
+
+/// A log line that holds canaries: their kinds, and the line with each of them masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leak {
+    pub kinds: Vec<Canary>,
+    pub masked_line: String,
+}
+
+/// Bits of the prefix filter in [`find_leaks`] (2^20: 128 KiB, about 1% full for ten thousand
+/// canaries).
+const FILTER_BITS_LOG2: u32 = 20;
+
+/// The filter bit of an eight-byte window.
+fn filter_bit(window: u64) -> usize {
+    (window.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - FILTER_BITS_LOG2)) as usize
+}
+
+/// The lines of `log` that hold any of `canaries`, raw or as a JSON string escapes it.
+///
+/// The whole run logs tens of megabytes and registers thousands of canaries, unoptimized: one
+/// substring search per canary would take minutes. Instead every canary is indexed by its first
+/// [`MIN_CANARY_LEN`] bytes, and each position of the log is looked up once (a bit filter first).
+pub fn find_leaks(log: &str, canaries: &BTreeMap<String, Canary>) -> Vec<Leak> {
+    let mut needles: Vec<(String, Canary)> = Vec::new();
+    for (value, kind) in canaries.iter().filter(|(value, _)| value.len() >= MIN_CANARY_LEN) {
+        needles.push((value.clone(), *kind));
+        let escaped = serde_json::to_string(value).unwrap_or_default();
+        let escaped = escaped.trim_start_matches('"').trim_end_matches('"');
+        if escaped != value {
+            needles.push((escaped.to_owned(), *kind));
+        }
+    }
+    let prefix = |bytes: &[u8]| -> u64 {
+        let mut window = [0u8; 8];
+        window.copy_from_slice(&bytes[..MIN_CANARY_LEN]);
+        u64::from_le_bytes(window)
+    };
+    let mut by_prefix: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut filter = vec![0u64; (1 << FILTER_BITS_LOG2) / 64];
+    for (i, (needle, _)) in needles.iter().enumerate() {
+        let window = prefix(needle.as_bytes());
+        by_prefix.entry(window).or_default().push(i);
+        let bit = filter_bit(window);
+        filter[bit / 64] |= 1 << (bit % 64);
+    }
+    let mut leaks = Vec::new();
+    for line in log.lines() {
+        let bytes = line.as_bytes();
+        let mut found: Vec<usize> = Vec::new();
+        for start in 0..(bytes.len() + 1).saturating_sub(MIN_CANARY_LEN) {
+            let window = prefix(&bytes[start..]);
+            let bit = filter_bit(window);
+            if filter[bit / 64] & (1 << (bit % 64)) == 0 {
+                continue;
+            }
+            for &i in by_prefix.get(&window).into_iter().flatten() {
+                if bytes[start..].starts_with(needles[i].0.as_bytes()) && !found.contains(&i) {
+                    found.push(i);
+                }
+            }
+        }
+        if found.is_empty() {
+            continue;
+        }
+        // Longest first, so a canary that contains another is masked whole.
+        found.sort_by_key(|&i| std::cmp::Reverse(needles[i].0.len()));
+        let mut masked_line = line.to_owned();
+        let mut kinds = Vec::new();
+        for &i in &found {
+            let (needle, kind) = &needles[i];
+            masked_line = masked_line.replace(needle.as_str(), &format!("[{}]", kind.label()));
+            kinds.push(*kind);
+        }
+        kinds.sort();
+        kinds.dedup();
+        leaks.push(Leak { kinds, masked_line });
+    }
+    leaks
 }

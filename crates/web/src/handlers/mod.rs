@@ -8,6 +8,7 @@ pub(crate) mod authz;
 pub(crate) mod health;
 pub(crate) mod ip_rules;
 pub(crate) mod me;
+pub(crate) mod metrics;
 pub(crate) mod mfa;
 pub(crate) mod oauth;
 pub(crate) mod organizations;

@@ -17,6 +17,7 @@ use axum::extract::{ConnectInfo, MatchedPath};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderName, HeaderValue, Request, header};
 use ipnet::IpNet;
+use portcullis_app::Metrics;
 use portcullis_domain::RequestId;
 use tower::{Layer, Service};
 use tracing::Instrument;
@@ -54,6 +55,9 @@ struct EdgeSettings {
     max_headers: usize,
     max_header_bytes: usize,
     hsts: HeaderValue,
+    /// Where requests are counted; `None` for routers whose requests are not traffic (the redirect
+    /// and metrics listeners, test probes).
+    metrics: Option<Metrics>,
 }
 
 /// Layer producing [`Edge`].
@@ -63,7 +67,7 @@ pub(crate) struct EdgeLayer {
 }
 
 impl EdgeLayer {
-    pub(crate) fn new(config: &WebConfig) -> Self {
+    pub(crate) fn new(config: &WebConfig, metrics: Option<Metrics>) -> Self {
         Self {
             settings: Arc::new(EdgeSettings {
                 trusted_proxies: config.trusted_proxies.clone(),
@@ -71,6 +75,7 @@ impl EdgeLayer {
                 max_headers: config.max_headers,
                 max_header_bytes: config.max_header_bytes,
                 hsts: config.hsts.header_value(),
+                metrics,
             }),
         }
     }
@@ -133,9 +138,10 @@ where
 
         // The route template, never the raw path: paths carry ids and tokens (CONVENTIONS.md, "Logging").
         let route = request.extensions().get::<MatchedPath>().cloned();
+        let method = method_for_log(request.method());
         let span = tracing::info_span!(
             "request",
-            method = method_for_log(request.method()),
+            method,
             route = route.as_ref().map_or("-", MatchedPath::as_str),
             request_id = %request_id,
             client_ip = %client.ip,
@@ -148,6 +154,7 @@ where
         // Standard tower practice: call the clone that was driven ready, keep a fresh one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let in_flight = settings.metrics.as_ref().map(Metrics::request_started);
         Box::pin(async move {
             let mut response = match oversized {
                 Some(problem) => problem.into_response(),
@@ -155,7 +162,19 @@ where
             };
             finish(&mut response, &request_id, request_id_header, client.https.then_some(&settings.hsts));
             let status = response.status().as_u16();
-            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let elapsed = started.elapsed();
+            if let Some(metrics) = &settings.metrics {
+                // The template (bounded by the route table), never the path: `unmatched` for 404s
+                // outside it, so scanners cannot grow the label set.
+                metrics.request_finished(
+                    method,
+                    route.as_ref().map_or("unmatched", MatchedPath::as_str),
+                    status,
+                    elapsed,
+                );
+            }
+            drop(in_flight);
+            let latency_ms = elapsed.as_secs_f64() * 1000.0;
             if response.status().is_server_error() {
                 tracing::warn!(parent: &span, status, latency_ms, "request completed");
             } else {
