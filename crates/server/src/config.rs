@@ -28,7 +28,9 @@ mod keys;
 mod metrics;
 mod mfa;
 mod rate_limits;
+mod sentry;
 
+pub use self::sentry::SentryConfig;
 pub use accounts::{
     AccountsConfig, ApiKeysConfig, AuthzConfig, EmailConfig, EmailTransport, PasswordAlgorithmName,
     PasswordConfig, SignupPolicyName, SmtpSecurityName, TokenAlgorithm, TokensConfig,
@@ -53,6 +55,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "email.smtp_password",
     "keys.kek",
     "redis.url",
+    "sentry.dsn",
     "metrics.token",
 ];
 
@@ -145,6 +148,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub audit: AuditConfig,
     pub mfa: MfaConfig,
+    pub sentry: SentryConfig,
     pub metrics: MetricsConfig,
     /// Files that secrets were read from (for the permission checks); not a configuration key.
     #[serde(skip)]
@@ -180,6 +184,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             audit: AuditConfig::default(),
             mfa: MfaConfig::default(),
+            sentry: SentryConfig::default(),
             metrics: MetricsConfig::default(),
             secret_files: Vec::new(),
             config_file: None,
@@ -598,6 +603,7 @@ impl Config {
         problems.extend(self.key_problems());
         problems.extend(self.audit_problems());
         problems.extend(self.mfa_problems());
+        problems.extend(self.sentry_problems());
         problems.extend(self.metrics_problems());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
@@ -633,6 +639,7 @@ impl Config {
         problems.extend(self.key_production_problems());
         problems.extend(self.rate_limit_production_problems());
         problems.extend(self.alert_production_problems());
+        problems.extend(self.sentry_production_problems());
         problems.extend(self.metrics_production_problems());
         if let Some(secret) = &self.email.smtp_password {
             problems.extend(

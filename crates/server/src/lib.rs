@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod data_dir;
+pub mod error_tracking;
 pub mod listener;
 pub mod telemetry;
 pub mod tls;
@@ -53,6 +54,9 @@ pub enum StartError {
     AuditBroken { seq: i64, reason: String },
     #[error("cannot write the export: {source}")]
     Output { source: std::io::Error },
+    /// The Sentry client could not be built (its HTTP client, in practice).
+    #[error("cannot start error tracking: {source}")]
+    ErrorTracking { source: reqwest::Error },
 }
 
 impl StartError {

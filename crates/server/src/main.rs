@@ -12,6 +12,7 @@ use portcullis::cli::{
     ServeArgs, UsersCommand,
 };
 use portcullis::config::{self, Config};
+use portcullis::error_tracking::ErrorTracking;
 use portcullis::{StartError, StartOptions, VERSION, telemetry};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Config(ConfigCommand::Check(args)) => config_check(&config, args.dev_tls),
-        Command::Serve(args) => run_async(serve(config, args)),
+        Command::Serve(args) => serve_with_error_tracking(config, args),
         Command::Migrate(args) => run_async(migrate(config, args)),
         Command::Users(UsersCommand::Create(args)) => run_async(create_user(config, args)),
         Command::Keys(KeysCommand::GenerateKek(args)) => generate_kek(&args.id),
@@ -79,8 +80,24 @@ fn config_check(config: &Config, dev_tls: bool) -> ExitCode {
     }
 }
 
+/// `serve`, with the Sentry client (when configured) held for the whole process: it is dropped only
+/// after the runtime has stopped, so the errors of a failed start and of shutdown are sent too.
+fn serve_with_error_tracking(config: Config, args: ServeArgs) -> ExitCode {
+    let error_tracking = match ErrorTracking::start(&config) {
+        Ok(tracking) => tracking,
+        Err(error) => {
+            eprintln!("portcullis: {}", error.describe());
+            return ExitCode::from(error.exit_code());
+        }
+    };
+    telemetry::init(&config.log, config.mode, error_tracking.as_ref());
+    let code = run_async(serve(config, args));
+    // Sends what is queued, waiting at most sentry.shutdown_timeout_secs.
+    drop(error_tracking);
+    code
+}
+
 async fn serve(config: Config, args: ServeArgs) -> Result<(), StartError> {
-    telemetry::init(&config.log, config.mode);
     // Handlers go in before the server announces itself, so a signal sent as soon as the
     // "listening" line appears is handled, not fatal.
     let mut signals = Signals::install().map_err(|source| StartError::Signals { source })?;
@@ -127,7 +144,7 @@ impl Signals {
 
 /// `migrate`: apply pending migrations (or report them with `--status`).
 async fn migrate(config: Config, args: MigrateArgs) -> Result<(), StartError> {
-    telemetry::init(&config.log, config.mode);
+    telemetry::init(&config.log, config.mode, None);
     if let Some(warning) = portcullis::data_dir::prepare(&config.data_dir)
         .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?
     {
@@ -160,7 +177,7 @@ async fn migrate(config: Config, args: MigrateArgs) -> Result<(), StartError> {
 
 /// `users create`: make an account from the command line, reading its password without echo.
 async fn create_user(config: Config, args: CreateUserArgs) -> Result<(), StartError> {
-    telemetry::init(&config.log, config.mode);
+    telemetry::init(&config.log, config.mode, None);
     let role = portcullis_domain::BuiltinRole::parse(&args.role).ok_or_else(|| {
         StartError::Config(config::ConfigError {
             problems: vec!["--role: must be one of owner, admin, auditor, member".into()],
@@ -207,7 +224,7 @@ fn generate_kek(id: &str) -> ExitCode {
 
 /// `keys list | rotate | rotate-kek | reencrypt`.
 async fn keys(config: Config, command: KeysCommand) -> Result<(), StartError> {
-    telemetry::init(&config.log, config.mode);
+    telemetry::init(&config.log, config.mode, None);
     let app = portcullis::open_app(&config).await?;
     let result = keys_with(&app, command).await;
     app.shutdown().await;
@@ -309,7 +326,7 @@ async fn keys_with(app: &portcullis_app::App, command: KeysCommand) -> Result<()
 }
 
 async fn audit(config: Config, command: AuditCommand) -> Result<(), StartError> {
-    telemetry::init(&config.log, config.mode);
+    telemetry::init(&config.log, config.mode, None);
     let app = portcullis::open_app(&config).await?;
     let result = audit_with(&app, command).await;
     app.shutdown().await;

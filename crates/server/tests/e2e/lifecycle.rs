@@ -150,12 +150,7 @@ async fn a_panic_is_answered_500_and_logged_with_the_request_id() {
     use axum::routing::get;
 
     init_logs();
-    // The server's hook, chained before the test harness's own so other tests' failures still print.
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        portcullis::telemetry::log_panic(info);
-        previous(info);
-    }));
+    crate::support::log_panics();
     #[allow(clippy::panic, reason = "the probe exists to panic")]
     async fn boom() -> &'static str {
         panic!("probe panic for the last-resort handler")

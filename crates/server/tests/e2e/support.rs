@@ -190,6 +190,20 @@ pub fn init_logs() {
     });
 }
 
+/// The hook `serve` installs (`telemetry::log_panic`: a panic becomes an error line inside the
+/// current span), installed once for the whole binary and chained before the test harness's own,
+/// so other tests' failures still print. Once, because two chained copies would log each panic twice.
+pub fn log_panics() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            portcullis::telemetry::log_panic(info);
+            previous(info);
+        }));
+    });
+}
+
 /// Every captured log line, parsed.
 pub fn log_lines() -> Vec<serde_json::Value> {
     let bytes = logs().lock().unwrap().clone();
