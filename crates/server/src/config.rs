@@ -964,6 +964,7 @@ mod tests {
             (format!("postgres://u:{canary}@db.example:5432/portcullis"), canary),
             (format!("redis://:{canary}@127.0.0.1:6379/0"), canary),
             (format!("k1:{kek}"), kek.as_str()),
+            (format!("https://{canary}@sentry.example.com/42"), canary),
         ];
         let companions: [&[(&str, &str)]; 2] = [&[], &[("PORTCULLIS_EMAIL__SMTP_USERNAME", "u")]];
         for key in SECRET_KEYS {
