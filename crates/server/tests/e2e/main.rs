@@ -9,6 +9,7 @@ mod audit;
 mod binary;
 mod cli_users;
 mod docs;
+mod export;
 mod http_stack;
 mod hygiene;
 mod interop;
