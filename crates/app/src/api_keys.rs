@@ -346,7 +346,11 @@ impl App {
     }
 
     /// The keys of `owner`, newest first, with the ip of their last use opened.
-    async fn summaries(&self, tx: &mut dyn StoreTx, owner: KeyOwner) -> Result<Vec<ApiKeySummary>, AppError> {
+    pub(crate) async fn summaries(
+        &self,
+        tx: &mut dyn StoreTx,
+        owner: KeyOwner,
+    ) -> Result<Vec<ApiKeySummary>, AppError> {
         let keys = tx.api_keys_of(owner).await?;
         let fields = &self.loaded_keys().fields;
         let mut summaries = Vec::with_capacity(keys.len());

@@ -15,6 +15,7 @@ pub mod benchmarking;
 mod clock;
 mod csrf;
 mod error;
+mod export;
 mod instance;
 mod keys;
 pub mod mail;
@@ -65,6 +66,10 @@ pub use api_keys::{
 pub use authz::{CheckRequest, MAX_CHECK_BATCH};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{AppError, FieldIssue};
+pub use export::{
+    EXPORT_FORMAT, ExportedApiKey, ExportedSession, Factors, MAX_EXPORTED_AUDIT_EVENTS,
+    MAX_EXPORTED_SESSIONS, Membership, PersonalData, SessionState, Truncated,
+};
 pub use metrics::{InFlight, LoginResult, Metrics, MetricsAccess};
 pub use mfa::{
     MfaChallenge, MfaDevice, MfaFactors, MfaSettings, PasskeyOptions, PasskeySettings, RecoveryCodes,

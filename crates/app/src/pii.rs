@@ -161,20 +161,29 @@ impl App {
     ) -> Result<Vec<OpenedSession>, AppError> {
         let mut opened = Vec::new();
         for stored in tx.sessions_of(user, now).await? {
-            let keys = self.keys_holding(tx, stored.pii_key.as_deref()).await?;
-            let row = stored.session.id.to_string();
-            let place = |column| Place { table: PiiTable::Sessions.name(), column, row: &row };
-            opened.push(OpenedSession {
-                ip: stored.ip.as_ref().map(|ip| keys.fields.open_text(ip, place("ip"))).transpose()?,
-                user_agent: stored
-                    .user_agent
-                    .as_ref()
-                    .map(|ua| keys.fields.open_text(ua, place("user_agent")))
-                    .transpose()?,
-                session: stored.session,
-            });
+            opened.push(self.open_stored_session(tx, stored).await?);
         }
         Ok(opened)
+    }
+
+    /// A stored session with its client details opened.
+    pub(crate) async fn open_stored_session(
+        &self,
+        tx: &mut dyn StoreTx,
+        stored: StoredSession,
+    ) -> Result<OpenedSession, AppError> {
+        let keys = self.keys_holding(tx, stored.pii_key.as_deref()).await?;
+        let row = stored.session.id.to_string();
+        let place = |column| Place { table: PiiTable::Sessions.name(), column, row: &row };
+        Ok(OpenedSession {
+            ip: stored.ip.as_ref().map(|ip| keys.fields.open_text(ip, place("ip"))).transpose()?,
+            user_agent: stored
+                .user_agent
+                .as_ref()
+                .map(|ua| keys.fields.open_text(ua, place("user_agent")))
+                .transpose()?,
+            session: stored.session,
+        })
     }
 
     /// Records a security event with the client's ip sealed.

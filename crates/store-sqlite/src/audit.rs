@@ -214,6 +214,16 @@ impl AuditStore for SqliteTx {
                 .push_bind(actor.clone())
                 .push(")");
         }
+        if let Some(id) = &query.involving {
+            // Each column has its own index, so the engine can read the three and merge them.
+            sql.push(" AND (actor_id = ")
+                .push_bind(id.clone())
+                .push(" OR on_behalf_of = ")
+                .push_bind(id.clone())
+                .push(" OR target_id = ")
+                .push_bind(id.clone())
+                .push(")");
+        }
         if let Some(prefix) = &query.action_prefix {
             // A range, not LIKE (action names contain `_`, a LIKE wildcard) nor substr (no index):
             // every action starting with the prefix sorts bytewise in [prefix, prefix + DEL), since

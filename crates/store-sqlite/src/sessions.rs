@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use portcullis_domain::{
     AuthMethods, RevokeReason, Session, SessionId, SessionKind, Timestamp, TokenHash, UserId,
 };
-use portcullis_store::{RefreshSpend, Sealed, SessionStore, StoreError, StoredSession};
+use portcullis_store::{RefreshSpend, Sealed, SessionRecord, SessionStore, StoreError, StoredSession};
 
 use crate::{SqliteTx, corrupt};
 
@@ -57,6 +57,14 @@ impl SessionRow {
             pii_key: self.pii_key,
         })
     }
+}
+
+/// A `sessions` row with why it was revoked, for the session history.
+#[derive(sqlx::FromRow)]
+struct HistoryRow {
+    #[sqlx(flatten)]
+    row: SessionRow,
+    revoked_reason: Option<String>,
 }
 
 fn session_id(text: &str) -> Result<SessionId, StoreError> {
@@ -143,6 +151,43 @@ impl SessionStore for SqliteTx {
             Err(e) => return Err(self.fail(e)),
         };
         rows.into_iter().map(SessionRow::into_session).collect()
+    }
+
+    async fn session_history(
+        &mut self,
+        user: UserId,
+        before: Option<(Timestamp, SessionId)>,
+        limit: u32,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Keyset paging on (created_at, id), the order the owner's list uses: a page costs the same
+        // however deep into the history it starts.
+        let (created, id) = match before {
+            Some((created, id)) => (Some(created.as_unix_millis()), Some(id.to_string())),
+            None => (None, None),
+        };
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS}, revoked_reason FROM sessions \
+             WHERE user_id = $1 \
+             AND ($2 IS NULL OR created_at < $2 OR (created_at = $2 AND id < $3)) \
+             ORDER BY created_at DESC, id DESC LIMIT $4"
+        );
+        let rows: Vec<HistoryRow> = match sqlx::query_as(&sql)
+            .bind(user.to_string())
+            .bind(created)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.tx)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return Err(self.fail(e)),
+        };
+        rows.into_iter()
+            .map(|h| Ok(SessionRecord { stored: h.row.into_session()?, revoked_reason: h.revoked_reason }))
+            .collect()
     }
 
     async fn count_active_sessions(&mut self, now: Timestamp) -> Result<u64, StoreError> {

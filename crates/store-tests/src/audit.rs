@@ -311,6 +311,44 @@ pub async fn audit_listing_filters_and_pages_newest_first(store: &dyn Store) -> 
     Ok(())
 }
 
+/// The events involving an id are those it acted in, was acted for in, or was the target of
+/// (whatever the target's type), newest first; they combine with the other filters and page like
+/// any listing. This is how a person's data export finds their events.
+pub async fn the_events_involving_an_id_are_those_it_acted_in_was_acted_for_in_or_was_the_target_of(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    append(store, listing_fixture()).await?;
+    let involving = |id: &str| AuditQuery { involving: Some(id.to_owned()), ..query(100) };
+    let cases: Vec<(&str, AuditQuery, Vec<i64>)> = vec![
+        ("alice: actor of 1, 6 and 9, acted for and target in 2", involving("alice"), vec![9, 6, 2, 1]),
+        (
+            "bob: actor of 3 and 8, acted for in 7, target of 1, 5 and 8",
+            involving("bob"),
+            vec![8, 7, 5, 3, 1],
+        ),
+        ("the key: actor of 2", involving("key-1"), vec![2]),
+        ("a session: target of 4", involving("s1"), vec![4]),
+        ("carol: only ever a target", involving("carol"), vec![7]),
+        ("an id in no event", involving("mallory"), vec![]),
+        (
+            "bob's, under user.",
+            AuditQuery { action_prefix: Some("user.".into()), ..involving("bob") },
+            vec![8, 7, 5, 1],
+        ),
+        ("bob's, before seq 7", AuditQuery { before_seq: Some(7), ..involving("bob") }, vec![5, 3, 1]),
+        ("bob's, the newest two", AuditQuery { limit: 2, ..involving("bob") }, vec![8, 7]),
+    ];
+    for (what, query, expected) in cases {
+        ensure_eq(what, &seqs(&list(store, &query).await?), &expected)?;
+    }
+    for limit in 1..=3 {
+        let paged = every_page(store, &AuditQuery { limit, ..involving("bob") }).await?;
+        ensure_eq(&format!("bob's events read {limit} at a time"), &paged, &vec![8, 7, 5, 3, 1])?;
+    }
+    Ok(())
+}
+
 /// Checkpoints come back whole, one per seq: a second for a seq is a conflict on `audit_checkpoint`,
 /// also when two nodes store one at once, and the first stays. They are found as the latest, after
 /// a seq (up to a limit) and at a seq. Retention may cut at the largest checkpoint whose event (not

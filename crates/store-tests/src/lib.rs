@@ -20,8 +20,9 @@ use portcullis_domain::{
     UserId, UserStatus, error_chain,
 };
 use portcullis_store::{
-    BlindIndex, KeyPurpose, KeyState, PiiRow, PiiTable, RefreshSpend, Sealed, Store, StoreError, StoreTx,
-    StoredKey, StoredOneTimeToken, StoredSecurityEvent, StoredSession, StoredTotpDevice, StoredUser,
+    BlindIndex, KeyPurpose, KeyState, PiiRow, PiiTable, RefreshSpend, Sealed, SessionRecord, Store,
+    StoreError, StoreTx, StoredKey, StoredOneTimeToken, StoredSecurityEvent, StoredSession, StoredTotpDevice,
+    StoredUser,
 };
 
 mod accounts_admin;
@@ -212,6 +213,12 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "sessions_of_lists_live_sessions_newest_first",
         run: |s| Box::pin(sessions_of_lists_live_sessions_newest_first(s)),
+    },
+    Check {
+        name: "the_session_history_holds_every_session_of_the_account_newest_first_with_why_it_ended",
+        run: |s| {
+            Box::pin(the_session_history_holds_every_session_of_the_account_newest_first_with_why_it_ended(s))
+        },
     },
     Check {
         name: "a_sessions_sealed_client_details_come_back_with_the_session_list",
@@ -580,6 +587,16 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "audit_listing_filters_and_pages_newest_first",
         run: |s| Box::pin(audit::audit_listing_filters_and_pages_newest_first(s)),
+    },
+    Check {
+        name: "the_events_involving_an_id_are_those_it_acted_in_was_acted_for_in_or_was_the_target_of",
+        run: |s| {
+            Box::pin(
+                audit::the_events_involving_an_id_are_those_it_acted_in_was_acted_for_in_or_was_the_target_of(
+                    s,
+                ),
+            )
+        },
     },
     Check {
         name: "checkpoints_are_one_per_seq_and_found_by_seq_and_cut",
@@ -1463,6 +1480,89 @@ pub async fn sessions_of_lists_live_sessions_newest_first(store: &dyn Store) -> 
     let active = tx.count_active_sessions(now).await.step("count active sessions")?;
     tx.rollback().await.step("rollback")?;
     ensure_eq("live sessions of everyone", &active, &5)
+}
+
+/// The session history holds every session of the account whatever its state (live, revoked with
+/// the reason it was revoked for, past its expiry), newest first with ties broken by id, sealed
+/// client details byte for byte, and nobody else's; read a page at a time from the last session of
+/// the page before, it gives the same sessions without repeats or gaps.
+pub async fn the_session_history_holds_every_session_of_the_account_newest_first_with_why_it_ended(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let alice = user(1, "alice@example.com");
+    let bob = user(2, "bob@example.com");
+    write_users(store, &[alice.clone(), bob.clone()]).await?;
+    let oldest = session(1, alice.id, 10);
+    let logged_out = session(2, alice.id, 20);
+    let tie_low = session(3, alice.id, 30);
+    let tie_high = session(4, alice.id, 30);
+    let expired = Session { expires_at: at(45), ..session(5, alice.id, 40) };
+    let newest = session(6, alice.id, 50);
+    let bobs = session(7, bob.id, 60);
+    let sealed_newest = StoredSession {
+        ip: Some(sealed("198.51.100.23")),
+        user_agent: Some(sealed("curl/8.5.0")),
+        pii_key: Some(PII_KEY.to_owned()),
+        ..unsealed(newest.clone())
+    };
+    let mut tx = store.begin().await.step("begin")?;
+    for plain in [&oldest, &logged_out, &tie_low, &tie_high, &expired, &bobs] {
+        tx.insert_session(&unsealed(plain.clone()), None).await.step("insert a session")?;
+    }
+    tx.insert_session(&sealed_newest, None).await.step("insert the sealed session")?;
+    tx.revoke_session(alice.id, logged_out.id, at(25), RevokeReason::Logout).await.step("log out")?;
+    tx.revoke_sessions_of(alice.id, Some(newest.id), at(55), RevokeReason::PasswordChanged)
+        .await
+        .step("revoke all but the newest")?;
+    tx.commit().await.step("commit")?;
+
+    let record = |session: Session, revoked: Option<(i64, &str)>| SessionRecord {
+        stored: unsealed(Session { revoked_at: revoked.map(|(t, _)| at(t)), ..session }),
+        revoked_reason: revoked.map(|(_, reason)| reason.to_owned()),
+    };
+    let expected = vec![
+        SessionRecord { stored: sealed_newest, revoked_reason: None },
+        // Past its absolute expiry, so not live: the revocation leaves it as it was.
+        record(expired, None),
+        record(tie_high, Some((55, "password_changed"))),
+        record(tie_low, Some((55, "password_changed"))),
+        record(logged_out, Some((25, "logout"))),
+        record(oldest, Some((55, "password_changed"))),
+    ];
+    let everything = session_history_page(store, alice.id, None, 100).await?;
+    ensure_eq("alice's whole session history", &everything, &expected)?;
+    for limit in 1..=4 {
+        let mut paged = Vec::new();
+        let mut before = None;
+        for _ in 0..=expected.len() {
+            let page = session_history_page(store, alice.id, before, limit).await?;
+            ensure(page.len() <= limit as usize, || format!("a page of {limit} holds {}", page.len()))?;
+            let done = page.len() < limit as usize;
+            before = page.last().map(|r| (r.stored.session.created_at, r.stored.session.id));
+            paged.extend(page);
+            if done {
+                break;
+            }
+        }
+        ensure_eq(&format!("alice's history read {limit} at a time"), &paged, &expected)?;
+    }
+    ensure_eq("a limit of 0", &session_history_page(store, alice.id, None, 0).await?, &Vec::new())?;
+    let bobs_history = session_history_page(store, bob.id, None, 100).await?;
+    ensure_eq("bob's history", &bobs_history, &vec![record(bobs, None)])
+}
+
+/// One page of the account's session history, read in a transaction of its own.
+async fn session_history_page(
+    store: &dyn Store,
+    user: UserId,
+    before: Option<(Timestamp, SessionId)>,
+    limit: u32,
+) -> Result<Vec<SessionRecord>, Failure> {
+    let mut reader = store.begin_read().await.step("begin a read")?;
+    let found = reader.session_history(user, before, limit).await.step("read the session history")?;
+    reader.commit().await.step("end the read")?;
+    Ok(found)
 }
 
 /// The session list carries each session's sealed ip and user agent byte for byte with the key that

@@ -11,6 +11,9 @@ use crate::StoreError;
 pub struct AuditQuery {
     /// Events whose actor id or acted-for account is this.
     pub actor_id: Option<String>,
+    /// Events that concern this id at all: as the actor, as the account acted for, or as the target
+    /// (whatever its type). A person's data export lists their events with it.
+    pub involving: Option<String>,
     /// Events whose action starts with this (`user.` finds every user action).
     pub action_prefix: Option<String>,
     pub target_type: Option<String>,

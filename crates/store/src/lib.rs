@@ -37,7 +37,7 @@ pub use pii::{
 };
 pub use roles::RoleStore;
 pub use security_events::{SecurityEventCursor, SecurityEventPage, SecurityEventQuery, SecurityEventStore};
-pub use sessions::{RefreshSpend, SessionStore};
+pub use sessions::{RefreshSpend, SessionRecord, SessionStore};
 
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,6 +17,16 @@ pub enum RefreshSpend {
     AlreadySpent(SessionId),
 }
 
+/// One session as its history keeps it, whatever its state, with why it ended early (for the
+/// person's data export).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub stored: StoredSession,
+    /// The stored spelling of why it was revoked ([`RevokeReason::as_str`], or `user_deleted`);
+    /// `None` while it is not revoked, or when it was stored revoked without a reason.
+    pub revoked_reason: Option<String>,
+}
+
 /// Sessions and refresh tokens.
 #[async_trait]
 pub trait SessionStore {
@@ -36,6 +46,16 @@ pub trait SessionStore {
     /// The user's sessions that are not revoked and not past their absolute expiry at `now`, newest
     /// first, with their sealed client details (for the owner's session list).
     async fn sessions_of(&mut self, user: UserId, now: Timestamp) -> Result<Vec<StoredSession>, StoreError>;
+
+    /// Up to `limit` of the user's sessions whatever their state (live, revoked, expired), newest
+    /// first (by creation, then id, both descending), starting after `before`: the creation time and
+    /// id of the last session of the previous page. For the person's data export.
+    async fn session_history(
+        &mut self,
+        user: UserId,
+        before: Option<(Timestamp, SessionId)>,
+        limit: u32,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
 
     /// How many sessions of anyone are neither revoked nor past their absolute expiry at `now` (a
     /// metric).

@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::handlers::{
-    admin, api_keys, audit, auth, authz, health, ip_rules, me, mfa, oauth, organizations, roles,
+    admin, api_keys, audit, auth, authz, export, health, ip_rules, me, mfa, oauth, organizations, roles,
     security_events, service_accounts, well_known,
 };
 use crate::middleware::edge::{EdgeLayer, X_REQUEST_ID};
@@ -65,6 +65,8 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
         .routes(routes!(me::revoke_session))
         .routes(routes!(auth::reauthenticate))
         .routes(routes!(auth::reauthenticate_passkey_options))
+        // Authenticated, and recently (step-up): everything kept about the caller, as a download.
+        .routes(routes!(export::export_my_data))
         // Authenticated, even while a second factor must be enrolled: the caller's own factors.
         .routes(routes!(mfa::list_my_mfa))
         .routes(routes!(mfa::enroll_totp))
@@ -89,6 +91,7 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
         .routes(routes!(admin::enable_user))
         .routes(routes!(admin::unlock_user))
         .routes(routes!(admin::revoke_user_sessions))
+        .routes(routes!(export::export_user))
         .routes(routes!(mfa::reset_user_mfa))
         .routes(routes!(mfa::get_organization_mfa_policy, mfa::set_organization_mfa_policy))
         .routes(routes!(organizations::list_organizations, organizations::create_organization))

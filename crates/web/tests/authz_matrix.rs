@@ -187,6 +187,27 @@ const MATRIX: &[Row] = &[
         body: None,
         expected: [401, 200, 200, 200, 200, 200, 200],
     },
+    // A person's whole data spans every organization they belong to: exporting it needs users,
+    // sessions, API keys and audit read system-wide, so an organization's administrator cannot, not
+    // even for its own members; a member exports their own through /v1/me/export.
+    Row {
+        method: "GET",
+        path: "/v1/admin/users/{id}/export",
+        body: None,
+        expected: [401, 403, 200, 200, 200, 403, 403],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/users/{member}/export",
+        body: None,
+        expected: [401, 403, 200, 200, 200, 403, 403],
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/users/{self}/export",
+        body: None,
+        expected: [401, 403, 200, 200, 200, 403, 403],
+    },
     Row {
         method: "DELETE",
         path: "/v1/admin/users/{id}/mfa",
@@ -713,11 +734,16 @@ async fn another_accounts_id_a_missing_id_and_a_malformed_id_look_the_same_to_an
     let (deleted, _) = world.account(BuiltinRole::Member).await;
     assert_eq!(world.send("DELETE", &format!("/v1/admin/users/{deleted}"), Some(&admin), None).await.0, 204);
     for id in [deleted.as_str(), "00000000-0000-4000-8000-000000000000", "not-a-uuid", "%00"] {
-        let (status, json) = world.send("GET", &format!("/v1/admin/users/{id}"), Some(&admin), None).await;
-        assert_eq!(status, 404, "{id}: {json}");
-        assert_eq!(json["type"], "urn:portcullis:problem:not-found");
+        for path in [format!("/v1/admin/users/{id}"), format!("/v1/admin/users/{id}/export")] {
+            let (status, json) = world.send("GET", &path, Some(&admin), None).await;
+            assert_eq!(status, 404, "{path}: {json}");
+            assert_eq!(json["type"], "urn:portcullis:problem:not-found");
+        }
     }
     assert_eq!(world.send("GET", &format!("/v1/admin/users/{member}"), Some(&admin), None).await.0, 200);
+    let (status, json) =
+        world.send("GET", &format!("/v1/admin/users/{member}/export"), Some(&admin), None).await;
+    assert_eq!((status, &json["user"]["id"]), (200, &serde_json::json!(member)), "{json}");
 }
 
 #[tokio::test]

@@ -328,7 +328,7 @@ impl App {
         Ok(written)
     }
 
-    async fn audit_view(
+    pub(crate) async fn audit_view(
         &self,
         tx: &mut dyn portcullis_store::StoreTx,
         event: &AuditEvent,
@@ -435,6 +435,7 @@ fn parse_filter(filter: &AuditEventFilter<'_>) -> Result<AuditQuery, AppError> {
     }
     Ok(AuditQuery {
         actor_id,
+        involving: None,
         action_prefix,
         target_type,
         target_id,

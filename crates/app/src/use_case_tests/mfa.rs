@@ -366,7 +366,7 @@ async fn removing_the_last_factor_removes_the_recovery_codes_and_tells_the_owner
 }
 
 /// Registers a passkey for the principal with the software authenticator.
-async fn register_passkey(t: &TestApp, who: &Principal, authenticator: &mut SoftPasskey) {
+pub(super) async fn register_passkey(t: &TestApp, who: &Principal, authenticator: &mut SoftPasskey) {
     let started = t.app.start_passkey_registration(who).await.unwrap();
     let options: CreationChallengeResponse = serde_json::from_value(started.options).unwrap();
     let response = authenticator.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();

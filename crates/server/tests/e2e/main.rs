@@ -10,6 +10,7 @@ mod binary;
 mod cli_users;
 mod docs;
 mod error_tracking;
+mod export;
 mod http_stack;
 mod hygiene;
 mod interop;

@@ -152,7 +152,7 @@ fn amr(tokens: &Tokens) -> Vec<String> {
     values.iter().map(|v| v.as_str().unwrap().to_owned()).collect()
 }
 
-async fn json_of(response: reqwest::Response, status: u16) -> Value {
+pub(crate) async fn json_of(response: reqwest::Response, status: u16) -> Value {
     let actual = response.status().as_u16();
     let text = response.text().await.unwrap();
     assert_eq!(actual, status, "{text}");
@@ -165,7 +165,7 @@ async fn factors(app: &TestApp, access: &str) -> Value {
 }
 
 /// `POST /v1/me/mfa/totp`: the new authenticator's id and secret.
-async fn start_totp(app: &TestApp, access: &str, name: &str) -> (String, Value) {
+pub(crate) async fn start_totp(app: &TestApp, access: &str, name: &str) -> (String, Value) {
     let response = app
         .call(Method::POST, "/v1/me/mfa/totp")
         .bearer_auth(access)
@@ -187,7 +187,7 @@ async fn confirm_totp(app: &TestApp, access: &str, id: &str, code: &str) -> reqw
 }
 
 /// Ten distinct recovery codes from a confirmation or regeneration answer.
-fn recovery_codes(body: &Value) -> Vec<String> {
+pub(crate) fn recovery_codes(body: &Value) -> Vec<String> {
     let codes: Vec<String> = body["recovery_codes"]
         .as_array()
         .unwrap_or_else(|| panic!("no recovery codes: {body}"))
@@ -309,14 +309,14 @@ async fn enrolled(app: &TestApp, email: &str, tool: Generator) -> Enrolled {
 }
 
 /// A server with a first owner, and the owner's session: (app, owner's tokens).
-async fn with_owner(adjust: impl FnOnce(&mut portcullis::config::Config)) -> (TestApp, Tokens) {
+pub(crate) async fn with_owner(adjust: impl FnOnce(&mut portcullis::config::Config)) -> (TestApp, Tokens) {
     let (app, setup_token) = spawn_with_setup_token(adjust).await;
     setup_owner(&app, &setup_token, "owner@example.com", PASSWORD).await;
     let owner = login(&app, "owner@example.com", PASSWORD).await;
     (app, owner)
 }
 
-async fn account_id(app: &TestApp, access: &str) -> String {
+pub(crate) async fn account_id(app: &TestApp, access: &str) -> String {
     json_of(app.me(access).await, 200).await["id"].as_str().unwrap().to_owned()
 }
 
@@ -625,19 +625,24 @@ async fn regenerated_recovery_codes_void_the_old_set() {
 // ----- passkeys -----
 
 /// The public URL passkeys bind to (a domain: WebAuthn has none for an IP address).
-const PUBLIC_URL: &str = "https://id.example.test";
+pub(crate) const PUBLIC_URL: &str = "https://id.example.test";
 
-async fn spawn_for_passkeys() -> TestApp {
+pub(crate) async fn spawn_for_passkeys() -> TestApp {
     spawn_with(|c| c.http.public_url = Some(PUBLIC_URL.into())).await
 }
 
 /// A software authenticator that reports user verification (the server requires it).
-fn authenticator() -> SoftPasskey {
+pub(crate) fn authenticator() -> SoftPasskey {
     SoftPasskey::new(true)
 }
 
 /// Registers a passkey of `key` on the session; the registration answer (id, recovery codes).
-async fn register_passkey(app: &TestApp, access: &str, key: &mut SoftPasskey, name: &str) -> Value {
+pub(crate) async fn register_passkey(
+    app: &TestApp,
+    access: &str,
+    key: &mut SoftPasskey,
+    name: &str,
+) -> Value {
     let response = app.call(Method::POST, "/v1/me/mfa/passkeys/options").bearer_auth(access).go().await;
     let started = json_of(response, 200).await;
     let options: CreationChallengeResponse = serde_json::from_value(started["options"].clone()).unwrap();
@@ -768,7 +773,7 @@ async fn without_a_domain_in_the_public_url_passkeys_are_not_implemented() {
 // ----- step-up -----
 
 /// Asserts the step-up answer: 401 `reauthentication-required` with the RFC 9470 challenge.
-async fn expect_reauthentication(response: reqwest::Response) {
+pub(crate) async fn expect_reauthentication(response: reqwest::Response) {
     let challenge = response
         .headers()
         .get(reqwest::header::WWW_AUTHENTICATE)

@@ -5,6 +5,7 @@ pub(crate) mod api_keys;
 pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod authz;
+pub(crate) mod export;
 pub(crate) mod health;
 pub(crate) mod ip_rules;
 pub(crate) mod me;
