@@ -25,6 +25,7 @@ mod organizations;
 mod passwords;
 mod pii;
 mod readiness;
+mod retention;
 mod roles;
 mod secret_token;
 mod security_events;
@@ -78,6 +79,7 @@ pub use mfa::{
 pub use organizations::Member;
 pub use passwords::{BCRYPT_MAX_BYTES, HashAlgorithm, HashPoolSize, HashSlot, PasswordHasher, Verified};
 pub use readiness::{CheckState, Readiness};
+pub use retention::{RetentionReport, RetentionSettings};
 pub use roles::{MAX_HOLDERS_LISTED, OrganizationRoles, RoleChange};
 pub use secret_token::SecretToken;
 pub use security_events::{AdminSecurityEvent, SecurityEventFilter, SecurityEventList, parse_rfc3339};
@@ -136,6 +138,8 @@ pub struct AppSettings {
     pub mfa: MfaSettings,
     /// Who may read the metrics.
     pub metrics: MetricsAccess,
+    /// How long ended sessions, security events and unconfirmed accounts are kept.
+    pub retention: RetentionSettings,
 }
 
 impl AppSettings {
@@ -178,6 +182,7 @@ impl AppSettings {
             audit: audit::AuditSettings::default(),
             mfa: MfaSettings::default(),
             metrics: MetricsAccess::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }

@@ -30,6 +30,7 @@ mod lockout;
 mod metrics;
 mod mfa;
 mod rate_limits;
+mod retention;
 mod roles;
 mod security_events;
 

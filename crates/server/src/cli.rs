@@ -52,6 +52,9 @@ pub enum Command {
     /// Verify and export the tamper-evident audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Apply the retention policies of `[retention]`.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -127,6 +130,20 @@ pub struct GenerateKekArgs {
     /// The new KEK's id (1-32 of A-Z a-z 0-9 - _ .).
     #[arg(long)]
     pub id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Delete ended sessions, old security events and never-confirmed accounts past their periods
+    /// now (the server also does it every hour); each purge is an audit event.
+    Run(RetentionRunArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RetentionRunArgs {
+    /// Count what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]

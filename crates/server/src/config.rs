@@ -28,6 +28,7 @@ mod keys;
 mod metrics;
 mod mfa;
 mod rate_limits;
+mod retention;
 mod sentry;
 
 pub use self::sentry::SentryConfig;
@@ -44,6 +45,7 @@ pub use mfa::MfaConfig;
 pub use rate_limits::{
     DetectionConfig, FailureModeName, LockoutConfig, ProbeResponseName, RateLimitsConfig, RedisConfig,
 };
+pub use retention::RetentionConfig;
 
 /// The environment prefix of every configuration variable.
 pub const ENV_PREFIX: &str = "PORTCULLIS_";
@@ -150,6 +152,7 @@ pub struct Config {
     pub mfa: MfaConfig,
     pub sentry: SentryConfig,
     pub metrics: MetricsConfig,
+    pub retention: RetentionConfig,
     /// Files that secrets were read from (for the permission checks); not a configuration key.
     #[serde(skip)]
     pub secret_files: Vec<(String, PathBuf)>,
@@ -186,6 +189,7 @@ impl Default for Config {
             mfa: MfaConfig::default(),
             sentry: SentryConfig::default(),
             metrics: MetricsConfig::default(),
+            retention: RetentionConfig::default(),
             secret_files: Vec::new(),
             config_file: None,
         }
@@ -605,6 +609,7 @@ impl Config {
         problems.extend(self.mfa_problems());
         problems.extend(self.sentry_problems());
         problems.extend(self.metrics_problems());
+        problems.extend(self.retention_problems());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {e} (use a level such as info, debug, or a filter like portcullis=debug,info)"

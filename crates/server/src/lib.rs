@@ -201,6 +201,7 @@ pub async fn open_app(config: &Config) -> Result<App, StartError> {
     settings.audit = config.audit_settings();
     settings.mfa = config.mfa_settings();
     settings.metrics = config.metrics_access();
+    settings.retention = config.retention_settings();
     let mailer = config.mailer().map_err(|e| ConfigError { problems: vec![e] })?;
     let app = App::new(store, Arc::new(SystemClock), settings, mailer)?;
     app.load_keys().await?;
@@ -275,6 +276,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
     settings.audit = config.audit_settings();
     settings.mfa = config.mfa_settings();
     settings.metrics = config.metrics_access();
+    settings.retention = config.retention_settings();
     settings.alerts = config.alert_settings()?;
     let mailer = config.mailer().map_err(|e| ConfigError { problems: vec![e] })?;
     let app = App::new(store.clone(), Arc::new(SystemClock), settings, mailer)?;
@@ -288,6 +290,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         tokio::spawn(app.clone().deliver_alerts(receiver.clone())),
         tokio::spawn(ip_rule_upkeep(app.clone(), receiver.clone())),
         tokio::spawn(audit_upkeep(app.clone(), receiver.clone())),
+        tokio::spawn(retention_upkeep(app.clone(), receiver.clone())),
     ];
     if store.migration_status().await?.is_current() {
         app.finish_bootstrap().await?;
@@ -478,6 +481,27 @@ async fn audit_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
                 }
                 return;
             }
+        }
+    }
+}
+
+/// Until shutdown: applies the retention policies every hour (the first time a minute after start,
+/// so a restart loop does not turn into a purge loop). Each purge is in the audit trail.
+async fn retention_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
+    let start = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut interval = tokio::time::interval_at(start, Duration::from_secs(3600));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if !app.can_sign_tokens() {
+                    continue;
+                }
+                if let Err(error) = app.run_retention(false).await {
+                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "retention purge failed");
+                }
+            }
+            _ = shutdown.changed() => return,
         }
     }
 }

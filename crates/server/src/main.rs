@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use portcullis::cli::{
-    AuditCommand, Cli, Command, ConfigCommand, CreateUserArgs, KeysCommand, MigrateArgs, RotateArgs,
-    ServeArgs, UsersCommand,
+    AuditCommand, Cli, Command, ConfigCommand, CreateUserArgs, KeysCommand, MigrateArgs, RetentionCommand,
+    RotateArgs, ServeArgs, UsersCommand,
 };
 use portcullis::config::{self, Config};
 use portcullis::error_tracking::ErrorTracking;
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Command::Keys(KeysCommand::GenerateKek(args)) => generate_kek(&args.id),
         Command::Keys(command) => run_async(keys(config, command)),
         Command::Audit(command) => run_async(audit(config, command)),
+        Command::Retention(RetentionCommand::Run(args)) => run_async(retention(config, args.dry_run)),
         Command::Version => ExitCode::SUCCESS,
     }
 }
@@ -321,6 +322,29 @@ async fn keys_with(app: &portcullis_app::App, command: KeysCommand) -> Result<()
             );
         }
         KeysCommand::GenerateKek(_) => {}
+    }
+    Ok(())
+}
+
+/// `retention run [--dry-run]`: one line per policy, with the period and what went (or would go).
+async fn retention(config: Config, dry_run: bool) -> Result<(), StartError> {
+    telemetry::init(&config.log, config.mode, None);
+    let app = portcullis::open_app(&config).await?;
+    let result = app.run_retention(dry_run).await;
+    app.shutdown().await;
+    let report = result?;
+    let settings = config.retention_settings();
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    for (what, days, count) in [
+        ("ended sessions", settings.ended_sessions_days, report.ended_sessions),
+        ("security events", settings.security_events_days, report.security_events),
+        ("unconfirmed accounts", settings.unverified_accounts_days, report.unverified_accounts),
+    ] {
+        if days == 0 {
+            println!("{what}: kept forever (0 days)");
+        } else {
+            println!("{what} older than {days} day(s): {verb} {count}");
+        }
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ mod login_throttle;
 mod mfa;
 mod organizations;
 mod pii;
+mod retention;
 mod roles;
 mod security_events;
 mod sessions;

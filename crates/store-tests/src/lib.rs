@@ -221,6 +221,10 @@ pub const CHECKS: &[Check] = &[
         },
     },
     Check {
+        name: "retention_purges_only_what_ended_or_aged_before_the_cut_in_bounded_batches",
+        run: |s| Box::pin(retention_purges_only_what_ended_or_aged_before_the_cut_in_bounded_batches(s)),
+    },
+    Check {
         name: "a_sessions_sealed_client_details_come_back_with_the_session_list",
         run: |s| Box::pin(a_sessions_sealed_client_details_come_back_with_the_session_list(s)),
     },
@@ -1563,6 +1567,54 @@ async fn session_history_page(
     let found = reader.session_history(user, before, limit).await.step("read the session history")?;
     reader.commit().await.step("end the read")?;
     Ok(found)
+}
+
+/// Retention deletes sessions revoked or expired before the cut (with their refresh tokens), security
+/// events recorded before it, and lists only never-confirmed, never-used member accounts created
+/// before it; each call deletes at most its limit.
+pub async fn retention_purges_only_what_ended_or_aged_before_the_cut_in_bounded_batches(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let cut = at(1_000);
+    let old_unused = user(1, "old@example.com");
+    let verified = StoredUser { email_verified_at: Some(at(5)), ..user(2, "verified@example.com") };
+    let used = StoredUser { last_login_at: Some(at(5)), ..user(3, "used@example.com") };
+    let admin = StoredUser { role: BuiltinRole::Admin, ..user(4, "admin@example.com") };
+    let recent = StoredUser { created_at: at(2_000), updated_at: at(2_000), ..user(5, "new@example.com") };
+    write_users(store, &[old_unused.clone(), verified, used.clone(), admin, recent]).await?;
+    let revoked_long_ago = Session { revoked_at: Some(at(500)), ..session(1, used.id, 10) };
+    let expired_long_ago = Session { expires_at: at(900), ..session(2, used.id, 10) };
+    let revoked_recently = Session { revoked_at: Some(at(1_500)), ..session(3, used.id, 10) };
+    let live = Session { expires_at: at(5_000), ..session(4, used.id, 10) };
+    write_sessions(store, &[revoked_long_ago.clone(), expired_long_ago.clone(), revoked_recently, live])
+        .await?;
+    let mut tx = store.begin().await.step("begin")?;
+    for (seed, offset) in [(1, 10), (2, 999), (3, 1_000), (4, 1_500)] {
+        tx.insert_security_event(&event(seed, SecurityEventKind::LoginFailed, None, offset))
+            .await
+            .step("insert a security event")?;
+    }
+    tx.commit().await.step("commit")?;
+
+    let mut tx = store.begin().await.step("begin")?;
+    let accounts = tx.unverified_accounts_before(cut, 10).await.step("list unconfirmed accounts")?;
+    ensure_eq("unconfirmed, unused member accounts before the cut", &accounts, &vec![old_unused.id])?;
+    let first = tx.purge_ended_sessions(cut, 1).await.step("purge one ended session")?;
+    let rest = tx.purge_ended_sessions(cut, 10).await.step("purge the other")?;
+    let events = tx.purge_security_events(cut, 10).await.step("purge old security events")?;
+    tx.commit().await.step("commit")?;
+    ensure_eq("a batch stops at its limit, the next takes the rest", &(first, rest), &(1, 1))?;
+    ensure_eq("security events strictly before the cut", &events, &2)?;
+
+    let mut tx = store.begin_read().await.step("begin read")?;
+    for gone in [&revoked_long_ago, &expired_long_ago] {
+        ensure_eq("an ended session is gone", &tx.session(gone.id).await.step("read")?.is_some(), &false)?;
+    }
+    let kept = tx.count_active_sessions(at(1_000)).await.step("count")?;
+    tx.rollback().await.step("rollback")?;
+    // Left: the session revoked after the cut and the live one (live at the cut).
+    ensure_eq("live sessions left", &kept, &1)
 }
 
 /// The session list carries each session's sealed ip and user agent byte for byte with the key that

@@ -15,6 +15,7 @@ mod login_throttle;
 mod mfa;
 mod organizations;
 mod pii;
+mod retention;
 mod roles;
 mod security_events;
 mod sessions;
@@ -35,6 +36,7 @@ pub use pii::{
     BlindIndex, PiiRow, PiiStore, PiiTable, Sealed, StoredOneTimeToken, StoredSecurityEvent, StoredSession,
     StoredUser,
 };
+pub use retention::RetentionStore;
 pub use roles::RoleStore;
 pub use security_events::{SecurityEventCursor, SecurityEventPage, SecurityEventQuery, SecurityEventStore};
 pub use sessions::{RefreshSpend, SessionRecord, SessionStore};
@@ -162,6 +164,7 @@ pub trait StoreTx:
     + LoginThrottleStore
     + AuditStore
     + MfaStore
+    + RetentionStore
     + Send
 {
     /// Makes every change in the transaction durable.

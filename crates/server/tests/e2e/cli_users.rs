@@ -87,3 +87,45 @@ fn users_create_refuses_a_weak_password_a_bad_role_and_a_taken_address_without_e
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 }
+
+/// `portcullis retention run [--dry-run]` on a data dir: one line per policy (what the use-case
+/// tests prove it deletes is in crates/app/src/use_case_tests/retention.rs; a subprocess cannot move
+/// the clock).
+#[tokio::test]
+async fn retention_run_reports_each_policy_and_a_dry_run_says_what_it_would_delete() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&dir);
+    let created = users_create(
+        &config.data_dir,
+        &["--email", "root@example.com", "--role", "owner"],
+        "correct horse battery staple\n",
+    );
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let retention = |args: &[&str]| {
+        Command::new(BIN)
+            .env_clear()
+            .env("PORTCULLIS_RETENTION__SECURITY_EVENTS_DAYS", "0")
+            .arg("--data-dir")
+            .arg(&config.data_dir)
+            .args(["retention", "run"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let dry = retention(&["--dry-run"]);
+    let stdout = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success(), "{stdout}{}", String::from_utf8_lossy(&dry.stderr));
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        vec![
+            "ended sessions older than 30 day(s): would delete 0",
+            "security events: kept forever (0 days)",
+            "unconfirmed accounts older than 30 day(s): would delete 0",
+        ]
+    );
+    let run = retention(&[]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}");
+    assert!(stdout.contains("ended sessions older than 30 day(s): deleted 0"), "{stdout}");
+}
