@@ -20,8 +20,7 @@
 //! says so in [`Truncated`] (the trail's own export, `portcullis audit export`, has the rest).
 
 use portcullis_domain::{
-    ActorKind, AuditEvent, CustomRole, KeyOwner, MfaMethod, Organization, Resource, Session, Timestamp,
-    UserId,
+    ActorKind, AuditEvent, CustomRole, KeyOwner, Organization, Resource, Session, Timestamp, UserId,
 };
 use portcullis_store::{AuditQuery, StoreTx};
 
@@ -215,32 +214,8 @@ impl App {
                 }
             })
             .collect();
-        let totp = tx
-            .totp_devices_of(id)
-            .await?
-            .into_iter()
-            .map(|d| MfaDevice {
-                id: d.id,
-                method: MfaMethod::Totp,
-                name: d.name,
-                created_at: d.created_at,
-                last_used_at: d.last_used_at,
-                confirmed: d.confirmed_at.is_some(),
-            })
-            .collect();
-        let passkeys = tx
-            .passkeys_of(id)
-            .await?
-            .into_iter()
-            .map(|p| MfaDevice {
-                id: p.id,
-                method: MfaMethod::Passkey,
-                name: p.name,
-                created_at: p.created_at,
-                last_used_at: p.last_used_at,
-                confirmed: true,
-            })
-            .collect();
+        let totp = tx.totp_devices_of(id).await?.into_iter().map(MfaDevice::from).collect();
+        let passkeys = tx.passkeys_of(id).await?.into_iter().map(MfaDevice::from).collect();
         let recovery_codes_left = tx.recovery_codes_left(id).await?;
         let (audit_events, events_cut) = self.audit_events_involving(tx.as_mut(), id).await?;
         tx.rollback().await?;

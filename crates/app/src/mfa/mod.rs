@@ -110,6 +110,32 @@ pub struct MfaDevice {
     pub confirmed: bool,
 }
 
+impl From<portcullis_store::StoredTotpDevice> for MfaDevice {
+    fn from(d: portcullis_store::StoredTotpDevice) -> Self {
+        MfaDevice {
+            id: d.id,
+            method: MfaMethod::Totp,
+            name: d.name,
+            created_at: d.created_at,
+            last_used_at: d.last_used_at,
+            confirmed: d.confirmed_at.is_some(),
+        }
+    }
+}
+
+impl From<portcullis_store::StoredPasskey> for MfaDevice {
+    fn from(p: portcullis_store::StoredPasskey) -> Self {
+        MfaDevice {
+            id: p.id,
+            method: MfaMethod::Passkey,
+            name: p.name,
+            created_at: p.created_at,
+            last_used_at: p.last_used_at,
+            confirmed: true,
+        }
+    }
+}
+
 /// The account's second factors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MfaFactors {
@@ -606,27 +632,9 @@ impl App {
         principal.require_session()?;
         let mut tx = self.inner.store.begin_read().await?;
         let user = self.load_user(tx.as_mut(), principal.user_id).await?.ok_or(AppError::Unauthenticated)?;
-        let mut devices: Vec<MfaDevice> = tx
-            .totp_devices_of(user.id)
-            .await?
-            .into_iter()
-            .map(|d| MfaDevice {
-                id: d.id,
-                method: MfaMethod::Totp,
-                name: d.name,
-                created_at: d.created_at,
-                last_used_at: d.last_used_at,
-                confirmed: d.confirmed_at.is_some(),
-            })
-            .collect();
-        devices.extend(tx.passkeys_of(user.id).await?.into_iter().map(|p| MfaDevice {
-            id: p.id,
-            method: MfaMethod::Passkey,
-            name: p.name,
-            created_at: p.created_at,
-            last_used_at: p.last_used_at,
-            confirmed: true,
-        }));
+        let mut devices: Vec<MfaDevice> =
+            tx.totp_devices_of(user.id).await?.into_iter().map(MfaDevice::from).collect();
+        devices.extend(tx.passkeys_of(user.id).await?.into_iter().map(MfaDevice::from));
         let recovery_codes_left = tx.recovery_codes_left(user.id).await?;
         let required = self.mfa_required_for(tx.as_mut(), &user).await?;
         tx.rollback().await?;
