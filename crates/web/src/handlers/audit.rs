@@ -47,8 +47,8 @@ pub(crate) struct AuditEventParams {
     /// Page size, 1 to 200 (default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     limit: Option<String>,
-    /// The `next` cursor of the previous page.
-    #[param(pattern = "^[0-9]{1,19}$")]
+    /// The `next` cursor of the previous page (a positive event sequence number).
+    #[param(pattern = "^[1-9][0-9]{0,17}$")]
     after: Option<String>,
 }
 
