@@ -73,6 +73,17 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         let inner = error.into_inner();
         match inner.classify() {
             Category::Data => Problem::validation(vec![describe(&path, &inner.to_string())]),
+            // serde_json reports some valid JSON of the wrong shape as a syntax error (an empty
+            // object where an enum is expected: it wants the variant's name as a key), so only a
+            // body that is not JSON at all is malformed (found by fuzz/fuzz_targets/json_body.rs).
+            Category::Syntax | Category::Eof
+                if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() =>
+            {
+                Problem::validation(vec![FieldError {
+                    field: json_pointer(&path),
+                    message: "is invalid".into(),
+                }])
+            }
             Category::Syntax | Category::Eof | Category::Io => {
                 Problem::new(ProblemType::MALFORMED_REQUEST, "The request body is not valid JSON.")
             }
@@ -209,6 +220,17 @@ mod tests {
     enum Kind {
         A,
         B,
+    }
+
+    #[test]
+    fn an_empty_object_where_a_value_of_an_enum_belongs_is_a_field_error_not_malformed_json() {
+        // Found by the json_body fuzz target: serde_json calls this a syntax error.
+        let problem = parse::<Body>(br#"{"name":"n","count":1,"items":[{"kind":{}}]}"#).unwrap_err();
+        assert_eq!(problem.ty, ProblemType::VALIDATION);
+        assert_eq!(
+            problem.errors,
+            vec![FieldError { field: "/items/0/kind".into(), message: "is invalid".into() }]
+        );
     }
 
     fn field_errors(body: &str) -> Vec<FieldError> {
