@@ -68,7 +68,7 @@ pub use api_keys::{
 pub use authz::{CheckRequest, MAX_CHECK_BATCH};
 pub use backup::{
     BackupInfo, BackupSettings, BackupTarget, Backups, Created, FolderTarget, Manifest, Pruned, Restored,
-    Sidecar, StoredObject, Verification,
+    S3Settings, S3Target, Sidecar, StoredObject, Verification, parse_recipients as backup_recipients,
 };
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{AppError, FieldIssue};

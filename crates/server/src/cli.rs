@@ -55,6 +55,9 @@ pub enum Command {
     /// Apply the retention policies of `[retention]`.
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Encrypted backups: create, list, verify, restore, prune (`[backup]`).
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -144,6 +147,42 @@ pub struct RetentionRunArgs {
     /// Count what would be deleted, delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a backup now: one consistent snapshot, compressed, encrypted to `backup.recipients`,
+    /// stored in the target. Shows progress per table.
+    Create,
+    /// List the backups in the target, oldest first, with their size and last verification.
+    List,
+    /// Prove a backup: decrypt it (with `backup.identity_file`), check every checksum, restore it
+    /// into a scratch database, verify its audit chain and compare row counts. Exit 1 with the
+    /// precise reason on any defect.
+    Verify(BackupIdArgs),
+    /// Restore a backup into a database (an empty one, unless --force), then migrate it.
+    Restore(BackupRestoreArgs),
+    /// Delete backups past `backup.retention_days`, keeping the newest `backup.keep_min` and the
+    /// newest verified-good one.
+    Prune,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupIdArgs {
+    /// The backup's id, as `backup list` shows it.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupRestoreArgs {
+    /// The backup's id, as `backup list` shows it.
+    pub id: String,
+    /// The database to restore into: `sqlite:PATH` or `postgres://…` (its password is never shown).
+    #[arg(long = "to", value_name = "DATABASE_URL")]
+    pub to: String,
+    /// Delete whatever the database holds first.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -23,6 +23,7 @@ use crate::cli::GlobalArgs;
 mod accounts;
 mod alerts;
 mod audit;
+mod backup;
 mod ip_rules;
 mod keys;
 mod metrics;
@@ -38,6 +39,7 @@ pub use accounts::{
 };
 pub use alerts::{AlertsConfig, EmailAlertConfig, SeverityName, WebhookConfig};
 pub use audit::AuditConfig;
+pub use backup::{BackupConfig, TargetKind, parse_schedule};
 pub use ip_rules::IpRulesConfig;
 pub use keys::KeysConfig;
 pub use metrics::{MetricsConfig, MetricsExposure};
@@ -59,6 +61,8 @@ pub const SECRET_KEYS: &[&str] = &[
     "redis.url",
     "sentry.dsn",
     "metrics.token",
+    "backup.s3_access_key_id",
+    "backup.s3_secret_access_key",
 ];
 
 /// Secret values printed in config/example.toml and the docs. A production server refuses them:
@@ -153,6 +157,7 @@ pub struct Config {
     pub sentry: SentryConfig,
     pub metrics: MetricsConfig,
     pub retention: RetentionConfig,
+    pub backup: BackupConfig,
     /// Files that secrets were read from (for the permission checks); not a configuration key.
     #[serde(skip)]
     pub secret_files: Vec<(String, PathBuf)>,
@@ -190,6 +195,7 @@ impl Default for Config {
             sentry: SentryConfig::default(),
             metrics: MetricsConfig::default(),
             retention: RetentionConfig::default(),
+            backup: BackupConfig::default(),
             secret_files: Vec::new(),
             config_file: None,
         }
@@ -610,6 +616,7 @@ impl Config {
         problems.extend(self.sentry_problems());
         problems.extend(self.metrics_problems());
         problems.extend(self.retention_problems());
+        problems.extend(self.backup_problems());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {e} (use a level such as info, debug, or a filter like portcullis=debug,info)"
@@ -634,6 +641,7 @@ impl Config {
             None => problems.push("secrets.instance_secret / PORTCULLIS_SECRETS__INSTANCE_SECRET(_FILE): missing; production does not generate secrets".into()),
             Some(secret) => problems.extend(secret_problem("secrets.instance_secret", secret.expose())),
         }
+        problems.extend(self.backup_production_problems());
         if self.http.trusted_proxies.iter().any(|net| net.prefix_len() == 0) {
             problems.push("http.trusted_proxies: a /0 range trusts every client's forwarding headers; list your proxies' addresses".into());
         }
@@ -1036,6 +1044,8 @@ mod tests {
             ("PORTCULLIS_HTTP__PUBLIC_URL", "https://id.example.com"),
             ("PORTCULLIS_EMAIL__SMTP_HOST", "smtp.example.com"),
             ("PORTCULLIS_KEYS__KEK", "prod1:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio"),
+            // Backups have their own check (config/backup.rs); these tests are about the rest.
+            ("PORTCULLIS_BACKUP__ENABLED", "false"),
         ];
         pairs.extend_from_slice(extra);
         load_from(&GlobalArgs::default(), env(&pairs)).unwrap()

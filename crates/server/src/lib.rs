@@ -208,6 +208,46 @@ pub async fn open_app(config: &Config) -> Result<App, StartError> {
     Ok(app)
 }
 
+/// The backups `[backup]` configures, for `app`.
+pub fn backups(config: &Config, app: &App) -> Result<portcullis_app::Backups, StartError> {
+    let target = config.backup_target().map_err(|e| ConfigError { problems: vec![e] })?;
+    Ok(portcullis_app::Backups::new(app.clone(), target, config.backup_settings())?)
+}
+
+/// Opens the database a restore writes into: `sqlite:PATH` (created if missing) or `postgres://…`.
+/// The URL is never echoed: it may carry a password.
+pub async fn open_store_at(url: &str) -> Result<Arc<dyn Store>, StartError> {
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if path.is_empty() {
+            return Err(ConfigError {
+                problems: vec![
+                    "--to: sqlite: needs a file path (sqlite:/var/lib/portcullis/portcullis.db)".into(),
+                ],
+            }
+            .into());
+        }
+        return Ok(Arc::new(SqliteStore::open(&SqliteOptions::new(path)).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresStore::connect(&PostgresOptions::new(url)).await?));
+    }
+    Err(ConfigError {
+        problems: vec!["--to: must be sqlite:PATH or postgres://… (the URL is not shown)".into()],
+    }
+    .into())
+}
+
+/// A new, empty SQLite database in a private temporary folder under the data dir's backup staging
+/// area, for `verify` to restore into; removed when the returned folder is dropped.
+pub async fn scratch_store(config: &Config) -> Result<(tempfile::TempDir, SqliteStore), StartError> {
+    let staging = config.backup_settings().staging_dir;
+    let io = |source| StartError::DataDir { path: staging.display().to_string(), source };
+    std::fs::create_dir_all(&staging).map_err(io)?;
+    let dir = tempfile::Builder::new().prefix("scratch-").tempdir_in(&staging).map_err(io)?;
+    let store = SqliteStore::open(&SqliteOptions::new(dir.path().join("scratch.db"))).await?;
+    Ok((dir, store))
+}
+
 /// Opens the database the configuration selects.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     match config.database_target().map_err(|e| ConfigError { problems: vec![e] })? {
@@ -292,6 +332,16 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         tokio::spawn(audit_upkeep(app.clone(), receiver.clone())),
         tokio::spawn(retention_upkeep(app.clone(), receiver.clone())),
     ];
+    if config.backup.enabled {
+        if config.backup.recipients.is_empty() {
+            // Production refuses this at start; in development it is the usual case, so not a warning
+            // (`config check` shows the recipients).
+            tracing::debug!("backup.enabled but no backup.recipients: no scheduled backups until one is set");
+        } else {
+            let backups = backups(config, &app)?;
+            tasks.push(tokio::spawn(backup_upkeep(backups, config.clone(), receiver.clone())));
+        }
+    }
     if store.migration_status().await?.is_current() {
         app.finish_bootstrap().await?;
         app.sync_revocations().await?;
@@ -504,6 +554,96 @@ async fn retention_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// The current UTC time for the cron schedules.
+fn utc_now() -> chrono::DateTime<chrono::Utc> {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default()
+}
+
+/// The next time a schedule fires after `after` (validated at start; a schedule with no next
+/// time, which cannot happen for a valid 5-field expression, waits a day).
+fn next_run(schedule: &croner::Cron, after: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    schedule.find_next_occurrence(&after, false).unwrap_or(after + chrono::TimeDelta::days(1))
+}
+
+/// Until shutdown: a backup on `backup.schedule`, followed by a prune; the restore drill (verify of
+/// the newest backup) on `backup.drill_schedule`. Failures are `backup.failed` audit events and
+/// `backup_failed` security events (which alert); successes move the backup metrics.
+async fn backup_upkeep(
+    backups: portcullis_app::Backups,
+    config: Config,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (Ok(schedule), Ok(drill)) = (
+        config::parse_schedule(&config.backup.schedule),
+        config::parse_schedule(&config.backup.drill_schedule),
+    ) else {
+        return;
+    };
+    let now = utc_now();
+    let (mut next_backup, mut next_drill) = (next_run(&schedule, now), next_run(&drill, now));
+    loop {
+        let drill_first = next_drill < next_backup;
+        let due = if drill_first { next_drill } else { next_backup };
+        let wait = (due - utc_now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+        if drill_first {
+            next_drill = next_run(&drill, due);
+            run_drill(&backups, &config).await;
+        } else {
+            next_backup = next_run(&schedule, due);
+            run_scheduled_backup(&backups).await;
+        }
+    }
+}
+
+async fn run_scheduled_backup(backups: &portcullis_app::Backups) {
+    match backups.create(&|_, _| {}).await {
+        Ok(created) => {
+            if let Err(error) = backups.prune().await {
+                tracing::warn!(error = %portcullis_domain::error_chain(&error), "backup prune failed");
+            }
+            tracing::debug!(id = %created.id, "scheduled backup done");
+        }
+        Err(error) => {
+            let why = portcullis_domain::error_chain(&error);
+            if let Err(error) = backups.record_failure("create", None, &why).await {
+                tracing::warn!(error = %portcullis_domain::error_chain(&error), "a backup failure was not recorded");
+            }
+        }
+    }
+}
+
+/// The restore drill: verify (restore and prove) the newest backup.
+async fn run_drill(backups: &portcullis_app::Backups, config: &Config) {
+    let record = |why: String| async move {
+        if let Err(error) = backups.record_failure("drill", None, &why).await {
+            tracing::warn!(error = %portcullis_domain::error_chain(&error), "a drill failure was not recorded");
+        }
+    };
+    let id = match backups.newest().await {
+        Ok(Some(id)) => id,
+        Ok(None) => return record("the restore drill found no backup to verify".into()).await,
+        Err(error) => return record(portcullis_domain::error_chain(&error)).await,
+    };
+    let (_dir, scratch) = match scratch_store(config).await {
+        Ok(scratch) => scratch,
+        Err(error) => return record(format!("a scratch database for the drill: {}", error.describe())).await,
+    };
+    // verify records its own outcome (audit event, sidecar, security event on a defect).
+    if let Err(error) = backups.verify(&id, &scratch, &|_, _| {}).await
+        && !matches!(error, portcullis_app::AppError::Backup(_))
+    {
+        tracing::warn!(error = %portcullis_domain::error_chain(&error), "the restore drill could not run");
+    }
+    scratch.close().await;
 }
 
 /// Picks up sessions revoked by other nodes until shutdown, so their access tokens stop working here

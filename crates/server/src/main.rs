@@ -8,12 +8,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use portcullis::cli::{
-    AuditCommand, Cli, Command, ConfigCommand, CreateUserArgs, KeysCommand, MigrateArgs, RetentionCommand,
-    RotateArgs, ServeArgs, UsersCommand,
+    AuditCommand, BackupCommand, Cli, Command, ConfigCommand, CreateUserArgs, KeysCommand, MigrateArgs,
+    RetentionCommand, RotateArgs, ServeArgs, UsersCommand,
 };
 use portcullis::config::{self, Config};
 use portcullis::error_tracking::ErrorTracking;
 use portcullis::{StartError, StartOptions, VERSION, telemetry};
+use portcullis_store::Store as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 fn main() -> ExitCode {
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         Command::Keys(command) => run_async(keys(config, command)),
         Command::Audit(command) => run_async(audit(config, command)),
         Command::Retention(RetentionCommand::Run(args)) => run_async(retention(config, args.dry_run)),
+        Command::Backup(command) => run_async(backup(config, command)),
         Command::Version => ExitCode::SUCCESS,
     }
 }
@@ -347,6 +349,106 @@ async fn retention(config: Config, dry_run: bool) -> Result<(), StartError> {
         }
     }
     Ok(())
+}
+
+/// `backup create | list | verify ID | restore ID --to URL [--force] | prune`.
+async fn backup(config: Config, command: BackupCommand) -> Result<(), StartError> {
+    telemetry::init(&config.log, config.mode, None);
+    let app = portcullis::open_app(&config).await?;
+    let result = match portcullis::backups(&config, &app) {
+        Ok(backups) => backup_with(&backups, &config, command).await,
+        Err(error) => Err(error),
+    };
+    app.shutdown().await;
+    result
+}
+
+/// A spinner naming the table and its rows so far (drawn only on a terminal).
+fn rows_progress(verb: &'static str) -> (indicatif::ProgressBar, impl Fn(&str, u64) + Send + Sync) {
+    let bar = indicatif::ProgressBar::new_spinner().with_style(
+        indicatif::ProgressStyle::with_template("{spinner} {prefix} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_prefix(verb);
+    let handle = bar.clone();
+    (bar, move |table: &str, rows: u64| handle.set_message(format!("{table}: {rows} rows")))
+}
+
+async fn backup_with(
+    backups: &portcullis_app::Backups,
+    config: &Config,
+    command: BackupCommand,
+) -> Result<(), StartError> {
+    match command {
+        BackupCommand::Create => {
+            let (bar, progress) = rows_progress("backing up");
+            let result = backups.create(&progress).await;
+            bar.finish_and_clear();
+            let created = result?;
+            let rows: u64 = created.manifest.tables.iter().map(|t| t.rows).sum();
+            println!(
+                "created {} ({} bytes, {rows} rows in {} tables) in {}",
+                created.id,
+                created.size,
+                created.manifest.tables.len(),
+                backups.target().describe()
+            );
+        }
+        BackupCommand::List => {
+            for backup in backups.list().await? {
+                let verified = match backup.sidecar.as_ref().and_then(|s| s.last_verification()) {
+                    None => "never verified".to_owned(),
+                    Some(v) if v.ok => format!("verified good at {}", millis_rfc3339(v.at_ms)),
+                    Some(v) => format!(
+                        "FAILED verification at {}: {}",
+                        millis_rfc3339(v.at_ms),
+                        v.reason.as_deref().unwrap_or("")
+                    ),
+                };
+                println!("{}\t{} bytes\t{verified}", backup.id, backup.size);
+            }
+        }
+        BackupCommand::Verify(args) => {
+            let (_dir, scratch) = portcullis::scratch_store(config).await?;
+            let (bar, progress) = rows_progress("verifying");
+            let result = backups.verify(&args.id, &scratch, &progress).await;
+            bar.finish_and_clear();
+            scratch.close().await;
+            let verified = result?;
+            let rows: u64 = verified.manifest.tables.iter().map(|t| t.rows).sum();
+            println!(
+                "backup {} is good: {} tables, {rows} rows, checksums match, restored, audit chain verified ({} events)",
+                verified.id,
+                verified.manifest.tables.len(),
+                verified.audit_events_verified
+            );
+        }
+        BackupCommand::Restore(args) => {
+            let target = portcullis::open_store_at(&args.to).await?;
+            let (bar, progress) = rows_progress("restoring");
+            let result = backups.restore(&args.id, target.as_ref(), args.force, &progress).await;
+            bar.finish_and_clear();
+            target.close().await;
+            let restored = result?;
+            let rows: u64 = restored.manifest.tables.iter().map(|t| t.rows).sum();
+            println!(
+                "restored {} ({rows} rows, schema {}) and migrated the database to this version",
+                restored.id, restored.manifest.header.schema_version
+            );
+        }
+        BackupCommand::Prune => {
+            let pruned = backups.prune().await?;
+            for id in &pruned.deleted {
+                println!("deleted {id}");
+            }
+            println!("{} deleted, {} kept", pruned.deleted.len(), pruned.kept);
+        }
+    }
+    Ok(())
+}
+
+fn millis_rfc3339(millis: i64) -> String {
+    portcullis_domain::Timestamp::from_unix_millis(millis).to_rfc3339()
 }
 
 async fn audit(config: Config, command: AuditCommand) -> Result<(), StartError> {

@@ -8,6 +8,7 @@
 //! stays flat whatever the size of a table.
 
 mod archive;
+mod s3;
 mod target;
 
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ pub use archive::{
     ArchiveReader, ArchiveWriter, ChainPoint, CheckpointInfo, FORMAT, FORMAT_VERSION, Header, Item, Manifest,
     hex, parse_recipients, read_identities,
 };
+pub use s3::{S3Settings, S3Target};
 pub use target::{BackupTarget, FolderTarget, StoredObject};
 
 use crate::audit::AuditEntry;

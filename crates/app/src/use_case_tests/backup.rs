@@ -359,3 +359,84 @@ async fn the_age_command_line_tool_decrypts_a_backup() {
     assert!(text.starts_with("{\"header\":{"), "{}", &text[..80.min(text.len())]);
     assert!(text.lines().last().unwrap().starts_with("{\"manifest\":"));
 }
+
+/// A moto S3 server on a free loopback port, killed when dropped.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `moto_server` (PORTCULLIS_TEST_MOTO_SERVER, or on the PATH) and creates `bucket`; `None`
+/// when it is not installed (CI installs it: scripts/test-python).
+async fn moto(bucket: &str) -> Option<Moto> {
+    let program = std::env::var("PORTCULLIS_TEST_MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_owned());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = match std::process::Command::new(&program)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(_) => {
+            assert!(
+                std::env::var_os("PORTCULLIS_REQUIRE_MOTO").is_none(),
+                "PORTCULLIS_REQUIRE_MOTO: {program} is missing"
+            );
+            let _ =
+                std::io::stderr().write_all(b"backup: moto_server is not installed; skipped the S3 test\n");
+            return None;
+        }
+    };
+    let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
+    let client = reqwest::Client::new();
+    // moto starts in a second or two; creating the bucket is the readiness probe. No credentials:
+    // moto does not check them.
+    for _ in 0..100 {
+        if let Ok(response) = client.put(format!("{}/{bucket}", moto.endpoint)).send().await
+            && response.status().is_success()
+        {
+            return Some(moto);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("moto_server did not come up on {}", moto.endpoint);
+}
+
+#[tokio::test]
+async fn backups_round_trip_through_an_s3_compatible_store() {
+    let Some(moto) = moto("backups").await else { return };
+    let s = scene().await;
+    activity(&s.t.app).await;
+    let target = crate::S3Target::new(crate::S3Settings {
+        bucket: "backups".to_owned(),
+        prefix: "portcullis/".to_owned(),
+        endpoint: Some(moto.endpoint.clone()),
+        region: "us-east-1".to_owned(),
+        access_key_id: Some("test".to_owned()),
+        secret_access_key: Some(secrecy::SecretString::from("test".to_owned())),
+    })
+    .unwrap();
+    let backups = Backups::new(s.t.app.clone(), Arc::new(target), s.backups.settings().clone()).unwrap();
+
+    let created = backups.create(&no_progress).await.unwrap();
+    let listed = backups.list().await.unwrap();
+    assert_eq!(listed.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), vec![created.id.as_str()]);
+    assert_eq!(listed[0].size, created.size);
+    let scratch = file_store(&s.dir.path().join("scratch.db")).await;
+    let verified = backups.verify(&created.id, &scratch, &no_progress).await.unwrap();
+    assert_eq!(verified.manifest, created.manifest);
+    assert!(backups.list().await.unwrap()[0].sidecar.as_ref().unwrap().last_verification().unwrap().ok);
+
+    let target = file_store(&s.dir.path().join("restored.db")).await;
+    backups.restore(&created.id, &target, false, &no_progress).await.unwrap();
+    let users = whole(&target).await.0.into_iter().find(|(t, _)| t == "users").unwrap().1;
+    assert_eq!(users.len(), 2);
+}

@@ -339,6 +339,8 @@ fn production_mode_logs_json_lines() {
         .env(KEK.0, KEK.1)
         .env("PORTCULLIS_HTTP__PUBLIC_URL", "https://id.example.com")
         .env("PORTCULLIS_EMAIL__SMTP_HOST", "smtp.example.com")
+        // Production refuses scheduled backups without a recipient; this test is about the logs.
+        .env("PORTCULLIS_BACKUP__ENABLED", "false")
         .env(PROXY.0, PROXY.1);
     let mut server = Running::start(command);
     let line = server.wait_for("listening on");

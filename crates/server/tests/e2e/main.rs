@@ -7,6 +7,7 @@ mod accounts;
 mod api_keys;
 mod audit;
 mod binary;
+mod cli_backup;
 mod cli_users;
 mod docs;
 mod error_tracking;
