@@ -23,6 +23,7 @@ mod api_keys;
 mod audit;
 mod audit_actions;
 mod detection;
+mod erasure;
 mod export;
 mod ip_rules;
 mod keys;
