@@ -9,6 +9,7 @@ mod audit;
 mod binary;
 mod cli_users;
 mod docs;
+mod durability;
 mod erasure;
 mod error_tracking;
 mod export;
