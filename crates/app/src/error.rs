@@ -119,6 +119,12 @@ pub enum AppError {
     #[error("keyring: {0}")]
     Keyring(String),
 
+    /// A backup cannot be made, read or restored, or is defective; the message says which backup and
+    /// what is wrong (a table, a checksum, the audit chain), for the operator, never a secret. HTTP
+    /// 500 with no detail; the CLI prints it and exits 1.
+    #[error("backup: {0}")]
+    Backup(String),
+
     /// Anything else: a bug or a broken invariant. HTTP 500 with no detail.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -10,6 +10,7 @@ mod admin;
 mod api_keys;
 pub mod audit;
 mod authz;
+mod backup;
 #[doc(hidden)]
 pub mod benchmarking;
 mod clock;
@@ -66,6 +67,10 @@ pub use api_keys::{
     NewApiKey, ServiceAccountChange, ServiceAccountDetails,
 };
 pub use authz::{CheckRequest, MAX_CHECK_BATCH};
+pub use backup::{
+    BackupInfo, BackupSettings, BackupTarget, Backups, Created, FolderTarget, Manifest, Pruned, Restored,
+    Sidecar, StoredObject, Verification,
+};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{AppError, FieldIssue};
 pub use export::{

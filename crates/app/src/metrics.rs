@@ -40,6 +40,8 @@ const DB_POOL_MAX: &str = "portcullis_db_pool_max_connections";
 const RATE_LIMIT_BACKEND_FAILURES: &str = "portcullis_rate_limit_backend_failures_total";
 const ALERTS: &str = "portcullis_alerts_total";
 const BUILD_INFO: &str = "portcullis_build_info";
+const BACKUP_SUCCESS_AT: &str = "portcullis_backup_last_success_timestamp_seconds";
+const BACKUP_VERIFIED_AT: &str = "portcullis_backup_last_verified_timestamp_seconds";
 
 /// Request latency buckets, in seconds: a millisecond (a cached token check) to ten seconds (past
 /// any sane request; the request timeout is thirty).
@@ -177,7 +179,9 @@ impl Metrics {
         for (name, help) in counters {
             self.recorder.describe_counter(KeyName::from(name), None, SharedString::from(help));
         }
-        let gauges: [(&'static str, Option<Unit>, &'static str); 8] = [
+        let gauges: [(&'static str, Option<Unit>, &'static str); 10] = [
+            (BACKUP_SUCCESS_AT, Some(Unit::Seconds), "When this node last made a backup successfully."),
+            (BACKUP_VERIFIED_AT, Some(Unit::Seconds), "When this node last verified a backup successfully."),
             (HTTP_IN_FLIGHT, None, "HTTP requests being served now."),
             (ACTIVE_SESSIONS, None, "Sessions neither revoked nor expired, across every node."),
             (HASH_QUEUE, None, "Password hashes running or waiting for a worker."),
@@ -209,6 +213,16 @@ impl Metrics {
 
     fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
         self.recorder.register_gauge(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    /// A backup was made (the gauge an alert on stale backups watches).
+    pub(crate) fn backup_succeeded(&self, at: portcullis_domain::Timestamp) {
+        self.gauge(BACKUP_SUCCESS_AT, Vec::new()).set(at.as_unix_millis() as f64 / 1000.0);
+    }
+
+    /// A backup passed verification (restored and proven).
+    pub(crate) fn backup_verified(&self, at: portcullis_domain::Timestamp) {
+        self.gauge(BACKUP_VERIFIED_AT, Vec::new()).set(at.as_unix_millis() as f64 / 1000.0);
     }
 
     /// Counts a request as in flight until the returned guard is dropped.

@@ -22,6 +22,7 @@ mod alerts;
 mod api_keys;
 mod audit;
 mod audit_actions;
+mod backup;
 mod detection;
 mod erasure;
 mod export;

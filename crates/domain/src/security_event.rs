@@ -53,6 +53,9 @@ pub enum SecurityEventKind {
     RecoveryCodeUsed,
     /// A passkey's signature counter went backwards: the authenticator may have been cloned.
     PasskeyCounterRegressed,
+    /// A backup could not be made, or a backup failed verification (the restore drill): the last
+    /// good backup is getting older and a restore may not be possible.
+    BackupFailed,
 }
 
 /// How urgently a human should look, from the least to the most.
@@ -109,6 +112,7 @@ impl SecurityEventKind {
             SecurityEventKind::AlertDeliveryFailed => "alert_delivery_failed",
             SecurityEventKind::AutomaticResponse => "automatic_response",
             SecurityEventKind::AuditChainBroken => "audit_chain_broken",
+            SecurityEventKind::BackupFailed => "backup_failed",
             SecurityEventKind::MfaFailed => "mfa_failed",
             SecurityEventKind::RecoveryCodeUsed => "recovery_code_used",
             SecurityEventKind::PasskeyCounterRegressed => "passkey_counter_regressed",
@@ -116,7 +120,7 @@ impl SecurityEventKind {
     }
 
     /// Every kind, in declaration order (for documentation, filters and tests).
-    pub const ALL: [SecurityEventKind; 21] = [
+    pub const ALL: [SecurityEventKind; 22] = [
         SecurityEventKind::LoginFailed,
         SecurityEventKind::RefreshTokenReuse,
         SecurityEventKind::CsrfRejected,
@@ -138,6 +142,7 @@ impl SecurityEventKind {
         SecurityEventKind::MfaFailed,
         SecurityEventKind::RecoveryCodeUsed,
         SecurityEventKind::PasskeyCounterRegressed,
+        SecurityEventKind::BackupFailed,
     ];
 
     /// The default severity, which alert rules compare against (configurable per kind there).
@@ -165,6 +170,7 @@ impl SecurityEventKind {
             | SecurityEventKind::AutomaticResponse
             | SecurityEventKind::PasskeyCounterRegressed => Severity::High,
             SecurityEventKind::AuditChainBroken => Severity::Critical,
+            SecurityEventKind::BackupFailed => Severity::High,
         }
     }
 }
@@ -191,6 +197,7 @@ impl SecurityEventKind {
             "alert_delivery_failed" => SecurityEventKind::AlertDeliveryFailed,
             "automatic_response" => SecurityEventKind::AutomaticResponse,
             "audit_chain_broken" => SecurityEventKind::AuditChainBroken,
+            "backup_failed" => SecurityEventKind::BackupFailed,
             "mfa_failed" => SecurityEventKind::MfaFailed,
             "recovery_code_used" => SecurityEventKind::RecoveryCodeUsed,
             "passkey_counter_regressed" => SecurityEventKind::PasskeyCounterRegressed,
@@ -227,7 +234,8 @@ mod tests {
             | SecurityEventKind::AuditChainBroken
             | SecurityEventKind::MfaFailed
             | SecurityEventKind::RecoveryCodeUsed
-            | SecurityEventKind::PasskeyCounterRegressed => kind,
+            | SecurityEventKind::PasskeyCounterRegressed
+            | SecurityEventKind::BackupFailed => kind,
         }
     }
 

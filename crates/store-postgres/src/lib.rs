@@ -9,6 +9,7 @@
 mod accounts;
 mod api_keys;
 mod audit;
+mod dump;
 mod instance;
 mod ip_rules;
 mod keys;
@@ -145,6 +146,20 @@ impl Store for PostgresStore {
         Ok(before.pending)
     }
 
+    async fn migrate_to(&self, version: i64) -> Result<Vec<i64>, StoreError> {
+        let before = self.migration_status().await?;
+        migrator_to(version).run(&self.pool).await.map_err(|e| StoreError::Migration(Box::new(e)))?;
+        Ok(before.pending.into_iter().filter(|v| *v <= version).collect())
+    }
+
+    async fn dump(&self, sink: &mut dyn portcullis_store::DumpSink) -> Result<(), StoreError> {
+        self.dump_tables(sink).await
+    }
+
+    async fn load(&self, force: bool) -> Result<Box<dyn portcullis_store::Loader>, StoreError> {
+        self.start_load(force).await
+    }
+
     async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError> {
         let tx = self.pool.begin().await.map_err(map_err)?;
         Ok(Box::new(PostgresTx { tx, failed: false }))
@@ -216,6 +231,16 @@ impl fmt::Display for AbortedTransaction {
 }
 
 impl std::error::Error for AbortedTransaction {}
+
+/// The embedded migrations up to and including `version`.
+fn migrator_to(version: i64) -> Migrator {
+    Migrator {
+        migrations: std::borrow::Cow::Owned(
+            MIGRATOR.iter().filter(|m| m.version <= version).cloned().collect(),
+        ),
+        ..Migrator::DEFAULT
+    }
+}
 
 /// Where the database stands against the migrations embedded in this binary.
 fn status_of(migrator: &Migrator, applied: Vec<i64>) -> MigrationStatus {

@@ -8,6 +8,7 @@
 mod accounts;
 mod api_keys;
 mod audit;
+mod dump;
 mod instance;
 mod ip_rules;
 mod keys;
@@ -169,6 +170,20 @@ impl Store for SqliteStore {
         Ok(before.pending)
     }
 
+    async fn migrate_to(&self, version: i64) -> Result<Vec<i64>, StoreError> {
+        let before = self.migration_status().await?;
+        migrator_to(version).run(&self.writer).await.map_err(|e| StoreError::Migration(Box::new(e)))?;
+        Ok(before.pending.into_iter().filter(|v| *v <= version).collect())
+    }
+
+    async fn dump(&self, sink: &mut dyn portcullis_store::DumpSink) -> Result<(), StoreError> {
+        self.dump_tables(sink).await
+    }
+
+    async fn load(&self, force: bool) -> Result<Box<dyn portcullis_store::Loader>, StoreError> {
+        self.start_load(force).await
+    }
+
     async fn begin(&self) -> Result<Box<dyn StoreTx>, StoreError> {
         // IMMEDIATE takes the write lock up front: a deferred transaction that reads, then writes,
         // fails at once with SQLITE_BUSY_SNAPSHOT if another process (`portcullis migrate`) wrote in
@@ -255,6 +270,16 @@ impl StoreTx for SqliteTx {
 
     async fn rollback(self: Box<Self>) -> Result<(), StoreError> {
         self.tx.rollback().await.map_err(map_err)
+    }
+}
+
+/// The embedded migrations up to and including `version`.
+fn migrator_to(version: i64) -> Migrator {
+    Migrator {
+        migrations: std::borrow::Cow::Owned(
+            MIGRATOR.iter().filter(|m| m.version <= version).cloned().collect(),
+        ),
+        ..Migrator::DEFAULT
     }
 }
 

@@ -28,6 +28,7 @@ use portcullis_store::{
 mod accounts_admin;
 mod api_keys;
 mod audit;
+pub mod dump;
 mod ip_rules;
 mod login_throttle;
 mod mfa;
@@ -65,6 +66,20 @@ pub struct Check {
 /// without further wiring; [`a_database_migrated_by_a_newer_binary_is_refused`] is separate because
 /// it must write behind the store's back.
 pub const CHECKS: &[Check] = &[
+    Check {
+        name: "a_dump_holds_every_table_in_the_fixed_order_with_rows_in_key_order",
+        run: |s| Box::pin(dump::a_dump_holds_every_table_in_the_fixed_order_with_rows_in_key_order(s)),
+    },
+    Check {
+        name: "a_load_refuses_a_database_with_data_unless_forced_and_then_reproduces_the_dump",
+        run: |s| {
+            Box::pin(dump::a_load_refuses_a_database_with_data_unless_forced_and_then_reproduces_the_dump(s))
+        },
+    },
+    Check {
+        name: "a_load_with_other_columns_is_refused_naming_the_table_and_column",
+        run: |s| Box::pin(dump::a_load_with_other_columns_is_refused_naming_the_table_and_column(s)),
+    },
     Check {
         name: "a_login_throttle_round_trips_is_replaced_whole_and_clears",
         run: |s| Box::pin(login_throttle::a_login_throttle_round_trips_is_replaced_whole_and_clears(s)),

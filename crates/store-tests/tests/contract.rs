@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use portcullis_store::{Backend, Store};
 use portcullis_store_postgres::{PostgresOptions, PostgresStore};
 use portcullis_store_sqlite::{SqliteOptions, SqliteStore};
+use portcullis_store_tests::dump::{Dumped, dump_all, load_all, seed};
 use portcullis_store_tests::{
     CHECKS, FUTURE_MIGRATION_VERSION, a_database_migrated_by_a_newer_binary_is_refused,
 };
@@ -284,4 +285,68 @@ fn a_test_database_url_keeps_the_server_and_the_query() {
         "postgres://u:p@127.0.0.1:55432/t1?sslmode=disable"
     );
     assert_eq!(with_database("postgres://u@localhost", "t2"), "postgres://u@localhost/t2");
+}
+
+/// A dump of one engine loads into the other with identical logical content, both ways (a SQLite
+/// backup restores into PostgreSQL, which is how an installation moves to several nodes, and back).
+#[tokio::test]
+async fn a_dump_loads_into_the_other_engine_with_identical_content_both_ways() {
+    let Some(url) = std::env::var(POSTGRES_URL_VAR).ok().filter(|u| !u.is_empty()) else {
+        let line = format!("store-tests: {POSTGRES_URL_VAR} not set; skipped the cross-engine dump test\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        return;
+    };
+    let postgres = PostgresEngine::connect(url).await;
+    let (lite_source_dir, lite_source) = SqliteEngine.create().await.unwrap();
+    let (lite_target_dir, lite_target) = SqliteEngine.create().await.unwrap();
+    let (pg_target_db, pg_target) = postgres.create().await.unwrap();
+    let (pg_source_db, pg_source) = postgres.create().await.unwrap();
+
+    let outcome = async {
+        // SQLite → PostgreSQL
+        seed(lite_source.as_ref()).await.map_err(|f| f.to_string())?;
+        let from_lite = dump_all(lite_source.as_ref()).await.map_err(|f| f.to_string())?;
+        pg_target.migrate().await.map_err(|e| format!("migrate: {e}"))?;
+        load_all(pg_target.as_ref(), &from_lite, false)
+            .await
+            .map_err(|e| format!("load into PostgreSQL: {e:?}"))?;
+        let in_pg = dump_all(pg_target.as_ref()).await.map_err(|f| f.to_string())?;
+        if in_pg.logical() != from_lite.logical() {
+            return Err(first_difference("SQLite → PostgreSQL", &from_lite, &in_pg));
+        }
+        // PostgreSQL → SQLite
+        seed(pg_source.as_ref()).await.map_err(|f| f.to_string())?;
+        let from_pg = dump_all(pg_source.as_ref()).await.map_err(|f| f.to_string())?;
+        lite_target.migrate().await.map_err(|e| format!("migrate: {e}"))?;
+        load_all(lite_target.as_ref(), &from_pg, false)
+            .await
+            .map_err(|e| format!("load into SQLite: {e:?}"))?;
+        let in_lite = dump_all(lite_target.as_ref()).await.map_err(|f| f.to_string())?;
+        if in_lite.logical() != from_pg.logical() {
+            return Err(first_difference("PostgreSQL → SQLite", &from_pg, &in_lite));
+        }
+        Ok::<(), String>(())
+    }
+    .await;
+
+    for store in [&lite_source, &lite_target, &pg_target, &pg_source] {
+        store.close().await;
+    }
+    postgres.dispose(pg_target_db).await.unwrap();
+    postgres.dispose(pg_source_db).await.unwrap();
+    SqliteEngine.dispose(lite_source_dir).await.unwrap();
+    SqliteEngine.dispose(lite_target_dir).await.unwrap();
+    postgres.admin.close().await;
+    outcome.unwrap();
+}
+
+/// The first table whose rows differ, for a readable failure.
+fn first_difference(what: &str, expected: &Dumped, actual: &Dumped) -> String {
+    let (expected, actual) = (expected.logical(), actual.logical());
+    for ((name, want), (got_name, got)) in expected.iter().zip(&actual) {
+        if name != got_name || want != got {
+            return format!("{what}: table {name} differs:\n  expected {want:?}\n  got      {got:?}");
+        }
+    }
+    format!("{what}: the tables differ: {} vs {}", expected.len(), actual.len())
 }

@@ -22,6 +22,10 @@ pub enum StoreError {
     #[error("migration failed")]
     Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
 
+    /// A dump's sink or a load's source stopped the work (see [`crate::DumpSink`]).
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+
     /// Any other database error; the cause is for the log, never for a client.
     #[error("database error")]
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -7,6 +7,7 @@
 mod accounts;
 mod api_keys;
 mod audit;
+mod dump;
 mod error;
 mod instance;
 mod ip_rules;
@@ -25,6 +26,9 @@ use async_trait::async_trait;
 pub use accounts::AccountStore;
 pub use api_keys::ApiKeyStore;
 pub use audit::{AuditQuery, AuditStore};
+pub use dump::{
+    Cell, DumpInfo, DumpSink, Loader, SEEDED_TABLES, TABLES, TableHeader, interrupted, quote_ident,
+};
 pub use error::StoreError;
 pub use instance::InstanceStore;
 pub use ip_rules::IpRuleStore;
@@ -124,6 +128,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Applies every pending migration, each in its own transaction; returns the versions applied.
     async fn migrate(&self) -> Result<Vec<i64>, StoreError>;
+
+    /// Applies the pending migrations up to and including `version`, no further (a restore brings an
+    /// empty database to the backup's schema first); returns the versions applied.
+    async fn migrate_to(&self, version: i64) -> Result<Vec<i64>, StoreError>;
+
+    /// Streams every table of [`TABLES`] that exists, in that order and each in primary-key order,
+    /// from one read-only snapshot, while other connections keep reading and writing. A table in
+    /// the database but not in [`TABLES`] is refused with [`StoreError::Corrupt`].
+    async fn dump(&self, sink: &mut dyn DumpSink) -> Result<(), StoreError>;
+
+    /// Starts loading into this database, which must be migrated and empty (only [`SEEDED_TABLES`]
+    /// may hold rows, which the load replaces); with `force`, whatever it holds is deleted first.
+    /// A non-empty database without `force` is [`StoreError::Conflict`] with entity `"database"`.
+    async fn load(&self, force: bool) -> Result<Box<dyn Loader>, StoreError>;
 
     /// Starts a read-write transaction. Dropping it without `commit` rolls it back.
     ///

@@ -154,7 +154,7 @@ impl ApiError {
             }
             // 500: a bug, or a keyring that cannot open stored data (the operator's message names
             // keys, never key material, and still stays in the log); the client has the request id.
-            error @ (AppError::Internal(_) | AppError::Keyring(_)) => {
+            error @ (AppError::Internal(_) | AppError::Keyring(_) | AppError::Backup(_)) => {
                 tracing::error!(error = %error_chain(&error), "request failed: internal error");
                 Problem::new(
                     ProblemType::INTERNAL,

@@ -125,13 +125,35 @@ impl App {
         scope: Scope,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<VerifyReport, AppError> {
+        self.verify_in(self.inner.store.as_ref(), scope, true, progress).await
+    }
+
+    /// Verifies the chain in another database, a backup restored into a scratch database: against
+    /// this installation's audit keys, but not against the checkpoint file or this node's memory
+    /// (the backup is older than both), without the coverage rule (a backup's newest events had no
+    /// checkpoint yet when it was taken), and trusting nothing of it afterwards.
+    pub(crate) async fn verify_audit_chain_in(
+        &self,
+        store: &dyn portcullis_store::Store,
+    ) -> Result<VerifyReport, AppError> {
+        let scope = Scope { from_newest_checkpoint: false, coverage: false };
+        self.verify_in(store, scope, false, &|_, _| {}).await
+    }
+
+    async fn verify_in(
+        &self,
+        store: &dyn portcullis_store::Store,
+        scope: Scope,
+        live: bool,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<VerifyReport, AppError> {
         // An audit key rotated by another node verifies its checkpoints here only once loaded.
         self.reload_keys_if_changed().await?;
         let keys = self.loaded_keys();
         let mut report = VerifyReport::default();
         // Every trusted statement "event seq has hash h": the file's lines and this node's memory.
         let mut outside: BTreeMap<i64, ([u8; 32], &'static str)> = BTreeMap::new();
-        match self.checkpoint_file_lines() {
+        match if live { self.checkpoint_file_lines() } else { Ok(Vec::new()) } {
             Ok(lines) => {
                 for checkpoint in lines {
                     if !keys.audit.verifies(&checkpoint) {
@@ -148,11 +170,11 @@ impl App {
             }
             Err(reason) => return Ok(report.broken(0, reason)),
         }
-        if let Some((seq, hash)) = self.inner.audit_writer.high_water() {
+        if live && let Some((seq, hash)) = self.inner.audit_writer.high_water() {
             outside.entry(seq).or_insert((hash, "a checkpoint this server signed or verified earlier"));
         }
 
-        let mut tx = self.inner.store.begin_read().await?;
+        let mut tx = store.begin_read().await?;
         let head = tx.read_audit_head().await?;
         let bounds = tx.audit_bounds().await?;
         let Some((min, max, total)) = bounds else {
@@ -317,7 +339,7 @@ impl App {
         }
         // What verified is trusted from now on: a later deletion of that checkpoint, or a rewrite
         // under it, is caught by this node even if the database no longer shows it.
-        if covered.0 > 0 {
+        if live && covered.0 > 0 {
             self.inner.audit_writer.raise_high_water(covered.0, covered.1);
         }
         Ok(report)

@@ -238,3 +238,59 @@ async fn erasure_needs_a_recent_session_of_the_person_and_spares_the_last_owner(
     tx.rollback().await.unwrap();
     assert!(stored_events(app, "user.deleted").await.is_empty());
 }
+
+#[tokio::test]
+async fn the_next_backup_after_an_erasure_holds_nothing_of_the_person() {
+    let s = scene().await;
+    let identity = age::x25519::Identity::generate();
+    let settings = crate::BackupSettings {
+        recipients: vec![identity.to_public().to_string()],
+        identity_file: None,
+        retention_days: 30,
+        keep_min: 1,
+        staging_dir: s.dir.path().join("staging"),
+    };
+    let folder = s.dir.path().join("backups");
+    let target = std::sync::Arc::new(crate::FolderTarget::new(folder.clone()));
+    let backups = crate::Backups::new(s.t.app.clone(), target, settings).unwrap();
+    s.t.app.admin_delete_user(&s.owner, &s.alice_id.to_string()).await.unwrap();
+
+    let created = backups.create(&|_, _| {}).await.unwrap();
+
+    // Every cell of every table in the archive, as bytes.
+    let file = std::fs::File::open(folder.join(crate::backup::archive_name(&created.id))).unwrap();
+    let identities: Vec<Box<dyn age::Identity + Send + Sync>> = vec![Box::new(identity)];
+    let mut reader = crate::backup::ArchiveReader::open(file, &identities).unwrap();
+    let (mut cells, mut rows, mut table) = (Vec::new(), 0, String::new());
+    loop {
+        match reader.next_item().unwrap() {
+            crate::backup::Item::Table(header) => table = header.name,
+            crate::backup::Item::Row(row) => {
+                rows += 1;
+                if table == "users" || table == "person_keys" {
+                    assert!(!format!("{row:?}").contains(&s.alice_id.to_string()), "{table} keeps her row");
+                }
+                for cell in row {
+                    match cell {
+                        portcullis_store::Cell::Text(text) => cells.extend(text.into_bytes()),
+                        portcullis_store::Cell::Bytes(bytes) => cells.extend(bytes),
+                        portcullis_store::Cell::Int(_) | portcullis_store::Cell::Null => {}
+                    }
+                    cells.push(0);
+                }
+            }
+            crate::backup::Item::End(_) => break,
+        }
+    }
+    assert!(rows > 30, "the archive holds the installation: {rows} rows");
+    for clear in [ALICE, NAME, ALICE_IP, ALICE_AGENT] {
+        assert!(!contains(&cells, clear.as_bytes()), "{clear:?} is in the backup");
+    }
+    assert!(!email_indexes_in(&s.email_indexes, &cells), "a blind index of her address is in the backup");
+    assert!(!contains(&cells, &s.person_key), "her sealed person key is in the backup");
+    // The search finds what is there: Bob's blind index.
+    let bob = portcullis_domain::Email::parse(BOB).unwrap();
+    let bobs: Vec<[u8; 32]> =
+        s.t.app.loaded_keys().fields.email_indexes(&bob).into_iter().map(|i| i.0).collect();
+    assert!(email_indexes_in(&bobs, &cells), "Bob's blind index is in the backup");
+}

@@ -1,0 +1,788 @@
+//! Encrypted, verified backups (issue 9; docs/decisions/0012-backups.md): `create` streams one
+//! snapshot of the database into an age-encrypted archive and stores it in a target; `verify`
+//! restores it into a scratch database and proves it (checksums, row counts, the audit chain);
+//! `restore` loads it into any empty database of either engine; `prune` applies retention.
+//!
+//! The whole path is streaming: the store hands rows to a bounded channel, a blocking thread
+//! encodes, compresses and encrypts them into a file, and the reverse on the way back, so memory
+//! stays flat whatever the size of a table.
+
+mod archive;
+mod target;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use portcullis_domain::Timestamp;
+use portcullis_store::{Cell, DumpInfo, DumpSink, Loader, Store, StoreError, StoreTx, TableHeader};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+pub use archive::{
+    ArchiveReader, ArchiveWriter, ChainPoint, CheckpointInfo, FORMAT, FORMAT_VERSION, Header, Item, Manifest,
+    hex, parse_recipients, read_identities,
+};
+pub use target::{BackupTarget, FolderTarget, StoredObject};
+
+use crate::audit::AuditEntry;
+use crate::{App, AppError};
+
+/// Rows sent between the database side and the file side at a time.
+const BATCH: usize = 256;
+/// Batches in flight between the two: the bound on memory.
+const CHANNEL: usize = 8;
+const DAY_MILLIS: i64 = 86_400_000;
+const ARCHIVE_SUFFIX: &str = ".age";
+const SIDECAR_SUFFIX: &str = ".json";
+
+/// How backups are made and kept, already validated by the configuration loader.
+#[derive(Debug, Clone)]
+pub struct BackupSettings {
+    /// `age1…` X25519 public keys; every archive is encrypted to all of them.
+    pub recipients: Vec<String>,
+    /// The age identity file that decrypts for `verify`, `restore` and the drill. A secret: its path
+    /// may be shown, its content never.
+    pub identity_file: Option<PathBuf>,
+    /// Backups older than this are pruned (0: never)...
+    pub retention_days: u32,
+    /// ...but always the newest this many are kept, and the newest verified-good one.
+    pub keep_min: u32,
+    /// A local folder for archives on their way to or from the target (and scratch databases).
+    pub staging_dir: PathBuf,
+}
+
+/// What a verification found, kept beside the archive in its sidecar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    pub at_ms: i64,
+    pub ok: bool,
+    /// The defect, when not ok.
+    pub reason: Option<String>,
+}
+
+/// The clear-text record kept next to each archive: nothing secret, nothing personal; enough to list
+/// and prune without the key, and the history of its verifications.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sidecar {
+    pub id: String,
+    pub created_at_ms: i64,
+    pub app_version: String,
+    pub schema_version: i64,
+    pub backend: String,
+    /// Size and SHA-256 of the encrypted file as stored.
+    pub size: u64,
+    pub sha256: String,
+    #[serde(default)]
+    pub verifications: Vec<Verification>,
+}
+
+impl Sidecar {
+    /// The outcome of the latest verification, if any.
+    pub fn last_verification(&self) -> Option<&Verification> {
+        self.verifications.last()
+    }
+}
+
+/// One backup as `list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupInfo {
+    pub id: String,
+    pub size: u64,
+    /// Absent for an archive whose sidecar is missing (copied in by hand, or its write failed).
+    pub sidecar: Option<Sidecar>,
+}
+
+/// What `create` made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub id: String,
+    pub size: u64,
+    pub manifest: Manifest,
+}
+
+/// What a successful `verify` or `restore` read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub id: String,
+    pub manifest: Manifest,
+    /// Audit events whose hashes were recomputed (verify only).
+    pub audit_events_verified: u64,
+}
+
+/// What `prune` removed and kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub deleted: Vec<String>,
+    pub kept: usize,
+}
+
+/// Progress of long work: a table's name and the rows done in it so far.
+pub type Progress<'a> = &'a (dyn Fn(&str, u64) + Send + Sync);
+
+/// Backups of one installation: the app (for its store, clock, audit and metrics), where archives
+/// go, and how they are encrypted and kept.
+#[derive(Debug, Clone)]
+pub struct Backups {
+    app: App,
+    target: Arc<dyn BackupTarget>,
+    settings: BackupSettings,
+}
+
+fn defect(why: impl Into<String>) -> AppError {
+    AppError::Backup(why.into())
+}
+
+impl Backups {
+    /// Checks the recipients now, so a wrong key fails at start, not at the first backup.
+    pub fn new(app: App, target: Arc<dyn BackupTarget>, settings: BackupSettings) -> Result<Self, AppError> {
+        parse_recipients(&settings.recipients).map_err(defect)?;
+        Ok(Self { app, target, settings })
+    }
+
+    pub fn settings(&self) -> &BackupSettings {
+        &self.settings
+    }
+
+    pub fn target(&self) -> &Arc<dyn BackupTarget> {
+        &self.target
+    }
+
+    fn staging(&self, name: &str) -> Result<tempfile::TempPath, AppError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.settings.staging_dir)
+            .map_err(|e| defect(format!("create {}: {e}", self.settings.staging_dir.display())))?;
+        tempfile::Builder::new()
+            .prefix(name)
+            .tempfile_in(&self.settings.staging_dir)
+            .map(|f| f.into_temp_path())
+            .map_err(|e| defect(format!("a staging file in {}: {e}", self.settings.staging_dir.display())))
+    }
+
+    /// Takes a backup now (`portcullis backup create`, and the schedule in `serve`): one snapshot,
+    /// streamed into an encrypted archive, stored in the target with its sidecar; recorded as a
+    /// `backup.created` audit event. Needs: the operator (CLI) or the scheduler.
+    pub async fn create(&self, progress: Progress<'_>) -> Result<Created, AppError> {
+        let recipients = parse_recipients(&self.settings.recipients).map_err(defect)?;
+        if recipients.is_empty() {
+            return Err(defect("no backup recipient is configured ([backup] recipients)"));
+        }
+        let now = self.app.now();
+        let id = new_id(now)?;
+        let staged = self.staging(&id)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&staged)
+            .map_err(|e| defect(format!("open {}: {e}", staged.display())))?;
+
+        let (tx, rx) = mpsc::channel::<ToFile>(CHANNEL);
+        let writer = tokio::task::spawn_blocking(move || write_archive(file, &recipients, rx));
+        let mut sink = ArchiveSink {
+            to_file: tx,
+            batch: Vec::with_capacity(BATCH),
+            table: String::new(),
+            rows: 0,
+            progress,
+            app_version: self.app.inner.settings.version.to_owned(),
+            now,
+        };
+        let dumped = self.app.inner.store.dump(&mut sink).await;
+        let ArchiveSink { to_file, .. } = sink;
+        drop(to_file);
+        let written = writer.await.map_err(|e| defect(format!("the archive writer stopped: {e}")))?;
+        // The writer's own error says more than the store's "interrupted".
+        let manifest = match (dumped, written) {
+            (_, Err(why)) => return Err(defect(format!("writing the archive: {why}"))),
+            (Err(error), Ok(_)) => return Err(error.into()),
+            (Ok(()), Ok(manifest)) => manifest,
+        };
+        let (size, sha256) = file_digest(staged.to_path_buf()).await?;
+        let name = format!("{id}{ARCHIVE_SUFFIX}");
+        self.target.put(&name, &staged).await.map_err(defect)?;
+        let sidecar = Sidecar {
+            id: id.clone(),
+            created_at_ms: now.as_unix_millis(),
+            app_version: manifest.header.app_version.clone(),
+            schema_version: manifest.header.schema_version,
+            backend: manifest.header.backend.clone(),
+            size,
+            sha256,
+            verifications: Vec::new(),
+        };
+        self.write_sidecar(&sidecar).await?;
+        let rows: u64 = manifest.tables.iter().map(|t| t.rows).sum();
+        self.app
+            .record_audit([AuditEntry::system("backup.created")
+                .target("backup", &id)
+                .detail("size", size)
+                .detail("rows", rows)
+                .detail("target", self.target.describe())])
+            .await?;
+        self.app.inner.metrics.backup_succeeded(now);
+        tracing::info!(id = %id, size, rows, target = %self.target.describe(), "backup created");
+        Ok(Created { id, size, manifest })
+    }
+
+    /// Every backup in the target, oldest first.
+    pub async fn list(&self) -> Result<Vec<BackupInfo>, AppError> {
+        let objects = self.target.list().await.map_err(defect)?;
+        let mut backups = Vec::new();
+        for object in &objects {
+            let Some(id) = object.name.strip_suffix(ARCHIVE_SUFFIX) else { continue };
+            let sidecar = self.read_sidecar(id).await?;
+            backups.push(BackupInfo { id: id.to_owned(), size: object.size, sidecar });
+        }
+        // Ids begin with the UTC time, so their order is the order they were made in.
+        backups.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(backups)
+    }
+
+    async fn read_sidecar(&self, id: &str) -> Result<Option<Sidecar>, AppError> {
+        let Some(bytes) = self.target.get_bytes(&format!("{id}{SIDECAR_SUFFIX}")).await.map_err(defect)?
+        else {
+            return Ok(None);
+        };
+        // A sidecar that does not parse is as good as none: it holds no evidence the archive needs.
+        Ok(serde_json::from_slice(&bytes).ok())
+    }
+
+    async fn write_sidecar(&self, sidecar: &Sidecar) -> Result<(), AppError> {
+        let bytes = serde_json::to_vec_pretty(sidecar).map_err(|e| defect(format!("sidecar: {e}")))?;
+        self.target.put_bytes(&format!("{}{SIDECAR_SUFFIX}", sidecar.id), bytes).await.map_err(defect)
+    }
+
+    fn identities(&self) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, AppError> {
+        let path = self
+            .settings
+            .identity_file
+            .as_deref()
+            .ok_or_else(|| defect("no identity file is configured ([backup] identity_file)"))?;
+        read_identities(path).map_err(defect)
+    }
+
+    /// Proves a backup (`portcullis backup verify ID`, the weekly drill): decrypts it, checks every
+    /// table's row count and SHA-256 against the manifest, restores it into `scratch` (an empty
+    /// database the caller opened, SQLite in a temporary folder), verifies the audit chain there and
+    /// compares the row counts and the chain head with the manifest. The outcome is kept in the
+    /// backup's sidecar, audited (`backup.verified` or `backup.failed`), and a failure raises a
+    /// `backup_failed` security event. Any defect is [`AppError::Backup`] saying what and where.
+    pub async fn verify(
+        &self,
+        id: &str,
+        scratch: &dyn Store,
+        progress: Progress<'_>,
+    ) -> Result<Restored, AppError> {
+        let outcome = self.verify_inner(id, scratch, progress).await;
+        let now = self.app.now();
+        let (ok, reason) = match &outcome {
+            Ok(_) => (true, None),
+            Err(AppError::Backup(why)) => (false, Some(why.clone())),
+            // The database or the target being unreachable says nothing about the backup.
+            Err(_) => return outcome,
+        };
+        if let Ok(Some(mut sidecar)) = self.read_sidecar(id).await {
+            sidecar.verifications.push(Verification {
+                at_ms: now.as_unix_millis(),
+                ok,
+                reason: reason.clone(),
+            });
+            if let Err(error) = self.write_sidecar(&sidecar).await {
+                tracing::warn!(id, error = %portcullis_domain::error_chain(&error), "the verification was not recorded in the sidecar");
+            }
+        }
+        match &reason {
+            None => {
+                self.app.record_audit([AuditEntry::system("backup.verified").target("backup", id)]).await?;
+                self.app.inner.metrics.backup_verified(now);
+            }
+            Some(why) => self.record_failure("verify", Some(id), why).await?,
+        }
+        outcome
+    }
+
+    /// Audits a failed backup step and raises the `backup_failed` security event (which alerts).
+    pub async fn record_failure(&self, step: &str, id: Option<&str>, why: &str) -> Result<(), AppError> {
+        tracing::error!(step, id, reason = why, "backup failed");
+        let mut entry = AuditEntry::system("backup.failed")
+            .outcome(portcullis_domain::Outcome::Failure)
+            .detail("step", step)
+            .detail("reason", why);
+        if let Some(id) = id {
+            entry = entry.target("backup", id);
+        }
+        self.app.record_audit([entry]).await?;
+        let details = [("step".to_owned(), step.to_owned()), ("reason".to_owned(), why.to_owned())];
+        self.app
+            .record_security_event_with(
+                portcullis_domain::SecurityEventKind::BackupFailed,
+                None,
+                None,
+                None,
+                details.into_iter().collect(),
+            )
+            .await
+    }
+
+    async fn verify_inner(
+        &self,
+        id: &str,
+        scratch: &dyn Store,
+        progress: Progress<'_>,
+    ) -> Result<Restored, AppError> {
+        let identities = self.identities()?;
+        let staged = self.fetch(id).await?;
+        scratch.migrate().await?;
+        let restored = load_archive(id, staged.to_path_buf(), identities, scratch, false, progress).await?;
+        let header = &restored.manifest.header;
+        // The counts the scratch database holds, table by table, against the manifest.
+        let mut counter = Counter::default();
+        scratch.dump(&mut counter).await?;
+        for table in &restored.manifest.tables {
+            let held = counter.rows.iter().find(|(name, _)| *name == table.name).map_or(0, |(_, n)| *n);
+            if held != table.rows {
+                return Err(defect(format!(
+                    "table {}: the restored database holds {held} rows, the manifest says {}",
+                    table.name, table.rows
+                )));
+            }
+        }
+        let report = self.app.verify_audit_chain_in(scratch).await?;
+        if let Some(broken) = report.broken {
+            return Err(defect(format!(
+                "the audit chain in the backup is broken at seq {}: {}",
+                broken.seq, broken.reason
+            )));
+        }
+        if report.last_seq != header.audit_head.seq
+            || (report.last_seq > 0 && hex(&report.last_hash) != header.audit_head.hash)
+        {
+            return Err(defect(format!(
+                "the restored audit chain ends at seq {} but the manifest's head is seq {}",
+                report.last_seq, header.audit_head.seq
+            )));
+        }
+        Ok(Restored { audit_events_verified: report.events, ..restored })
+    }
+
+    /// Downloads the archive and, when its sidecar says what it was, checks size and SHA-256 first.
+    async fn fetch(&self, id: &str) -> Result<tempfile::TempPath, AppError> {
+        if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
+            return Err(defect(format!("{id:?} is not a backup id")));
+        }
+        let staged = self.staging(id)?;
+        self.target.get(&format!("{id}{ARCHIVE_SUFFIX}"), &staged).await.map_err(|e| {
+            defect(format!("backup {id} cannot be read from {}: {e}", self.target.describe()))
+        })?;
+        if let Some(sidecar) = self.read_sidecar(id).await? {
+            let (size, sha256) = file_digest(staged.to_path_buf()).await?;
+            if size != sidecar.size {
+                return Err(defect(format!(
+                    "backup {id} is {size} bytes but was {} when made: the file was truncated or extended",
+                    sidecar.size
+                )));
+            }
+            if sha256 != sidecar.sha256 {
+                return Err(defect(format!(
+                    "backup {id}: the file's SHA-256 {sha256} is not the {} recorded when it was made: it was changed",
+                    sidecar.sha256
+                )));
+            }
+        }
+        Ok(staged)
+    }
+
+    /// Restores a backup into `to` (`portcullis backup restore ID --to URL`): refuses a database
+    /// holding data unless `force`; migrates it to the backup's schema, loads every table in one
+    /// transaction (committed only once the whole archive checked out against its manifest), then
+    /// applies the migrations this binary has beyond the backup's.
+    pub async fn restore(
+        &self,
+        id: &str,
+        to: &dyn Store,
+        force: bool,
+        progress: Progress<'_>,
+    ) -> Result<Restored, AppError> {
+        let identities = self.identities()?;
+        let staged = self.fetch(id).await?;
+        let restored = load_archive(id, staged.to_path_buf(), identities, to, force, progress).await?;
+        to.migrate().await?;
+        tracing::info!(id, "backup restored");
+        Ok(restored)
+    }
+
+    /// Applies retention (`portcullis backup prune`, and after each scheduled backup): deletes backups
+    /// older than `retention_days`, but always keeps the newest `keep_min` and the newest one whose
+    /// last verification passed. Audited as `backup.pruned` when anything went.
+    pub async fn prune(&self) -> Result<Pruned, AppError> {
+        let backups = self.list().await?;
+        let now = self.app.now().as_unix_millis();
+        let keep_newest = self.settings.keep_min as usize;
+        let newest_good = backups
+            .iter()
+            .rev()
+            .find(|b| b.sidecar.as_ref().and_then(Sidecar::last_verification).is_some_and(|v| v.ok))
+            .map(|b| b.id.clone());
+        let mut pruned = Pruned::default();
+        let total = backups.len();
+        for (i, backup) in backups.into_iter().enumerate() {
+            let among_newest = total - i <= keep_newest;
+            let created = backup
+                .sidecar
+                .as_ref()
+                .map_or_else(|| created_from_id(&backup.id), |s| Some(s.created_at_ms));
+            let expired = self.settings.retention_days > 0
+                && created.is_some_and(|at| at < now - i64::from(self.settings.retention_days) * DAY_MILLIS);
+            if !expired || among_newest || newest_good.as_deref() == Some(backup.id.as_str()) {
+                pruned.kept += 1;
+                continue;
+            }
+            self.target.delete(&format!("{}{ARCHIVE_SUFFIX}", backup.id)).await.map_err(defect)?;
+            self.target.delete(&format!("{}{SIDECAR_SUFFIX}", backup.id)).await.map_err(defect)?;
+            pruned.deleted.push(backup.id);
+        }
+        if !pruned.deleted.is_empty() {
+            self.app
+                .record_audit([AuditEntry::system("backup.pruned")
+                    .detail("deleted", pruned.deleted.len())
+                    .detail("ids", pruned.deleted.join(","))
+                    .detail("kept", pruned.kept)])
+                .await?;
+            tracing::info!(deleted = pruned.deleted.len(), kept = pruned.kept, "backups pruned");
+        }
+        Ok(pruned)
+    }
+
+    /// The newest backup's id, if any (the drill verifies it).
+    pub async fn newest(&self) -> Result<Option<String>, AppError> {
+        Ok(self.list().await?.pop().map(|b| b.id))
+    }
+}
+
+/// `YYYYMMDDTHHMMSSZ-xxxxxxxx`: sortable by time, unique by its random tail.
+fn new_id(now: Timestamp) -> Result<String, AppError> {
+    let digits: String = now.to_rfc3339().chars().filter(char::is_ascii_digit).take(14).collect();
+    let (date, time) = digits.split_at(8.min(digits.len()));
+    let mut tail = [0u8; 4];
+    getrandom::fill(&mut tail).map_err(|e| AppError::Internal(Box::new(e)))?;
+    Ok(format!("portcullis-{date}T{time}Z-{}", hex(&tail)))
+}
+
+/// The creation time an id carries, for an archive without a sidecar.
+fn created_from_id(id: &str) -> Option<i64> {
+    let stamp = id.strip_prefix("portcullis-")?.get(..16)?;
+    let n = |r: std::ops::Range<usize>| stamp.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, s) = (n(0..4)?, n(4..6)?, n(6..8)?, n(9..11)?, n(11..13)?, n(13..15)?);
+    // Days from the civil date (Howard Hinnant's algorithm), for a UTC time without a date library.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000)
+}
+
+async fn file_digest(path: PathBuf) -> Result<(u64, String), AppError> {
+    target::blocking(move || {
+        let mut file = std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        let mut hasher = Sha256::new();
+        let size =
+            std::io::copy(&mut file, &mut hasher).map_err(|e| format!("read {}: {e}", path.display()))?;
+        Ok((size, hex(&hasher.finalize())))
+    })
+    .await
+    .map_err(defect)
+}
+
+/// What the database side sends the file side.
+enum ToFile {
+    Header(Box<Header>),
+    Table(TableHeader),
+    Rows(Vec<Vec<Cell>>),
+}
+
+/// The file side of `create`: encodes, compresses and encrypts what arrives, then syncs the file.
+fn write_archive(
+    file: std::fs::File,
+    recipients: &[age::x25519::Recipient],
+    mut rx: mpsc::Receiver<ToFile>,
+) -> Result<Manifest, String> {
+    let Some(ToFile::Header(header)) = rx.blocking_recv() else {
+        return Err("the dump did not start".to_owned());
+    };
+    let mut writer = ArchiveWriter::new(std::io::BufWriter::new(file), recipients, *header)?;
+    while let Some(message) = rx.blocking_recv() {
+        match message {
+            ToFile::Header(_) => return Err("a second header".to_owned()),
+            ToFile::Table(table) => writer.table(&table)?,
+            ToFile::Rows(rows) => {
+                for row in &rows {
+                    writer.row(row)?;
+                }
+            }
+        }
+    }
+    let (manifest, out) = writer.finish()?;
+    let file = out.into_inner().map_err(|e| format!("flush: {e}"))?;
+    file.sync_all().map_err(|e| format!("sync: {e}"))?;
+    Ok(manifest)
+}
+
+/// The database side of `create`.
+struct ArchiveSink<'a> {
+    to_file: mpsc::Sender<ToFile>,
+    batch: Vec<Vec<Cell>>,
+    table: String,
+    rows: u64,
+    progress: Progress<'a>,
+    app_version: String,
+    now: Timestamp,
+}
+
+impl ArchiveSink<'_> {
+    async fn send(&mut self, message: ToFile) -> Result<(), StoreError> {
+        // A closed channel means the file side failed; its error is the one reported.
+        self.to_file
+            .send(message)
+            .await
+            .map_err(|_| portcullis_store::interrupted("the archive writer stopped"))
+    }
+
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if !self.batch.is_empty() {
+            let rows = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+            self.send(ToFile::Rows(rows)).await?;
+            (self.progress)(&self.table, self.rows);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DumpSink for ArchiveSink<'_> {
+    async fn start(&mut self, info: DumpInfo, snapshot: &mut dyn StoreTx) -> Result<(), StoreError> {
+        let head = snapshot.read_audit_head().await?;
+        let checkpoint = snapshot.latest_audit_checkpoint().await?;
+        let header = Header {
+            format: FORMAT.to_owned(),
+            format_version: FORMAT_VERSION,
+            app_version: self.app_version.clone(),
+            schema_version: info.schema_version,
+            created_at: self.now.to_rfc3339(),
+            created_at_ms: self.now.as_unix_millis(),
+            backend: match info.backend {
+                portcullis_store::Backend::Sqlite => "sqlite",
+                portcullis_store::Backend::Postgres => "postgresql",
+            }
+            .to_owned(),
+            audit_head: ChainPoint { seq: head.seq, hash: hex(&head.hash) },
+            latest_checkpoint: checkpoint.map(|c| CheckpointInfo {
+                seq: c.seq,
+                hash: hex(&c.hash),
+                at_ms: c.at.as_unix_millis(),
+                key_id: c.key_id,
+                signature: hex(&c.signature),
+            }),
+        };
+        self.send(ToFile::Header(Box::new(header))).await
+    }
+
+    async fn table(&mut self, table: &TableHeader) -> Result<(), StoreError> {
+        self.table = table.name.clone();
+        self.rows = 0;
+        self.send(ToFile::Table(table.clone())).await
+    }
+
+    async fn row(&mut self, row: Vec<Cell>) -> Result<(), StoreError> {
+        self.batch.push(row);
+        self.rows += 1;
+        if self.batch.len() >= BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn end_table(&mut self) -> Result<(), StoreError> {
+        self.flush().await?;
+        (self.progress)(&self.table, self.rows);
+        Ok(())
+    }
+}
+
+/// Counts each table's rows (verify compares them with the manifest).
+#[derive(Debug, Default)]
+struct Counter {
+    rows: Vec<(String, u64)>,
+}
+
+#[async_trait]
+impl DumpSink for Counter {
+    async fn start(&mut self, _info: DumpInfo, _snapshot: &mut dyn StoreTx) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn table(&mut self, table: &TableHeader) -> Result<(), StoreError> {
+        self.rows.push((table.name.clone(), 0));
+        Ok(())
+    }
+
+    async fn row(&mut self, _row: Vec<Cell>) -> Result<(), StoreError> {
+        if let Some((_, n)) = self.rows.last_mut() {
+            *n += 1;
+        }
+        Ok(())
+    }
+
+    async fn end_table(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// What the file side of a load sends the database side.
+enum FromFile {
+    Header(Box<Header>),
+    Table(TableHeader),
+    Rows(Vec<Vec<Cell>>),
+    End(Box<Manifest>),
+}
+
+/// Reads and checks the archive on a blocking thread; every item goes to the channel, a defect as
+/// the channel's last message.
+fn read_archive(
+    path: PathBuf,
+    identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+    tx: mpsc::Sender<Result<FromFile, String>>,
+) {
+    let run = || -> Result<(), String> {
+        let file = std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        let mut reader = ArchiveReader::open(std::io::BufReader::new(file), &identities)?;
+        let send = |m: FromFile| tx.blocking_send(Ok(m)).map_err(|_| "the loader stopped".to_owned());
+        send(FromFile::Header(Box::new(reader.header().clone())))?;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            match reader.next_item()? {
+                Item::Row(row) => {
+                    batch.push(row);
+                    if batch.len() >= BATCH {
+                        send(FromFile::Rows(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))))?;
+                    }
+                }
+                Item::Table(table) => {
+                    if !batch.is_empty() {
+                        send(FromFile::Rows(std::mem::take(&mut batch)))?;
+                    }
+                    send(FromFile::Table(table))?;
+                }
+                Item::End(manifest) => {
+                    if !batch.is_empty() {
+                        send(FromFile::Rows(std::mem::take(&mut batch)))?;
+                    }
+                    return send(FromFile::End(manifest));
+                }
+            }
+        }
+    };
+    if let Err(why) = run() {
+        let _ = tx.blocking_send(Err(why));
+    }
+}
+
+/// Streams an archive into `to`: migrated to the backup's schema first, loaded in one transaction
+/// that commits only after the manifest checked out.
+async fn load_archive(
+    id: &str,
+    path: PathBuf,
+    identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+    to: &dyn Store,
+    force: bool,
+    progress: Progress<'_>,
+) -> Result<Restored, AppError> {
+    let (tx, mut rx) = mpsc::channel(CHANNEL);
+    let reader = tokio::task::spawn_blocking(move || read_archive(path, identities, tx));
+    let next = |m: Option<Result<FromFile, String>>| match m {
+        Some(Ok(item)) => Ok(item),
+        Some(Err(why)) => Err(defect(format!("backup {id}: {why}"))),
+        None => Err(defect(format!("backup {id}: the reader stopped"))),
+    };
+    let FromFile::Header(header) = next(rx.recv().await)? else {
+        return Err(defect(format!("backup {id}: no header")));
+    };
+    let status = to.migration_status().await?;
+    if let Some(newer) = status.applied.iter().find(|v| **v > header.schema_version) {
+        return Err(defect(format!(
+            "the target database has migration {newer}, newer than the backup's schema {}: restore into an empty database",
+            header.schema_version
+        )));
+    }
+    if header.schema_version > status.applied.iter().chain(&status.pending).copied().max().unwrap_or(0) {
+        return Err(defect(format!(
+            "backup {id} has schema {}, newer than this binary knows: restore it with a newer Portcullis",
+            header.schema_version
+        )));
+    }
+    to.migrate_to(header.schema_version).await?;
+    let mut loader: Box<dyn Loader> = match to.load(force).await {
+        Err(StoreError::Conflict { entity: "database" }) => {
+            return Err(defect("the target database holds data; restore with --force to replace it"));
+        }
+        other => other?,
+    };
+    let (mut table, mut rows) = (String::new(), 0u64);
+    let manifest = loop {
+        match next(rx.recv().await)? {
+            FromFile::Header(_) => return Err(defect(format!("backup {id}: a second header"))),
+            FromFile::Table(header) => {
+                loader.table(&header).await.map_err(|e| load_error(id, e))?;
+                (table, rows) = (header.name, 0);
+                progress(&table, 0);
+            }
+            FromFile::Rows(batch) => {
+                rows += batch.len() as u64;
+                loader.rows(batch).await.map_err(|e| load_error(id, e))?;
+                progress(&table, rows);
+            }
+            FromFile::End(manifest) => break manifest,
+        }
+    };
+    loader.finish().await?;
+    let _ = reader.await;
+    Ok(Restored { id: id.to_owned(), manifest: *manifest, audit_events_verified: 0 })
+}
+
+/// Rows that do not fit the schema are a defect of the backup; anything else is the database's.
+fn load_error(id: &str, error: StoreError) -> AppError {
+    match error {
+        StoreError::Corrupt(why) => defect(format!("backup {id}: {why}")),
+        other => other.into(),
+    }
+}
+
+/// The sidecar's object name (tests).
+#[cfg(test)]
+pub(crate) fn sidecar_name(id: &str) -> String {
+    format!("{id}{SIDECAR_SUFFIX}")
+}
+
+/// The archive's object name (tests).
+#[cfg(test)]
+pub(crate) fn archive_name(id: &str) -> String {
+    format!("{id}{ARCHIVE_SUFFIX}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_carries_its_creation_time() {
+        let at = Timestamp::from_unix_millis(1_796_612_345_000);
+        let id = new_id(at).unwrap();
+        assert!(id.starts_with("portcullis-2026"), "{id}");
+        assert_eq!(created_from_id(&id), Some(1_796_612_345_000));
+    }
+}

@@ -1,0 +1,181 @@
+//! Where backups are kept: a local folder, or S3-compatible object storage. An archive travels as a
+//! local file (written, then uploaded; downloaded, then read), so no target ever holds a backup in
+//! memory.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+/// One object a target holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub name: String,
+    pub size: u64,
+}
+
+/// A place backups are written to and read from. Errors are words for the operator: they name the
+/// object and the cause, never a credential.
+#[async_trait]
+pub trait BackupTarget: Send + Sync + fmt::Debug {
+    /// Where, for messages (`folder /var/lib/portcullis/backups`, `s3://bucket/prefix`).
+    fn describe(&self) -> String;
+
+    /// Every object, in no particular order.
+    async fn list(&self) -> Result<Vec<StoredObject>, String>;
+
+    /// Stores the file `from` as `name`, replacing any object of that name only once it is whole.
+    async fn put(&self, name: &str, from: &Path) -> Result<(), String>;
+
+    /// Stores small content (a sidecar) as `name`.
+    async fn put_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<(), String>;
+
+    /// Copies the object `name` into the file `to`.
+    async fn get(&self, name: &str, to: &Path) -> Result<(), String>;
+
+    /// Reads a small object whole; `None` when there is none.
+    async fn get_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, String>;
+
+    /// Removes the object (no error if it is already gone).
+    async fn delete(&self, name: &str) -> Result<(), String>;
+}
+
+/// Backups as files in a folder (owner-only), each written under a temporary name, synced, then
+/// renamed, so a crash never leaves a half-written file under a backup's name.
+#[derive(Debug, Clone)]
+pub struct FolderTarget {
+    root: PathBuf,
+}
+
+impl FolderTarget {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf, String> {
+        // Names are ours, but a name that could leave the folder is refused all the same.
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(format!("{name:?} is not a backup object name"));
+        }
+        Ok(self.root.join(name))
+    }
+
+    fn ensure_root(&self) -> Result<(), String> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|e| format!("create the backup folder {}: {e}", self.root.display()))
+    }
+
+    /// Writes through a temporary name: fsync the file, rename, fsync the folder (the rename is only
+    /// durable once the directory entry is).
+    fn write_atomically(
+        &self,
+        name: &str,
+        write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+    ) -> Result<(), String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.ensure_root()?;
+        let path = self.path(name)?;
+        let temp = self.root.join(format!(".{name}.partial"));
+        let result = (|| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temp)?;
+            write(&mut file)?;
+            file.sync_all()?;
+            std::fs::rename(&temp, &path)?;
+            std::fs::File::open(&self.root)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result.map_err(|e| format!("write {} in {}: {e}", name, self.root.display()))
+    }
+}
+
+#[async_trait]
+impl BackupTarget for FolderTarget {
+    fn describe(&self) -> String {
+        format!("folder {}", self.root.display())
+    }
+
+    async fn list(&self) -> Result<Vec<StoredObject>, String> {
+        let this = self.clone();
+        blocking(move || {
+            let entries = match std::fs::read_dir(&this.root) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(format!("list {}: {e}", this.root.display())),
+            };
+            let mut objects = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| format!("list {}: {e}", this.root.display()))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let meta = entry.metadata().map_err(|e| format!("stat {name}: {e}"))?;
+                if meta.is_file() && !name.starts_with('.') {
+                    objects.push(StoredObject { name, size: meta.len() });
+                }
+            }
+            Ok(objects)
+        })
+        .await
+    }
+
+    async fn put(&self, name: &str, from: &Path) -> Result<(), String> {
+        let (this, name, from) = (self.clone(), name.to_owned(), from.to_owned());
+        blocking(move || {
+            this.write_atomically(&name, |file| {
+                let mut source = std::fs::File::open(&from)?;
+                std::io::copy(&mut source, file).map(|_| ())
+            })
+        })
+        .await
+    }
+
+    async fn put_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<(), String> {
+        let (this, name) = (self.clone(), name.to_owned());
+        blocking(move || this.write_atomically(&name, |file| std::io::Write::write_all(file, &bytes))).await
+    }
+
+    async fn get(&self, name: &str, to: &Path) -> Result<(), String> {
+        let path = self.path(name)?;
+        let to = to.to_owned();
+        blocking(move || {
+            std::fs::copy(&path, &to).map(|_| ()).map_err(|e| format!("read {}: {e}", path.display()))
+        })
+        .await
+    }
+
+    async fn get_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        let path = self.path(name)?;
+        blocking(move || match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("read {}: {e}", path.display())),
+        })
+        .await
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), String> {
+        let path = self.path(name)?;
+        blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("delete {}: {e}", path.display())),
+        })
+        .await
+    }
+}
+
+/// File work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| format!("a file task failed: {e}"))?
+}
