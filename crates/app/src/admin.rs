@@ -512,10 +512,11 @@ impl App {
         Ok(AdminUser { status, updated_at: now, ..user.into() })
     }
 
-    /// Deletes an account with its credentials and sessions. Needs `users:delete` over it, and every
-    /// grant of its role; the last active owner cannot be deleted, and nobody deletes themselves.
+    /// Erases an account: deletes it with everything kept about the person (see
+    /// [`App::erase_own_account`]). Needs `users:delete` over it, and every grant of its role; the
+    /// last active owner cannot be deleted, and nobody deletes themselves here (`DELETE /v1/me`).
     pub async fn admin_delete_user(&self, principal: &Principal, id: &str) -> Result<(), AppError> {
-        let AccountWrite { mut tx, now, grants, user } = self
+        let AccountWrite { mut tx, grants, user, .. } = self
             .begin_account_write(principal, id, "users:delete", "nobody deletes their own account here")
             .await?;
         let id = user.id;
@@ -523,16 +524,10 @@ impl App {
         if user.role == BuiltinRole::Owner {
             self.keep_an_owner(tx.as_mut(), &user).await?;
         }
-        let revoked = revoke_sessions_in(tx.as_mut(), id, None, RevokeReason::UserRevoked, now).await?;
-        tx.delete_user(id, now).await?;
-        let deleted = AuditEntry::by(principal, "user.deleted")
-            .target("user", id)
-            .detail("role", user.role.as_str())
-            .detail("revoked_sessions", revoked.len());
-        self.commit_audited(tx, [deleted]).await?;
-        self.forget_sessions(&revoked, now);
-        self.inner.profiles.forget(id);
-        tracing::info!(admin = %principal.user_id, user = %id, "account deleted");
+        let deleted =
+            AuditEntry::by(principal, "user.deleted").target("user", id).detail("role", user.role.as_str());
+        self.erase_in(tx, &id, &user.email, deleted).await?;
+        tracing::info!(admin = %principal.user_id, user = %id, "account erased");
         Ok(())
     }
 
@@ -625,7 +620,7 @@ impl App {
     }
 
     /// Refuses when `user` is the last active owner (called under the accounts lock).
-    async fn keep_an_owner(
+    pub(crate) async fn keep_an_owner(
         &self,
         tx: &mut dyn portcullis_store::StoreTx,
         user: &User,

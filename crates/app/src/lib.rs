@@ -15,6 +15,7 @@ mod backup;
 pub mod benchmarking;
 mod clock;
 mod csrf;
+mod erasure;
 mod error;
 mod export;
 mod instance;
@@ -213,6 +214,7 @@ struct Inner {
     keys_synced_at: std::sync::atomic::AtomicI64,
     verified_tokens: VerifiedTokens,
     profiles: accounts::ProfileCache,
+    person_keys: erasure::PersonKeys,
     api_keys: api_keys::KeyCache,
     role_grants: authz::RoleGrants,
     /// Allowed check-API decisions so far, for sampling them into the log.
@@ -268,6 +270,7 @@ impl App {
                 keys_synced_at: std::sync::atomic::AtomicI64::new(i64::MIN),
                 verified_tokens: VerifiedTokens::default(),
                 profiles: accounts::ProfileCache::default(),
+                person_keys: erasure::PersonKeys::default(),
                 api_keys: api_keys::KeyCache::default(),
                 role_grants: authz::RoleGrants::default(),
                 allowed_checks: std::sync::atomic::AtomicU64::new(0),

@@ -24,6 +24,7 @@ mod audit;
 mod audit_actions;
 mod backup;
 mod detection;
+mod erasure;
 mod export;
 mod ip_rules;
 mod keys;

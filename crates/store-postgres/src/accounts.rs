@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use portcullis_domain::{
     BuiltinRole, OneTimePurpose, OneTimeToken, Timestamp, TokenHash, UserId, UserStatus,
 };
-use portcullis_store::{AccountStore, BlindIndex, Sealed, StoreError, StoredOneTimeToken, StoredUser};
+use portcullis_store::{
+    AccountStore, BlindIndex, Sealed, StoreError, StoredOneTimeToken, StoredPersonKey, StoredUser,
+};
 
 use crate::{PostgresTx, corrupt};
 
@@ -274,12 +276,56 @@ impl AccountStore for PostgresTx {
         if let Err(e) = sessions {
             return Err(self.fail(e));
         }
+        // Security events stay (an attack on the account is still evidence) under the account's id,
+        // which nothing maps to a person any more, without the client address; the digests of the
+        // addresses the person logged in from go.
+        for statement in [
+            "UPDATE security_events SET ip = NULL, pii_key = NULL WHERE user_id = $1",
+            "DELETE FROM known_login_ips WHERE user_id = $1",
+        ] {
+            if let Err(e) = sqlx::query(statement).bind(id.to_string()).execute(&mut *self.tx).await {
+                return Err(self.fail(e));
+            }
+        }
+        // The cascade takes credentials, tokens, memberships, API keys, MFA factors and the person key.
         let result =
             sqlx::query("DELETE FROM users WHERE id = $1").bind(id.to_string()).execute(&mut *self.tx).await;
         match result {
             Ok(done) => Ok(done.rows_affected() == 1),
             Err(e) => Err(self.fail(e)),
         }
+    }
+
+    async fn person_key(&mut self, user: UserId) -> Result<Option<StoredPersonKey>, StoreError> {
+        let row: Result<Option<(Vec<u8>, String, i64)>, _> =
+            sqlx::query_as("SELECT secret, pii_key, created_at FROM person_keys WHERE user_id = $1")
+                .bind(user.to_string())
+                .fetch_optional(&mut *self.tx)
+                .await;
+        match row {
+            Ok(row) => Ok(row.map(|(secret, pii_key, created_at)| StoredPersonKey {
+                user_id: user,
+                secret: Sealed(secret),
+                pii_key,
+                created_at: Timestamp::from_unix_millis(created_at),
+            })),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn insert_person_key(&mut self, key: &StoredPersonKey) -> Result<bool, StoreError> {
+        // Conditional on the account, so an erased account never gets a key back (and the insert
+        // never fails on the foreign key, which would abort a PostgreSQL transaction).
+        let result = sqlx::query(
+            "INSERT INTO person_keys (user_id, secret, pii_key, created_at)              SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM users WHERE id = $1)              ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind(key.user_id.to_string())
+        .bind(key.secret.0.as_slice())
+        .bind(&key.pii_key)
+        .bind(key.created_at.as_unix_millis())
+        .execute(&mut *self.tx)
+        .await;
+        result.map(|r| r.rows_affected() == 1).map_err(|e| self.fail(e))
     }
 
     async fn mark_email_verified(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError> {

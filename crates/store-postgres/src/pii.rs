@@ -64,6 +64,13 @@ fn sql(table: PiiTable) -> TableSql {
                      WHERE id = $1 AND pii_key = $2 AND $4::bytea IS NULL",
             hashed_id: false,
         },
+        PiiTable::PersonKeys => TableSql {
+            select: "SELECT user_id, pii_key, secret, NULL::bytea FROM person_keys \
+                     WHERE pii_key <> $1 ORDER BY user_id COLLATE \"C\" LIMIT $2",
+            update: "UPDATE person_keys SET secret = $3, pii_key = $5 \
+                     WHERE user_id = $1 AND pii_key = $2 AND $4::bytea IS NULL",
+            hashed_id: false,
+        },
     }
 }
 
@@ -161,7 +168,8 @@ impl PiiStore for PostgresTx {
              + (SELECT COUNT(*) FROM one_time_tokens WHERE pii_key = $1) \
              + (SELECT COUNT(*) FROM security_events WHERE pii_key = $1) \
              + (SELECT COUNT(*) FROM api_keys WHERE pii_key = $1) \
-             + (SELECT COUNT(*) FROM mfa_totp_devices WHERE pii_key = $1)",
+             + (SELECT COUNT(*) FROM mfa_totp_devices WHERE pii_key = $1) \
+             + (SELECT COUNT(*) FROM person_keys WHERE pii_key = $1)",
         )
         .bind(key)
         .fetch_one(&mut *self.tx)

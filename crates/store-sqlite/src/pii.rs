@@ -59,6 +59,13 @@ fn sql(table: PiiTable) -> TableSql {
                      WHERE id = $1 AND pii_key = $2 AND $4 IS NULL",
             hashed_id: false,
         },
+        PiiTable::PersonKeys => TableSql {
+            select: "SELECT user_id, pii_key, secret, NULL FROM person_keys \
+                     WHERE pii_key <> $1 ORDER BY user_id LIMIT $2",
+            update: "UPDATE person_keys SET secret = $3, pii_key = $5 \
+                     WHERE user_id = $1 AND pii_key = $2 AND $4 IS NULL",
+            hashed_id: false,
+        },
     }
 }
 
@@ -150,7 +157,8 @@ impl PiiStore for SqliteTx {
              + (SELECT COUNT(*) FROM one_time_tokens WHERE pii_key = $1) \
              + (SELECT COUNT(*) FROM security_events WHERE pii_key = $1) \
              + (SELECT COUNT(*) FROM api_keys WHERE pii_key = $1) \
-             + (SELECT COUNT(*) FROM mfa_totp_devices WHERE pii_key = $1)",
+             + (SELECT COUNT(*) FROM mfa_totp_devices WHERE pii_key = $1) \
+             + (SELECT COUNT(*) FROM person_keys WHERE pii_key = $1)",
         )
         .bind(key)
         .fetch_one(&mut *self.tx)

@@ -21,8 +21,8 @@ use portcullis_domain::{
 };
 use portcullis_store::{
     BlindIndex, KeyPurpose, KeyState, PiiRow, PiiTable, RefreshSpend, Sealed, SessionRecord, Store,
-    StoreError, StoreTx, StoredKey, StoredOneTimeToken, StoredSecurityEvent, StoredSession, StoredTotpDevice,
-    StoredUser,
+    StoreError, StoreTx, StoredKey, StoredOneTimeToken, StoredPersonKey, StoredSecurityEvent, StoredSession,
+    StoredTotpDevice, StoredUser,
 };
 
 mod accounts_admin;
@@ -125,6 +125,14 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "an_accounts_status_and_role_change_and_active_owners_are_counted",
         run: |s| Box::pin(an_accounts_status_and_role_change_and_active_owners_are_counted(s)),
+    },
+    Check {
+        name: "a_person_key_is_made_once_only_for_a_live_account_and_erasure_takes_what_named_the_person",
+        run: |s| {
+            Box::pin(
+                a_person_key_is_made_once_only_for_a_live_account_and_erasure_takes_what_named_the_person(s),
+            )
+        },
     },
     Check {
         name: "deleting_an_account_takes_its_credentials_and_leaves_its_sessions_revoked_and_erased",
@@ -1130,6 +1138,64 @@ pub async fn deleting_an_account_takes_its_credentials_and_leaves_its_sessions_r
     ensure_eq("its password is gone", &hash, &None)?;
     ensure_eq("other nodes learn of the revocation", &revoked, &vec![gone.id])?;
     ensure_eq("no session keeps client details", &sealed_sessions, &Vec::new())
+}
+
+/// A person key is stored once (a second insert, as from another node racing, keeps the first and
+/// says so) and never for an account that does not exist; deleting the account takes the key, the
+/// digests of its login addresses and its security events' client addresses (the events stay).
+pub async fn a_person_key_is_made_once_only_for_a_live_account_and_erasure_takes_what_named_the_person(
+    store: &dyn Store,
+) -> Outcome {
+    migrated(store).await?;
+    let doomed = user(1, "doomed@example.com");
+    let kept = user(2, "kept@example.com");
+    write_users(store, &[doomed.clone(), kept.clone()]).await?;
+    let key = |owner: UserId, text: &str| StoredPersonKey {
+        user_id: owner,
+        secret: sealed(text),
+        pii_key: PII_KEY.to_owned(),
+        created_at: at(3),
+    };
+    let nobody = UserId::from_random_bytes([99; 16]);
+    let mut tx = store.begin().await.step("begin")?;
+    let first = tx.insert_person_key(&key(doomed.id, "first")).await.step("make a key")?;
+    let second = tx.insert_person_key(&key(doomed.id, "second")).await.step("make it again")?;
+    let orphan = tx.insert_person_key(&key(nobody, "orphan")).await.step("make one for nobody")?;
+    tx.insert_person_key(&key(kept.id, "kept")).await.step("make the other account's key")?;
+    let mut with_ip = event(1, SecurityEventKind::LoginFailed, Some(doomed.id), 1);
+    with_ip.ip = Some(sealed("203.0.113.9"));
+    with_ip.pii_key = Some(PII_KEY.to_owned());
+    tx.insert_security_event(&with_ip).await.step("record an event with an address")?;
+    tx.remember_login_ip(doomed.id, &[7; 32], at(2)).await.step("remember a login address")?;
+    tx.remember_login_ip(kept.id, &[7; 32], at(2)).await.step("and the other account's")?;
+    tx.commit().await.step("commit the setup")?;
+    ensure_eq("made once, never for nobody", &(first, second, orphan), &(true, false, false))?;
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let stored = tx.person_key(doomed.id).await.step("read the key")?;
+    let none = tx.person_key(nobody).await.step("read nobody's")?;
+    tx.commit().await.step("end the read")?;
+    ensure_eq("the first key stays", &stored, &Some(key(doomed.id, "first")))?;
+    ensure_eq("nobody has none", &none, &None)?;
+
+    let mut tx = store.begin().await.step("begin the delete")?;
+    tx.delete_user(doomed.id, at(5)).await.step("delete")?;
+    let after = tx.insert_person_key(&key(doomed.id, "after")).await.step("make a key after the delete")?;
+    tx.commit().await.step("commit the delete")?;
+    ensure_eq("an erased account gets no key back", &after, &false)?;
+
+    let mut tx = store.begin_read().await.step("begin a read")?;
+    let gone = tx.person_key(doomed.id).await.step("read the erased key")?;
+    let other = tx.person_key(kept.id).await.step("read the other key")?;
+    let events = tx.security_events_of(doomed.id, 10).await.step("read the events")?;
+    let known = tx.login_ip_known(doomed.id, &[7; 32]).await.step("check the login address")?;
+    let other_known = tx.login_ip_known(kept.id, &[7; 32]).await.step("and the other account's")?;
+    tx.commit().await.step("end the read")?;
+    ensure_eq("the key is gone", &gone, &None)?;
+    ensure_eq("the other account's stays", &other.map(|k| k.secret), &Some(sealed("kept")))?;
+    let kept_events: Vec<(SecurityEventId, bool)> =
+        events.iter().map(|e| (e.event.id, e.ip.is_some() || e.pii_key.is_some())).collect();
+    ensure_eq("the event stays, without its address", &kept_events, &vec![(with_ip.event.id, false)])?;
+    ensure_eq("login addresses are forgotten", &(known, other_known), &(false, true))
 }
 
 /// An address already taken (the same blind index, whatever its sealed spelling) is

@@ -70,15 +70,26 @@ pub trait AccountStore {
         at: Timestamp,
     ) -> Result<bool, StoreError>;
 
-    /// Deletes an account with its credentials and single-use tokens; returns false if it did not
-    /// exist. Its sessions stay, revoked at `at` (if they were not already) and with their client
-    /// details erased, so other nodes learn of the revocation; security events keep its id.
     /// Replaces an account's address (sealed, with its blind index and the index key), name, the key
     /// that sealed them, `email_verified_at` and `updated_at`; returns false if it does not exist.
     /// Another account holding the index is [`StoreError::Conflict`] with entity `"user"`.
     async fn update_user_details(&mut self, user: &crate::StoredUser) -> Result<bool, StoreError>;
 
+    /// Deletes an account and erases what is kept about the person; returns false if it did not
+    /// exist. Gone with the row: credentials, single-use tokens, memberships, API keys, MFA
+    /// factors and the person's own data key (so the audit events sealed under it no longer open).
+    /// Its sessions stay, revoked at `at` (if they were not already) and with their client details
+    /// erased, so other nodes learn of the revocation; its security events stay under its id
+    /// without their client address; the digests of the addresses it logged in from are deleted.
     async fn delete_user(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError>;
+
+    /// The person's own data key (sealed), if one was made.
+    async fn person_key(&mut self, user: UserId) -> Result<Option<crate::StoredPersonKey>, StoreError>;
+
+    /// Stores a person's data key unless they already have one or their account does not exist
+    /// (never an error: two nodes may race to make the first one, and an erased account gets none);
+    /// returns whether it did.
+    async fn insert_person_key(&mut self, key: &crate::StoredPersonKey) -> Result<bool, StoreError>;
 
     /// Records that the owner proved the address; returns false if the account does not exist.
     async fn mark_email_verified(&mut self, id: UserId, at: Timestamp) -> Result<bool, StoreError>;

@@ -17,6 +17,7 @@ use crate::{Backend, StoreError, StoreTx};
 pub const TABLES: &[&str] = &[
     "instance",
     "users",
+    "person_keys",
     "credentials",
     "one_time_tokens",
     "sessions",

@@ -37,8 +37,8 @@ pub use login_throttle::LoginThrottleStore;
 pub use mfa::{MfaStore, StoredMfaChallenge, StoredPasskey, StoredTotpDevice};
 pub use organizations::OrganizationStore;
 pub use pii::{
-    BlindIndex, PiiRow, PiiStore, PiiTable, Sealed, StoredOneTimeToken, StoredSecurityEvent, StoredSession,
-    StoredUser,
+    BlindIndex, PiiRow, PiiStore, PiiTable, Sealed, StoredOneTimeToken, StoredPersonKey, StoredSecurityEvent,
+    StoredSession, StoredUser,
 };
 pub use retention::RetentionStore;
 pub use roles::RoleStore;

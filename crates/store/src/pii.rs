@@ -78,6 +78,15 @@ pub struct StoredSecurityEvent {
     pub pii_key: Option<String>,
 }
 
+/// A person's own data key: 32 random bytes sealed under a keyring key, bound to the person's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPersonKey {
+    pub user_id: UserId,
+    pub secret: Sealed,
+    pub pii_key: String,
+    pub created_at: Timestamp,
+}
+
 /// The tables that hold sealed personal data, and their sealed columns in a fixed order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PiiTable {
@@ -89,16 +98,19 @@ pub enum PiiTable {
     /// TOTP seeds are not personal data, but they are secrets sealed under the same keys, and a
     /// retired key must not be destroyed while a seed still needs it.
     TotpDevices,
+    /// Each person's own data key (for the audit trail's client details), sealed like the rest.
+    PersonKeys,
 }
 
 impl PiiTable {
-    pub const ALL: [PiiTable; 6] = [
+    pub const ALL: [PiiTable; 7] = [
         PiiTable::Users,
         PiiTable::Sessions,
         PiiTable::OneTimeTokens,
         PiiTable::SecurityEvents,
         PiiTable::ApiKeys,
         PiiTable::TotpDevices,
+        PiiTable::PersonKeys,
     ];
 
     /// The table's name: with a column name and the row's id, the associated data a sealed value is
@@ -111,6 +123,7 @@ impl PiiTable {
             PiiTable::SecurityEvents => "security_events",
             PiiTable::ApiKeys => "api_keys",
             PiiTable::TotpDevices => "mfa_totp_devices",
+            PiiTable::PersonKeys => "person_keys",
         }
     }
 
@@ -123,6 +136,7 @@ impl PiiTable {
             PiiTable::SecurityEvents => &["ip"],
             PiiTable::ApiKeys => &["last_used_ip"],
             PiiTable::TotpDevices => &["secret"],
+            PiiTable::PersonKeys => &["secret"],
         }
     }
 }

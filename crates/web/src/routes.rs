@@ -59,7 +59,7 @@ pub fn router(mut state: AppState, config: &WebConfig) -> Result<Router, WebConf
         // Authenticated (bearer token, or session cookie + CSRF token): the caller's own session.
         .routes(routes!(auth::logout))
         .routes(routes!(auth::logout_all))
-        .routes(routes!(me::me))
+        .routes(routes!(me::me, me::erase_me))
         .routes(routes!(me::change_password))
         .routes(routes!(me::sessions))
         .routes(routes!(me::revoke_session))

@@ -31,6 +31,7 @@ pub use query::{
 pub use verify::{ChainBreak, VerifyReport};
 pub(crate) use writer::AuditWriter;
 
+use crate::erasure::{self, PersonKeyMap};
 use crate::keys::Place;
 use crate::{App, AppError, Credential, Principal, PrincipalKind};
 
@@ -315,8 +316,13 @@ impl App {
     }
 
     /// Makes the stored record of `entry`: a fresh id, the app's time, the request's client sealed
-    /// under the active personal-data key, the details redacted.
-    pub(crate) fn audit_record(&self, entry: AuditEntry) -> Result<AuditRecord, AppError> {
+    /// under the key of the person who made the request when `person_keys` holds it (so erasing
+    /// the person shreds it), else under the active personal-data key; the details redacted.
+    pub(crate) fn audit_record(
+        &self,
+        entry: AuditEntry,
+        person_keys: &PersonKeyMap,
+    ) -> Result<AuditRecord, AppError> {
         let request = current_request();
         // Time first, then 80 random bits: ids grow with time, so the unique index on them takes
         // appends at its end instead of page splits all over it (the time is in the event anyway).
@@ -325,18 +331,29 @@ impl App {
         bytes[..6].copy_from_slice(&self.now().as_unix_millis().to_be_bytes()[2..]);
         let id = portcullis_domain::AuditEventId::from_random_bytes(bytes).to_string();
         let keys = self.loaded_keys();
-        let place = |column| Place { table: AUDIT_TABLE, column, row: &id };
-        let ip = request.ip.as_deref().map(|ip| keys.fields.seal(ip.as_bytes(), place("ip"))).transpose()?;
+        let person = erasure::requester(&entry).and_then(|user| Some((user, person_keys.get(&user)?)));
+        // Named only when there is something to seal: the keyring's own first events come before
+        // any personal-data key exists.
+        let key_id = || -> Result<String, AppError> {
+            Ok(match &person {
+                Some((user, _)) => erasure::person_key_id(*user),
+                None => keys.fields.active_pii_id()?.to_owned(),
+            })
+        };
+        let seal = |text: &str, column| {
+            let place = Place { table: AUDIT_TABLE, column, row: &id };
+            match &person {
+                Some((_, key)) => crate::keys::seal_with(key, &key_id()?, text.as_bytes(), place),
+                None => keys.fields.seal(text.as_bytes(), place),
+            }
+        };
+        let ip = request.ip.as_deref().map(|ip| seal(ip, "ip")).transpose()?;
         let user_agent = request
             .user_agent
             .map(|ua| cut(ua, MAX_USER_AGENT_CHARS))
-            .map(|ua| keys.fields.seal(ua.as_bytes(), place("user_agent")))
+            .map(|ua| seal(&ua, "user_agent"))
             .transpose()?;
-        let pii_key = if ip.is_some() || user_agent.is_some() {
-            Some(keys.fields.active_pii_id()?.to_owned())
-        } else {
-            None
-        };
+        let pii_key = if ip.is_some() || user_agent.is_some() { Some(key_id()?) } else { None };
         let (target_type, target_id) = entry.target.unzip();
         Ok(AuditRecord {
             id: id.clone(),
@@ -364,7 +381,21 @@ impl App {
         mut tx: Box<dyn StoreTx>,
         entries: impl IntoIterator<Item = AuditEntry>,
     ) -> Result<Vec<AuditEvent>, AppError> {
-        let records = entries.into_iter().map(|e| self.audit_record(e)).collect::<Result<Vec<_>, _>>()?;
+        let entries: Vec<AuditEntry> = entries.into_iter().collect();
+        let keys = self.person_keys_for(tx.as_mut(), &entries).await?;
+        self.commit_records(tx, entries, &keys).await
+    }
+
+    /// [`App::commit_audited`] with the person keys already in hand (an erasure takes its person's
+    /// key before deleting it).
+    pub(crate) async fn commit_records(
+        &self,
+        mut tx: Box<dyn StoreTx>,
+        entries: impl IntoIterator<Item = AuditEntry>,
+        person_keys: &PersonKeyMap,
+    ) -> Result<Vec<AuditEvent>, AppError> {
+        let records =
+            entries.into_iter().map(|e| self.audit_record(e, person_keys)).collect::<Result<Vec<_>, _>>()?;
         let events = append(tx.as_mut(), records).await?;
         tx.commit().await?;
         Ok(events)
@@ -381,14 +412,18 @@ impl App {
         &self,
         entries: impl IntoIterator<Item = AuditEntry>,
     ) -> Result<Vec<AuditEvent>, AppError> {
-        let records = entries.into_iter().map(|e| self.audit_record(e)).collect::<Result<Vec<_>, _>>()?;
+        let entries: Vec<AuditEntry> = entries.into_iter().collect();
+        let keys = self.person_keys_outside(&entries).await?;
+        let records =
+            entries.into_iter().map(|e| self.audit_record(e, &keys)).collect::<Result<Vec<_>, _>>()?;
         self.inner
             .audit_writer
             .write(&self.inner.store, records, self.inner.settings.audit.group_commit_max)
             .await
     }
 
-    /// Opens an event's sealed client address and user agent (for listings and exports).
+    /// Opens an event's sealed client address and user agent (for listings and exports). Those
+    /// sealed under the key of a person since erased read as absent.
     pub(crate) async fn open_audit_client(
         &self,
         tx: &mut dyn StoreTx,
@@ -397,8 +432,27 @@ impl App {
         if record.ip.is_none() && record.user_agent.is_none() {
             return Ok((None, None));
         }
-        let keys = self.keys_holding(tx, record.pii_key.as_deref()).await?;
         let place = |column| Place { table: AUDIT_TABLE, column, row: &record.id };
+        let text = |bytes: zeroize::Zeroizing<Vec<u8>>| {
+            String::from_utf8(bytes.to_vec())
+                .map_err(|_| AppError::Keyring("a sealed text is not UTF-8".into()))
+        };
+        if let Some(id) = record.pii_key.as_deref()
+            && let Some(person) = erasure::person_of_key_id(id)
+        {
+            let Some(key) = self.person_key_to_open(tx, person).await? else { return Ok((None, None)) };
+            let open = |bytes: &Option<Vec<u8>>, column| {
+                bytes
+                    .as_ref()
+                    .map(|b| {
+                        crate::keys::open_with(&key, id, &portcullis_store::Sealed(b.clone()), place(column))
+                            .and_then(text)
+                    })
+                    .transpose()
+            };
+            return Ok((open(&record.ip, "ip")?, open(&record.user_agent, "user_agent")?));
+        }
+        let keys = self.keys_holding(tx, record.pii_key.as_deref()).await?;
         let open = |bytes: &Option<Vec<u8>>, column| {
             bytes
                 .as_ref()

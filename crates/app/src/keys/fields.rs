@@ -130,19 +130,7 @@ impl FieldKeys {
             .pii
             .get(id)
             .ok_or_else(|| AppError::Keyring(format!("personal-data key {id} is not loaded")))?;
-        let id_len = u8::try_from(id.len()).map_err(|_| AppError::Keyring("a key id is too long".into()))?;
-        let mut nonce = [0u8; NONCE_BYTES];
-        getrandom::fill(&mut nonce).map_err(|e| AppError::Internal(Box::new(e)))?;
-        let ciphertext = XChaCha20Poly1305::new(key.as_ref().into())
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: &place.associated_data() })
-            .map_err(|_| AppError::Internal("sealing a field failed".into()))?;
-        let mut out = Vec::with_capacity(2 + id.len() + NONCE_BYTES + ciphertext.len());
-        out.push(VERSION);
-        out.push(id_len);
-        out.extend_from_slice(id.as_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ciphertext);
-        Ok(Sealed(out))
+        seal_with(key, id, plaintext, place)
     }
 
     /// Opens a sealed value stored at `place`. A value moved from another row or column, altered, or
@@ -160,15 +148,7 @@ impl FieldKeys {
                 place.table, place.column
             ))
         })?;
-        XChaCha20Poly1305::new(key.as_ref().into())
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: &place.associated_data() })
-            .map(Zeroizing::new)
-            .map_err(|_| {
-                AppError::Keyring(format!(
-                    "{}.{} of row {} does not decrypt: it was altered or belongs to another row",
-                    place.table, place.column, place.row
-                ))
-            })
+        decrypt(key, nonce, ciphertext, place)
     }
 
     /// Opens a sealed UTF-8 text.
@@ -212,6 +192,61 @@ fn blind_index(key: &[u8; 32], email: &Email) -> BlindIndex {
 #[allow(clippy::panic, reason = "HMAC-SHA256 takes keys of every length; this cannot happen")]
 fn unreachable_hmac() -> Hmac<Sha256> {
     panic!("HMAC rejected a 32-byte key")
+}
+
+/// Seals `plaintext` at `place` under `key`, naming it `id` (a keyring key, or a person's own key).
+pub(crate) fn seal_with(
+    key: &[u8; 32],
+    id: &str,
+    plaintext: &[u8],
+    place: Place<'_>,
+) -> Result<Sealed, AppError> {
+    let id_len = u8::try_from(id.len()).map_err(|_| AppError::Keyring("a key id is too long".into()))?;
+    let mut nonce = [0u8; NONCE_BYTES];
+    getrandom::fill(&mut nonce).map_err(|e| AppError::Internal(Box::new(e)))?;
+    let ciphertext = XChaCha20Poly1305::new(key.into())
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: &place.associated_data() })
+        .map_err(|_| AppError::Internal("sealing a field failed".into()))?;
+    let mut out = Vec::with_capacity(2 + id.len() + NONCE_BYTES + ciphertext.len());
+    out.push(VERSION);
+    out.push(id_len);
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ciphertext);
+    Ok(Sealed(out))
+}
+
+/// Opens a value sealed with [`seal_with`] under `key`, which must be the key it names `id`.
+pub(crate) fn open_with(
+    key: &[u8; 32],
+    id: &str,
+    sealed: &Sealed,
+    place: Place<'_>,
+) -> Result<Zeroizing<Vec<u8>>, AppError> {
+    match parse(&sealed.0) {
+        Some((named, nonce, ciphertext)) if named == id => decrypt(key, nonce, ciphertext, place),
+        _ => Err(AppError::Keyring(format!(
+            "{}.{} of row {} is not a value sealed under {id}",
+            place.table, place.column, place.row
+        ))),
+    }
+}
+
+fn decrypt(
+    key: &[u8; 32],
+    nonce: &[u8],
+    ciphertext: &[u8],
+    place: Place<'_>,
+) -> Result<Zeroizing<Vec<u8>>, AppError> {
+    XChaCha20Poly1305::new(key.into())
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: &place.associated_data() })
+        .map(Zeroizing::new)
+        .map_err(|_| {
+            AppError::Keyring(format!(
+                "{}.{} of row {} does not decrypt: it was altered or belongs to another row",
+                place.table, place.column, place.row
+            ))
+        })
 }
 
 /// The key id, nonce and ciphertext of a sealed value.

@@ -14,7 +14,7 @@ use portcullis_domain::{RevokeReason, Timestamp};
 use portcullis_store::{KeyPurpose, KeyState, PiiTable, StoreError, StoreTx, StoredKey};
 use zeroize::Zeroizing;
 
-pub(crate) use fields::{FieldKeys, Place};
+pub(crate) use fields::{FieldKeys, Place, key_bytes, open_with, seal_with};
 pub use kek::{KEK_BYTES, KekSet};
 
 use crate::audit::AuditEntry;

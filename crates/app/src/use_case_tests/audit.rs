@@ -572,7 +572,8 @@ async fn a_change_and_its_audit_record_commit_together_or_not_at_all() {
     let before = all_events(&t.app).await.len();
     // A transaction that records an event but is dropped uncommitted leaves neither behind.
     let mut tx = t.app.store().begin().await.unwrap();
-    let record = t.app.audit_record(AuditEntry::system("test.event.rolled_back")).unwrap();
+    let record =
+        t.app.audit_record(AuditEntry::system("test.event.rolled_back"), &Default::default()).unwrap();
     crate::audit::append(tx.as_mut(), vec![record]).await.unwrap();
     drop(tx);
     assert_eq!(all_events(&t.app).await.len(), before);

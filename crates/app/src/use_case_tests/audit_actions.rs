@@ -637,10 +637,15 @@ async fn a_retired_personal_data_key_is_kept_while_audit_events_sealed_under_it_
     let t = app_with_settings(settings).await;
     let request =
         RequestContext { ip: Some("203.0.113.7".into()), user_agent: Some("ua".into()), request_id: None };
-    within_request(request, signup(&t.app, ALICE, PASSWORD)).await;
+    // A login with an address nobody has: a request of no known person, so under the shared key
+    // (a person's own requests are sealed under their person key; see the erasure tests).
+    let somebody = client();
+    let unknown = t.app.login("nobody@example.com", secret(PASSWORD), LoginMode::Bearer, &somebody);
+    assert!(within_request(request, unknown).await.is_err());
+    signup(&t.app, ALICE, PASSWORD).await;
     let old_pii = key_in(&t.app, KeyPurpose::Pii, KeyState::Active).await.unwrap();
-    let signed_up = only(&t.app, "user.signed_up").await;
-    assert_eq!(signed_up.pii_key.as_deref(), Some(&*old_pii));
+    let failed = only(&t.app, "user.login.failed").await;
+    assert_eq!(failed.pii_key.as_deref(), Some(&*old_pii));
 
     t.app.rotate_key(KeyPurpose::Pii, false).await.unwrap();
     let mut steps = 0;
@@ -656,7 +661,7 @@ async fn a_retired_personal_data_key_is_kept_while_audit_events_sealed_under_it_
     let mut tx = read_tx(&t.app).await;
     assert_eq!(tx.count_pii_rows_under(&old_pii).await.unwrap(), 0, "every data row moved");
     assert!(tx.count_audit_rows_under(&old_pii).await.unwrap() > 0);
-    let (ip, user_agent) = t.app.open_audit_client(tx.as_mut(), &signed_up).await.unwrap();
+    let (ip, user_agent) = t.app.open_audit_client(tx.as_mut(), &failed).await.unwrap();
     tx.rollback().await.unwrap();
     assert_eq!((ip.as_deref(), user_agent.as_deref()), (Some("203.0.113.7"), Some("ua")), "still readable");
 }

@@ -29,7 +29,7 @@ const FIELDS: [&str; 10] = [
 ];
 
 /// `POST /v1/me/api-keys`: the key's id and full text (a canary).
-async fn create_key(app: &TestApp, access: &str, name: &str) -> (String, String) {
+pub(crate) async fn create_key(app: &TestApp, access: &str, name: &str) -> (String, String) {
     let body = json!({ "name": name, "scopes": ["profile:read"], "expires_in_days": 7 });
     let response = app.call(Method::POST, "/v1/me/api-keys").bearer_auth(access).json(&body).go().await;
     let created = json_of(response, 201).await;

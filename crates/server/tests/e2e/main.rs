@@ -10,6 +10,8 @@ mod binary;
 mod cli_backup;
 mod cli_users;
 mod docs;
+mod durability;
+mod erasure;
 mod error_tracking;
 mod export;
 mod http_stack;

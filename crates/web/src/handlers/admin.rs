@@ -297,11 +297,14 @@ pub(crate) async fn update_user(
     Ok(axum::Json(state.app.admin_update_user(&principal, &id, &change).await?.into()))
 }
 
-/// Deletes an account with its credentials and sessions. Needs `users:delete`.
+/// Erases an account, as `DELETE /v1/me` does for oneself: it is deleted with everything kept
+/// about the person, and the audit trail keeps only its id, the client details of the person's
+/// requests no longer readable. Needs `users:delete` over it and every grant of its role; the last
+/// active owner and one's own account are refused.
 #[utoipa::path(delete, path = "/v1/admin/users/{id}", tag = "admin", operation_id = "delete_user",
     security(("bearer" = []), ("session_cookie" = [])),
     params(("id" = String, Path, description = "The account id.")),
-    responses((status = 204, description = "Deleted.")))]
+    responses((status = 204, description = "Erased.")))]
 pub(crate) async fn delete_user(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,

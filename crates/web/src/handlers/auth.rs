@@ -470,7 +470,7 @@ pub(crate) async fn refresh(
 
 /// Clears the session cookie, and asks the browser to drop everything it keeps for this origin
 /// (ASVS 14.3.1: `Clear-Site-Data`).
-fn clear_cookie(mut response: Response) -> Response {
+pub(crate) fn clear_cookie(mut response: Response) -> Response {
     let value = format!("{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0");
     if let Ok(value) = HeaderValue::from_str(&value) {
         response.headers_mut().insert(header::SET_COOKIE, value);

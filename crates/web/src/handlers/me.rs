@@ -1,7 +1,8 @@
-//! `/v1/me/*`: the caller's own profile, password and sessions.
+//! `/v1/me/*`: the caller's own profile, password and sessions, and the erasure of the account.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use portcullis_app::{Profile, SessionSummary};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,29 @@ pub(crate) async fn me(
     Enrolling(principal): Enrolling,
 ) -> Result<axum::Json<ProfileResponse>, ApiError> {
     Ok(axum::Json(state.app.my_profile(&principal).await?.into()))
+}
+
+/// Erases the caller's account: it is deleted with everything kept about the person (credentials,
+/// sessions, API keys, factors, memberships), and the audit trail keeps only the account's id, the
+/// client details of the person's requests no longer readable. Needs a login session (not an API
+/// key) that proved itself within the last 10 minutes with every factor the account has; otherwise
+/// 401 `reauthentication-required`. The last active owner is refused (403). Backups taken before
+/// keep the account until they age out of their retention.
+#[utoipa::path(delete, path = "/v1/me", tag = "me", operation_id = "erase_me",
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 204, description = "Erased; the session cookie is cleared."),
+        (status = 401, description = "No valid credential, or the session must re-authenticate first.",
+            body = crate::problem::ProblemDocument, content_type = "application/problem+json"),
+        (status = 403, description = "An API key, a service account, or the last active owner.",
+            body = crate::problem::ProblemDocument, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn erase_me(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+) -> Result<Response, ApiError> {
+    state.app.erase_own_account(&principal).await?;
+    Ok(crate::handlers::auth::clear_cookie(StatusCode::NO_CONTENT.into_response()))
 }
 
 /// The current and the new password.
