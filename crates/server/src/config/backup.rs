@@ -171,6 +171,18 @@ mod tests {
     }
 
     #[test]
+    fn the_default_schedules_fire_daily_at_three_and_on_sundays_at_four_utc() {
+        let config = Config::default();
+        let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&chrono::Utc);
+        // 2026-12-07 is a Monday.
+        let now = at("2026-12-07T02:59:59Z");
+        let daily = parse_schedule(&config.backup.schedule).unwrap();
+        assert_eq!(daily.find_next_occurrence(&now, false).unwrap(), at("2026-12-07T03:00:00Z"));
+        let drill = parse_schedule(&config.backup.drill_schedule).unwrap();
+        assert_eq!(drill.find_next_occurrence(&now, false).unwrap(), at("2026-12-13T04:00:00Z"));
+    }
+
+    #[test]
     fn a_wrong_schedule_or_recipient_is_named() {
         let mut config = Config::default();
         config.backup.schedule = "every day".into();
