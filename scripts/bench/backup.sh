@@ -39,7 +39,7 @@ export PORTCULLIS_BACKUP__IDENTITY_FILE="$DIR/key.txt"
 "$BIN" migrate >/dev/null
 
 echo "== seeding $USERS users and $EVENTS audit events" >&2
-sqlite3 "$DIR/data/portcullis.db" <<SQL
+sqlite3 "$DIR/data/portcullis.db" >/dev/null <<SQL
 PRAGMA journal_mode = WAL;
 BEGIN;
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $USERS)

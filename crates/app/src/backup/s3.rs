@@ -3,7 +3,6 @@
 //! a time; an object only appears once its upload completes, so a crash never leaves half a backup.
 
 use std::fmt;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::AsyncReadExt;
 
-use super::target::{BackupTarget, StoredObject, blocking};
+use super::target::{BackupTarget, StoredObject};
 
 /// Parts of a multipart upload (S3's minimum part is 5 MiB).
 const PART: usize = 8 << 20;
@@ -145,20 +144,16 @@ impl BackupTarget for S3Target {
     }
 
     async fn get(&self, name: &str, to: &Path) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt;
         let result = self.store.get(&self.path(name)).await.map_err(|e| self.failed("read", name, &e))?;
         let mut stream = result.into_stream();
-        let to = to.to_owned();
-        let file = blocking({
-            let to = to.clone();
-            move || std::fs::File::create(&to).map_err(|e| format!("create {}: {e}", to.display()))
-        })
-        .await?;
-        let mut file = std::io::BufWriter::new(file);
+        let file = tokio::fs::File::create(to).await.map_err(|e| format!("create {}: {e}", to.display()))?;
+        let mut file = tokio::io::BufWriter::new(file);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.failed("read", name, &e))?;
-            file.write_all(&chunk).map_err(|e| format!("write {}: {e}", to.display()))?;
+            file.write_all(&chunk).await.map_err(|e| format!("write {}: {e}", to.display()))?;
         }
-        file.flush().map_err(|e| format!("write {}: {e}", to.display()))
+        file.flush().await.map_err(|e| format!("write {}: {e}", to.display()))
     }
 
     async fn get_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
