@@ -604,7 +604,9 @@ async fn backup_upkeep(
     }
 }
 
-async fn run_scheduled_backup(backups: &portcullis_app::Backups) {
+/// One scheduled backup: create, then prune; a failure is audited and raised as `backup_failed`.
+/// Public for the e2e tests, which run the schedule's work without waiting for the clock.
+pub async fn run_scheduled_backup(backups: &portcullis_app::Backups) {
     match backups.create(&|_, _| {}).await {
         Ok(created) => {
             if let Err(error) = backups.prune().await {
@@ -622,7 +624,7 @@ async fn run_scheduled_backup(backups: &portcullis_app::Backups) {
 }
 
 /// The restore drill: verify (restore and prove) the newest backup.
-async fn run_drill(backups: &portcullis_app::Backups, config: &Config) {
+pub async fn run_drill(backups: &portcullis_app::Backups, config: &Config) {
     let record = |why: String| async move {
         if let Err(error) = backups.record_failure("drill", None, &why).await {
             tracing::warn!(error = %portcullis_domain::error_chain(&error), "a drill failure was not recorded");

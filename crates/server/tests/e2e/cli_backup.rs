@@ -150,3 +150,50 @@ async fn fresh_postgres_database() -> Option<String> {
     let query = if query.is_empty() { String::new() } else { format!("?{query}") };
     Some(format!("{}/{name}{query}", &base[..path]))
 }
+
+/// What `serve`'s schedule runs: a drill with nothing to verify raises `backup_failed` (which alerts);
+/// a scheduled backup, then a drill that proves it, move both backup gauges and are audited.
+#[tokio::test]
+async fn the_scheduled_backup_and_the_drill_are_audited_alert_on_failure_and_move_the_gauges() {
+    crate::support::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::test_config(&dir);
+    let identity = age::x25519::Identity::generate();
+    let key = dir.path().join("key.txt");
+    std::fs::write(&key, format!("{}\n", age::secrecy::ExposeSecret::expose_secret(&identity.to_string())))
+        .unwrap();
+    config.backup.recipients = vec![identity.to_public().to_string()];
+    config.backup.identity_file = Some(key);
+    let server = portcullis::start(&config, portcullis::StartOptions::default()).await.unwrap();
+    let backups = portcullis::backups(&config, server.app()).unwrap();
+
+    portcullis::run_drill(&backups, &config).await;
+    portcullis::run_scheduled_backup(&backups).await;
+    portcullis::run_drill(&backups, &config).await;
+
+    let listed = backups.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].sidecar.as_ref().unwrap().last_verification().unwrap().ok);
+    let metrics = server.app().render_metrics().await;
+    for gauge in [
+        "portcullis_backup_last_success_timestamp_seconds ",
+        "portcullis_backup_last_verified_timestamp_seconds ",
+    ] {
+        assert!(metrics.lines().any(|l| l.starts_with(gauge)), "{gauge} in {metrics}");
+    }
+    let mut tx = server.app().store().begin_read().await.unwrap();
+    let query = portcullis_store::SecurityEventQuery {
+        kinds: vec![portcullis_domain::SecurityEventKind::BackupFailed],
+        limit: 10,
+        ..Default::default()
+    };
+    let failed = tx.list_security_events(&query).await.unwrap().events;
+    let actions: Vec<String> =
+        tx.audit_events_after(0, 10_000).await.unwrap().into_iter().map(|e| e.record.action).collect();
+    tx.rollback().await.unwrap();
+    assert_eq!(failed.len(), 1, "the first drill found nothing to verify");
+    for action in ["backup.failed", "backup.created", "backup.verified"] {
+        assert!(actions.iter().any(|a| a == action), "{action} in {actions:?}");
+    }
+    server.shutdown().await;
+}
