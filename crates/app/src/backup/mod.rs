@@ -173,7 +173,19 @@ impl Backups {
     /// Takes a backup now (`portcullis backup create`, and the schedule in `serve`): one snapshot,
     /// streamed into an encrypted archive, stored in the target with its sidecar; recorded as a
     /// `backup.created` audit event. Needs: the operator (CLI) or the scheduler.
+    /// A failure is audited as `backup.failed` and raised as a `backup_failed` security event.
     pub async fn create(&self, progress: Progress<'_>) -> Result<Created, AppError> {
+        let result = self.create_inner(progress).await;
+        if let Err(error) = &result {
+            let why = portcullis_domain::error_chain(error);
+            if let Err(unrecorded) = self.record_failure("create", None, &why).await {
+                tracing::warn!(error = %portcullis_domain::error_chain(&unrecorded), "a backup failure was not recorded");
+            }
+        }
+        result
+    }
+
+    async fn create_inner(&self, progress: Progress<'_>) -> Result<Created, AppError> {
         let recipients = parse_recipients(&self.settings.recipients).map_err(defect)?;
         if recipients.is_empty() {
             return Err(defect("no backup recipient is configured ([backup] recipients)"));

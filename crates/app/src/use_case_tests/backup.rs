@@ -251,6 +251,24 @@ async fn a_truncated_file_is_caught_by_verify() {
 }
 
 #[tokio::test]
+async fn a_backup_that_cannot_be_made_is_audited_and_raises_backup_failed() {
+    let s = scene().await;
+    let mut settings = s.backups.settings().clone();
+    settings.recipients.clear();
+    let backups = Backups::new(s.t.app.clone(), s.backups.target().clone(), settings).unwrap();
+
+    let why = backup_error(backups.create(&no_progress).await);
+
+    assert!(why.contains("no backup recipient"), "{why}");
+    let failed: Vec<_> =
+        audit_records(&s.t.app).await.into_iter().filter(|r| r.action == "backup.failed").collect();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].details.contains("create"), "{}", failed[0].details);
+    let raised = testing::security_events(&s.t.app, portcullis_domain::SecurityEventKind::BackupFailed).await;
+    assert_eq!(raised.len(), 1);
+}
+
+#[tokio::test]
 async fn a_wrong_key_is_caught_by_verify() {
     let mut s = scene().await;
     activity(&s.t.app).await;
