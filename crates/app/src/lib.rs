@@ -71,6 +71,11 @@ pub use backup::{
     BackupInfo, BackupSettings, BackupTarget, Backups, Created, FolderTarget, Manifest, Pruned, Restored,
     S3Settings, S3Target, Sidecar, StoredObject, Verification, parse_recipients as backup_recipients,
 };
+/// The archive format on its own (docs/decisions/0012-backups.md), for tools that read or write
+/// archives outside a `Backups` (the fuzz targets).
+pub mod backup_format {
+    pub use crate::backup::{ArchiveReader, ArchiveWriter, ChainPoint, FORMAT, FORMAT_VERSION, Header, Item};
+}
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{AppError, FieldIssue};
 pub use export::{

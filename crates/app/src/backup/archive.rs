@@ -255,9 +255,18 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(())
     }
 
-    /// One row of the current table.
+    /// One row of the current table. A row that does not fit the table's columns is refused here, as
+    /// the reader would refuse it: an archive that cannot be restored must never be written.
     pub fn row(&mut self, row: &[Cell]) -> Result<(), String> {
         let Some(current) = self.current.as_mut() else { return Err("a row before any table".to_owned()) };
+        if row.len() != current.columns.len() {
+            return Err(format!(
+                "table {}: a row of {} cells for {} columns",
+                current.name,
+                row.len(),
+                current.columns.len()
+            ));
+        }
         self.line.clear();
         encode_row(row, &mut self.line);
         self.line.push(b'\n');
@@ -537,5 +546,32 @@ mod tests {
         let mut line = Vec::new();
         encode_row(&row, &mut line);
         assert_eq!(decode_row(&line).unwrap(), row);
+    }
+
+    /// Found by the backup_archive fuzz target (input ff ff 63 fe 63 fe 0a): the writer took a row of
+    /// no cells for a table of one column, and the reader then refused its own archive.
+    #[test]
+    fn a_row_that_does_not_fit_its_tables_columns_is_refused_by_the_writer() {
+        #[expect(deprecated, reason = "X25519 recipients, as backups use (ADR 0012)")]
+        let identity = age::x25519::Identity::generate();
+        let header = Header {
+            format: FORMAT.to_owned(),
+            format_version: FORMAT_VERSION,
+            app_version: "test".to_owned(),
+            schema_version: 9,
+            created_at: "2026-01-01T00:00:00Z".to_owned(),
+            created_at_ms: 0,
+            backend: "sqlite".to_owned(),
+            audit_head: ChainPoint { seq: 0, hash: "00".repeat(32) },
+            latest_checkpoint: None,
+        };
+        let mut writer = ArchiveWriter::new(Vec::new(), &[identity.to_public()], header).unwrap();
+        writer.table(&TableHeader { name: String::new(), columns: vec![String::new()] }).unwrap();
+
+        assert_eq!(writer.row(&[]).unwrap_err(), "table : a row of 0 cells for 1 columns");
+        assert!(writer.row(&[Cell::Null, Cell::Null]).is_err());
+        writer.row(&[Cell::Int(1)]).unwrap();
+        let (manifest, _) = writer.finish().unwrap();
+        assert_eq!(manifest.tables[0].rows, 1, "a refused row is not counted");
     }
 }
