@@ -73,8 +73,8 @@ fn identities() -> Vec<Box<dyn age::Identity + Send + Sync>> {
 }
 
 fn round_trip(tables: Vec<FuzzTable>) {
-    let recipient = IDENTITY.to_public();
-    let mut writer = ArchiveWriter::new(Vec::new(), &[recipient], header()).expect("a writer");
+    let recipients: Vec<Box<dyn age::Recipient + Send>> = vec![Box::new(IDENTITY.to_public())];
+    let mut writer = ArchiveWriter::new(Vec::new(), &recipients, header()).expect("a writer");
     let mut written = Vec::new();
     for table in tables.into_iter().take(8) {
         let header = TableHeader { name: table.name, columns: table.columns };

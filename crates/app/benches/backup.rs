@@ -238,6 +238,7 @@ async fn run() -> Result<(), BoxError> {
         BackupSettings {
             recipients: vec![identity.to_public().to_string()],
             identity_file: Some(key_file),
+            passphrase: None,
             retention_days: 30,
             keep_min: 1,
             staging_dir: dir.path().join("staging"),

@@ -63,6 +63,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "metrics.token",
     "backup.s3_access_key_id",
     "backup.s3_secret_access_key",
+    "backup.passphrase",
 ];
 
 /// Secret values printed in config/example.toml and the docs. A production server refuses them:

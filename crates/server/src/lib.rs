@@ -333,7 +333,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         tokio::spawn(retention_upkeep(app.clone(), receiver.clone())),
     ];
     if config.backup.enabled {
-        if config.backup.recipients.is_empty() {
+        if !config.backup.can_encrypt() {
             // Production refuses this at start; in development it is the usual case, so not a warning
             // (`config check` shows the recipients).
             tracing::debug!("backup.enabled but no backup.recipients: no scheduled backups until one is set");

@@ -228,10 +228,16 @@ impl<W: Write> std::fmt::Debug for ArchiveWriter<W> {
 }
 
 impl<W: Write> ArchiveWriter<W> {
-    /// Starts an archive encrypted to every recipient (at least one) and writes its header.
-    pub fn new(out: W, recipients: &[age::x25519::Recipient], header: Header) -> Result<Self, String> {
-        let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
-            .map_err(|e| format!("age: {e}"))?;
+    /// Starts an archive encrypted to every recipient (at least one: X25519 keys, or one passphrase)
+    /// and writes its header.
+    pub fn new(
+        out: W,
+        recipients: &[Box<dyn age::Recipient + Send>],
+        header: Header,
+    ) -> Result<Self, String> {
+        let encryptor =
+            age::Encryptor::with_recipients(recipients.iter().map(|r| r.as_ref() as &dyn age::Recipient))
+                .map_err(|e| format!("age: {e}"))?;
         let sealed = encryptor.wrap_output(out).map_err(|e| format!("age: {e}"))?;
         let out = zstd::Encoder::new(sealed, ZSTD_LEVEL).map_err(|e| format!("zstd: {e}"))?;
         let mut writer =
@@ -320,12 +326,17 @@ impl<R: Read> ArchiveReader<R> {
     /// Decrypts with the first identity that fits and reads the header.
     pub fn open(input: R, identities: &[Box<dyn age::Identity + Send + Sync>]) -> Result<Self, String> {
         let decryptor = age::Decryptor::new(input).map_err(|e| format!("not a readable age file: {e}"))?;
+        let is_passphrase_file = decryptor.is_scrypt();
         let plain =
             decryptor.decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity)).map_err(|e| {
                 match e {
                     age::DecryptError::NoMatchingKeys => {
                         "the identity does not decrypt this backup (it was encrypted to other recipients)"
                             .to_owned()
+                    }
+                    // What a wrong passphrase gives (scrypt's key does not open the file key).
+                    age::DecryptError::DecryptionFailed if is_passphrase_file => {
+                        "the passphrase does not decrypt this backup".to_owned()
                     }
                     other => format!("decryption failed: {other}"),
                 }
@@ -565,7 +576,8 @@ mod tests {
             audit_head: ChainPoint { seq: 0, hash: "00".repeat(32) },
             latest_checkpoint: None,
         };
-        let mut writer = ArchiveWriter::new(Vec::new(), &[identity.to_public()], header).unwrap();
+        let recipients: Vec<Box<dyn age::Recipient + Send>> = vec![Box::new(identity.to_public())];
+        let mut writer = ArchiveWriter::new(Vec::new(), &recipients, header).unwrap();
         writer.table(&TableHeader { name: String::new(), columns: vec![String::new()] }).unwrap();
 
         assert_eq!(writer.row(&[]).unwrap_err(), "table : a row of 0 cells for 1 columns");

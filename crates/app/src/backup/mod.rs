@@ -22,6 +22,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use portcullis_domain::Timestamp;
 use portcullis_store::{Cell, DumpInfo, DumpSink, Loader, Store, StoreError, StoreTx, TableHeader};
+use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -52,6 +53,9 @@ pub struct BackupSettings {
     /// The age identity file that decrypts for `verify`, `restore` and the drill. A secret: its path
     /// may be shown, its content never.
     pub identity_file: Option<PathBuf>,
+    /// Instead of recipients, a passphrase (age's scrypt recipient, which must be the only one); it
+    /// also decrypts, so `verify`, `restore` and the drill need no identity file.
+    pub passphrase: Option<secrecy::SecretString>,
     /// Backups older than this are pruned (0: never)...
     pub retention_days: u32,
     /// ...but always the newest this many are kept, and the newest verified-good one.
@@ -145,7 +149,23 @@ impl Backups {
     /// Checks the recipients now, so a wrong key fails at start, not at the first backup.
     pub fn new(app: App, target: Arc<dyn BackupTarget>, settings: BackupSettings) -> Result<Self, AppError> {
         parse_recipients(&settings.recipients).map_err(defect)?;
+        if settings.passphrase.is_some() && !settings.recipients.is_empty() {
+            return Err(defect("age encrypts to recipients or to one passphrase, not both"));
+        }
         Ok(Self { app, target, settings })
+    }
+
+    /// Who can decrypt what `create` writes: the configured X25519 keys, or the passphrase.
+    fn recipients(&self) -> Result<Vec<Box<dyn age::Recipient + Send>>, AppError> {
+        if let Some(passphrase) = &self.settings.passphrase {
+            let passphrase = age::secrecy::SecretString::from(passphrase.expose_secret().to_owned());
+            return Ok(vec![Box::new(age::scrypt::Recipient::new(passphrase))]);
+        }
+        let recipients = parse_recipients(&self.settings.recipients).map_err(defect)?;
+        if recipients.is_empty() {
+            return Err(defect("no backup recipient or passphrase is configured ([backup] recipients)"));
+        }
+        Ok(recipients.into_iter().map(|r| Box::new(r) as Box<dyn age::Recipient + Send>).collect())
     }
 
     pub fn settings(&self) -> &BackupSettings {
@@ -186,10 +206,7 @@ impl Backups {
     }
 
     async fn create_inner(&self, progress: Progress<'_>) -> Result<Created, AppError> {
-        let recipients = parse_recipients(&self.settings.recipients).map_err(defect)?;
-        if recipients.is_empty() {
-            return Err(defect("no backup recipient is configured ([backup] recipients)"));
-        }
+        let recipients = self.recipients()?;
         let now = self.app.now();
         let id = new_id(now)?;
         let staged = self.staging(&id)?;
@@ -276,12 +293,18 @@ impl Backups {
     }
 
     fn identities(&self) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, AppError> {
-        let path = self
-            .settings
-            .identity_file
-            .as_deref()
-            .ok_or_else(|| defect("no identity file is configured ([backup] identity_file)"))?;
-        read_identities(path).map_err(defect)
+        let mut identities = match self.settings.identity_file.as_deref() {
+            Some(path) => read_identities(path).map_err(defect)?,
+            None => Vec::new(),
+        };
+        if let Some(passphrase) = &self.settings.passphrase {
+            let passphrase = age::secrecy::SecretString::from(passphrase.expose_secret().to_owned());
+            identities.push(Box::new(age::scrypt::Identity::new(passphrase)));
+        }
+        if identities.is_empty() {
+            return Err(defect("no identity file or passphrase is configured ([backup] identity_file)"));
+        }
+        Ok(identities)
     }
 
     /// Proves a backup (`portcullis backup verify ID`, the weekly drill): decrypts it, checks every
@@ -528,7 +551,7 @@ enum ToFile {
 /// The file side of `create`: encodes, compresses and encrypts what arrives, then syncs the file.
 fn write_archive(
     file: std::fs::File,
-    recipients: &[age::x25519::Recipient],
+    recipients: &[Box<dyn age::Recipient + Send>],
     mut rx: mpsc::Receiver<ToFile>,
 ) -> Result<Manifest, String> {
     let Some(ToFile::Header(header)) = rx.blocking_recv() else {

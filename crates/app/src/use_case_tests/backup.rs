@@ -56,6 +56,7 @@ async fn scene() -> Scene {
     let settings = BackupSettings {
         recipients: vec![identity.to_public().to_string()],
         identity_file: Some(key_file),
+        passphrase: None,
         retention_days: 30,
         keep_min: 1,
         staging_dir: dir.path().join("staging"),
@@ -462,4 +463,39 @@ async fn backups_round_trip_through_an_s3_compatible_store() {
     backups.restore(&created.id, &target, false, &no_progress).await.unwrap();
     let users = whole(&target).await.0.into_iter().find(|(t, _)| t == "users").unwrap().1;
     assert_eq!(users.len(), 2);
+}
+
+#[tokio::test]
+async fn a_passphrase_backup_verifies_and_restores_and_a_wrong_passphrase_is_caught() {
+    let mut s = scene().await;
+    activity(&s.t.app).await;
+    let mut settings = s.backups.settings().clone();
+    settings.recipients.clear();
+    settings.identity_file = None;
+    settings.passphrase = Some(secret("correct horse battery staple, backups"));
+    s.backups = Backups::new(s.t.app.clone(), s.backups.target().clone(), settings.clone()).unwrap();
+    let created = s.backups.create(&no_progress).await.unwrap();
+
+    // An age file with one scrypt stanza: what `age -d` asks a passphrase for.
+    let bytes = std::fs::read(s.archive(&created.id)).unwrap();
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+    assert!(head.starts_with("age-encryption.org/v1\n-> scrypt "), "{head}");
+    assert!(!head.contains("X25519"), "{head}");
+    let scratch = file_store(&s.dir.path().join("scratch.db")).await;
+    let verified = s.backups.verify(&created.id, &scratch, &no_progress).await.unwrap();
+    assert_eq!(verified.audit_events_verified as i64, created.manifest.header.audit_head.seq);
+    let target = file_store(&s.dir.path().join("restored.db")).await;
+    s.backups.restore(&created.id, &target, false, &no_progress).await.unwrap();
+
+    // Recipients and a passphrase together are refused (age takes one or the other).
+    let mut both = settings.clone();
+    both.recipients = vec![s.identity.to_public().to_string()];
+    assert!(matches!(
+        Backups::new(s.t.app.clone(), s.backups.target().clone(), both),
+        Err(AppError::Backup(why)) if why.contains("not both")
+    ));
+    settings.passphrase = Some(secret("a different passphrase entirely"));
+    s.backups = Backups::new(s.t.app.clone(), s.backups.target().clone(), settings).unwrap();
+    let why = verify_fails(&s, &created.id, 1).await;
+    assert_eq!(why, format!("backup {}: the passphrase does not decrypt this backup", created.id));
 }

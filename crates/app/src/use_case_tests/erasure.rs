@@ -250,6 +250,7 @@ async fn the_next_backup_after_an_erasure_holds_nothing_of_the_person() {
     let settings = crate::BackupSettings {
         recipients: vec![identity.to_public().to_string()],
         identity_file: None,
+        passphrase: None,
         retention_days: 30,
         keep_min: 1,
         staging_dir: s.dir.path().join("staging"),

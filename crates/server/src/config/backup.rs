@@ -52,6 +52,10 @@ pub struct BackupConfig {
     /// Keep it away from the backups; its content is never logged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity_file: Option<PathBuf>,
+    /// Instead of recipients, a passphrase (age's scrypt): backups decrypt with `age -d` and the
+    /// passphrase typed in, and verify, restore and the drill need no identity file. A secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<Secret>,
     /// Days a backup is kept (0: forever)...
     pub retention_days: u32,
     /// ...but the newest this many are always kept (and the newest verified-good one).
@@ -74,9 +78,21 @@ impl Default for BackupConfig {
             s3_secret_access_key: None,
             recipients: Vec::new(),
             identity_file: None,
+            passphrase: None,
             retention_days: 30,
             keep_min: 7,
         }
+    }
+}
+
+/// The shortest backup passphrase accepted: scrypt slows guessing, it does not make a short
+/// passphrase strong.
+pub const MIN_PASSPHRASE_CHARS: usize = 16;
+
+impl BackupConfig {
+    /// Whether backups have someone to be encrypted to: recipients or a passphrase.
+    pub fn can_encrypt(&self) -> bool {
+        !self.recipients.is_empty() || self.passphrase.is_some()
     }
 }
 
@@ -98,6 +114,14 @@ impl Config {
         if let Err(e) = portcullis_app::backup_recipients(&b.recipients) {
             problems.push(format!("backup.recipients: {e}"));
         }
+        if let Some(passphrase) = &b.passphrase {
+            if !b.recipients.is_empty() {
+                problems.push("backup.passphrase: set recipients or a passphrase, not both (age encrypts to one or the other)".into());
+            }
+            if passphrase.expose().chars().count() < MIN_PASSPHRASE_CHARS {
+                problems.push(format!("backup.passphrase: at least {MIN_PASSPHRASE_CHARS} characters"));
+            }
+        }
         if b.retention_days > 36_500 {
             problems.push("backup.retention_days: must be 0 (keep forever) to 36500".into());
         }
@@ -109,8 +133,8 @@ impl Config {
 
     /// Problems with `[backup]` that only production refuses.
     pub(super) fn backup_production_problems(&self) -> Vec<String> {
-        if self.mode == Mode::Production && self.backup.enabled && self.backup.recipients.is_empty() {
-            vec!["backup.recipients: backups are enabled but no age recipient is set (generate one with `age-keygen`, or set backup.enabled = false)".into()]
+        if self.mode == Mode::Production && self.backup.enabled && !self.backup.can_encrypt() {
+            vec!["backup.recipients: backups are enabled but no age recipient is set (generate one with `age-keygen`, set backup.passphrase, or set backup.enabled = false)".into()]
         } else {
             Vec::new()
         }
@@ -122,6 +146,7 @@ impl Config {
         BackupSettings {
             recipients: b.recipients.clone(),
             identity_file: b.identity_file.clone(),
+            passphrase: b.passphrase.as_ref().map(|p| secrecy::SecretString::from(p.expose().to_owned())),
             retention_days: b.retention_days,
             keep_min: b.keep_min,
             staging_dir: self.data_dir.join("backup-staging"),
@@ -168,6 +193,30 @@ mod tests {
         assert_eq!(config.backup_production_problems().len(), 1);
         config.backup.enabled = false;
         assert!(config.backup_production_problems().is_empty());
+    }
+
+    #[test]
+    fn a_passphrase_stands_in_for_recipients_but_not_beside_them_and_not_short() {
+        let mut config = Config { mode: Mode::Production, ..Config::default() };
+        config.backup.passphrase = Some(Secret::new("sixteen chars ok".into()));
+        assert!(config.backup_problems().is_empty(), "{:?}", config.backup_problems());
+        assert!(config.backup_production_problems().is_empty(), "a passphrase is enough");
+        assert!(config.backup_settings().passphrase.is_some());
+
+        config.backup.passphrase = Some(Secret::new("fifteen chars!!".into()));
+        let short = config.backup_problems();
+        assert_eq!(short, vec!["backup.passphrase: at least 16 characters".to_owned()]);
+        assert!(!format!("{short:?}").contains("fifteen"), "never echoed");
+
+        config.backup.passphrase = Some(Secret::new("sixteen chars ok".into()));
+        // The example recipient of age's own documentation.
+        config.backup.recipients =
+            vec!["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p".into()];
+        let both = config.backup_problems();
+        assert!(
+            both.iter().any(|p| p.starts_with("backup.passphrase: set recipients or a passphrase")),
+            "{both:?}"
+        );
     }
 
     #[test]
