@@ -196,12 +196,21 @@ impl App {
     }
 
     /// The person's key as an opener of their audit events' client details: `None` once erased.
+    /// The key's row is read every time (the cache serves sealing only): an erasure on another node
+    /// deletes it there, and this node's cache must not go on opening what the erasure shredded.
     pub(crate) async fn person_key_to_open(
         &self,
         tx: &mut dyn StoreTx,
         user: UserId,
     ) -> Result<Option<PersonKey>, AppError> {
-        self.person_key_in(tx, user, false).await
+        let Some(stored) = tx.person_key(user).await? else {
+            self.inner.person_keys.forget(user);
+            return Ok(None);
+        };
+        match self.inner.person_keys.get(user) {
+            Some(key) => Ok(Some(key)),
+            None => self.open_person_key(tx, user, &stored).await.map(Some),
+        }
     }
 
     /// Erases the caller's own account (`DELETE /v1/me`): a person's login session that proved

@@ -164,7 +164,7 @@ impl Metrics {
     }
 
     fn describe(&self) {
-        let counters: [(&'static str, &'static str); 10] = [
+        let counters: [(&'static str, &'static str); 9] = [
             (HTTP_REQUESTS, "HTTP requests answered, by method, route template and status class."),
             (LOGINS, "Password and passkey login attempts, by result."),
             (MFA_FAILURES, "Wrong second factors, by method."),
@@ -174,12 +174,12 @@ impl Metrics {
             (HASH_SHED, "Password hashes refused at once because the hashing queue was full."),
             (RATE_LIMIT_BACKEND_FAILURES, "Requests that found the rate limit store unavailable."),
             (ALERTS, "Alerts to webhooks and email, by outcome."),
-            (BUILD_INFO, "Always 1; the labels name the build."),
         ];
         for (name, help) in counters {
             self.recorder.describe_counter(KeyName::from(name), None, SharedString::from(help));
         }
-        let gauges: [(&'static str, Option<Unit>, &'static str); 10] = [
+        let gauges: [(&'static str, Option<Unit>, &'static str); 11] = [
+            (BUILD_INFO, None, "Always 1; the labels name the build."),
             (BACKUP_SUCCESS_AT, Some(Unit::Seconds), "When this node last made a backup successfully."),
             (BACKUP_VERIFIED_AT, Some(Unit::Seconds), "When this node last verified a backup successfully."),
             (HTTP_IN_FLIGHT, None, "HTTP requests being served now."),

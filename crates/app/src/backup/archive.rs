@@ -511,10 +511,19 @@ fn empty_header() -> Header {
     }
 }
 
-/// Parses `age1…` public keys; the error names the one that is wrong (public keys are not secret).
+/// Parses `age1…` public keys; the error names the wrong one by its position, not its text: what
+/// was pasted there by mistake may be an `AGE-SECRET-KEY-…`, which must not reach a log.
 pub fn parse_recipients(keys: &[String]) -> Result<Vec<age::x25519::Recipient>, String> {
     keys.iter()
-        .map(|k| k.trim().parse::<age::x25519::Recipient>().map_err(|e| format!("recipient {k}: {e}")))
+        .enumerate()
+        .map(|(i, k)| {
+            let shape = if k.trim().starts_with("AGE-SECRET-KEY-") {
+                "an identity (a secret key), not a recipient: give its public key (age-keygen -y)".to_owned()
+            } else {
+                "not an age1… X25519 public key".to_owned()
+            };
+            k.trim().parse::<age::x25519::Recipient>().map_err(|_| format!("recipient {}: {shape}", i + 1))
+        })
         .collect()
 }
 
@@ -545,6 +554,15 @@ pub fn read_identities(path: &std::path::Path) -> Result<Vec<Box<dyn age::Identi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wrong_recipient_is_named_by_its_position_and_a_pasted_secret_key_is_never_echoed() {
+        let pasted = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ".to_owned();
+        let why = parse_recipients(&["age1nope".to_owned(), pasted.clone()]).unwrap_err();
+        assert_eq!(why, "recipient 1: not an age1… X25519 public key");
+        let why = parse_recipients(&[pasted]).unwrap_err();
+        assert!(why.starts_with("recipient 1: an identity (a secret key)") && !why.contains("QQQQ"), "{why}");
+    }
 
     #[test]
     fn a_row_of_every_kind_of_cell_round_trips() {

@@ -299,3 +299,24 @@ async fn the_next_backup_after_an_erasure_holds_nothing_of_the_person() {
         s.t.app.loaded_keys().fields.email_indexes(&bob).into_iter().map(|i| i.0).collect();
     assert!(email_indexes_in(&bobs, &cells), "Bob's blind index is in the backup");
 }
+
+#[tokio::test]
+async fn another_node_that_opened_the_persons_details_cannot_open_them_after_the_erasure() {
+    let (a, b) = two_nodes().await;
+    a.app.finish_bootstrap().await.unwrap();
+    a.app.create_user_as_operator(OWNER, None, secret(PASSWORD), BuiltinRole::Owner).await.unwrap();
+    let alices = client_of(ALICE_IP, ALICE_AGENT);
+    within_request(from(ALICE_IP, ALICE_AGENT), a.app.signup(signup_request(ALICE, PASSWORD), &alices))
+        .await
+        .unwrap();
+    let alice_id = user_id_of(&a.app, ALICE).await;
+    // Node B reads the trail as the owner: it opens her details, and keeps her key in its cache.
+    let owner_on_b = super::admin::principal(&b.app, OWNER).await;
+    assert!(everything_the_owner_reads(&b.app, &owner_on_b).await.contains(ALICE_IP), "visible before");
+
+    let owner_on_a = super::admin::principal(&a.app, OWNER).await;
+    a.app.admin_delete_user(&owner_on_a, &alice_id.to_string()).await.unwrap();
+
+    let seen = everything_the_owner_reads(&b.app, &owner_on_b).await;
+    assert!(!seen.contains(ALICE_IP) && !seen.contains(ALICE_AGENT), "node B still opens them");
+}

@@ -125,6 +125,11 @@ impl Config {
         if b.retention_days > 36_500 {
             problems.push("backup.retention_days: must be 0 (keep forever) to 36500".into());
         }
+        // With none kept whatever their age, a schedule that stopped making backups would see prune
+        // delete the last one.
+        if b.keep_min == 0 {
+            problems.push("backup.keep_min: at least 1".into());
+        }
         if b.target == TargetKind::S3 && b.s3_bucket.as_deref().is_none_or(str::is_empty) {
             problems.push("backup.s3_bucket: required when backup.target is s3".into());
         }
@@ -207,6 +212,10 @@ mod tests {
         let short = config.backup_problems();
         assert_eq!(short, vec!["backup.passphrase: at least 16 characters".to_owned()]);
         assert!(!format!("{short:?}").contains("fifteen"), "never echoed");
+
+        config.backup.keep_min = 0;
+        assert!(config.backup_problems().contains(&"backup.keep_min: at least 1".to_owned()));
+        config.backup.keep_min = 7;
 
         config.backup.passphrase = Some(Secret::new("sixteen chars ok".into()));
         // The example recipient of age's own documentation.
