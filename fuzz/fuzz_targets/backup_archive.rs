@@ -4,29 +4,40 @@
 //! Each input is read in one of two ways, by its first byte:
 //!
 //! - `0xFF` then arbitrary tables of rows: written with `ArchiveWriter` (the writer `backup create`
-//!   uses) to this process's key, and read back. The writer refuses exactly the rows that do not fit
-//!   their table's columns; every table, column and cell it took must come back exactly as written,
-//!   and the manifest at the end must be the writer's.
+//!   uses) to this process's key and authenticated under this process's KEK, and read back. Tables
+//!   are named from `portcullis_store::TABLES` in its order (the writer refuses any other). The
+//!   writer refuses exactly the rows that do not fit their table's columns; every table, column and
+//!   cell it took must come back exactly as written, and the manifest at the end must be the
+//!   writer's.
 //! - anything else: the decrypted, decompressed text of an archive as an attacker would write it
 //!   (JSON lines: a header, tables, rows, a manifest), compressed and encrypted to this process's key
 //!   here so that the reader gets past age and zstd to the lines. It is read to its end or its first
-//!   defect.
+//!   defect. The reader expects the backup id `fuzz` and knows the KEK `fuzz`, so a crafted header
+//!   naming them gets to the rows; a crafted manifest's MAC is checked like any other.
 //!
 //! Invariant for both: no panic, no hang; and in the second, an archive read to its manifest holds
-//! for every table exactly the rows the manifest counts (the reader checks counts and checksums; a
-//! manifest it accepted over rows it did not count would be a bug).
+//! for every table exactly the rows the manifest counts (the reader checks the MAC, counts and
+//! checksums; a manifest it accepted over rows it did not count would be a bug).
 #![no_main]
-#![allow(deprecated, reason = "X25519 recipients, as backups use (ADR 0012)")]
 
 use std::io::Write;
 use std::sync::LazyLock;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use portcullis_app::backup_format::{ArchiveReader, ArchiveWriter, ChainPoint, FORMAT, FORMAT_VERSION, Header, Item};
-use portcullis_store::{Cell, TableHeader};
+use portcullis_app::KekSet;
+use portcullis_app::backup_format::{
+    ArchiveReader, ArchiveWriter, ChainPoint, FORMAT, FORMAT_VERSION, Header, Item,
+};
+use portcullis_store::{Cell, TABLES, TableHeader};
 
+#[expect(deprecated, reason = "X25519 recipients, as backups use (ADR 0012)")]
 static IDENTITY: LazyLock<age::x25519::Identity> = LazyLock::new(age::x25519::Identity::generate);
+/// The KEK whose derived key authenticates the archives written here (32 bytes of 0x2a).
+static KEKS: LazyLock<KekSet> =
+    LazyLock::new(|| KekSet::parse("fuzz:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio").expect("a KEK"));
+/// The backup id every archive here has.
+const ID: &str = "fuzz";
 
 #[derive(Debug, Arbitrary)]
 enum FuzzCell {
@@ -49,7 +60,8 @@ impl From<FuzzCell> for Cell {
 
 #[derive(Debug, Arbitrary)]
 struct FuzzTable {
-    name: String,
+    /// How far past the previous table in `TABLES` this one is.
+    skip: u8,
     columns: Vec<String>,
     rows: Vec<Vec<FuzzCell>>,
 }
@@ -58,6 +70,8 @@ fn header() -> Header {
     Header {
         format: FORMAT.to_owned(),
         format_version: FORMAT_VERSION,
+        backup_id: ID.to_owned(),
+        mac_kek_id: String::new(),
         app_version: "fuzz".to_owned(),
         schema_version: 9,
         created_at: "2026-01-01T00:00:00Z".to_owned(),
@@ -74,10 +88,18 @@ fn identities() -> Vec<Box<dyn age::Identity + Send + Sync>> {
 
 fn round_trip(tables: Vec<FuzzTable>) {
     let recipients: Vec<Box<dyn age::Recipient + Send>> = vec![Box::new(IDENTITY.to_public())];
-    let mut writer = ArchiveWriter::new(Vec::new(), &recipients, header()).expect("a writer");
+    let mut writer = ArchiveWriter::new(Vec::new(), &recipients, header(), &KEKS).expect("a writer");
     let mut written = Vec::new();
+    let mut next = 0usize;
     for table in tables.into_iter().take(8) {
-        let header = TableHeader { name: table.name, columns: table.columns };
+        let position = next + usize::from(table.skip % 4);
+        let Some(name) = TABLES.get(position) else { break };
+        next = position + 1;
+        let header = TableHeader { name: (*name).to_owned(), columns: table.columns };
+        if header.columns.is_empty() || header.columns.len() > 256 {
+            assert!(writer.table(&header).is_err(), "a table of {} columns was taken", header.columns.len());
+            continue;
+        }
         writer.table(&header).expect("a table");
         let rows: Vec<Vec<Cell>> =
             table.rows.into_iter().take(64).map(|row| row.into_iter().map(Cell::from).collect()).collect();
@@ -92,7 +114,8 @@ fn round_trip(tables: Vec<FuzzTable>) {
         written.push((header, kept));
     }
     let (manifest, bytes) = writer.finish().expect("finished");
-    let mut reader = ArchiveReader::open(bytes.as_slice(), &identities()).expect("our own archive opens");
+    let mut reader =
+        ArchiveReader::open(bytes.as_slice(), &identities(), ID, &KEKS).expect("our own archive opens");
     let mut read: Vec<(TableHeader, Vec<Vec<Cell>>)> = Vec::new();
     loop {
         match reader.next_item().expect("our own archive reads") {
@@ -116,7 +139,7 @@ fn read_crafted(plain: &[u8]) {
     let mut out = encryptor.wrap_output(&mut sealed).expect("age");
     out.write_all(&compressed).expect("age");
     out.finish().expect("age");
-    let Ok(mut reader) = ArchiveReader::open(sealed.as_slice(), &identities()) else { return };
+    let Ok(mut reader) = ArchiveReader::open(sealed.as_slice(), &identities(), ID, &KEKS) else { return };
     let mut counted: Vec<u64> = Vec::new();
     // Bounded: every item consumes at least one line of the input.
     for _ in 0..=plain.len() {

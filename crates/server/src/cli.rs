@@ -156,11 +156,13 @@ pub enum BackupCommand {
     Create,
     /// List the backups in the target, oldest first, with their size and last verification.
     List,
-    /// Prove a backup: decrypt it (with `backup.identity_file`), check every checksum, restore it
-    /// into a scratch database, verify its audit chain and compare row counts. Exit 1 with the
-    /// precise reason on any defect.
+    /// Prove a backup: decrypt it (with `backup.identity_file`), authenticate it (its manifest's
+    /// MAC under a KEK of `keys.kek`, its id), check every checksum, restore it into a scratch
+    /// database, verify its audit chain and compare row counts. Exit 1 with the precise reason on
+    /// any defect.
     Verify(BackupIdArgs),
-    /// Restore a backup into a database (an empty one, unless --force), then migrate it.
+    /// Restore a backup into a database (an empty one, unless --force), then migrate it. The archive
+    /// is authenticated and checked whole before the database is touched.
     Restore(BackupRestoreArgs),
     /// Delete backups past `backup.retention_days`, keeping the newest `backup.keep_min` and the
     /// newest verified-good one.

@@ -3,38 +3,52 @@
 //! nothing of ours.
 //!
 //! ```text
-//! {"header":{...}}                        format, versions, created_at, backend, audit head, checkpoint
+//! {"header":{...}}                        format, versions, backup id, KEK id, created_at, backend, audit head
 //! {"table":"users","columns":["id",...]}  a table begins
 //! ["u1",1700000000000,{"b":"AAEC"},null]  one row: integer, text, {"b": base64 bytes} or null
 //! ...
-//! {"manifest":{...}}                      the header again, plus every table's row count and SHA-256
+//! {"manifest":{...}}                      the header again, every table's row count and SHA-256, the MAC
 //! ```
 //!
-//! A table's SHA-256 is over its row lines exactly as written (each with its newline). Writing and
-//! reading are plain blocking `Write`/`Read` pipelines, one row at a time, so memory stays flat
-//! whatever the size of a table.
-
-// age 0.13 marks classic X25519 recipients deprecated in favour of its post-quantum hybrid; they are
-// what `age-keygen` and the age 1.1 tool that operators decrypt with (Debian's) produce and read, so
-// backups use them on purpose (docs/decisions/0012-backups.md).
-#![allow(deprecated)]
+//! A table's SHA-256 is over its row lines exactly as written (each with its newline). The manifest's
+//! `mac` is HMAC-SHA256, under a key derived from a KEK ([`KekSet::backup_mac_key`]), of the header
+//! line's exact bytes and the manifest without its `mac`: age's recipients are public keys, so
+//! whoever can write the backup target can encrypt an archive; only the installation can make one
+//! that authenticates. Writing and reading are plain blocking `Write`/`Read` pipelines, one line at a
+//! time with every line bounded, so memory stays flat whatever an archive holds (ASVS V5.2.3).
 
 use std::io::{BufRead, BufReader, Read, Write};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use portcullis_store::{Cell, TableHeader};
+use hmac::{Hmac, Mac};
+use portcullis_store::{Cell, TABLES, TableHeader};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::KekSet;
+
 /// The format's name, in every header.
 pub const FORMAT: &str = "portcullis-backup";
-/// Bumped on any change a reader of the previous version would misread.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped on any change a reader of the previous version would misread. Version 2 added the backup
+/// id, the KEK id and the manifest's MAC; version 1 archives are refused as unauthenticated.
+pub const FORMAT_VERSION: u32 = 2;
 /// zstd level: 3 is zstd's default, a good ratio at a speed that keeps up with the database.
 const ZSTD_LEVEL: i32 = 3;
-/// The longest line a reader accepts (a row of large sealed values is far below this).
-const MAX_LINE: usize = 64 << 20;
+/// zstd's window when writing (2 MiB, what level 3 picks for large inputs anyway)...
+const ZSTD_WINDOW_LOG: u32 = 21;
+/// ...and the largest a reader accepts (8 MiB): a crafted frame cannot make the decoder allocate
+/// zstd's default limit of 128 MiB.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+/// The longest row line a writer writes and a reader accepts. The largest values a row holds (audit
+/// details, passkey and ceremony state, sealed personal data) are kilobytes; 4 MiB leaves room for
+/// growth and bounds what one line of a crafted archive can make a reader hold (ASVS V5.2.3).
+pub const MAX_LINE: usize = 4 << 20;
+/// The longest header, table or manifest line (a manifest of every table is ~20 KiB).
+const MAX_CONTROL_LINE: usize = 256 << 10;
+/// The most columns a table may have (the widest has about twenty).
+const MAX_COLUMNS: usize = 256;
 
 /// Where the audit chain stood in the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +73,13 @@ pub struct CheckpointInfo {
 pub struct Header {
     pub format: String,
     pub format_version: u32,
+    /// The backup's id, as its file is named: a reader refuses an archive stored under another
+    /// backup's name. Absent in version 1.
+    #[serde(default)]
+    pub backup_id: String,
+    /// The KEK whose derived key made the manifest's MAC (set by the writer). Absent in version 1.
+    #[serde(default)]
+    pub mac_kek_id: String,
     pub app_version: String,
     /// The newest migration applied in the snapshot: a restore migrates its target to this first.
     pub schema_version: i64,
@@ -81,12 +102,16 @@ pub struct TableEntry {
     pub sha256: String,
 }
 
-/// The last line of an archive: the header again and every table's count and checksum.
+/// The last line of an archive: the header again, every table's count and checksum, and the MAC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     #[serde(flatten)]
     pub header: Header,
     pub tables: Vec<TableEntry>,
+    /// HMAC-SHA256 (lower-case hex) of the header line and this manifest without `mac`, under the
+    /// key [`KekSet::backup_mac_key`] derives from `header.mac_kek_id`. Absent in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// A line that is not a row.
@@ -96,8 +121,19 @@ enum Control {
     Manifest(Manifest),
 }
 
-/// A control line is one of three single-key objects; `Table` carries two keys, so it is parsed by
-/// hand rather than through serde's externally tagged form.
+/// Every control line, parsed into its types directly (no `serde_json::Value` in between, whose
+/// per-value size would multiply what a crafted line costs).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    header: Option<Header>,
+    manifest: Option<Manifest>,
+    table: Option<String>,
+    columns: Option<Vec<String>>,
+}
+
+/// A control line is one of three objects; `Table` carries two keys, so it is written by hand
+/// rather than through serde's externally tagged form.
 fn control_line(control: &Control) -> Result<Vec<u8>, String> {
     let value = match control {
         Control::Header(header) => serde_json::json!({ "header": header }),
@@ -111,25 +147,56 @@ fn control_line(control: &Control) -> Result<Vec<u8>, String> {
     };
     let mut line = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
     line.push(b'\n');
+    if line.len() > MAX_CONTROL_LINE {
+        return Err(format!(
+            "a control line of {} bytes, over the {MAX_CONTROL_LINE}-byte limit",
+            line.len()
+        ));
+    }
     Ok(line)
 }
 
 fn parse_control(line: &[u8]) -> Result<Control, String> {
-    let mut value: serde_json::Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-    let object = value.as_object_mut().ok_or("not an object")?;
-    if let Some(header) = object.remove("header") {
-        return serde_json::from_value(header).map(Control::Header).map_err(|e| format!("header: {e}"));
+    if line.len() > MAX_CONTROL_LINE {
+        return Err(format!(
+            "a control line of {} bytes, over the {MAX_CONTROL_LINE}-byte limit",
+            line.len()
+        ));
     }
-    if let Some(manifest) = object.remove("manifest") {
-        return serde_json::from_value(manifest).map(Control::Manifest).map_err(|e| format!("manifest: {e}"));
-    }
-    match (object.remove("table"), object.remove("columns")) {
-        (Some(serde_json::Value::String(table)), Some(columns)) => {
-            let columns = serde_json::from_value(columns).map_err(|e| format!("columns: {e}"))?;
+    let raw: RawControl = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    match raw {
+        RawControl { header: Some(header), manifest: None, table: None, columns: None } => {
+            Ok(Control::Header(header))
+        }
+        RawControl { header: None, manifest: Some(manifest), table: None, columns: None } => {
+            Ok(Control::Manifest(manifest))
+        }
+        RawControl { header: None, manifest: None, table: Some(table), columns: Some(columns) } => {
             Ok(Control::Table { table, columns })
         }
         _ => Err("an object that is neither a header, a table nor a manifest".to_owned()),
     }
+}
+
+/// Where a table may come in an archive: its place in [`TABLES`] (which fixes the load order), after
+/// the previous table's. This bounds the tables a reader keeps to the schema's, and a table that is
+/// unknown, repeated or out of place is refused where it is met.
+fn table_position(name: &str, columns: usize, after: Option<usize>) -> Result<usize, String> {
+    let Some(position) = TABLES.iter().position(|t| *t == name) else {
+        return Err(format!("table {name:?} is not a table of this version's schema"));
+    };
+    if let Some(previous) = after
+        && position <= previous
+    {
+        return Err(format!(
+            "table {name} comes after table {}, against the fixed table order: tables were swapped or repeated",
+            TABLES.get(previous).copied().unwrap_or_default()
+        ));
+    }
+    if columns == 0 || columns > MAX_COLUMNS {
+        return Err(format!("table {name}: {columns} columns (1 to {MAX_COLUMNS})"));
+    }
+    Ok(position)
 }
 
 /// Appends a row as a JSON array to `out` (no newline).
@@ -156,37 +223,151 @@ fn encode_row(row: &[Cell], out: &mut Vec<u8>) {
     out.push(b']');
 }
 
-fn decode_row(line: &[u8]) -> Result<Vec<Cell>, String> {
-    let value: Vec<serde_json::Value> = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-    value
-        .into_iter()
-        .map(|v| match v {
-            serde_json::Value::Null => Ok(Cell::Null),
-            serde_json::Value::Number(n) => {
-                n.as_i64().map(Cell::Int).ok_or_else(|| format!("{n} is not an i64"))
-            }
-            serde_json::Value::String(s) => Ok(Cell::Text(s)),
-            serde_json::Value::Object(mut o) => match o.remove("b") {
-                Some(serde_json::Value::String(b)) => {
-                    B64.decode(b).map(Cell::Bytes).map_err(|e| format!("bytes: {e}"))
-                }
-                _ => Err("an object cell without bytes".to_owned()),
-            },
-            other => Err(format!("a {} cell", kind_of(&other))),
-        })
-        .collect()
+/// Decodes a row line of at most `width` cells straight into [`Cell`]s: a crafted line cannot make
+/// more cells than its table has columns, nor values nested in values.
+fn decode_row(line: &[u8], width: usize) -> Result<Vec<Cell>, String> {
+    let mut json = serde_json::Deserializer::from_slice(line);
+    let row = RowSeed { width }.deserialize(&mut json).map_err(|e| e.to_string())?;
+    json.end().map_err(|e| e.to_string())?;
+    Ok(row)
 }
 
-fn kind_of(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Bool(_) => "boolean",
-        serde_json::Value::Array(_) => "array",
-        _ => "other",
+struct RowSeed {
+    width: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for RowSeed {
+    type Value = Vec<Cell>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
     }
+}
+
+impl<'de> Visitor<'de> for RowSeed {
+    type Value = Vec<Cell>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a row: an array of cells")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut cells = Vec::with_capacity(self.width.min(MAX_COLUMNS));
+        while let Some(CellValue(cell)) = seq.next_element()? {
+            if cells.len() == self.width {
+                return Err(de::Error::custom(format!("more cells than the table's {} columns", self.width)));
+            }
+            cells.push(cell);
+        }
+        Ok(cells)
+    }
+}
+
+struct CellValue(Cell);
+
+impl<'de> Deserialize<'de> for CellValue {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CellVisitor).map(CellValue)
+    }
+}
+
+struct CellVisitor;
+
+impl<'de> Visitor<'de> for CellVisitor {
+    type Value = Cell;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("null, an integer, a string or {\"b\": base64}")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Cell, E> {
+        Ok(Cell::Null)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Cell, E> {
+        Ok(Cell::Int(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Cell, E> {
+        i64::try_from(v).map(Cell::Int).map_err(|_| E::custom(format!("{v} is not an i64")))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Cell, E> {
+        Err(E::custom(format!("{v} is not an i64")))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Cell, E> {
+        Err(E::custom("a boolean cell"))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Cell, E> {
+        Ok(Cell::Text(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Cell, E> {
+        Ok(Cell::Text(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Cell, A::Error> {
+        Err(de::Error::custom("an array cell"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Cell, A::Error> {
+        let mut bytes = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key != "b" || bytes.is_some() {
+                return Err(de::Error::custom("an object cell without bytes"));
+            }
+            let encoded: std::borrow::Cow<'de, str> = map.next_value()?;
+            bytes =
+                Some(B64.decode(encoded.as_bytes()).map_err(|e| de::Error::custom(format!("bytes: {e}")))?);
+        }
+        bytes.map(Cell::Bytes).ok_or_else(|| de::Error::custom("an object cell without bytes"))
+    }
+}
+
+/// What a row holds in memory once decoded, near enough: the `Vec` and each cell, plus what each
+/// cell owns. Batches between the file and the database are bounded by it.
+pub(crate) fn row_bytes(row: &[Cell]) -> usize {
+    let held: usize = row
+        .iter()
+        .map(|cell| match cell {
+            Cell::Text(v) => v.len(),
+            Cell::Bytes(v) => v.len(),
+            Cell::Null | Cell::Int(_) => 0,
+        })
+        .sum();
+    std::mem::size_of::<Vec<Cell>>() + std::mem::size_of_val(row) + held
 }
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The MAC's input: the header line exactly as in the archive (without its newline) and the manifest
+/// as serialized without its `mac`, each prefixed with its length so neither can borrow from the other.
+fn manifest_hmac(key: &[u8; 32], header_line: &[u8], manifest: &Manifest) -> Result<HmacSha256, String> {
+    let body = serde_json::to_vec(&Manifest { mac: None, ..manifest.clone() }).map_err(|e| e.to_string())?;
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).map_err(|e| e.to_string())?;
+    mac.update(&(header_line.len() as u64).to_be_bytes());
+    mac.update(header_line);
+    mac.update(&(body.len() as u64).to_be_bytes());
+    mac.update(&body);
+    Ok(mac)
+}
+
+/// The MAC a writer holding `key` puts in `manifest` (tests forge and re-sign archives with it).
+pub fn manifest_mac(key: &[u8; 32], header_line: &[u8], manifest: &Manifest) -> Result<String, String> {
+    Ok(hex(&manifest_hmac(key, header_line, manifest)?.finalize().into_bytes()))
 }
 
 /// A table being written or read: its running count and checksum.
@@ -216,7 +397,10 @@ impl Running {
 pub struct ArchiveWriter<W: Write> {
     out: zstd::Encoder<'static, age::stream::StreamWriter<W>>,
     header: Header,
+    header_line: Vec<u8>,
+    mac_key: zeroize::Zeroizing<[u8; 32]>,
     current: Option<Running>,
+    position: Option<usize>,
     tables: Vec<TableEntry>,
     line: Vec<u8>,
 }
@@ -228,22 +412,39 @@ impl<W: Write> std::fmt::Debug for ArchiveWriter<W> {
 }
 
 impl<W: Write> ArchiveWriter<W> {
-    /// Starts an archive encrypted to every recipient (at least one: X25519 keys, or one passphrase)
-    /// and writes its header.
+    /// Starts an archive encrypted to every recipient (at least one: X25519 keys, or one passphrase),
+    /// authenticated under the active KEK of `keks`, and writes its header (its `format_version` and
+    /// `mac_kek_id` are set here).
     pub fn new(
         out: W,
         recipients: &[Box<dyn age::Recipient + Send>],
-        header: Header,
+        mut header: Header,
+        keks: &KekSet,
     ) -> Result<Self, String> {
+        header.format_version = FORMAT_VERSION;
+        header.mac_kek_id = keks.active_id().to_owned();
+        let mac_key = keks
+            .backup_mac_key(&header.mac_kek_id)
+            .ok_or_else(|| "no KEK is configured to authenticate the backup".to_owned())?;
         let encryptor =
             age::Encryptor::with_recipients(recipients.iter().map(|r| r.as_ref() as &dyn age::Recipient))
                 .map_err(|e| format!("age: {e}"))?;
         let sealed = encryptor.wrap_output(out).map_err(|e| format!("age: {e}"))?;
-        let out = zstd::Encoder::new(sealed, ZSTD_LEVEL).map_err(|e| format!("zstd: {e}"))?;
-        let mut writer =
-            Self { out, header: header.clone(), current: None, tables: Vec::new(), line: Vec::new() };
-        writer.write_control(&Control::Header(header))?;
-        Ok(writer)
+        let mut out = zstd::Encoder::new(sealed, ZSTD_LEVEL).map_err(|e| format!("zstd: {e}"))?;
+        out.window_log(ZSTD_WINDOW_LOG).map_err(|e| format!("zstd: {e}"))?;
+        let header_line = control_line(&Control::Header(header.clone()))?;
+        out.write_all(&header_line).map_err(|e| format!("write: {e}"))?;
+        let header_line = header_line.strip_suffix(b"\n").unwrap_or(&header_line).to_vec();
+        Ok(Self {
+            out,
+            header,
+            header_line,
+            mac_key,
+            current: None,
+            position: None,
+            tables: Vec::new(),
+            line: Vec::new(),
+        })
     }
 
     fn write_control(&mut self, control: &Control) -> Result<(), String> {
@@ -251,18 +452,21 @@ impl<W: Write> ArchiveWriter<W> {
         self.out.write_all(&line).map_err(|e| format!("write: {e}"))
     }
 
-    /// A table begins.
+    /// A table begins. Tables come in the order of [`TABLES`], each once, as a reader requires.
     pub fn table(&mut self, table: &TableHeader) -> Result<(), String> {
+        let position = table_position(&table.name, table.columns.len(), self.position)?;
         if let Some(done) = self.current.take() {
             self.tables.push(done.entry());
         }
         self.write_control(&Control::Table { table: table.name.clone(), columns: table.columns.clone() })?;
+        self.position = Some(position);
         self.current = Some(Running::new(table.name.clone(), table.columns.clone()));
         Ok(())
     }
 
-    /// One row of the current table. A row that does not fit the table's columns is refused here, as
-    /// the reader would refuse it: an archive that cannot be restored must never be written.
+    /// One row of the current table. A row that does not fit the table's columns, or whose line
+    /// would be longer than [`MAX_LINE`], is refused here, as the reader would refuse it: an archive
+    /// that cannot be restored must never be written.
     pub fn row(&mut self, row: &[Cell]) -> Result<(), String> {
         let Some(current) = self.current.as_mut() else { return Err("a row before any table".to_owned()) };
         if row.len() != current.columns.len() {
@@ -276,18 +480,27 @@ impl<W: Write> ArchiveWriter<W> {
         self.line.clear();
         encode_row(row, &mut self.line);
         self.line.push(b'\n');
+        if self.line.len() > MAX_LINE {
+            return Err(format!(
+                "table {}: a row of {} bytes, over the {MAX_LINE}-byte line limit of the archive format",
+                current.name,
+                self.line.len()
+            ));
+        }
         current.hasher.update(&self.line);
         current.rows += 1;
         self.out.write_all(&self.line).map_err(|e| format!("write: {e}"))
     }
 
-    /// Writes the manifest and closes the compression and the encryption; returns the manifest and
-    /// the underlying writer (to flush and sync).
+    /// Writes the manifest (with its MAC) and closes the compression and the encryption; returns the
+    /// manifest and the underlying writer (to flush and sync).
     pub fn finish(mut self) -> Result<(Manifest, W), String> {
         if let Some(done) = self.current.take() {
             self.tables.push(done.entry());
         }
-        let manifest = Manifest { header: self.header.clone(), tables: std::mem::take(&mut self.tables) };
+        let mut manifest =
+            Manifest { header: self.header.clone(), tables: std::mem::take(&mut self.tables), mac: None };
+        manifest.mac = Some(manifest_mac(&self.mac_key, &self.header_line, &manifest)?);
         self.write_control(&Control::Manifest(manifest.clone()))?;
         let sealed = self.out.finish().map_err(|e| format!("zstd: {e}"))?;
         let out = sealed.finish().map_err(|e| format!("age: {e}"))?;
@@ -300,16 +513,20 @@ impl<W: Write> ArchiveWriter<W> {
 pub enum Item {
     Table(TableHeader),
     Row(Vec<Cell>),
-    /// The manifest, after every table matched it; nothing follows.
+    /// The manifest, after its MAC and every table matched; nothing follows.
     End(Box<Manifest>),
 }
 
 /// Reads and checks an archive: decrypts, decompresses, counts and hashes every table, and at the end
-/// compares all of it with the manifest. Every defect is an error saying where and what.
+/// authenticates the manifest and compares all of it with the manifest. Every defect is an error
+/// saying where and what.
 pub struct ArchiveReader<R: Read> {
     lines: BufReader<zstd::Decoder<'static, BufReader<age::stream::StreamReader<R>>>>,
     header: Header,
+    header_line: Vec<u8>,
+    mac_key: zeroize::Zeroizing<[u8; 32]>,
     current: Option<Running>,
+    position: Option<usize>,
     tables: Vec<TableEntry>,
     line: Vec<u8>,
     line_no: u64,
@@ -323,8 +540,15 @@ impl<R: Read> std::fmt::Debug for ArchiveReader<R> {
 }
 
 impl<R: Read> ArchiveReader<R> {
-    /// Decrypts with the first identity that fits and reads the header.
-    pub fn open(input: R, identities: &[Box<dyn age::Identity + Send + Sync>]) -> Result<Self, String> {
+    /// Decrypts with the first identity that fits and reads the header, which must be of this
+    /// version, name the backup `expected_id`, and name a KEK `keks` holds (its derived key checks
+    /// the manifest's MAC at the end).
+    pub fn open(
+        input: R,
+        identities: &[Box<dyn age::Identity + Send + Sync>],
+        expected_id: &str,
+        keks: &KekSet,
+    ) -> Result<Self, String> {
         let decryptor = age::Decryptor::new(input).map_err(|e| format!("not a readable age file: {e}"))?;
         let is_passphrase_file = decryptor.is_scrypt();
         let plain =
@@ -341,11 +565,15 @@ impl<R: Read> ArchiveReader<R> {
                     other => format!("decryption failed: {other}"),
                 }
             })?;
-        let decoder = zstd::Decoder::new(plain).map_err(|e| format!("zstd: {e}"))?;
+        let mut decoder = zstd::Decoder::new(plain).map_err(|e| format!("zstd: {e}"))?;
+        decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| format!("zstd: {e}"))?;
         let mut reader = Self {
             lines: BufReader::new(decoder),
             header: empty_header(),
+            header_line: Vec::new(),
+            mac_key: zeroize::Zeroizing::new([0; 32]),
             current: None,
+            position: None,
             tables: Vec::new(),
             line: Vec::new(),
             line_no: 0,
@@ -354,21 +582,42 @@ impl<R: Read> ArchiveReader<R> {
         if !reader.next_line()? {
             return Err("the archive is empty".to_owned());
         }
-        match parse_control(&reader.line) {
-            Ok(Control::Header(header)) => {
-                if header.format != FORMAT {
-                    return Err(format!("not a Portcullis backup (format {:?})", header.format));
-                }
-                if header.format_version != FORMAT_VERSION {
-                    return Err(format!(
-                        "backup format version {} is not {FORMAT_VERSION}, the one this binary reads",
-                        header.format_version
-                    ));
-                }
-                reader.header = header;
-            }
-            _ => return Err("the archive does not start with its header".to_owned()),
+        let Ok(Control::Header(header)) = parse_control(&reader.line) else {
+            return Err("the archive does not start with its header".to_owned());
+        };
+        if header.format != FORMAT {
+            return Err(format!("not a Portcullis backup (format {:?})", header.format));
         }
+        if header.format_version == 1 {
+            return Err(format!(
+                "backup format version 1 is unauthenticated (no MAC under the installation's KEK), so \
+                 anyone who can write to the backup target could have made it; this binary refuses it. \
+                 If you made it and trust the target, restore it with the release that wrote it ({})",
+                header.app_version
+            ));
+        }
+        if header.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "backup format version {} is not {FORMAT_VERSION}, the one this binary reads",
+                header.format_version
+            ));
+        }
+        if header.backup_id != expected_id {
+            return Err(format!(
+                "the archive stored as backup {expected_id} is backup {:?}, by its header: an archive was \
+                 copied or renamed under another backup's name",
+                header.backup_id
+            ));
+        }
+        reader.mac_key = keks.backup_mac_key(&header.mac_kek_id).ok_or_else(|| {
+            format!(
+                "the backup is authenticated under KEK `{}`, which keys.kek does not list: configure it \
+                 (after the active KEK) to verify or restore this backup",
+                header.mac_kek_id
+            )
+        })?;
+        reader.header_line = reader.line[..reader.line.len() - 1].to_vec();
+        reader.header = header;
         Ok(reader)
     }
 
@@ -376,7 +625,8 @@ impl<R: Read> ArchiveReader<R> {
         &self.header
     }
 
-    /// Reads the next line into `self.line` without its newline; false at the end of the stream.
+    /// Reads the next line into `self.line` (with its newline), reading no more than [`MAX_LINE`]
+    /// bytes of it; false at the end of the stream.
     fn next_line(&mut self) -> Result<bool, String> {
         self.line.clear();
         let n = (&mut self.lines)
@@ -389,7 +639,7 @@ impl<R: Read> ArchiveReader<R> {
         self.line_no += 1;
         if self.line.last() != Some(&b'\n') {
             return Err(if n > MAX_LINE {
-                format!("line {} is longer than {MAX_LINE} bytes", self.line_no)
+                format!("line {} is longer than {MAX_LINE} bytes, the most a row may take", self.line_no)
             } else {
                 format!("line {} is cut off: the archive was truncated", self.line_no)
             });
@@ -412,8 +662,8 @@ impl<R: Read> ArchiveReader<R> {
             current.hasher.update(&self.line);
             current.rows += 1;
             let body = &self.line[..self.line.len() - 1];
-            let row =
-                decode_row(body).map_err(|e| format!("table {}, row {}: {e}", current.name, current.rows))?;
+            let row = decode_row(body, current.columns.len())
+                .map_err(|e| format!("table {}, row {}: {e}", current.name, current.rows))?;
             if row.len() != current.columns.len() {
                 return Err(format!(
                     "table {}, row {}: {} cells for {} columns",
@@ -432,10 +682,14 @@ impl<R: Read> ArchiveReader<R> {
         match control {
             Control::Header(_) => Err(format!("line {}: a second header", self.line_no)),
             Control::Table { table, columns } => {
+                let position = table_position(&table, columns.len(), self.position)
+                    .map_err(|e| format!("line {}: {e}", self.line_no))?;
+                self.position = Some(position);
                 self.current = Some(Running::new(table.clone(), columns.clone()));
                 Ok(Item::Table(TableHeader { name: table, columns }))
             }
             Control::Manifest(manifest) => {
+                self.authenticate(&manifest)?;
                 self.check_manifest(&manifest)?;
                 if self.next_line()? {
                     return Err("data follows the manifest".to_owned());
@@ -444,6 +698,21 @@ impl<R: Read> ArchiveReader<R> {
                 Ok(Item::End(Box::new(manifest)))
             }
         }
+    }
+
+    /// Checks the manifest's MAC in constant time (before anything else in it is believed).
+    fn authenticate(&self, manifest: &Manifest) -> Result<(), String> {
+        let forged = || {
+            format!(
+                "the manifest's MAC does not verify under KEK `{}`: this archive was not made by this \
+                 installation (it was forged or altered by someone who can write to the backup target)",
+                self.header.mac_kek_id
+            )
+        };
+        let Some(tag) = manifest.mac.as_deref().and_then(unhex) else {
+            return Err(forged());
+        };
+        manifest_hmac(&self.mac_key, &self.header_line, manifest)?.verify_slice(&tag).map_err(|_| forged())
     }
 
     fn check_manifest(&self, manifest: &Manifest) -> Result<(), String> {
@@ -501,6 +770,8 @@ fn empty_header() -> Header {
     Header {
         format: String::new(),
         format_version: 0,
+        backup_id: String::new(),
+        mac_kek_id: String::new(),
         app_version: String::new(),
         schema_version: 0,
         created_at: String::new(),
@@ -513,6 +784,10 @@ fn empty_header() -> Header {
 
 /// Parses `age1…` public keys; the error names the wrong one by its position, not its text: what
 /// was pasted there by mistake may be an `AGE-SECRET-KEY-…`, which must not reach a log.
+// age 0.13 marks classic X25519 recipients deprecated in favour of its post-quantum hybrid; they are
+// what `age-keygen` and the age 1.1 tool that operators decrypt with (Debian's) produce and read, so
+// backups use them on purpose (docs/decisions/0012-backups.md).
+#[expect(deprecated, reason = "X25519 recipients, as backups use (ADR 0012)")]
 pub fn parse_recipients(keys: &[String]) -> Result<Vec<age::x25519::Recipient>, String> {
     keys.iter()
         .enumerate()
@@ -574,7 +849,40 @@ mod tests {
         ];
         let mut line = Vec::new();
         encode_row(&row, &mut line);
-        assert_eq!(decode_row(&line).unwrap(), row);
+        assert_eq!(decode_row(&line, 4).unwrap(), row);
+    }
+
+    #[test]
+    fn a_row_is_decoded_into_at_most_its_tables_columns_and_no_nested_values() {
+        assert_eq!(decode_row(b"[1,null]", 2).unwrap(), vec![Cell::Int(1), Cell::Null]);
+        assert!(decode_row(b"[1,2,3]", 2).unwrap_err().contains("more cells than the table's 2 columns"));
+        for bad in [
+            &b"[[1]]"[..],
+            b"[true]",
+            b"[1.5]",
+            b"[{\"c\":\"AA\"}]",
+            b"[{\"b\":\"AA\",\"b\":\"AA\"}]",
+            b"[1] x",
+        ] {
+            assert!(decode_row(bad, 4).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(decode_row(b"[18446744073709551615]", 1).unwrap_err().contains("is not an i64"));
+    }
+
+    fn test_header() -> Header {
+        Header {
+            format: FORMAT.to_owned(),
+            format_version: FORMAT_VERSION,
+            backup_id: "portcullis-20260101T000000Z-00000000".to_owned(),
+            mac_kek_id: String::new(),
+            app_version: "test".to_owned(),
+            schema_version: 9,
+            created_at: "2026-01-01T00:00:00Z".to_owned(),
+            created_at_ms: 0,
+            backend: "sqlite".to_owned(),
+            audit_head: ChainPoint { seq: 0, hash: "00".repeat(32) },
+            latest_checkpoint: None,
+        }
     }
 
     /// Found by the backup_archive fuzz target (input ff ff 63 fe 63 fe 0a): the writer took a row of
@@ -583,25 +891,33 @@ mod tests {
     fn a_row_that_does_not_fit_its_tables_columns_is_refused_by_the_writer() {
         #[expect(deprecated, reason = "X25519 recipients, as backups use (ADR 0012)")]
         let identity = age::x25519::Identity::generate();
-        let header = Header {
-            format: FORMAT.to_owned(),
-            format_version: FORMAT_VERSION,
-            app_version: "test".to_owned(),
-            schema_version: 9,
-            created_at: "2026-01-01T00:00:00Z".to_owned(),
-            created_at_ms: 0,
-            backend: "sqlite".to_owned(),
-            audit_head: ChainPoint { seq: 0, hash: "00".repeat(32) },
-            latest_checkpoint: None,
-        };
         let recipients: Vec<Box<dyn age::Recipient + Send>> = vec![Box::new(identity.to_public())];
-        let mut writer = ArchiveWriter::new(Vec::new(), &recipients, header).unwrap();
-        writer.table(&TableHeader { name: String::new(), columns: vec![String::new()] }).unwrap();
+        let keks = crate::testing::test_keks();
+        let mut writer = ArchiveWriter::new(Vec::new(), &recipients, test_header(), &keks).unwrap();
+        writer.table(&TableHeader { name: "users".to_owned(), columns: vec![String::new()] }).unwrap();
 
-        assert_eq!(writer.row(&[]).unwrap_err(), "table : a row of 0 cells for 1 columns");
+        assert_eq!(writer.row(&[]).unwrap_err(), "table users: a row of 0 cells for 1 columns");
         assert!(writer.row(&[Cell::Null, Cell::Null]).is_err());
+        let long = Cell::Text("x".repeat(MAX_LINE));
+        assert!(writer.row(&[long]).unwrap_err().contains("over the 4194304-byte line limit"));
         writer.row(&[Cell::Int(1)]).unwrap();
         let (manifest, _) = writer.finish().unwrap();
         assert_eq!(manifest.tables[0].rows, 1, "a refused row is not counted");
+        assert_eq!(manifest.header.mac_kek_id, "test", "signed under the active KEK");
+    }
+
+    #[test]
+    fn the_writer_refuses_a_table_out_of_the_fixed_order_or_unknown() {
+        #[expect(deprecated, reason = "X25519 recipients, as backups use (ADR 0012)")]
+        let identity = age::x25519::Identity::generate();
+        let recipients: Vec<Box<dyn age::Recipient + Send>> = vec![Box::new(identity.to_public())];
+        let keks = crate::testing::test_keks();
+        let mut writer = ArchiveWriter::new(Vec::new(), &recipients, test_header(), &keks).unwrap();
+        let table = |name: &str| TableHeader { name: name.to_owned(), columns: vec!["id".to_owned()] };
+        writer.table(&table("users")).unwrap();
+        assert!(writer.table(&table("instance")).unwrap_err().contains("against the fixed table order"));
+        assert!(writer.table(&table("users")).is_err(), "a table twice");
+        assert!(writer.table(&table("nope")).unwrap_err().contains("not a table of this version's schema"));
+        writer.table(&table("sessions")).unwrap();
     }
 }

@@ -5,19 +5,18 @@
 //!
 //! The whole path is streaming: the store hands rows to a bounded channel, a blocking thread
 //! encodes, compresses and encrypts them into a file, and the reverse on the way back, so memory
-//! stays flat whatever the size of a table.
+//! stays flat whatever the size of a table, and bounded whatever a crafted archive holds.
+//!
+//! An archive's manifest is authenticated under the installation's KEK (`archive.rs`): verify and
+//! restore refuse an archive this installation did not make before anything of it is kept.
 
-// age 0.13 marks classic X25519 recipients deprecated in favour of its post-quantum hybrid; they are
-// what `age-keygen` and the age 1.1 tool that operators decrypt with (Debian's) produce and read, so
-// backups use them on purpose (docs/decisions/0012-backups.md).
-#![allow(deprecated)]
-
-mod archive;
+pub(crate) mod archive;
 mod s3;
 mod target;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use portcullis_domain::Timestamp;
@@ -37,10 +36,23 @@ pub use target::{BackupTarget, FolderTarget, StoredObject};
 use crate::audit::AuditEntry;
 use crate::{App, AppError};
 
-/// Rows sent between the database side and the file side at a time.
+/// Rows sent between the database side and the file side at a time, at most...
 const BATCH: usize = 256;
-/// Batches in flight between the two: the bound on memory.
+/// ...and at most this many bytes of them (as decoded, [`archive::row_bytes`]), unless one row alone
+/// is larger (it is then a batch of its own, at most [`archive::MAX_LINE`] and its cells).
+pub(crate) const BATCH_BYTES: usize = 4 << 20;
+/// Batches in flight from the database to the file (`create`).
 const CHANNEL: usize = 8;
+/// Batches in flight from the file to the database (verify, restore): with the one being filled and
+/// the one being inserted, what a crafted archive can make a reader hold in rows is at most
+/// `(READ_CHANNEL + 2) × (BATCH_BYTES or one row)`, about 24 MiB (ASVS V5.2.3).
+pub(crate) const READ_CHANNEL: usize = 4;
+/// The most a sidecar may be (its verification history is some hundred bytes a verification).
+const MAX_SIDECAR: usize = 1 << 20;
+/// What an audited `backup.failed` was: the target could not be reached (says nothing of a backup)...
+const KIND_TARGET_UNAVAILABLE: &str = "target_unavailable";
+/// ...or a backup was read and found defective.
+const KIND_VERIFICATION_FAILED: &str = "verification_failed";
 const DAY_MILLIS: i64 = 86_400_000;
 const ARCHIVE_SUFFIX: &str = ".age";
 const SIDECAR_SUFFIX: &str = ".json";
@@ -132,17 +144,74 @@ pub struct Pruned {
 /// Progress of long work: a table's name and the rows done in it so far.
 pub type Progress<'a> = &'a (dyn Fn(&str, u64) + Send + Sync);
 
-/// Backups of one installation: the app (for its store, clock, audit and metrics), where archives
-/// go, and how they are encrypted and kept.
+/// Backups of one installation: the app (for its store, clock, audit, metrics and KEKs), where
+/// archives go, and how they are encrypted and kept.
 #[derive(Debug, Clone)]
 pub struct Backups {
     app: App,
     target: Arc<dyn BackupTarget>,
     settings: BackupSettings,
+    meter: Arc<Meter>,
 }
 
 fn defect(why: impl Into<String>) -> AppError {
     AppError::Backup(why.into())
+}
+
+/// Why a backup step failed, as it is recorded: the target being unreachable says nothing about a
+/// backup, so it is never written down as a failed verification.
+#[derive(Debug)]
+enum Failure {
+    /// Listing, reading or writing the target failed (an outage, permissions, a missing object).
+    Target(String),
+    App(AppError),
+}
+
+impl From<AppError> for Failure {
+    fn from(error: AppError) -> Self {
+        Failure::App(error)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        Failure::App(error.into())
+    }
+}
+
+impl Failure {
+    fn target(why: impl std::fmt::Display) -> Self {
+        Failure::Target(format!("the backup target is unavailable: {why}"))
+    }
+
+    /// What callers get: a [`AppError::Backup`] saying which, or the database's error.
+    fn into_error(self) -> AppError {
+        match self {
+            Failure::Target(why) => AppError::Backup(why),
+            Failure::App(error) => error,
+        }
+    }
+}
+
+/// Decoded rows between the archive reader and the database: held now, the most ever held, and
+/// all that passed (ASVS V5.2.3: what a crafted archive can make verify or restore hold).
+#[derive(Debug, Default)]
+struct Meter {
+    held: AtomicUsize,
+    peak: AtomicUsize,
+    total: AtomicU64,
+}
+
+impl Meter {
+    fn add(&self, bytes: usize) {
+        let now = self.held.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        self.total.fetch_add(bytes as u64, Ordering::SeqCst);
+    }
+
+    fn sub(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::SeqCst);
+    }
 }
 
 impl Backups {
@@ -152,7 +221,14 @@ impl Backups {
         if settings.passphrase.is_some() && !settings.recipients.is_empty() {
             return Err(defect("age encrypts to recipients or to one passphrase, not both"));
         }
-        Ok(Self { app, target, settings })
+        Ok(Self { app, target, settings, meter: Arc::default() })
+    }
+
+    /// The most bytes of decoded rows held at once between an archive and a database, and all that
+    /// passed, since these `Backups` were made (tests prove the memory bound with it).
+    #[cfg(test)]
+    pub(crate) fn rows_buffered(&self) -> (usize, u64) {
+        (self.meter.peak.load(Ordering::SeqCst), self.meter.total.load(Ordering::SeqCst))
     }
 
     /// Who can decrypt what `create` writes: the configured X25519 keys, or the passphrase.
@@ -196,16 +272,19 @@ impl Backups {
     /// A failure is audited as `backup.failed` and raised as a `backup_failed` security event.
     pub async fn create(&self, progress: Progress<'_>) -> Result<Created, AppError> {
         let result = self.create_inner(progress).await;
-        if let Err(error) = &result {
-            let why = portcullis_domain::error_chain(error);
-            if let Err(unrecorded) = self.record_failure("create", None, &why).await {
-                tracing::warn!(error = %portcullis_domain::error_chain(&unrecorded), "a backup failure was not recorded");
-            }
+        let (kind, error) = match result {
+            Ok(created) => return Ok(created),
+            Err(Failure::Target(why)) => (Some(KIND_TARGET_UNAVAILABLE), AppError::Backup(why)),
+            Err(Failure::App(error)) => (None, error),
+        };
+        let why = portcullis_domain::error_chain(&error);
+        if let Err(unrecorded) = self.record_failure_as("create", None, kind, &why).await {
+            tracing::warn!(error = %portcullis_domain::error_chain(&unrecorded), "a backup failure was not recorded");
         }
-        result
+        Err(error)
     }
 
-    async fn create_inner(&self, progress: Progress<'_>) -> Result<Created, AppError> {
+    async fn create_inner(&self, progress: Progress<'_>) -> Result<Created, Failure> {
         let recipients = self.recipients()?;
         let now = self.app.now();
         let id = new_id(now)?;
@@ -217,10 +296,14 @@ impl Backups {
             .map_err(|e| defect(format!("open {}: {e}", staged.display())))?;
 
         let (tx, rx) = mpsc::channel::<ToFile>(CHANNEL);
-        let writer = tokio::task::spawn_blocking(move || write_archive(file, &recipients, rx));
+        let app = self.app.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            write_archive(file, &recipients, &app.inner.settings.keks, rx)
+        });
         let mut sink = ArchiveSink {
             to_file: tx,
-            batch: Vec::with_capacity(BATCH),
+            batch: Batch::default(),
+            id: id.clone(),
             table: String::new(),
             rows: 0,
             progress,
@@ -233,13 +316,13 @@ impl Backups {
         let written = writer.await.map_err(|e| defect(format!("the archive writer stopped: {e}")))?;
         // The writer's own error says more than the store's "interrupted".
         let manifest = match (dumped, written) {
-            (_, Err(why)) => return Err(defect(format!("writing the archive: {why}"))),
+            (_, Err(why)) => return Err(defect(format!("writing the archive: {why}")).into()),
             (Err(error), Ok(_)) => return Err(error.into()),
             (Ok(()), Ok(manifest)) => manifest,
         };
         let (size, sha256) = file_digest(staged.to_path_buf()).await?;
         let name = format!("{id}{ARCHIVE_SUFFIX}");
-        self.target.put(&name, &staged).await.map_err(defect)?;
+        self.target.put(&name, &staged).await.map_err(Failure::target)?;
         let sidecar = Sidecar {
             id: id.clone(),
             created_at_ms: now.as_unix_millis(),
@@ -250,7 +333,7 @@ impl Backups {
             sha256,
             verifications: Vec::new(),
         };
-        self.write_sidecar(&sidecar).await?;
+        self.write_sidecar(&sidecar).await.map_err(Failure::target)?;
         let rows: u64 = manifest.tables.iter().map(|t| t.rows).sum();
         self.app
             .record_audit([AuditEntry::system("backup.created")
@@ -266,11 +349,12 @@ impl Backups {
 
     /// Every backup in the target, oldest first.
     pub async fn list(&self) -> Result<Vec<BackupInfo>, AppError> {
-        let objects = self.target.list().await.map_err(defect)?;
+        let unavailable = |e| Failure::target(e).into_error();
+        let objects = self.target.list().await.map_err(unavailable)?;
         let mut backups = Vec::new();
         for object in &objects {
             let Some(id) = object.name.strip_suffix(ARCHIVE_SUFFIX) else { continue };
-            let sidecar = self.read_sidecar(id).await?;
+            let sidecar = self.read_sidecar(id).await.map_err(unavailable)?;
             backups.push(BackupInfo { id: id.to_owned(), size: object.size, sidecar });
         }
         // Ids begin with the UTC time, so their order is the order they were made in.
@@ -278,18 +362,25 @@ impl Backups {
         Ok(backups)
     }
 
-    async fn read_sidecar(&self, id: &str) -> Result<Option<Sidecar>, AppError> {
-        let Some(bytes) = self.target.get_bytes(&format!("{id}{SIDECAR_SUFFIX}")).await.map_err(defect)?
-        else {
+    /// The sidecar of backup `id`, read up to [`MAX_SIDECAR`] bytes; an error is the target's.
+    async fn read_sidecar(&self, id: &str) -> Result<Option<Sidecar>, String> {
+        let name = format!("{id}{SIDECAR_SUFFIX}");
+        let Some(bytes) = self.target.get_bytes(&name, MAX_SIDECAR).await? else {
             return Ok(None);
         };
-        // A sidecar that does not parse is as good as none: it holds no evidence the archive needs.
-        Ok(serde_json::from_slice(&bytes).ok())
+        // A sidecar that is too large or does not parse, or names another backup, is as good as
+        // none: it is clear text anyone with write access to the target can change, and holds no
+        // evidence the archive needs (the archive authenticates itself).
+        if bytes.len() > MAX_SIDECAR {
+            tracing::warn!(id, "the sidecar is larger than {MAX_SIDECAR} bytes; ignored");
+            return Ok(None);
+        }
+        Ok(serde_json::from_slice::<Sidecar>(&bytes).ok().filter(|s| s.id == id))
     }
 
-    async fn write_sidecar(&self, sidecar: &Sidecar) -> Result<(), AppError> {
-        let bytes = serde_json::to_vec_pretty(sidecar).map_err(|e| defect(format!("sidecar: {e}")))?;
-        self.target.put_bytes(&format!("{}{SIDECAR_SUFFIX}", sidecar.id), bytes).await.map_err(defect)
+    async fn write_sidecar(&self, sidecar: &Sidecar) -> Result<(), String> {
+        let bytes = serde_json::to_vec_pretty(sidecar).map_err(|e| format!("sidecar: {e}"))?;
+        self.target.put_bytes(&format!("{}{SIDECAR_SUFFIX}", sidecar.id), bytes).await
     }
 
     fn identities(&self) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, AppError> {
@@ -307,12 +398,16 @@ impl Backups {
         Ok(identities)
     }
 
-    /// Proves a backup (`portcullis backup verify ID`, the weekly drill): decrypts it, checks every
-    /// table's row count and SHA-256 against the manifest, restores it into `scratch` (an empty
+    /// Proves a backup (`portcullis backup verify ID`, the weekly drill): decrypts it, authenticates
+    /// its manifest and checks every table's row count and SHA-256 against it (a first read that
+    /// writes nothing), then restores it into `scratch` (an empty
     /// database the caller opened, SQLite in a temporary folder), verifies the audit chain there and
-    /// compares the row counts and the chain head with the manifest. The outcome is kept in the
-    /// backup's sidecar, audited (`backup.verified` or `backup.failed`), and a failure raises a
-    /// `backup_failed` security event. Any defect is [`AppError::Backup`] saying what and where.
+    /// compares the row counts and the chain head with the manifest. Nothing is believed before the
+    /// manifest's MAC verified under a configured KEK. The outcome is kept in the backup's sidecar,
+    /// audited (`backup.verified` or `backup.failed`), and a failure raises a `backup_failed`
+    /// security event. Any defect is [`AppError::Backup`] saying what and where; a target that
+    /// cannot be read is too, but it is audited as `target_unavailable` and never recorded as a
+    /// failed verification of the backup.
     pub async fn verify(
         &self,
         id: &str,
@@ -321,35 +416,57 @@ impl Backups {
     ) -> Result<Restored, AppError> {
         let outcome = self.verify_inner(id, scratch, progress).await;
         let now = self.app.now();
-        let (ok, reason) = match &outcome {
-            Ok(_) => (true, None),
-            Err(AppError::Backup(why)) => (false, Some(why.clone())),
-            // The database or the target being unreachable says nothing about the backup.
-            Err(_) => return outcome,
-        };
+        match outcome {
+            Ok(restored) => {
+                self.note_verification(id, now, None).await;
+                self.app.record_audit([AuditEntry::system("backup.verified").target("backup", id)]).await?;
+                self.app.inner.metrics.backup_verified(now);
+                Ok(restored)
+            }
+            Err(Failure::App(AppError::Backup(why))) => {
+                self.note_verification(id, now, Some(why.clone())).await;
+                self.record_failure_as("verify", Some(id), Some(KIND_VERIFICATION_FAILED), &why).await?;
+                Err(AppError::Backup(why))
+            }
+            // Not the backup's fault: audited and alerted on, never written down as its verification.
+            Err(Failure::Target(why)) => {
+                self.record_failure_as("verify", Some(id), Some(KIND_TARGET_UNAVAILABLE), &why).await?;
+                Err(AppError::Backup(why))
+            }
+            // The database being unreachable says nothing about the backup either.
+            Err(Failure::App(error)) => Err(error),
+        }
+    }
+
+    /// Adds a verification's outcome to the backup's sidecar, if it has one (best effort: the audit
+    /// trail is the record; the sidecar is what `list` and `prune` read).
+    async fn note_verification(&self, id: &str, now: Timestamp, reason: Option<String>) {
         if let Ok(Some(mut sidecar)) = self.read_sidecar(id).await {
             sidecar.verifications.push(Verification {
                 at_ms: now.as_unix_millis(),
-                ok,
-                reason: reason.clone(),
+                ok: reason.is_none(),
+                reason,
             });
             if let Err(error) = self.write_sidecar(&sidecar).await {
-                tracing::warn!(id, error = %portcullis_domain::error_chain(&error), "the verification was not recorded in the sidecar");
+                tracing::warn!(id, error, "the verification was not recorded in the sidecar");
             }
         }
-        match &reason {
-            None => {
-                self.app.record_audit([AuditEntry::system("backup.verified").target("backup", id)]).await?;
-                self.app.inner.metrics.backup_verified(now);
-            }
-            Some(why) => self.record_failure("verify", Some(id), why).await?,
-        }
-        outcome
     }
 
     /// Audits a failed backup step and raises the `backup_failed` security event (which alerts).
     pub async fn record_failure(&self, step: &str, id: Option<&str>, why: &str) -> Result<(), AppError> {
-        tracing::error!(step, id, reason = why, "backup failed");
+        self.record_failure_as(step, id, None, why).await
+    }
+
+    /// [`Self::record_failure`], saying what kind of failure it was when that is known.
+    async fn record_failure_as(
+        &self,
+        step: &str,
+        id: Option<&str>,
+        kind: Option<&str>,
+        why: &str,
+    ) -> Result<(), AppError> {
+        tracing::error!(step, id, kind, reason = why, "backup failed");
         let mut entry = AuditEntry::system("backup.failed")
             .outcome(portcullis_domain::Outcome::Failure)
             .detail("step", step)
@@ -357,8 +474,12 @@ impl Backups {
         if let Some(id) = id {
             entry = entry.target("backup", id);
         }
+        let mut details = vec![("step".to_owned(), step.to_owned()), ("reason".to_owned(), why.to_owned())];
+        if let Some(kind) = kind {
+            entry = entry.detail("kind", kind);
+            details.push(("kind".to_owned(), kind.to_owned()));
+        }
         self.app.record_audit([entry]).await?;
-        let details = [("step".to_owned(), step.to_owned()), ("reason".to_owned(), why.to_owned())];
         self.app
             .record_security_event_with(
                 portcullis_domain::SecurityEventKind::BackupFailed,
@@ -375,11 +496,18 @@ impl Backups {
         id: &str,
         scratch: &dyn Store,
         progress: Progress<'_>,
-    ) -> Result<Restored, AppError> {
+    ) -> Result<Restored, Failure> {
         let identities = self.identities()?;
         let staged = self.fetch(id).await?;
+        // As restore: the whole archive is authenticated and checked before a row of it is written
+        // anywhere, so a crafted archive (the drill verifies whatever is newest in the target) costs
+        // a read, never the scratch database's disk.
+        self.check_archive(id, staged.to_path_buf(), identities, progress).await?;
+        // As restore does: the scratch database is migrated to the backup's schema before the load
+        // and to this binary's after it, so a backup taken before an upgrade still verifies.
+        let restored =
+            self.load_archive(id, staged.to_path_buf(), self.identities()?, scratch, false, progress).await?;
         scratch.migrate().await?;
-        let restored = load_archive(id, staged.to_path_buf(), identities, scratch, false, progress).await?;
         let header = &restored.manifest.header;
         // The counts the scratch database holds, table by table, against the manifest.
         let mut counter = Counter::default();
@@ -390,7 +518,8 @@ impl Backups {
                 return Err(defect(format!(
                     "table {}: the restored database holds {held} rows, the manifest says {}",
                     table.name, table.rows
-                )));
+                ))
+                .into());
             }
         }
         let report = self.app.verify_audit_chain_in(scratch).await?;
@@ -398,7 +527,8 @@ impl Backups {
             return Err(defect(format!(
                 "the audit chain in the backup is broken at seq {}: {}",
                 broken.seq, broken.reason
-            )));
+            ))
+            .into());
         }
         if report.last_seq != header.audit_head.seq
             || (report.last_seq > 0 && hex(&report.last_hash) != header.audit_head.hash)
@@ -406,42 +536,49 @@ impl Backups {
             return Err(defect(format!(
                 "the restored audit chain ends at seq {} but the manifest's head is seq {}",
                 report.last_seq, header.audit_head.seq
-            )));
+            ))
+            .into());
         }
         Ok(Restored { audit_events_verified: report.events, ..restored })
     }
 
     /// Downloads the archive and, when its sidecar says what it was, checks size and SHA-256 first.
-    async fn fetch(&self, id: &str) -> Result<tempfile::TempPath, AppError> {
+    /// A target that cannot be read is [`Failure::Target`].
+    async fn fetch(&self, id: &str) -> Result<tempfile::TempPath, Failure> {
         if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
-            return Err(defect(format!("{id:?} is not a backup id")));
+            return Err(defect(format!("{id:?} is not a backup id")).into());
         }
         let staged = self.staging(id)?;
         self.target.get(&format!("{id}{ARCHIVE_SUFFIX}"), &staged).await.map_err(|e| {
-            defect(format!("backup {id} cannot be read from {}: {e}", self.target.describe()))
+            Failure::target(format!("backup {id} cannot be read from {}: {e}", self.target.describe()))
         })?;
-        if let Some(sidecar) = self.read_sidecar(id).await? {
+        if let Some(sidecar) = self.read_sidecar(id).await.map_err(Failure::target)? {
             let (size, sha256) = file_digest(staged.to_path_buf()).await?;
             if size != sidecar.size {
                 return Err(defect(format!(
                     "backup {id} is {size} bytes but was {} when made: the file was truncated or extended",
                     sidecar.size
-                )));
+                ))
+                .into());
             }
             if sha256 != sidecar.sha256 {
                 return Err(defect(format!(
                     "backup {id}: the file's SHA-256 {sha256} is not the {} recorded when it was made: it was changed",
                     sidecar.sha256
-                )));
+                ))
+                .into());
             }
         }
         Ok(staged)
     }
 
-    /// Restores a backup into `to` (`portcullis backup restore ID --to URL`): refuses a database
-    /// holding data unless `force`; migrates it to the backup's schema, loads every table in one
-    /// transaction (committed only once the whole archive checked out against its manifest), then
-    /// applies the migrations this binary has beyond the backup's.
+    /// Restores a backup into `to` (`portcullis backup restore ID --to URL`). Reads the archive twice:
+    /// first to authenticate its manifest (its MAC under a configured KEK, its id) and check every
+    /// table against it, touching no database; then, only if all of it checked out, to load it:
+    /// refuses a database holding data unless `force`; migrates it to the backup's schema, loads
+    /// every table in one transaction (committed only once the whole archive checked out again and
+    /// every table of that schema was in it), then applies the migrations this binary has beyond
+    /// the backup's. A forged archive therefore leaves the target database as it was.
     pub async fn restore(
         &self,
         id: &str,
@@ -449,9 +586,10 @@ impl Backups {
         force: bool,
         progress: Progress<'_>,
     ) -> Result<Restored, AppError> {
-        let identities = self.identities()?;
-        let staged = self.fetch(id).await?;
-        let restored = load_archive(id, staged.to_path_buf(), identities, to, force, progress).await?;
+        let staged = self.fetch(id).await.map_err(Failure::into_error)?;
+        self.check_archive(id, staged.to_path_buf(), self.identities()?, progress).await?;
+        let restored =
+            self.load_archive(id, staged.to_path_buf(), self.identities()?, to, force, progress).await?;
         to.migrate().await?;
         tracing::info!(id, "backup restored");
         Ok(restored)
@@ -483,8 +621,9 @@ impl Backups {
                 pruned.kept += 1;
                 continue;
             }
-            self.target.delete(&format!("{}{ARCHIVE_SUFFIX}", backup.id)).await.map_err(defect)?;
-            self.target.delete(&format!("{}{SIDECAR_SUFFIX}", backup.id)).await.map_err(defect)?;
+            let unavailable = |e| Failure::target(e).into_error();
+            self.target.delete(&format!("{}{ARCHIVE_SUFFIX}", backup.id)).await.map_err(unavailable)?;
+            self.target.delete(&format!("{}{SIDECAR_SUFFIX}", backup.id)).await.map_err(unavailable)?;
             pruned.deleted.push(backup.id);
         }
         if !pruned.deleted.is_empty() {
@@ -541,6 +680,31 @@ async fn file_digest(path: PathBuf) -> Result<(u64, String), AppError> {
     .map_err(defect)
 }
 
+/// Rows on their way between the database and the file, bounded by count and by bytes.
+#[derive(Debug, Default)]
+struct Batch {
+    rows: Vec<Vec<Cell>>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Adds a row; when it would take the batch past [`BATCH`] rows or [`BATCH_BYTES`], first hands
+    /// back the batch so far (rows and bytes), to be sent.
+    fn push(&mut self, row: Vec<Cell>) -> Option<(Vec<Vec<Cell>>, usize)> {
+        let size = archive::row_bytes(&row);
+        let full = (!self.rows.is_empty()
+            && (self.rows.len() >= BATCH || self.bytes.saturating_add(size) > BATCH_BYTES))
+            .then(|| self.take());
+        self.rows.push(row);
+        self.bytes += size;
+        full
+    }
+
+    fn take(&mut self) -> (Vec<Vec<Cell>>, usize) {
+        (std::mem::take(&mut self.rows), std::mem::take(&mut self.bytes))
+    }
+}
+
 /// What the database side sends the file side.
 enum ToFile {
     Header(Box<Header>),
@@ -552,12 +716,13 @@ enum ToFile {
 fn write_archive(
     file: std::fs::File,
     recipients: &[Box<dyn age::Recipient + Send>],
+    keks: &crate::KekSet,
     mut rx: mpsc::Receiver<ToFile>,
 ) -> Result<Manifest, String> {
     let Some(ToFile::Header(header)) = rx.blocking_recv() else {
         return Err("the dump did not start".to_owned());
     };
-    let mut writer = ArchiveWriter::new(std::io::BufWriter::new(file), recipients, *header)?;
+    let mut writer = ArchiveWriter::new(std::io::BufWriter::new(file), recipients, *header, keks)?;
     while let Some(message) = rx.blocking_recv() {
         match message {
             ToFile::Header(_) => return Err("a second header".to_owned()),
@@ -578,7 +743,8 @@ fn write_archive(
 /// The database side of `create`.
 struct ArchiveSink<'a> {
     to_file: mpsc::Sender<ToFile>,
-    batch: Vec<Vec<Cell>>,
+    batch: Batch,
+    id: String,
     table: String,
     rows: u64,
     progress: Progress<'a>,
@@ -595,12 +761,9 @@ impl ArchiveSink<'_> {
             .map_err(|_| portcullis_store::interrupted("the archive writer stopped"))
     }
 
-    async fn flush(&mut self) -> Result<(), StoreError> {
-        if !self.batch.is_empty() {
-            let rows = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
-            self.send(ToFile::Rows(rows)).await?;
-            (self.progress)(&self.table, self.rows);
-        }
+    async fn send_rows(&mut self, rows: Vec<Vec<Cell>>) -> Result<(), StoreError> {
+        self.send(ToFile::Rows(rows)).await?;
+        (self.progress)(&self.table, self.rows);
         Ok(())
     }
 }
@@ -613,6 +776,9 @@ impl DumpSink for ArchiveSink<'_> {
         let header = Header {
             format: FORMAT.to_owned(),
             format_version: FORMAT_VERSION,
+            backup_id: self.id.clone(),
+            // Set by the writer, from the KEKs.
+            mac_kek_id: String::new(),
             app_version: self.app_version.clone(),
             schema_version: info.schema_version,
             created_at: self.now.to_rfc3339(),
@@ -641,22 +807,25 @@ impl DumpSink for ArchiveSink<'_> {
     }
 
     async fn row(&mut self, row: Vec<Cell>) -> Result<(), StoreError> {
-        self.batch.push(row);
         self.rows += 1;
-        if self.batch.len() >= BATCH {
-            self.flush().await?;
+        if let Some((full, _)) = self.batch.push(row) {
+            self.send_rows(full).await?;
         }
         Ok(())
     }
 
     async fn end_table(&mut self) -> Result<(), StoreError> {
-        self.flush().await?;
+        let (rest, _) = self.batch.take();
+        if !rest.is_empty() {
+            self.send(ToFile::Rows(rest)).await?;
+        }
         (self.progress)(&self.table, self.rows);
         Ok(())
     }
 }
 
-/// Counts each table's rows (verify compares them with the manifest).
+/// Counts each table's rows (verify compares them with the manifest; a load compares the tables a
+/// schema has with an archive's).
 #[derive(Debug, Default)]
 struct Counter {
     rows: Vec<(String, u64)>,
@@ -689,111 +858,220 @@ impl DumpSink for Counter {
 enum FromFile {
     Header(Box<Header>),
     Table(TableHeader),
-    Rows(Vec<Vec<Cell>>),
+    /// Rows and their bytes (as metered).
+    Rows(Vec<Vec<Cell>>, usize),
+    /// Rows read and checked but not kept (the first pass of a restore).
+    Counted(u64),
     End(Box<Manifest>),
 }
 
 /// Reads and checks the archive on a blocking thread; every item goes to the channel, a defect as
-/// the channel's last message.
+/// the channel's last message. With `keep_rows` false rows are only counted (and still hashed and
+/// checked by the reader).
 fn read_archive(
     path: PathBuf,
     identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+    id: String,
+    app: App,
+    meter: Arc<Meter>,
+    keep_rows: bool,
     tx: mpsc::Sender<Result<FromFile, String>>,
 ) {
-    let run = || -> Result<(), String> {
+    let mut batch = Batch::default();
+    let mut run = || -> Result<(), String> {
         let file = std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
-        let mut reader = ArchiveReader::open(std::io::BufReader::new(file), &identities)?;
+        let mut reader =
+            ArchiveReader::open(std::io::BufReader::new(file), &identities, &id, &app.inner.settings.keks)?;
         let send = |m: FromFile| tx.blocking_send(Ok(m)).map_err(|_| "the loader stopped".to_owned());
+        let send_rows = |(rows, bytes): (Vec<Vec<Cell>>, usize)| {
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let sent = send(FromFile::Rows(rows, bytes));
+            if sent.is_err() {
+                meter.sub(bytes);
+            }
+            sent
+        };
         send(FromFile::Header(Box::new(reader.header().clone())))?;
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut counted = 0u64;
         loop {
             match reader.next_item()? {
-                Item::Row(row) => {
-                    batch.push(row);
-                    if batch.len() >= BATCH {
-                        send(FromFile::Rows(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))))?;
+                Item::Row(row) if keep_rows => {
+                    meter.add(archive::row_bytes(&row));
+                    if let Some(full) = batch.push(row) {
+                        send_rows(full)?;
+                    }
+                }
+                Item::Row(_) => {
+                    counted += 1;
+                    if counted.is_multiple_of(BATCH as u64) {
+                        send(FromFile::Counted(counted))?;
                     }
                 }
                 Item::Table(table) => {
-                    if !batch.is_empty() {
-                        send(FromFile::Rows(std::mem::take(&mut batch)))?;
-                    }
+                    send_rows(batch.take())?;
+                    counted = 0;
                     send(FromFile::Table(table))?;
                 }
                 Item::End(manifest) => {
-                    if !batch.is_empty() {
-                        send(FromFile::Rows(std::mem::take(&mut batch)))?;
-                    }
+                    send_rows(batch.take())?;
                     return send(FromFile::End(manifest));
                 }
             }
         }
     };
-    if let Err(why) = run() {
+    let outcome = run();
+    // Rows read but never sent (the archive failed mid-batch) are no longer held.
+    meter.sub(batch.bytes);
+    if let Err(why) = outcome {
         let _ = tx.blocking_send(Err(why));
     }
 }
 
-/// Streams an archive into `to`: migrated to the backup's schema first, loaded in one transaction
-/// that commits only after the manifest checked out.
-async fn load_archive(
-    id: &str,
-    path: PathBuf,
-    identities: Vec<Box<dyn age::Identity + Send + Sync>>,
-    to: &dyn Store,
-    force: bool,
-    progress: Progress<'_>,
-) -> Result<Restored, AppError> {
-    let (tx, mut rx) = mpsc::channel(CHANNEL);
-    let reader = tokio::task::spawn_blocking(move || read_archive(path, identities, tx));
-    let next = |m: Option<Result<FromFile, String>>| match m {
+impl Backups {
+    /// Starts reading an archive on a blocking thread; the receiver gets its items.
+    fn read(
+        &self,
+        id: &str,
+        path: PathBuf,
+        identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+        keep_rows: bool,
+    ) -> (mpsc::Receiver<Result<FromFile, String>>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(READ_CHANNEL);
+        let (id, app, meter) = (id.to_owned(), self.app.clone(), self.meter.clone());
+        let reader = tokio::task::spawn_blocking(move || {
+            read_archive(path, identities, id, app, meter, keep_rows, tx)
+        });
+        (rx, reader)
+    }
+
+    /// The first pass of a restore: reads the whole archive (MAC, id, tables, counts, checksums)
+    /// without a database.
+    async fn check_archive(
+        &self,
+        id: &str,
+        path: PathBuf,
+        identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+        progress: Progress<'_>,
+    ) -> Result<(), AppError> {
+        let (mut rx, reader) = self.read(id, path, identities, false);
+        let mut table = String::new();
+        let result = loop {
+            match next_from_file(id, rx.recv().await) {
+                Ok(FromFile::Table(header)) => {
+                    table = format!("{} (checking)", header.name);
+                    progress(&table, 0);
+                }
+                Ok(FromFile::Counted(rows)) => progress(&table, rows),
+                Ok(FromFile::End(_)) => break Ok(()),
+                Ok(FromFile::Header(_) | FromFile::Rows(..)) => {}
+                Err(error) => break Err(error),
+            }
+        };
+        drop(rx);
+        let _ = reader.await;
+        result
+    }
+
+    /// Streams an archive into `to`: migrated to the backup's schema first, loaded in one
+    /// transaction that commits only after the manifest's MAC and checksums checked out and every
+    /// table of the backup's schema was in the archive.
+    async fn load_archive(
+        &self,
+        id: &str,
+        path: PathBuf,
+        identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+        to: &dyn Store,
+        force: bool,
+        progress: Progress<'_>,
+    ) -> Result<Restored, AppError> {
+        let (mut rx, reader) = self.read(id, path, identities, true);
+        let result = self.load_from(id, &mut rx, to, force, progress).await;
+        // Whatever is still queued was metered: the reader stops when the channel closes.
+        rx.close();
+        while let Some(message) = rx.recv().await {
+            if let Ok(FromFile::Rows(_, bytes)) = message {
+                self.meter.sub(bytes);
+            }
+        }
+        let _ = reader.await;
+        result
+    }
+
+    async fn load_from(
+        &self,
+        id: &str,
+        rx: &mut mpsc::Receiver<Result<FromFile, String>>,
+        to: &dyn Store,
+        force: bool,
+        progress: Progress<'_>,
+    ) -> Result<Restored, AppError> {
+        let FromFile::Header(header) = next_from_file(id, rx.recv().await)? else {
+            return Err(defect(format!("backup {id}: no header")));
+        };
+        let status = to.migration_status().await?;
+        if let Some(newer) = status.applied.iter().find(|v| **v > header.schema_version) {
+            return Err(defect(format!(
+                "the target database has migration {newer}, newer than the backup's schema {}: restore into an empty database",
+                header.schema_version
+            )));
+        }
+        if header.schema_version > status.applied.iter().chain(&status.pending).copied().max().unwrap_or(0) {
+            return Err(defect(format!(
+                "backup {id} has schema {}, newer than this binary knows: restore it with a newer Portcullis",
+                header.schema_version
+            )));
+        }
+        to.migrate_to(header.schema_version).await?;
+        // The tables the backup's schema has, from the migrated database's catalog.
+        let mut schema = Counter::default();
+        to.dump(&mut schema).await?;
+        let mut loader: Box<dyn Loader> = match to.load(force).await {
+            Err(StoreError::Conflict { entity: "database" }) => {
+                return Err(defect("the target database holds data; restore with --force to replace it"));
+            }
+            other => other?,
+        };
+        let (mut table, mut rows) = (String::new(), 0u64);
+        let manifest = loop {
+            match next_from_file(id, rx.recv().await)? {
+                FromFile::Header(_) => return Err(defect(format!("backup {id}: a second header"))),
+                FromFile::Table(header) => {
+                    loader.table(&header).await.map_err(|e| load_error(id, e))?;
+                    (table, rows) = (header.name, 0);
+                    progress(&table, 0);
+                }
+                FromFile::Rows(batch, bytes) => {
+                    rows += batch.len() as u64;
+                    let loaded = loader.rows(batch).await;
+                    self.meter.sub(bytes);
+                    loaded.map_err(|e| load_error(id, e))?;
+                    progress(&table, rows);
+                }
+                FromFile::Counted(_) => {}
+                FromFile::End(manifest) => break manifest,
+            }
+        };
+        if let Some((missing, _)) =
+            schema.rows.iter().find(|(name, _)| !manifest.tables.iter().any(|t| t.name == *name))
+        {
+            return Err(defect(format!(
+                "backup {id} lacks table {missing}, which its schema {} has: the archive is incomplete",
+                header.schema_version
+            )));
+        }
+        loader.finish().await?;
+        Ok(Restored { id: id.to_owned(), manifest: *manifest, audit_events_verified: 0 })
+    }
+}
+
+fn next_from_file(id: &str, message: Option<Result<FromFile, String>>) -> Result<FromFile, AppError> {
+    match message {
         Some(Ok(item)) => Ok(item),
         Some(Err(why)) => Err(defect(format!("backup {id}: {why}"))),
         None => Err(defect(format!("backup {id}: the reader stopped"))),
-    };
-    let FromFile::Header(header) = next(rx.recv().await)? else {
-        return Err(defect(format!("backup {id}: no header")));
-    };
-    let status = to.migration_status().await?;
-    if let Some(newer) = status.applied.iter().find(|v| **v > header.schema_version) {
-        return Err(defect(format!(
-            "the target database has migration {newer}, newer than the backup's schema {}: restore into an empty database",
-            header.schema_version
-        )));
     }
-    if header.schema_version > status.applied.iter().chain(&status.pending).copied().max().unwrap_or(0) {
-        return Err(defect(format!(
-            "backup {id} has schema {}, newer than this binary knows: restore it with a newer Portcullis",
-            header.schema_version
-        )));
-    }
-    to.migrate_to(header.schema_version).await?;
-    let mut loader: Box<dyn Loader> = match to.load(force).await {
-        Err(StoreError::Conflict { entity: "database" }) => {
-            return Err(defect("the target database holds data; restore with --force to replace it"));
-        }
-        other => other?,
-    };
-    let (mut table, mut rows) = (String::new(), 0u64);
-    let manifest = loop {
-        match next(rx.recv().await)? {
-            FromFile::Header(_) => return Err(defect(format!("backup {id}: a second header"))),
-            FromFile::Table(header) => {
-                loader.table(&header).await.map_err(|e| load_error(id, e))?;
-                (table, rows) = (header.name, 0);
-                progress(&table, 0);
-            }
-            FromFile::Rows(batch) => {
-                rows += batch.len() as u64;
-                loader.rows(batch).await.map_err(|e| load_error(id, e))?;
-                progress(&table, rows);
-            }
-            FromFile::End(manifest) => break manifest,
-        }
-    };
-    loader.finish().await?;
-    let _ = reader.await;
-    Ok(Restored { id: id.to_owned(), manifest: *manifest, audit_events_verified: 0 })
 }
 
 /// Rows that do not fit the schema are a defect of the backup; anything else is the database's.

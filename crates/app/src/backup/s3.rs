@@ -102,13 +102,16 @@ impl BackupTarget for S3Target {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }
 
+    /// The objects directly under the prefix: S3 lists every key below it, and one in a nested
+    /// "folder" (`prefix/old/ID.age`) must not pass for the backup of the same file name.
     async fn list(&self) -> Result<Vec<StoredObject>, String> {
         let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
         let mut listing = self.store.list(prefix.as_ref());
         let mut objects = Vec::new();
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(|e| self.failed("list", "objects", &e))?;
-            if let Some(name) = meta.location.filename() {
+            let Some(name) = meta.location.filename() else { continue };
+            if meta.location == self.path(name) {
                 objects.push(StoredObject { name: name.to_owned(), size: meta.size });
             }
         }
@@ -156,12 +159,24 @@ impl BackupTarget for S3Target {
         file.flush().await.map_err(|e| format!("write {}: {e}", to.display()))
     }
 
-    async fn get_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
-        match self.store.get(&self.path(name)).await {
-            Ok(result) => Ok(Some(result.bytes().await.map_err(|e| self.failed("read", name, &e))?.to_vec())),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.failed("read", name, &e)),
+    async fn get_bytes(&self, name: &str, max: usize) -> Result<Option<Vec<u8>>, String> {
+        let result = match self.store.get(&self.path(name)).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.failed("read", name, &e)),
+        };
+        // Streamed and cut at `max + 1` bytes: an object larger than it says is never held whole.
+        let mut stream = result.into_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.failed("read", name, &e))?;
+            let room = (max + 1).saturating_sub(bytes.len());
+            bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if bytes.len() > max {
+                break;
+            }
         }
+        Ok(Some(bytes))
     }
 
     async fn delete(&self, name: &str) -> Result<(), String> {

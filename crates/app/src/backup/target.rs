@@ -33,8 +33,9 @@ pub trait BackupTarget: Send + Sync + fmt::Debug {
     /// Copies the object `name` into the file `to`.
     async fn get(&self, name: &str, to: &Path) -> Result<(), String>;
 
-    /// Reads a small object whole; `None` when there is none.
-    async fn get_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, String>;
+    /// Reads a small object, at most `max + 1` bytes of it (more than `max` bytes back means the
+    /// object is larger: a crafted object never makes the reader hold more); `None` when there is none.
+    async fn get_bytes(&self, name: &str, max: usize) -> Result<Option<Vec<u8>>, String>;
 
     /// Removes the object (no error if it is already gone).
     async fn delete(&self, name: &str) -> Result<(), String>;
@@ -70,7 +71,10 @@ impl FolderTarget {
     }
 
     /// Writes through a temporary name: fsync the file, rename, fsync the folder (the rename is only
-    /// durable once the directory entry is).
+    /// durable once the directory entry is). The temporary name has a random part and is created
+    /// new (`O_CREAT | O_EXCL`, which also refuses a symbolic link in its place, POSIX `open`), so
+    /// whoever else can write to the folder cannot plant a file or a link there for us to write
+    /// through, and a crash's leftover never blocks a later write.
     fn write_atomically(
         &self,
         name: &str,
@@ -79,20 +83,21 @@ impl FolderTarget {
         use std::os::unix::fs::OpenOptionsExt;
         self.ensure_root()?;
         let path = self.path(name)?;
-        let temp = self.root.join(format!(".{name}.partial"));
+        let mut tail = [0u8; 8];
+        getrandom::fill(&mut tail).map_err(|e| format!("a temporary name for {name}: {e}"))?;
+        let temp = self.root.join(format!(".{name}.{}.partial", super::hex(&tail)));
+        let mut created = false;
         let result = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temp)?;
+            let mut file =
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
+            created = true;
             write(&mut file)?;
             file.sync_all()?;
             std::fs::rename(&temp, &path)?;
             std::fs::File::open(&self.root)?.sync_all()
         })();
-        if result.is_err() {
+        // Only our own file is removed, never what someone else put under that name.
+        if result.is_err() && created {
             let _ = std::fs::remove_file(&temp);
         }
         result.map_err(|e| format!("write {} in {}: {e}", name, self.root.display()))
@@ -152,12 +157,20 @@ impl BackupTarget for FolderTarget {
         .await
     }
 
-    async fn get_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+    async fn get_bytes(&self, name: &str, max: usize) -> Result<Option<Vec<u8>>, String> {
+        use std::io::Read;
         let path = self.path(name)?;
-        blocking(move || match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("read {}: {e}", path.display())),
+        blocking(move || {
+            let file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(format!("read {}: {e}", path.display())),
+            };
+            let mut bytes = Vec::new();
+            file.take(max as u64 + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("read {}: {e}", path.display()))?;
+            Ok(Some(bytes))
         })
         .await
     }

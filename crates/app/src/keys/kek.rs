@@ -14,6 +14,9 @@ use crate::AppError;
 /// Bytes of a KEK (256 bits).
 pub const KEK_BYTES: usize = 32;
 const NONCE_BYTES: usize = 24;
+/// HKDF-SHA256 `info` for the key that authenticates backup manifests (docs/decisions/0012-backups.md):
+/// a key of its own per KEK, so the MAC key is never the key that wraps the keyring.
+const BACKUP_MAC_INFO: &[u8] = b"portcullis backup manifest v1";
 
 /// One KEK: an operator-chosen id and 32 secret bytes.
 pub struct Kek {
@@ -89,6 +92,15 @@ impl KekSet {
     /// Whether a KEK with this id is configured.
     pub fn has(&self, id: &str) -> bool {
         self.keks.iter().any(|k| k.id == id)
+    }
+
+    /// The key that authenticates backup manifests made under KEK `id` (HKDF-SHA256 of the KEK, RFC
+    /// 5869, with its own `info`); `None` when keys.kek does not list `id`.
+    pub fn backup_mac_key(&self, id: &str) -> Option<Zeroizing<[u8; 32]>> {
+        let kek = self.keks.iter().find(|k| k.id == id)?;
+        let mut key = Zeroizing::new([0u8; 32]);
+        hkdf::Hkdf::<sha2::Sha256>::new(None, kek.key.as_ref()).expand(BACKUP_MAC_INFO, key.as_mut()).ok()?;
+        Some(key)
     }
 
     /// Wraps a keyring key's secret under the active KEK; returns the KEK id and the wrapped bytes.
@@ -194,5 +206,15 @@ mod tests {
         assert!(message.contains("`gone`"), "{message}");
         let wrong = KekSet::parse(&entry("new", 9)).unwrap();
         assert!(matches!(wrong.unwrap(&wrapped, "new", "pii-1", KeyPurpose::Pii), Err(AppError::Keyring(_))));
+    }
+
+    #[test]
+    fn a_backup_mac_key_is_derived_per_kek_and_is_not_the_kek_itself() {
+        let set = KekSet::parse(&format!("{},{}", entry("new", 2), entry("old", 1))).unwrap();
+        let new = set.backup_mac_key("new").unwrap();
+        assert_eq!(new, set.backup_mac_key("new").unwrap(), "deterministic");
+        assert_ne!(new, set.backup_mac_key("old").unwrap());
+        assert_ne!(*new, [2u8; 32]);
+        assert!(set.backup_mac_key("gone").is_none());
     }
 }

@@ -265,7 +265,9 @@ async fn the_next_backup_after_an_erasure_holds_nothing_of_the_person() {
     // Every cell of every table in the archive, as bytes.
     let file = std::fs::File::open(folder.join(crate::backup::archive_name(&created.id))).unwrap();
     let identities: Vec<Box<dyn age::Identity + Send + Sync>> = vec![Box::new(identity)];
-    let mut reader = crate::backup::ArchiveReader::open(file, &identities).unwrap();
+    let mut reader =
+        crate::backup::ArchiveReader::open(file, &identities, &created.id, &s.t.app.inner.settings.keks)
+            .unwrap();
     let (mut cells, mut rows, mut table) = (Vec::new(), 0, String::new());
     loop {
         match reader.next_item().unwrap() {

@@ -1,12 +1,8 @@
 //! `portcullis backup`: create, list, verify, restore and prune from the command line, as an operator
 //! runs them; a damaged backup fails `verify` with exit 1 and the reason; a restore refuses a database
 //! holding data without `--force`; with PostgreSQL available, a SQLite backup restores into it and a
-//! backup of that PostgreSQL database verifies (restored into a scratch SQLite database).
-
-// age 0.13 marks classic X25519 recipients deprecated in favour of its post-quantum hybrid; they are
-// what `age-keygen` and the age 1.1 tool that operators decrypt with (Debian's) produce and read, so
-// backups use them on purpose (docs/decisions/0012-backups.md).
-#![allow(deprecated)]
+//! backup of that PostgreSQL database verifies (restored into a scratch SQLite database); a backup
+//! another installation made with our public recipient fails verify and restore.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -23,6 +19,7 @@ struct Operator {
 impl Operator {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
+        #[expect(deprecated, reason = "X25519 recipients, as backups use (ADR 0012)")]
         let identity = age::x25519::Identity::generate();
         let secret = age::secrecy::ExposeSecret::expose_secret(&identity.to_string()).to_owned();
         std::fs::write(dir.path().join("key.txt"), format!("{secret}\n")).unwrap();
@@ -111,6 +108,41 @@ fn an_operator_creates_lists_verifies_restores_and_prunes_backups() {
     assert!(pruned.contains("0 deleted, 2 kept"), "nothing is 30 days old: {pruned}");
 }
 
+/// What anyone holding the public recipient and write access to the backup folder can do: make a
+/// backup with an installation of their own, encrypted to our recipient, and drop it (with its
+/// sidecar) beside ours. It lists like ours, but verify and restore refuse it (exit 1), and the
+/// restore leaves the target database without so much as a table.
+#[tokio::test]
+async fn a_backup_forged_by_another_installation_fails_verify_and_restore_and_the_target_stays_empty() {
+    let op = Operator::new();
+    op.ok(&["users", "create", "--email", "root@example.com", "--role", "owner"]);
+    op.ok(&["backup", "create"]);
+    let mut attacker = Operator::new();
+    attacker.recipient = op.recipient.clone();
+    attacker.ok(&["users", "create", "--email", "mallory@example.com", "--role", "owner"]);
+    let forged = created_id(&attacker.ok(&["backup", "create"]));
+    for suffix in [".age", ".json"] {
+        let name = format!("{forged}{suffix}");
+        std::fs::copy(attacker.backups().join(&name), op.backups().join(&name)).unwrap();
+    }
+    assert!(op.ok(&["backup", "list"]).contains(&format!("{forged}\t")));
+
+    let why = op.fails(&["backup", "verify", &forged]);
+    assert!(why.contains("MAC does not verify under KEK `dev1`"), "{why}");
+    let restored = op.dir.path().join("restored.db");
+    let to = format!("sqlite:{}", restored.display());
+    let why = op.fails(&["backup", "restore", &forged, "--to", &to]);
+    assert!(why.contains("MAC does not verify"), "{why}");
+
+    use sqlx::Connection;
+    let mut db = sqlx::SqliteConnection::connect(&format!("{to}?mode=rwc")).await.unwrap();
+    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(tables, 0, "nothing of the forged archive reached the database, not even its schema");
+}
+
 #[tokio::test]
 async fn a_sqlite_backup_restores_into_postgresql_and_a_postgresql_backup_verifies() {
     let Some(url) = fresh_postgres_database().await else {
@@ -158,6 +190,7 @@ async fn the_scheduled_backup_and_the_drill_are_audited_alert_on_failure_and_mov
     crate::support::init_logs();
     let dir = tempfile::tempdir().unwrap();
     let mut config = crate::support::test_config(&dir);
+    #[expect(deprecated, reason = "X25519 recipients, as backups use (ADR 0012)")]
     let identity = age::x25519::Identity::generate();
     let key = dir.path().join("key.txt");
     std::fs::write(&key, format!("{}\n", age::secrecy::ExposeSecret::expose_secret(&identity.to_string())))
