@@ -252,9 +252,7 @@ impl App {
         let id = *id;
         let now = self.now();
         // Before the delete: the key goes with the account, and the record must be sealed under it.
-        let entries = [entry];
-        let keys = self.person_keys_for(tx.as_mut(), &entries).await?;
-        let [entry] = entries;
+        let keys = self.person_keys_for(tx.as_mut(), std::slice::from_ref(&entry)).await?;
         let revoked = revoke_sessions_in(tx.as_mut(), id, None, RevokeReason::UserRevoked, now).await?;
         for index in self.loaded_keys().fields.email_indexes(email) {
             tx.clear_login_throttle(&index.0).await?;

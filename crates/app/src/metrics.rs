@@ -39,6 +39,7 @@ const DB_POOL: &str = "portcullis_db_pool_connections";
 const DB_POOL_MAX: &str = "portcullis_db_pool_max_connections";
 const RATE_LIMIT_BACKEND_FAILURES: &str = "portcullis_rate_limit_backend_failures_total";
 const ALERTS: &str = "portcullis_alerts_total";
+const TLS_HANDSHAKE_FAILURES: &str = "portcullis_tls_handshake_failures_total";
 const BUILD_INFO: &str = "portcullis_build_info";
 const BACKUP_SUCCESS_AT: &str = "portcullis_backup_last_success_timestamp_seconds";
 const BACKUP_VERIFIED_AT: &str = "portcullis_backup_last_verified_timestamp_seconds";
@@ -164,7 +165,7 @@ impl Metrics {
     }
 
     fn describe(&self) {
-        let counters: [(&'static str, &'static str); 9] = [
+        let counters: [(&'static str, &'static str); 10] = [
             (HTTP_REQUESTS, "HTTP requests answered, by method, route template and status class."),
             (LOGINS, "Password and passkey login attempts, by result."),
             (MFA_FAILURES, "Wrong second factors, by method."),
@@ -174,6 +175,7 @@ impl Metrics {
             (HASH_SHED, "Password hashes refused at once because the hashing queue was full."),
             (RATE_LIMIT_BACKEND_FAILURES, "Requests that found the rate limit store unavailable."),
             (ALERTS, "Alerts to webhooks and email, by outcome."),
+            (TLS_HANDSHAKE_FAILURES, "TLS handshakes the listener refused or lost, by reason."),
         ];
         for (name, help) in counters {
             self.recorder.describe_counter(KeyName::from(name), None, SharedString::from(help));
@@ -270,6 +272,12 @@ impl Metrics {
 
     pub(crate) fn login(&self, result: LoginResult) {
         self.counter(LOGINS, vec![Label::new("result", result.as_str())]).increment(1);
+    }
+
+    /// Counts a TLS handshake that did not complete. `reason` is one of the listener's closed set
+    /// (`incompatible`, `malformed`, `client_alert`, `closed`, `timeout`, `other`), never error text.
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
+        self.counter(TLS_HANDSHAKE_FAILURES, vec![Label::new("reason", reason)]).increment(1);
     }
 
     pub(crate) fn mfa_failed(&self, method: MfaMethod) {

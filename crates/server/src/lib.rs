@@ -372,7 +372,9 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         max_connections: config.http.max_connections,
         shutdown_grace: Duration::from_secs(config.http.shutdown_grace_secs),
     };
-    tasks.push(tokio::spawn(listener::serve(listener, router, tls.clone(), limits, receiver.clone())));
+    let endpoint =
+        tls.clone().map(|reloader| listener::TlsEndpoint { reloader, metrics: app.metrics().clone() });
+    tasks.push(tokio::spawn(listener::serve(listener, router, endpoint, limits, receiver.clone())));
 
     let mut redirect_addr = None;
     if let (Some(addr), Some(_)) = (config.tls.redirect_listen, &tls) {
@@ -458,37 +460,20 @@ async fn rate_limit_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
 /// reload keeps the rules in force as they were (logged once a minute, not every tick).
 async fn ip_rule_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
     let sync = portcullis_app::IP_RULE_SYNC_SECS;
-    let mut interval = tokio::time::interval(Duration::from_secs(sync));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks: u64 = 0;
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {
-                // Before the schema is current there are no rules to read and nowhere to record.
-                if !app.can_sign_tokens() {
-                    continue;
-                }
-                ticks += 1;
-                let minute = ticks.is_multiple_of(60 / sync);
-                if let Err(error) = app.reload_ip_rules().await && minute {
-                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "reloading ip rules failed");
-                }
-                if minute {
-                    if let Err(error) = app.record_ip_denials().await {
-                        tracing::warn!(error = %portcullis_domain::error_chain(&error), "recording ip denials failed");
-                    }
-                    if let Err(error) = app.purge_expired_ip_rules().await {
-                        tracing::warn!(error = %portcullis_domain::error_chain(&error), "purging expired ip rules failed");
-                    }
-                }
-            }
-            _ = shutdown.changed() => {
-                if app.can_sign_tokens() {
-                    let _ = app.record_ip_denials().await;
-                }
-                return;
-            }
+    let app = &app;
+    let interval = tokio::time::interval(Duration::from_secs(sync));
+    every(app, interval, &mut shutdown, move |ticks| async move {
+        let minute = ticks.is_multiple_of(60 / sync);
+        let reloaded = app.reload_ip_rules().await;
+        if minute {
+            warn_failed(reloaded, "reloading ip rules failed");
+            warn_failed(app.record_ip_denials().await, "recording ip denials failed");
+            warn_failed(app.purge_expired_ip_rules().await, "purging expired ip rules failed");
         }
+    })
+    .await;
+    if app.can_sign_tokens() {
+        let _ = app.record_ip_denials().await;
     }
 }
 
@@ -498,62 +483,35 @@ async fn ip_rule_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
 async fn audit_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
     const AUDIT_TICK_SECS: u64 = 10;
     let verify_every = app.audit_settings().verify_interval_secs.div_ceil(AUDIT_TICK_SECS);
-    let mut interval = tokio::time::interval(Duration::from_secs(AUDIT_TICK_SECS));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks: u64 = 0;
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {
-                if !app.can_sign_tokens() {
-                    continue;
-                }
-                ticks += 1;
-                if let Err(error) = app.checkpoint_audit_if_due().await {
-                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "audit checkpoint failed");
-                }
-                // The first verification runs a tick after start, then on the interval.
-                if verify_every > 0
-                    && (ticks == 1 || ticks.is_multiple_of(verify_every))
-                    && let Err(error) = app.run_audit_verification().await
-                {
-                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "audit verification could not run");
-                }
-                if ticks.is_multiple_of(3600 / AUDIT_TICK_SECS)
-                    && let Err(error) = app.purge_audit_events().await
-                {
-                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "audit retention purge failed");
-                }
-            }
-            _ = shutdown.changed() => {
-                // Events written since the last checkpoint get one on a clean shutdown.
-                if app.can_sign_tokens() {
-                    let _ = app.checkpoint_audit_now(true).await;
-                }
-                return;
-            }
+    let app = &app;
+    let interval = tokio::time::interval(Duration::from_secs(AUDIT_TICK_SECS));
+    every(app, interval, &mut shutdown, move |ticks| async move {
+        warn_failed(app.checkpoint_audit_if_due().await, "audit checkpoint failed");
+        // The first verification runs a tick after start, then on the interval.
+        if verify_every > 0 && (ticks == 1 || ticks.is_multiple_of(verify_every)) {
+            warn_failed(app.run_audit_verification().await, "audit verification could not run");
         }
+        if ticks.is_multiple_of(3600 / AUDIT_TICK_SECS) {
+            warn_failed(app.purge_audit_events().await, "audit retention purge failed");
+        }
+    })
+    .await;
+    // Events written since the last checkpoint get one on a clean shutdown.
+    if app.can_sign_tokens() {
+        let _ = app.checkpoint_audit_now(true).await;
     }
 }
 
 /// Until shutdown: applies the retention policies every hour (the first time a minute after start,
 /// so a restart loop does not turn into a purge loop). Each purge is in the audit trail.
 async fn retention_upkeep(app: App, mut shutdown: watch::Receiver<bool>) {
+    let app = &app;
     let start = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut interval = tokio::time::interval_at(start, Duration::from_secs(3600));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {
-                if !app.can_sign_tokens() {
-                    continue;
-                }
-                if let Err(error) = app.run_retention(false).await {
-                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "retention purge failed");
-                }
-            }
-            _ = shutdown.changed() => return,
-        }
-    }
+    let interval = tokio::time::interval_at(start, Duration::from_secs(3600));
+    every(app, interval, &mut shutdown, move |_| async move {
+        warn_failed(app.run_retention(false).await, "retention purge failed");
+    })
+    .await;
 }
 
 /// The current UTC time for the cron schedules.
@@ -643,85 +601,94 @@ pub async fn run_drill(backups: &portcullis_app::Backups, config: &Config) {
 /// Picks up sessions revoked by other nodes until shutdown, so their access tokens stop working here
 /// within [`portcullis_app::REVOCATION_SYNC_SECS`].
 async fn sync_revocations(app: App, mut shutdown: watch::Receiver<bool>) {
-    let mut interval = tokio::time::interval(Duration::from_secs(portcullis_app::REVOCATION_SYNC_SECS));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {
-                // Before the schema is current (the server started ahead of `portcullis migrate`)
-                // there is nothing to sync and no token to check.
-                if !app.can_sign_tokens() {
-                    continue;
-                }
-                if let Err(error) = app.sync_revocations().await {
-                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "revocation sync failed");
-                }
-            }
-            _ = shutdown.changed() => return,
-        }
-    }
+    let app = &app;
+    let interval = tokio::time::interval(Duration::from_secs(portcullis_app::REVOCATION_SYNC_SECS));
+    every(app, interval, &mut shutdown, move |_| async move {
+        warn_failed(app.sync_revocations().await, "revocation sync failed");
+    })
+    .await;
 }
 
 /// Until shutdown: reloads keys other nodes (or the CLI) changed and runs the rotation schedule, every
 /// [`portcullis_app::KEY_SYNC_SECS`]. Kept apart from re-encryption, whose batches must never delay
 /// a node learning that a key was destroyed.
 async fn sync_keys(app: App, mut shutdown: watch::Receiver<bool>) {
-    let mut interval = tokio::time::interval(Duration::from_secs(portcullis_app::KEY_SYNC_SECS));
+    let app = &app;
+    let interval = tokio::time::interval(Duration::from_secs(portcullis_app::KEY_SYNC_SECS));
+    every(app, interval, &mut shutdown, move |_| async move {
+        let result = async {
+            app.reload_keys_if_changed().await?;
+            app.run_key_schedule().await
+        }
+        .await;
+        warn_failed(result, "key sync failed");
+    })
+    .await;
+}
+
+/// Until shutdown: moves rows still under a retired personal-data or blind-index key to the active
+/// one, a batch per table at a time.
+async fn reencrypt(app: App, mut shutdown: watch::Receiver<bool>) {
+    let app = &app;
+    // A batch in progress stops at shutdown too, not only the wait between batches.
+    let stop = &shutdown.clone();
+    let interval = tokio::time::interval(Duration::from_secs(portcullis_app::KEY_SYNC_SECS));
+    every(app, interval, &mut shutdown, move |_| async move {
+        let work = async {
+            if app.reencryption_remaining().await? == 0 {
+                return Ok(());
+            }
+            let step = app.reencrypt_step().await?;
+            tracing::info!(
+                resealed = step.resealed,
+                reindexed = step.reindexed,
+                skipped = step.skipped,
+                remaining = step.remaining,
+                "re-encrypting personal data under the active keys"
+            );
+            Ok::<_, portcullis_app::AppError>(())
+        };
+        let mut stop = stop.clone();
+        tokio::select! {
+            result = work => warn_failed(result, "re-encryption failed"),
+            _ = stop.changed() => {}
+        }
+    })
+    .await;
+}
+
+/// Runs `work` on each tick of `interval` until shutdown, once the schema is current (a server
+/// started ahead of `portcullis migrate` has nothing to work on), passing how many ticks did work.
+/// A tick's work runs to its end before shutdown is seen.
+async fn every<F, Fut>(
+    app: &App,
+    mut interval: tokio::time::Interval,
+    shutdown: &mut watch::Receiver<bool>,
+    mut work: F,
+) where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = ()>,
+{
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = interval.tick() => {
                 if !app.can_sign_tokens() {
                     continue;
                 }
-                let result = async {
-                    app.reload_keys_if_changed().await?;
-                    app.run_key_schedule().await
-                }
-                .await;
-                if let Err(error) = result {
-                    tracing::warn!(error = %portcullis_domain::error_chain(&error), "key sync failed");
-                }
+                ticks += 1;
+                work(ticks).await;
             }
             _ = shutdown.changed() => return,
         }
     }
 }
 
-/// Until shutdown: moves rows still under a retired personal-data or blind-index key to the active
-/// one, a batch per table at a time.
-async fn reencrypt(app: App, mut shutdown: watch::Receiver<bool>) {
-    let mut interval = tokio::time::interval(Duration::from_secs(portcullis_app::KEY_SYNC_SECS));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {
-                if !app.can_sign_tokens() {
-                    continue;
-                }
-                let work = async {
-                    if app.reencryption_remaining().await? == 0 {
-                        return Ok(());
-                    }
-                    let step = app.reencrypt_step().await?;
-                    tracing::info!(
-                        resealed = step.resealed,
-                        reindexed = step.reindexed,
-                        skipped = step.skipped,
-                        remaining = step.remaining,
-                        "re-encrypting personal data under the active keys"
-                    );
-                    Ok::<_, portcullis_app::AppError>(())
-                };
-                tokio::select! {
-                    result = work => if let Err(error) = result {
-                        tracing::warn!(error = %portcullis_domain::error_chain(&error), "re-encryption failed");
-                    },
-                    _ = shutdown.changed() => return,
-                }
-            }
-            _ = shutdown.changed() => return,
-        }
+/// Logs a background task's failure with its cause chain; the task runs again on its next tick.
+fn warn_failed<T>(result: Result<T, portcullis_app::AppError>, what: &'static str) {
+    if let Err(error) = result {
+        tracing::warn!(error = %portcullis_domain::error_chain(&error), "{what}");
     }
 }
 

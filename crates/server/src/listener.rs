@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use portcullis_app::Metrics;
 use portcullis_web::ConnectionInfo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -46,12 +47,71 @@ pub struct ConnectionLimits {
     pub shutdown_grace: Duration,
 }
 
+/// What a TLS listener needs besides its socket: the certificate in service, and the metrics that
+/// count handshakes it refused.
+#[derive(Debug, Clone)]
+pub struct TlsEndpoint {
+    pub reloader: Arc<TlsReloader>,
+    pub metrics: Metrics,
+}
+
+/// Why a TLS handshake did not complete: a closed set, so it can be a metric label and a stable log
+/// field (ASVS V16.3.4), and never carries the peer's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandshakeFailure {
+    /// Nothing in common: an old protocol version, no shared cipher suite, group or signature scheme
+    /// (downgrade attempts and old clients land here).
+    Incompatible,
+    /// Not TLS, or a malformed handshake message (scanners, plain HTTP sent to the TLS port).
+    Malformed,
+    /// The client refused us with an alert, most often because it does not trust our certificate.
+    ClientAlert,
+    /// The connection closed or reset mid-handshake.
+    Closed,
+    /// No complete handshake within [`HANDSHAKE_TIMEOUT`].
+    Timeout,
+    Other,
+}
+
+impl HandshakeFailure {
+    fn of(error: &std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        match error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::PeerIncompatible(_) | rustls::Error::NoApplicationProtocol) => {
+                Self::Incompatible
+            }
+            Some(rustls::Error::InvalidMessage(_) | rustls::Error::PeerMisbehaved(_)) => Self::Malformed,
+            Some(rustls::Error::AlertReceived(_)) => Self::ClientAlert,
+            Some(_) => Self::Other,
+            None => match error.kind() {
+                ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe => Self::Closed,
+                ErrorKind::InvalidData => Self::Malformed,
+                _ => Self::Other,
+            },
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Incompatible => "incompatible",
+            Self::Malformed => "malformed",
+            Self::ClientAlert => "client_alert",
+            Self::Closed => "closed",
+            Self::Timeout => "timeout",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` turns true, then stops accepting, lets in-flight
 /// requests finish within the grace period, aborts what is left, and returns.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    tls: Option<Arc<TlsReloader>>,
+    tls: Option<TlsEndpoint>,
     limits: ConnectionLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -144,21 +204,27 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, stream: TcpStream, tls: Option<Arc<TlsReloader>>) {
+    async fn run(self, stream: TcpStream, tls: Option<TlsEndpoint>) {
         let _ = stream.set_nodelay(true);
-        match tls {
-            Some(reloader) => {
-                let acceptor = TlsAcceptor::from(reloader.current());
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => self.serve(stream, true).await,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, client_ip = %self.peer.ip(), "TLS handshake failed");
-                    }
-                    Err(_) => tracing::debug!(client_ip = %self.peer.ip(), "TLS handshake timed out"),
-                }
-            }
-            None => self.serve(stream, false).await,
-        }
+        let Some(tls) = tls else { return self.serve(stream, false).await };
+        let acceptor = TlsAcceptor::from(tls.reloader.current());
+        let failure = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => return self.serve(stream, true).await,
+            Ok(Err(error)) => (HandshakeFailure::of(&error), Some(error)),
+            Err(_) => (HandshakeFailure::Timeout, None),
+        };
+        // Info, not warn: scanners and old clients make these all day. The metric is what an alert
+        // watches (a jump in `incompatible` is a downgrade probe; in `client_alert`, a certificate
+        // clients stopped trusting). rustls's error text names protocol facts only, never peer data.
+        let (reason, error) = failure;
+        tls.metrics.tls_handshake_failed(reason.as_str());
+        tracing::info!(
+            reason = reason.as_str(),
+            error = error.as_ref().map(tracing::field::display),
+            client_ip = %self.peer.ip(),
+            client_port = self.peer.port(),
+            "TLS handshake failed"
+        );
     }
 
     async fn serve<S>(mut self, stream: S, tls: bool)

@@ -160,6 +160,70 @@ mod tests {
         }
     }
 
+    /// A relay (or someone between us and it) that answers in clear text: one that leaves STARTTLS out
+    /// of its EHLO reply, or one that speaks plain SMTP on the implicit-TLS port. Returns the port and
+    /// every line the client sent.
+    async fn clear_text_relay() -> (u16, tokio::task::JoinHandle<Vec<String>>) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let serve = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut read = BufReader::new(read);
+            let mut heard = Vec::new();
+            write.write_all(b"220 relay.example.com ESMTP\r\n").await.unwrap();
+            loop {
+                let mut line = Vec::new();
+                match tokio::time::timeout(Duration::from_secs(5), read.read_until(b'\n', &mut line)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => break,
+                }
+                // Lossy: a TLS ClientHello sent to the clear-text port is bytes, not a command.
+                let line = String::from_utf8_lossy(&line).trim_end().to_owned();
+                let reply: &[u8] = if line.starts_with("EHLO") {
+                    b"250-relay.example.com\r\n250-AUTH PLAIN LOGIN\r\n250 SIZE 10000000\r\n"
+                } else if line == "QUIT" {
+                    b"221 bye\r\n"
+                } else {
+                    b"250 ok\r\n"
+                };
+                heard.push(line);
+                if write.write_all(reply).await.is_err() {
+                    break;
+                }
+            }
+            heard
+        });
+        (port, serve)
+    }
+
+    /// ASVS V16.3.4 and V12.3.x: a backend TLS failure is an error naming the relay (logged by the
+    /// caller as "email was not sent"), and nothing, not even the sender, goes out in clear text.
+    #[tokio::test]
+    async fn a_relay_that_drops_starttls_or_speaks_clear_text_gets_no_message_and_the_send_fails() {
+        for security in [SmtpSecurity::StartTls, SmtpSecurity::ImplicitTls] {
+            let (port, relay) = clear_text_relay().await;
+            let mut remote = settings("127.0.0.1", security);
+            remote.port = port;
+            remote.username = Some("portcullis".into());
+            remote.password = Some(SecretString::from("relay-password-canary"));
+            remote.timeout = Duration::from_secs(5);
+            let email = OutgoingEmail {
+                to: Email::parse("dave@example.com").unwrap(),
+                subject: "Reset your password".into(),
+                text: "https://id.example.com/reset#token-1234\n".into(),
+            };
+            let error = SmtpMailer::new(remote).unwrap().send(&email).await.unwrap_err();
+            assert!(matches!(error, MailError::Smtp(_)), "{security:?}: {error:?}");
+            let heard = relay.await.unwrap();
+            let said = heard.join("\n");
+            for secret in ["MAIL FROM", "RCPT TO", "AUTH", "DATA", "dave@example.com", "token-1234"] {
+                assert!(!said.contains(secret), "{security:?}: sent {secret:?} in clear text: {heard:?}");
+            }
+        }
+    }
+
     #[test]
     fn credentials_need_both_a_username_and_a_password() {
         let mut only_user = settings("smtp.example.com", SmtpSecurity::StartTls);

@@ -157,6 +157,72 @@ async fn a_tls_1_1_client_is_refused_during_the_handshake() {
     app.stop().await;
 }
 
+/// ASVS V16.3.4: a handshake the listener refuses is logged (reason, client address, no peer bytes)
+/// and counted by reason, so a downgrade probe or a certificate clients stopped trusting shows up.
+#[tokio::test]
+async fn a_refused_handshake_is_logged_and_counted_by_reason() {
+    const TOKEN: &str = "tls-metrics-scraper-token-0123456789";
+    let (ca, cert, key) = test_certificates("refusals");
+    let certs = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = write_pair(certs.path(), &cert, &key);
+    let app = spawn_with(|c| {
+        c.tls.cert_file = Some(cert_path);
+        c.tls.key_file = Some(key_path);
+        c.metrics.token = Some(portcullis::config::Secret::new(TOKEN.into()));
+    })
+    .await;
+    let addr = app.addr;
+    let refused = move |hello: Vec<u8>| async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let port = stream.local_addr().unwrap().port();
+        stream.write_all(&hello).await.unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await.unwrap().ok();
+        port
+    };
+    let old_client = refused(tls11_client_hello()).await;
+    let plain_http = refused(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n".to_vec()).await;
+
+    let line_for = |port: u16| {
+        // The server logs after answering; give it a moment.
+        (0..50).find_map(|_| {
+            let line = crate::support::log_lines().into_iter().find(|line| {
+                line["message"] == "TLS handshake failed" && line["client_port"] == u64::from(port)
+            });
+            if line.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            line
+        })
+    };
+    let old = line_for(old_client).expect("the TLS 1.1 handshake is logged");
+    assert_eq!(
+        (old["level"].as_str(), old["reason"].as_str()),
+        (Some("INFO"), Some("incompatible")),
+        "{old}"
+    );
+    assert_eq!(old["client_ip"], "127.0.0.1");
+    let plain = line_for(plain_http).expect("plain HTTP on the TLS port is logged");
+    assert_eq!(plain["reason"], "malformed", "{plain}");
+    assert!(!plain.to_string().contains("healthz"), "the peer's bytes are not logged: {plain}");
+
+    let url = format!("https://localhost:{}/metrics", app.addr.port());
+    let text = client(&[&ca], None, app.addr)
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in ["incompatible", "malformed"] {
+        let series = format!("portcullis_tls_handshake_failures_total{{reason=\"{reason}\"}} 1");
+        assert!(text.lines().any(|l| l == series), "no `{series}` in:\n{text}");
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_reloaded_certificate_is_served_to_new_connections_while_open_ones_keep_working() {
     let (ca1, cert1, key1) = test_certificates("first");
