@@ -12,6 +12,13 @@ use serde_json::{Value, json};
 /// of these names would be written twice, so they are left out here.
 const MEMBERS: &[&str] = &["type", "title", "status", "detail", "request_id", "errors"];
 
+/// serde_json (built here with `raw_value`, which a dependency turns on) reads an object whose first
+/// key is this token as an embedded raw value, so a `Value` read of a correct document holding it
+/// fails. The writer is not at fault (crash-fba3668b, and the regression test
+/// `a_member_named_like_serde_jsons_raw_value_token_is_written_as_plain_json` in crates/web); the
+/// oracle checks such documents with `IgnoredAny` and leaves the token out of the members it compares.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
 #[derive(Debug, Arbitrary)]
 enum Extension {
     Null,
@@ -33,7 +40,9 @@ impl Extension {
             Extension::Text(s) => json!(s),
             Extension::List(items) => json!(items),
             Extension::Object(pairs) => {
-                Value::Object(pairs.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+                Value::Object(
+                    pairs.iter().filter(|(k, _)| k != RAW_VALUE_TOKEN).map(|(k, v)| (k.clone(), json!(v))).collect(),
+                )
             }
         }
     }
@@ -57,7 +66,7 @@ fuzz_target!(|input: Input| {
         .map(|(field, message)| FieldError { field: field.clone(), message: message.clone() })
         .collect();
     for (name, value) in &input.extensions {
-        if !MEMBERS.contains(&name.as_str()) {
+        if !MEMBERS.contains(&name.as_str()) && name != RAW_VALUE_TOKEN {
             problem = problem.with_extension(name, value.to_value());
         }
     }
@@ -65,6 +74,10 @@ fuzz_target!(|input: Input| {
     let document = problem.to_json(input.request_id.as_deref());
 
     assert!(document.iter().all(|b| *b >= 0x20), "unescaped control character in {document:?}");
+    // Well-formed JSON, read without serde_json's raw-value interpretation.
+    if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&document) {
+        panic!("not JSON ({error}): {:?}", String::from_utf8_lossy(&document));
+    }
     let json: Value = match serde_json::from_slice(&document) {
         Ok(json) => json,
         Err(error) => panic!("not JSON ({error}): {:?}", String::from_utf8_lossy(&document)),

@@ -18,6 +18,8 @@ mod csrf;
 mod erasure;
 mod error;
 mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 mod instance;
 mod keys;
 pub mod mail;

@@ -47,12 +47,53 @@ pub struct ConnectionLimits {
     pub shutdown_grace: Duration,
 }
 
-/// What a TLS listener needs besides its socket: the certificate in service, and the metrics that
-/// count handshakes it refused.
+/// At most this many refused-handshake lines a second per listener: a client can fail handshakes as
+/// fast as it can open connections, and a log line costs more than the connection. The metric still
+/// counts every one, and the next line logged says how many were left out.
+const HANDSHAKE_LINES_PER_SEC: u32 = 10;
+
+/// What a TLS listener needs besides its socket: the certificate in service, and the metrics and log
+/// budget for handshakes it refuses.
 #[derive(Debug, Clone)]
 pub struct TlsEndpoint {
-    pub reloader: Arc<TlsReloader>,
-    pub metrics: Metrics,
+    reloader: Arc<TlsReloader>,
+    metrics: Metrics,
+    log_budget: Arc<LogBudget>,
+}
+
+impl TlsEndpoint {
+    pub fn new(reloader: Arc<TlsReloader>, metrics: Metrics) -> Self {
+        Self { reloader, metrics, log_budget: Arc::default() }
+    }
+}
+
+/// A per-second allowance of log lines, and the count of lines left out since the last one logged.
+#[derive(Debug, Default)]
+struct LogBudget(std::sync::Mutex<LogWindow>);
+
+#[derive(Debug, Default)]
+struct LogWindow {
+    started: Option<tokio::time::Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    /// `Some(lines left out before this one)` when a line may be logged at `now`.
+    fn take(&self, now: tokio::time::Instant) -> Option<u64> {
+        let mut window = self.0.lock().ok()?;
+        if window.started.is_none_or(|started| now.duration_since(started) >= Duration::from_secs(1)) {
+            window.started = Some(now);
+            window.used = 0;
+        }
+        if window.used < HANDSHAKE_LINES_PER_SEC {
+            window.used += 1;
+            Some(std::mem::take(&mut window.suppressed))
+        } else {
+            window.suppressed += 1;
+            None
+        }
+    }
 }
 
 /// Why a TLS handshake did not complete: a closed set, so it can be a metric label and a stable log
@@ -213,18 +254,29 @@ impl Connection {
             Ok(Err(error)) => (HandshakeFailure::of(&error), Some(error)),
             Err(_) => (HandshakeFailure::Timeout, None),
         };
-        // Info, not warn: scanners and old clients make these all day. The metric is what an alert
-        // watches (a jump in `incompatible` is a downgrade probe; in `client_alert`, a certificate
-        // clients stopped trusting). rustls's error text names protocol facts only, never peer data.
+        // The metric counts every failure; it is what an alert watches (a jump in `incompatible` is a
+        // downgrade probe; in `client_alert`, a certificate clients stopped trusting).
         let (reason, error) = failure;
         tls.metrics.tls_handshake_failed(reason.as_str());
-        tracing::info!(
-            reason = reason.as_str(),
-            error = error.as_ref().map(tracing::field::display),
-            client_ip = %self.peer.ip(),
-            client_port = self.peer.port(),
-            "TLS handshake failed"
-        );
+        let error = error.as_ref().map(tracing::field::display);
+        let (client_ip, client_port) = (self.peer.ip(), self.peer.port());
+        // A connection dropped or left idle (port scans, TCP health checks) is no refusal: debug.
+        if matches!(reason, HandshakeFailure::Closed | HandshakeFailure::Timeout) {
+            tracing::debug!(reason = reason.as_str(), error, %client_ip, client_port, "TLS handshake failed");
+            return;
+        }
+        // Info, not warn: scanners and old clients make these all day; at most a few lines a second.
+        // rustls's error text names protocol facts only, never the peer's bytes.
+        if let Some(suppressed) = tls.log_budget.take(tokio::time::Instant::now()) {
+            tracing::info!(
+                reason = reason.as_str(),
+                error,
+                %client_ip,
+                client_port,
+                suppressed,
+                "TLS handshake failed"
+            );
+        }
     }
 
     async fn serve<S>(mut self, stream: S, tls: bool)
@@ -264,5 +316,23 @@ impl Connection {
         if let Err(error) = result {
             tracing::debug!(%error, client_ip = %self.peer.ip(), "connection ended with an error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_handshakes_are_logged_a_few_a_second_and_the_next_line_counts_the_rest() {
+        let budget = LogBudget::default();
+        let start = tokio::time::Instant::now();
+        let first_second: Vec<Option<u64>> = (0..25).map(|_| budget.take(start)).collect();
+        let logged = first_second.iter().filter(|taken| taken.is_some()).count();
+        assert_eq!(logged, HANDSHAKE_LINES_PER_SEC as usize);
+        assert!(first_second.iter().flatten().all(|left_out| *left_out == 0));
+        // The next second's first line says how many the last one left out.
+        assert_eq!(budget.take(start + Duration::from_millis(1000)), Some(15));
+        assert_eq!(budget.take(start + Duration::from_millis(1001)), Some(0));
     }
 }

@@ -135,9 +135,26 @@ pub(crate) fn same_origin(
     https: bool,
     trusted: &[String],
 ) -> bool {
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    // A header that is there but not text, or there twice, is refused, not read as missing or as its
+    // first copy: browsers send each once, in ASCII, so only a forger sends anything else, and a
+    // missing Origin is the lenient case.
+    let text = |name: &str| {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (None, _) => Ok(None),
+            (Some(value), None) => value.to_str().map(Some).map_err(drop),
+            (Some(_), Some(_)) => Err(()),
+        }
+    };
+    let (Ok(origin), Ok(site)) = (text(header::ORIGIN.as_str()), text("sec-fetch-site")) else {
+        return false;
+    };
+    // An opaque origin (sandboxed frame, data: URL) is never ours, whatever the allowlist says.
+    if origin == Some("null") {
+        return false;
+    }
     let allow_listed = origin.is_some_and(|o| trusted.iter().any(|t| t == o));
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+    if let Some(site) = site
         && !matches!(site, "same-origin" | "none")
         && !allow_listed
     {
@@ -146,8 +163,6 @@ pub(crate) fn same_origin(
     match origin {
         None => true,
         Some(_) if allow_listed => true,
-        // An opaque origin (sandboxed frame, data: URL) is never ours.
-        Some("null") => false,
         // An origin is scheme, host and port (RFC 6454): ours is the scheme the client used to reach
         // us (directly or through a trusted proxy) and the authority it asked for. The configured
         // public URL's origin is in `trusted` too (see `routes::router`).
@@ -278,5 +293,32 @@ mod tests {
             "a sibling subdomain"
         );
         assert!(!same_origin(&headers(&[host, ("origin", "https://id.example.com.evil.example")]), &trusted));
+    }
+
+    /// Found while writing the csrf fuzz target: an Origin (or Sec-Fetch-Site) header holding a byte
+    /// that is not visible ASCII was read as no header at all, the lenient case.
+    #[test]
+    fn an_origin_or_fetch_site_header_that_is_not_text_or_sent_twice_is_refused() {
+        let host = http::HeaderValue::from_static("id.example.com");
+        for name in [header::ORIGIN.as_str(), "sec-fetch-site"] {
+            let mut map = HeaderMap::new();
+            map.insert(header::HOST, host.clone());
+            map.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(b"https://id.example.com\xff").unwrap(),
+            );
+            assert!(!same_origin(&map, Some("id.example.com"), true, &[]), "{name}");
+        }
+        let ours = http::HeaderValue::from_static("https://id.example.com");
+        let mut twice = HeaderMap::new();
+        twice.append(header::ORIGIN, ours.clone());
+        twice.append(header::ORIGIN, http::HeaderValue::from_static("https://evil.example"));
+        assert!(!same_origin(&twice, Some("id.example.com"), true, &[]), "two origins");
+        let mut null = HeaderMap::new();
+        null.insert(header::ORIGIN, http::HeaderValue::from_static("null"));
+        assert!(
+            !same_origin(&null, Some("id.example.com"), true, &["null".to_owned()]),
+            "null, allow-listed"
+        );
     }
 }

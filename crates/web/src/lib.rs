@@ -41,6 +41,17 @@ pub mod fuzzing {
     pub fn session_cookie(headers: &http::HeaderMap) -> Option<String> {
         crate::auth::session_cookie(headers)
     }
+
+    /// Whether a state-changing browser request is same-origin (or from a trusted origin), as the
+    /// cookie session's CSRF defence and the login's origin check decide it.
+    pub fn same_origin(
+        headers: &http::HeaderMap,
+        authority: Option<&str>,
+        https: bool,
+        trusted: &[String],
+    ) -> bool {
+        crate::auth::same_origin(headers, authority, https, trusted)
+    }
 }
 
 /// State shared by every handler.

@@ -209,6 +209,21 @@ mod tests {
         assert!(json.get("errors").is_none());
     }
 
+    /// From the problem_json fuzz target (crash-fba3668b): an extension object keyed by serde_json's
+    /// raw-value token. The writer emits it as the plain JSON it is; only a serde_json `Value` read
+    /// (with the `raw_value` feature) misreads it, which is why application audit details refuse the key.
+    #[test]
+    fn a_member_named_like_serde_jsons_raw_value_token_is_written_as_plain_json() {
+        let inner: serde_json::Map<_, _> =
+            [("$serde_json::private::RawValue".to_owned(), serde_json::json!(""))].into_iter().collect();
+        let body = Problem::new(ProblemType::MALFORMED_REQUEST, "")
+            .with_extension("\u{2})", serde_json::Value::Object(inner))
+            .to_json(None);
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body).expect("well-formed JSON");
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.ends_with(r#","\u0002)":{"$serde_json::private::RawValue":""}}"#), "{text}");
+    }
+
     #[test]
     fn an_unknown_error_status_falls_back_to_a_generic_type_of_the_same_class() {
         assert_eq!(ProblemType::for_status(StatusCode::IM_A_TEAPOT), ProblemType::MALFORMED_REQUEST);

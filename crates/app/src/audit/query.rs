@@ -37,6 +37,24 @@ pub const RESERVED_NAMESPACES: [&str; 12] = [
 /// The most events one `POST /v1/audit/events` carries.
 pub const MAX_APPLICATION_BATCH: usize = 100;
 
+/// The object key serde_json (with the `raw_value` feature, which axum and sqlx turn on) reads as an
+/// embedded raw value. Stored details are keyed in sorted order, so an event holding this key anywhere
+/// would read back as something other than the object written; such details are refused instead.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+/// Whether any object inside `details` has the raw-value key.
+fn holds_raw_value_token(details: &serde_json::Map<String, Value>) -> bool {
+    details.iter().any(|(key, value)| key == RAW_VALUE_TOKEN || value_holds_raw_value_token(value))
+}
+
+fn value_holds_raw_value_token(value: &Value) -> bool {
+    match value {
+        Value::Object(members) => holds_raw_value_token(members),
+        Value::Array(items) => items.iter().any(value_holds_raw_value_token),
+        _ => false,
+    }
+}
+
 /// What to list, as the caller gave it; each field checked here and named in the 422 when wrong.
 #[derive(Debug, Clone, Default)]
 pub struct AuditEventFilter<'a> {
@@ -249,6 +267,12 @@ impl App {
                 issues.push(FieldIssue::new(at("details"), "must be a JSON object"));
                 continue;
             };
+            if holds_raw_value_token(&details) {
+                issues.push(FieldIssue::new(
+                    at("details"),
+                    format!("must not use the key {RAW_VALUE_TOKEN:?}, which JSON readers reserve"),
+                ));
+            }
             if Value::Object(details.clone()).to_string().len() > MAX_AUDIT_DETAILS_BYTES {
                 issues.push(FieldIssue::new(
                     at("details"),

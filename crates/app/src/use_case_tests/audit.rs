@@ -440,6 +440,30 @@ async fn people_cannot_write_application_events() {
     forbidden(t.app.record_application_events(&owner, vec![app_event("invoice.paid", Some(&org))]).await);
 }
 
+/// Found by the problem_json fuzz target: serde_json reads an object whose first key is its raw-value
+/// token as raw JSON. Stored details are keyed in sorted order ("$" first), so such details would
+/// read back as a string, not the object written; they are refused, at any depth.
+#[tokio::test]
+async fn details_holding_serde_jsons_raw_value_key_are_refused() {
+    let (t, _, org, service) = service_in_org(BuiltinRole::Owner, &["audit:write", "audit:read"]).await;
+    let before = all_events(&t.app).await.len();
+    let token = "$serde_json::private::RawValue";
+    let mut top = app_event("invoice.paid", Some(&org));
+    top.details = Some(serde_json::Value::Object(
+        [("amount".to_owned(), serde_json::json!(1)), (token.to_owned(), serde_json::json!("x"))]
+            .into_iter()
+            .collect(),
+    ));
+    let mut nested = app_event("invoice.paid", Some(&org));
+    let inner: serde_json::Map<_, _> = [(token.to_owned(), serde_json::json!("[1]"))].into_iter().collect();
+    nested.details = Some(serde_json::json!({"lines": [{"sku": "a"}, inner]}));
+    let error = t.app.record_application_events(&service, vec![top, nested]).await.unwrap_err();
+    let AppError::Validation(issues) = error else { panic!("{error:?}") };
+    let fields: Vec<&str> = issues.iter().map(|i| i.field.as_ref()).collect();
+    assert_eq!(fields, ["/events/0/details", "/events/1/details"]);
+    assert_eq!(all_events(&t.app).await.len(), before);
+}
+
 #[tokio::test]
 async fn a_batch_with_any_bad_event_is_refused_whole_naming_each_field_by_index() {
     let (t, _, org, service) = service_in_org(BuiltinRole::Owner, &["audit:write", "audit:read"]).await;
