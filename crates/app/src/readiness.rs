@@ -83,7 +83,7 @@ mod tests {
         let readiness = app.readiness().await;
         assert!(!readiness.is_ready());
         assert_eq!(readiness.database, CheckState::Ok);
-        assert_eq!(readiness.migrations, CheckState::Failed("9 migration(s) pending".into()));
+        assert_eq!(readiness.migrations, CheckState::Failed("10 migration(s) pending".into()));
         assert_eq!(readiness.keys, CheckState::Failed("no token signing key is loaded".into()));
     }
 

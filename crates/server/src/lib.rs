@@ -242,7 +242,10 @@ pub async fn open_store_at(url: &str) -> Result<Arc<dyn Store>, StartError> {
 pub async fn scratch_store(config: &Config) -> Result<(tempfile::TempDir, SqliteStore), StartError> {
     let staging = config.backup_settings().staging_dir;
     let io = |source| StartError::DataDir { path: staging.display().to_string(), source };
-    std::fs::create_dir_all(&staging).map_err(io)?;
+    // Owner-only, as the backups' own staging is: a backup is read from here twice.
+    let mut folder = std::fs::DirBuilder::new();
+    std::os::unix::fs::DirBuilderExt::mode(folder.recursive(true), 0o700);
+    folder.create(&staging).map_err(io)?;
     let dir = tempfile::Builder::new().prefix("scratch-").tempdir_in(&staging).map_err(io)?;
     let store = SqliteStore::open(&SqliteOptions::new(dir.path().join("scratch.db"))).await?;
     Ok((dir, store))
@@ -338,7 +341,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
             // (`config check` shows the recipients).
             tracing::debug!("backup.enabled but no backup.recipients: no scheduled backups until one is set");
         } else {
-            let backups = backups(config, &app)?;
+            let backups = backups(config, &app)?.with_node(node_name());
             tasks.push(tokio::spawn(backup_upkeep(backups, config.clone(), receiver.clone())));
         }
     }
@@ -372,8 +375,7 @@ pub async fn start(config: &Config, options: StartOptions) -> Result<RunningServ
         max_connections: config.http.max_connections,
         shutdown_grace: Duration::from_secs(config.http.shutdown_grace_secs),
     };
-    let endpoint =
-        tls.clone().map(|reloader| listener::TlsEndpoint { reloader, metrics: app.metrics().clone() });
+    let endpoint = tls.clone().map(|reloader| listener::TlsEndpoint::new(reloader, app.metrics().clone()));
     tasks.push(tokio::spawn(listener::serve(listener, router, endpoint, limits, receiver.clone())));
 
     let mut redirect_addr = None;
@@ -528,36 +530,121 @@ fn next_run(schedule: &croner::Cron, after: chrono::DateTime<chrono::Utc>) -> ch
     schedule.find_next_occurrence(&after, false).unwrap_or(after + chrono::TimeDelta::days(1))
 }
 
+/// This node's name in claims on scheduled runs: the host name and the process id (informative
+/// only, so an unreadable host name is `unknown`).
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    format!("{host}:{}", std::process::id())
+}
+
 /// Until shutdown: a backup on `backup.schedule`, followed by a prune; the restore drill (verify of
 /// the newest backup) on `backup.drill_schedule`. Failures are `backup.failed` audit events and
-/// `backup_failed` security events (which alert); successes move the backup metrics.
-async fn backup_upkeep(
-    backups: portcullis_app::Backups,
-    config: Config,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// `backup_failed` security events (which alert); successes move the backup metrics. Each slot is
+/// claimed first, so with several nodes on one database only one of them runs it.
+async fn backup_upkeep(backups: portcullis_app::Backups, config: Config, shutdown: watch::Receiver<bool>) {
     let (Ok(schedule), Ok(drill)) = (
         config::parse_schedule(&config.backup.schedule),
         config::parse_schedule(&config.backup.drill_schedule),
     ) else {
         return;
     };
-    let now = utc_now();
-    let (mut next_backup, mut next_drill) = (next_run(&schedule, now), next_run(&drill, now));
+    // Two schedules side by side, not one loop: a drill that hangs (on a crafted archive, a stalled
+    // target) must not hold up the nightly backups, and it is given up after DRILL_TIMEOUT.
+    let backups = &backups;
+    let config = &config;
+    let backup_slots = on_schedule(&schedule, shutdown.clone(), |slot| async move {
+        run_scheduled_backup_at(backups, slot).await;
+    });
+    let drill_slots = on_schedule(&drill, shutdown, |slot| async move {
+        if tokio::time::timeout(DRILL_TIMEOUT, run_drill_at(backups, config, slot)).await.is_err() {
+            let why =
+                format!("the restore drill did not finish within {} hours", DRILL_TIMEOUT.as_secs() / 3600);
+            if let Err(error) = backups.record_failure("drill", None, &why).await {
+                tracing::warn!(error = %portcullis_domain::error_chain(&error), "a drill failure was not recorded");
+            }
+        }
+    });
+    tokio::join!(backup_slots, drill_slots);
+}
+
+/// How long a restore drill may take before it is given up and reported as failed (a verify of a
+/// million audit events takes under a minute here; hours mean something is wrong).
+const DRILL_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// Until shutdown: waits for each time `schedule` names and runs `work` with it (the slot). A run
+/// that outlasts the next time skips that one (the slot after it is the next run).
+async fn on_schedule<F, Fut>(schedule: &croner::Cron, mut shutdown: watch::Receiver<bool>, mut work: F)
+where
+    F: FnMut(portcullis_domain::Timestamp) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut due = next_run(schedule, utc_now());
     loop {
-        let drill_first = next_drill < next_backup;
-        let due = if drill_first { next_drill } else { next_backup };
         let wait = (due - utc_now()).to_std().unwrap_or_default();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
-        if drill_first {
-            next_drill = next_run(&drill, due);
-            run_drill(&backups, &config).await;
-        } else {
-            next_backup = next_run(&schedule, due);
-            run_scheduled_backup(&backups).await;
+        work(portcullis_domain::Timestamp::from_unix_millis(due.timestamp_millis())).await;
+        due = next_run(schedule, due.max(utc_now()));
+    }
+}
+
+/// The slot of `backup.schedule` at `slot` (the time the schedule named, the same on every node),
+/// if this node claims it first: [`run_scheduled_backup`]. Whether this node ran it. Public for the
+/// e2e tests.
+pub async fn run_scheduled_backup_at(
+    backups: &portcullis_app::Backups,
+    slot: portcullis_domain::Timestamp,
+) -> bool {
+    let claimed = claim(backups, "backup", slot).await;
+    if claimed {
+        run_scheduled_backup(backups).await;
+    }
+    claimed
+}
+
+/// The slot of `backup.drill_schedule` at `slot`, if this node claims it first: [`run_drill`].
+/// Whether this node ran it.
+pub async fn run_drill_at(
+    backups: &portcullis_app::Backups,
+    config: &Config,
+    slot: portcullis_domain::Timestamp,
+) -> bool {
+    let claimed = claim(backups, "drill", slot).await;
+    if claimed {
+        run_drill(backups, config).await;
+    }
+    claimed
+}
+
+/// Claims a scheduled run for this node. A claim that cannot be made (the database is down) skips
+/// the run: a backup or a drill needs the database anyway, and the next slot tries again, while the
+/// backup gauges stop moving (which is what alerts on a missed backup).
+async fn claim(
+    backups: &portcullis_app::Backups,
+    task: &'static str,
+    slot: portcullis_domain::Timestamp,
+) -> bool {
+    match backups.claim_scheduled_run(task, slot).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::info!(task, slot = %slot.to_rfc3339(), "another node has claimed this scheduled run; skipped");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(
+                task,
+                slot = %slot.to_rfc3339(),
+                error = %portcullis_domain::error_chain(&error),
+                "the scheduled run could not be claimed; skipped until the next slot"
+            );
+            false
         }
     }
 }

@@ -18,6 +18,7 @@ mod organizations;
 mod pii;
 mod retention;
 mod roles;
+mod scheduler;
 mod security_events;
 mod sessions;
 

@@ -33,6 +33,7 @@ mod ip_rules;
 mod login_throttle;
 mod mfa;
 mod roles;
+mod scheduler;
 mod security_events;
 
 /// Why a check failed, in words that name the step and the engine's error chain.
@@ -79,6 +80,18 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "a_load_with_other_columns_is_refused_naming_the_table_and_column",
         run: |s| Box::pin(dump::a_load_with_other_columns_is_refused_naming_the_table_and_column(s)),
+    },
+    Check {
+        name: "a_scheduled_run_is_claimed_once_per_task_and_slot",
+        run: |s| Box::pin(scheduler::a_scheduled_run_is_claimed_once_per_task_and_slot(s)),
+    },
+    Check {
+        name: "a_winning_claim_forgets_its_tasks_claims_past_their_keeping",
+        run: |s| Box::pin(scheduler::a_winning_claim_forgets_its_tasks_claims_past_their_keeping(s)),
+    },
+    Check {
+        name: "nodes_claiming_one_slot_at_once_have_exactly_one_winner",
+        run: |s| Box::pin(scheduler::nodes_claiming_one_slot_at_once_have_exactly_one_winner(s)),
     },
     Check {
         name: "a_login_throttle_round_trips_is_replaced_whole_and_clears",

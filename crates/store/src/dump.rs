@@ -41,6 +41,7 @@ pub const TABLES: &[&str] = &[
     "mfa_recovery_codes",
     "mfa_passkeys",
     "mfa_challenges",
+    "scheduled_runs",
 ];
 
 /// Tables a migration fills with a starting row (the audit chain's genesis head). A database holding

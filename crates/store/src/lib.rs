@@ -18,6 +18,7 @@ mod organizations;
 mod pii;
 mod retention;
 mod roles;
+mod scheduler;
 mod security_events;
 mod sessions;
 
@@ -42,6 +43,7 @@ pub use pii::{
 };
 pub use retention::RetentionStore;
 pub use roles::RoleStore;
+pub use scheduler::{SCHEDULED_RUN_CLAIMS_KEPT_MILLIS, SchedulerStore};
 pub use security_events::{SecurityEventCursor, SecurityEventPage, SecurityEventQuery, SecurityEventStore};
 pub use sessions::{RefreshSpend, SessionRecord, SessionStore};
 
@@ -183,6 +185,7 @@ pub trait StoreTx:
     + AuditStore
     + MfaStore
     + RetentionStore
+    + SchedulerStore
     + Send
 {
     /// Makes every change in the transaction durable.

@@ -414,7 +414,7 @@ async fn readyz_is_a_503_problem_naming_pending_migrations() {
     let (response, json) = send(&router, request("GET", "/readyz").body(Body::empty()).unwrap()).await;
     assert_problem(&response, &json, StatusCode::SERVICE_UNAVAILABLE, "not-ready");
     assert_eq!(json["checks"]["database"], "ok");
-    assert_eq!(json["checks"]["migrations"], "9 migration(s) pending");
+    assert_eq!(json["checks"]["migrations"], "10 migration(s) pending");
     assert_eq!(json["checks"]["keys"], "no token signing key is loaded");
 }
 

@@ -45,6 +45,9 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 /// details, passkey and ceremony state, sealed personal data) are kilobytes; 4 MiB leaves room for
 /// growth and bounds what one line of a crafted archive can make a reader hold (ASVS V5.2.3).
 pub const MAX_LINE: usize = 4 << 20;
+/// The most bytes of age header a reader looks through for its end (the header of a backup to a few
+/// recipients, or to a passphrase, is a few hundred bytes).
+const AGE_HEADER_MAX: usize = 64 << 10;
 /// The longest header, table or manifest line (a manifest of every table is ~20 KiB).
 const MAX_CONTROL_LINE: usize = 256 << 10;
 /// The most columns a table may have (the widest has about twenty).
@@ -517,11 +520,14 @@ pub enum Item {
     End(Box<Manifest>),
 }
 
+/// The input with its first bytes (read ahead to bound the age header) put back in front.
+type Prefixed<R> = std::io::Chain<std::io::Cursor<Vec<u8>>, R>;
+
 /// Reads and checks an archive: decrypts, decompresses, counts and hashes every table, and at the end
 /// authenticates the manifest and compares all of it with the manifest. Every defect is an error
 /// saying where and what.
 pub struct ArchiveReader<R: Read> {
-    lines: BufReader<zstd::Decoder<'static, BufReader<age::stream::StreamReader<R>>>>,
+    lines: BufReader<zstd::Decoder<'static, BufReader<age::stream::StreamReader<Prefixed<R>>>>>,
     header: Header,
     header_line: Vec<u8>,
     mac_key: zeroize::Zeroizing<[u8; 32]>,
@@ -544,11 +550,22 @@ impl<R: Read> ArchiveReader<R> {
     /// version, name the backup `expected_id`, and name a KEK `keks` holds (its derived key checks
     /// the manifest's MAC at the end).
     pub fn open(
-        input: R,
+        mut input: R,
         identities: &[Box<dyn age::Identity + Send + Sync>],
         expected_id: &str,
         keks: &KekSet,
     ) -> Result<Self, String> {
+        // age reads its header without a bound (and re-parses it as it grows): a crafted one of
+        // megabytes would keep a thread busy for hours. Ours is a few hundred bytes.
+        let mut prefix = Vec::with_capacity(AGE_HEADER_MAX);
+        (&mut input)
+            .take(AGE_HEADER_MAX as u64)
+            .read_to_end(&mut prefix)
+            .map_err(|e| format!("read: {e}"))?;
+        if !prefix.windows(5).any(|w| w == b"\n--- ") {
+            return Err(format!("not a backup: no age header within its first {} KiB", AGE_HEADER_MAX >> 10));
+        }
+        let input = std::io::Cursor::new(prefix).chain(input);
         let decryptor = age::Decryptor::new(input).map_err(|e| format!("not a readable age file: {e}"))?;
         let is_passphrase_file = decryptor.is_scrypt();
         let plain =

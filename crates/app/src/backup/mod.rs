@@ -152,6 +152,8 @@ pub struct Backups {
     target: Arc<dyn BackupTarget>,
     settings: BackupSettings,
     meter: Arc<Meter>,
+    /// Who this node is when it claims a scheduled run (informative only).
+    node: String,
 }
 
 fn defect(why: impl Into<String>) -> AppError {
@@ -221,7 +223,28 @@ impl Backups {
         if settings.passphrase.is_some() && !settings.recipients.is_empty() {
             return Err(defect("age encrypts to recipients or to one passphrase, not both"));
         }
-        Ok(Self { app, target, settings, meter: Arc::default() })
+        let node = format!("pid-{}", std::process::id());
+        Ok(Self { app, target, settings, meter: Arc::default(), node })
+    }
+
+    /// Names this node in the claims it makes on scheduled runs (`serve`: host name and process
+    /// id). Only informative: which node ran a slot is in `scheduled_runs`.
+    #[must_use]
+    pub fn with_node(mut self, node: impl Into<String>) -> Self {
+        self.node = node.into();
+        self
+    }
+
+    /// Claims the run of `task` (`backup`, `drill`) that its schedule named for `slot`, for this
+    /// node: whether this node runs it. With several nodes on one database each slot is run by the
+    /// first node to claim it; the others are told no (docs/decisions/0012-backups.md,
+    /// "Scheduling"). Needs: the scheduler in `serve`; an operator's `portcullis backup create`
+    /// never claims, it always runs.
+    pub async fn claim_scheduled_run(&self, task: &str, slot: Timestamp) -> Result<bool, AppError> {
+        let mut tx = self.app.inner.store.begin().await?;
+        let claimed = tx.claim_scheduled_run(task, slot, &self.node, self.app.now()).await?;
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     /// The most bytes of decoded rows held at once between an archive and a database, and all that
@@ -235,7 +258,9 @@ impl Backups {
     fn recipients(&self) -> Result<Vec<Box<dyn age::Recipient + Send>>, AppError> {
         if let Some(passphrase) = &self.settings.passphrase {
             let passphrase = age::secrecy::SecretString::from(passphrase.expose_secret().to_owned());
-            return Ok(vec![Box::new(age::scrypt::Recipient::new(passphrase))]);
+            let mut recipient = age::scrypt::Recipient::new(passphrase);
+            recipient.set_work_factor(SCRYPT_LOG_N);
+            return Ok(vec![Box::new(recipient)]);
         }
         let recipients = parse_recipients(&self.settings.recipients).map_err(defect)?;
         if recipients.is_empty() {
@@ -390,7 +415,11 @@ impl Backups {
         };
         if let Some(passphrase) = &self.settings.passphrase {
             let passphrase = age::secrecy::SecretString::from(passphrase.expose_secret().to_owned());
-            identities.push(Box::new(age::scrypt::Identity::new(passphrase)));
+            let mut identity = age::scrypt::Identity::new(passphrase);
+            // age would accept up to 16 times its own calibration (gigabytes, tens of seconds) from
+            // a file someone else wrote; ours are always made at SCRYPT_LOG_N.
+            identity.set_max_work_factor(SCRYPT_LOG_N);
+            identities.push(Box::new(identity));
         }
         if identities.is_empty() {
             return Err(defect("no identity file or passphrase is configured ([backup] identity_file)"));
@@ -466,6 +495,11 @@ impl Backups {
         kind: Option<&str>,
         why: &str,
     ) -> Result<(), AppError> {
+        // The reason may quote what a forged archive says (its version, a field name): it goes into
+        // the audit trail and alerts bounded and without control characters.
+        let why: String =
+            why.chars().map(|c| if c.is_control() { '?' } else { c }).take(MAX_FAILURE_CHARS).collect();
+        let why = why.as_str();
         tracing::error!(step, id, kind, reason = why, "backup failed");
         let mut entry = AuditEntry::system("backup.failed")
             .outcome(portcullis_domain::Outcome::Failure)
@@ -599,22 +633,23 @@ impl Backups {
     /// older than `retention_days`, but always keeps the newest `keep_min` and the newest one whose
     /// last verification passed. Audited as `backup.pruned` when anything went.
     pub async fn prune(&self) -> Result<Pruned, AppError> {
-        let backups = self.list().await?;
         let now = self.app.now().as_unix_millis();
+        // Ages come from the ids (each archive's authenticated header binds its id), never from the
+        // clear-text sidecars; an id dated in the future is no backup of ours and never takes the
+        // place of a real one among the newest (it is kept, for the operator to look at).
+        let (backups, future): (Vec<_>, Vec<_>) =
+            self.list().await?.into_iter().partition(|b| plausible(&b.id, now));
         let keep_newest = self.settings.keep_min as usize;
         let newest_good = backups
             .iter()
             .rev()
             .find(|b| b.sidecar.as_ref().and_then(Sidecar::last_verification).is_some_and(|v| v.ok))
             .map(|b| b.id.clone());
-        let mut pruned = Pruned::default();
+        let mut pruned = Pruned { kept: future.len(), ..Pruned::default() };
         let total = backups.len();
         for (i, backup) in backups.into_iter().enumerate() {
             let among_newest = total - i <= keep_newest;
-            let created = backup
-                .sidecar
-                .as_ref()
-                .map_or_else(|| created_from_id(&backup.id), |s| Some(s.created_at_ms));
+            let created = created_from_id(&backup.id);
             let expired = self.settings.retention_days > 0
                 && created.is_some_and(|at| at < now - i64::from(self.settings.retention_days) * DAY_MILLIS);
             if !expired || among_newest || newest_good.as_deref() == Some(backup.id.as_str()) {
@@ -638,10 +673,27 @@ impl Backups {
         Ok(pruned)
     }
 
-    /// The newest backup's id, if any (the drill verifies it).
+    /// The newest backup's id, if any (the drill verifies it). An id dated in the future is skipped:
+    /// sorting by name would otherwise let whoever can write the target choose what the drill reads.
     pub async fn newest(&self) -> Result<Option<String>, AppError> {
-        Ok(self.list().await?.pop().map(|b| b.id))
+        let now = self.app.now().as_unix_millis();
+        Ok(self.list().await?.into_iter().rev().find(|b| plausible(&b.id, now)).map(|b| b.id))
     }
+}
+
+/// The scrypt work factor (N = 2^18: 256 MiB, about a second) of passphrase backups, and the most a
+/// reader accepts.
+const SCRYPT_LOG_N: u8 = 18;
+
+/// The longest failure reason recorded (audit detail, security event, alert).
+const MAX_FAILURE_CHARS: usize = 500;
+
+/// How far ahead of this node's clock a backup id may be dated (another node's clock may run ahead).
+const CLOCK_SKEW_MILLIS: i64 = 5 * 60 * 1000;
+
+/// Whether `id` names a time no later than `now` (give or take clock skew).
+fn plausible(id: &str, now: i64) -> bool {
+    created_from_id(id).is_some_and(|at| at <= now + CLOCK_SKEW_MILLIS)
 }
 
 /// `YYYYMMDDTHHMMSSZ-xxxxxxxx`: sortable by time, unique by its random tail.

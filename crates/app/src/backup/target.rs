@@ -152,7 +152,16 @@ impl BackupTarget for FolderTarget {
         let path = self.path(name)?;
         let to = to.to_owned();
         blocking(move || {
-            std::fs::copy(&path, &to).map(|_| ()).map_err(|e| format!("read {}: {e}", path.display()))
+            let mut source = match open_regular(&path)? {
+                Opened::File(file) => file,
+                Opened::Missing => return Err(format!("read {}: no such file", path.display())),
+                Opened::Irregular => return Err(format!("read {}: not a regular file", path.display())),
+            };
+            let mut staged =
+                std::fs::File::create(&to).map_err(|e| format!("write {}: {e}", to.display()))?;
+            std::io::copy(&mut source, &mut staged)
+                .map(drop)
+                .map_err(|e| format!("read {}: {e}", path.display()))
         })
         .await
     }
@@ -161,11 +170,8 @@ impl BackupTarget for FolderTarget {
         use std::io::Read;
         let path = self.path(name)?;
         blocking(move || {
-            let file = match std::fs::File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(format!("read {}: {e}", path.display())),
-            };
+            // A sidecar that is not a regular file is as good as none (the archive is what counts).
+            let Opened::File(file) = open_regular(&path)? else { return Ok(None) };
             let mut bytes = Vec::new();
             file.take(max as u64 + 1)
                 .read_to_end(&mut bytes)
@@ -183,6 +189,36 @@ impl BackupTarget for FolderTarget {
             Err(e) => Err(format!("delete {}: {e}", path.display())),
         })
         .await
+    }
+}
+
+/// What opening a file of the target found.
+enum Opened {
+    File(std::fs::File),
+    Missing,
+    /// A FIFO, device, directory or symbolic link: never read.
+    Irregular,
+}
+
+/// Opens a file of the target for reading, without blocking and without following a symbolic link,
+/// and only if it is a regular file: a FIFO planted under a backup's name would otherwise block
+/// `open` forever, and with it list, prune and the scheduler.
+fn open_regular(path: &Path) -> Result<Opened, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW;
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Opened::Missing),
+        // O_NOFOLLOW on a symbolic link.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Ok(Opened::Irregular);
+        }
+        Err(e) => return Err(format!("read {}: {e}", path.display())),
+    };
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => Ok(Opened::File(file)),
+        Ok(_) => Ok(Opened::Irregular),
+        Err(e) => Err(format!("read {}: {e}", path.display())),
     }
 }
 

@@ -555,6 +555,105 @@ async fn a_passphrase_backup_verifies_and_restores_and_a_wrong_passphrase_is_cau
     assert_eq!(why, format!("backup {}: the passphrase does not decrypt this backup", created.id));
 }
 
+/// A passphrase archive asks for its scrypt work factor in clear; one rewritten to ask 2^23 (8 GiB,
+/// a quarter of a minute before anything is authenticated) is refused without doing the work.
+#[tokio::test]
+async fn a_passphrase_archive_asking_for_excessive_scrypt_work_is_refused_before_the_work() {
+    let mut s = scene().await;
+    let mut settings = s.backups.settings().clone();
+    settings.recipients.clear();
+    settings.identity_file = None;
+    settings.passphrase = Some(secret("correct horse battery staple, backups"));
+    s.backups = Backups::new(s.t.app.clone(), s.backups.target().clone(), settings).unwrap();
+    let created = s.backups.create(&no_progress).await.unwrap();
+    let path = s.archive(&created.id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let stanza = bytes.windows(10).position(|w| w == b"-> scrypt ").unwrap();
+    let end = stanza + bytes[stanza..].iter().position(|b| *b == b'\n').unwrap();
+    assert_eq!(&bytes[end - 3..end], b" 18", "written at the fixed work factor");
+    bytes[end - 2..end].copy_from_slice(b"23");
+    std::fs::write(&path, bytes).unwrap();
+    // The sidecar's checksum would catch the change first; whoever rewrote the file removes it.
+    std::fs::remove_file(s.folder().join(sidecar_name(&created.id))).unwrap();
+
+    let why = verify_fails(&s, &created.id, 1).await;
+    assert!(why.contains("xcessive work"), "{why}");
+}
+
+/// age reads its header without a bound; an archive must show the header's end early.
+#[tokio::test]
+async fn an_archive_whose_age_header_does_not_end_early_is_refused() {
+    let s = scene().await;
+    let created = s.backups.create(&no_progress).await.unwrap();
+    let mut endless = b"age-encryption.org/v1\n-> X25519 ".to_vec();
+    endless.extend(std::iter::repeat_n(b'A', 200 << 10));
+    std::fs::write(s.archive(&created.id), endless).unwrap();
+    std::fs::remove_file(s.folder().join(sidecar_name(&created.id))).unwrap();
+
+    let why = verify_fails(&s, &created.id, 1).await;
+    assert!(why.contains("no age header within its first 64 KiB"), "{why}");
+}
+
+/// Whoever can write the target can name a file for any date and write any sidecar: the drill never
+/// picks a backup dated in the future, and prune takes ages from the ids, so a sidecar claiming a
+/// backup is old, or a flood of future-dated files, makes prune delete nothing it should keep.
+#[tokio::test]
+async fn future_dated_files_and_rewritten_sidecars_neither_steer_the_drill_nor_make_prune_delete() {
+    let s = scene().await;
+    let genuine = s.backups.create(&no_progress).await.unwrap();
+    for n in 0..3 {
+        let fake = format!("portcullis-99991231T23595{n}Z-ffffffff");
+        std::fs::copy(s.archive(&genuine.id), s.archive(&fake)).unwrap();
+        let mut sidecar: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.folder().join(sidecar_name(&genuine.id))).unwrap())
+                .unwrap();
+        sidecar["id"] = serde_json::json!(fake);
+        std::fs::write(s.folder().join(sidecar_name(&fake)), serde_json::to_vec(&sidecar).unwrap()).unwrap();
+    }
+    // The genuine sidecar now says the backup is from 1970.
+    let sidecar_path = s.folder().join(sidecar_name(&genuine.id));
+    let mut sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sidecar_path).unwrap()).unwrap();
+    sidecar["created_at_ms"] = serde_json::json!(0);
+    std::fs::write(&sidecar_path, serde_json::to_vec(&sidecar).unwrap()).unwrap();
+
+    assert_eq!(s.backups.newest().await.unwrap(), Some(genuine.id.clone()));
+    let pruned = s.backups.prune().await.unwrap();
+    assert!(pruned.deleted.is_empty(), "{:?}", pruned.deleted);
+    assert!(s.archive(&genuine.id).exists());
+}
+
+/// A FIFO (or a symbolic link) planted under a backup's name would block `open` forever, and with
+/// it list, prune and the scheduler: the folder target opens without blocking or following links,
+/// and reads regular files only.
+#[tokio::test]
+async fn a_fifo_or_a_link_planted_under_a_backups_name_is_refused_without_blocking() {
+    let s = scene().await;
+    let created = s.backups.create(&no_progress).await.unwrap();
+    let sidecar = s.folder().join(sidecar_name(&created.id));
+    std::fs::remove_file(&sidecar).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &sidecar,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let listed = s.backups.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].sidecar.is_none(), "the FIFO is not read as a sidecar");
+    assert!(s.backups.prune().await.is_ok());
+
+    let archive = s.archive(&created.id);
+    let moved = s.dir.path().join("elsewhere.age");
+    std::fs::rename(&archive, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &archive).unwrap();
+    let scratch = file_store(&s.dir.path().join("scratch.db")).await;
+    let why = backup_error(s.backups.verify(&created.id, &scratch, &no_progress).await);
+    assert!(why.contains("not a regular file"), "a symbolic link is not followed: {why}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // An attacker who can write to the backup target (ADR 0012, "authenticated manifests").
 // ---------------------------------------------------------------------------------------------

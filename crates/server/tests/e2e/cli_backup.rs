@@ -2,7 +2,8 @@
 //! runs them; a damaged backup fails `verify` with exit 1 and the reason; a restore refuses a database
 //! holding data without `--force`; with PostgreSQL available, a SQLite backup restores into it and a
 //! backup of that PostgreSQL database verifies (restored into a scratch SQLite database); a backup
-//! another installation made with our public recipient fails verify and restore.
+//! another installation made with our public recipient fails verify and restore. Each slot of the
+//! schedule is run by one node however many run it.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -145,7 +146,7 @@ async fn a_backup_forged_by_another_installation_fails_verify_and_restore_and_th
 
 #[tokio::test]
 async fn a_sqlite_backup_restores_into_postgresql_and_a_postgresql_backup_verifies() {
-    let Some(url) = fresh_postgres_database().await else {
+    let Some(url) = fresh_postgres_database("restore").await else {
         use std::io::Write;
         let _ = std::io::stderr()
             .write_all(b"e2e: PORTCULLIS_TEST_POSTGRES_URL not set; skipped the cross-engine backup test\n");
@@ -168,11 +169,12 @@ async fn a_sqlite_backup_restores_into_postgresql_and_a_postgresql_backup_verifi
     assert!(verified.contains("is good"), "{verified}");
 }
 
-/// A new database on the server `PORTCULLIS_TEST_POSTGRES_URL` names, if set.
-async fn fresh_postgres_database() -> Option<String> {
+/// A new database on the server `PORTCULLIS_TEST_POSTGRES_URL` names, if set; `label` keeps the
+/// databases of tests running at once apart.
+async fn fresh_postgres_database(label: &str) -> Option<String> {
     use sqlx::Connection;
     let admin_url = std::env::var("PORTCULLIS_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty())?;
-    let name = format!("portcullis_backup_e2e_{}", std::process::id());
+    let name = format!("portcullis_backup_e2e_{label}_{}", std::process::id());
     let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut admin).await.unwrap();
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
@@ -229,4 +231,123 @@ async fn the_scheduled_backup_and_the_drill_are_audited_alert_on_failure_and_mov
         assert!(actions.iter().any(|a| a == action), "{action} in {actions:?}");
     }
     server.shutdown().await;
+}
+
+/// Backups to a fresh age key, in a folder of `dir` (which every node of a test shares).
+fn with_backups(config: &mut portcullis::config::Config, dir: &Path) {
+    #[expect(deprecated, reason = "X25519 recipients, as backups use (ADR 0012)")]
+    let identity = age::x25519::Identity::generate();
+    let key = dir.join("key.txt");
+    std::fs::write(&key, format!("{}\n", age::secrecy::ExposeSecret::expose_secret(&identity.to_string())))
+        .unwrap();
+    config.backup.recipients = vec![identity.to_public().to_string()];
+    config.backup.identity_file = Some(key);
+    config.backup.folder = Some(dir.join("shared-backups"));
+}
+
+/// A time no other test's schedule names, so the log lines about it are this test's.
+fn slot(rfc3339: &str) -> portcullis_domain::Timestamp {
+    let at = chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap();
+    portcullis_domain::Timestamp::from_unix_millis(at.timestamp_millis())
+}
+
+/// The audit actions recorded so far.
+async fn audit_actions(app: &portcullis_app::App) -> Vec<String> {
+    let mut tx = app.store().begin_read().await.unwrap();
+    let actions =
+        tx.audit_events_after(0, 10_000).await.unwrap().into_iter().map(|e| e.record.action).collect();
+    tx.rollback().await.unwrap();
+    actions
+}
+
+/// Whether a node logged that another had claimed `task` at `slot`.
+fn skip_logged(task: &str, slot: portcullis_domain::Timestamp) -> bool {
+    crate::support::log_lines().iter().any(|line| {
+        line["message"] == "another node has claimed this scheduled run; skipped"
+            && line["level"] == "INFO"
+            && line["task"] == task
+            && line["slot"] == slot.to_rfc3339()
+    })
+}
+
+/// Two nodes whose schedules fire at the same instant claim the slot at once: one takes the backup
+/// and one runs the drill, the other skips each and says so at info; the next slot is claimed anew.
+/// The nodes here share one server's database (SQLite by default, where the data dir lock keeps a
+/// second server off the file); the next test runs two servers on one PostgreSQL database.
+#[tokio::test]
+async fn two_nodes_running_the_same_scheduled_slot_take_one_backup_and_one_drill() {
+    crate::support::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::test_config(&dir);
+    with_backups(&mut config, dir.path());
+    let server = portcullis::start(&config, portcullis::StartOptions::default()).await.unwrap();
+    let a = portcullis::backups(&config, server.app()).unwrap().with_node("node-a");
+    let b = portcullis::backups(&config, server.app()).unwrap().with_node("node-b");
+    let (backup_slot, drill_slot) = (slot("2031-01-01T03:00:00Z"), slot("2031-01-05T04:00:00Z"));
+
+    let ran = tokio::join!(
+        portcullis::run_scheduled_backup_at(&a, backup_slot),
+        portcullis::run_scheduled_backup_at(&b, backup_slot)
+    );
+    let drilled = tokio::join!(
+        portcullis::run_drill_at(&a, &config, drill_slot),
+        portcullis::run_drill_at(&b, &config, drill_slot)
+    );
+
+    assert!(ran.0 ^ ran.1, "exactly one node took the backup: {ran:?}");
+    assert!(drilled.0 ^ drilled.1, "exactly one node ran the drill: {drilled:?}");
+    let listed = a.list().await.unwrap();
+    assert_eq!(listed.len(), 1, "one backup: {listed:?}");
+    assert!(listed[0].sidecar.as_ref().unwrap().last_verification().unwrap().ok);
+    let actions = audit_actions(server.app()).await;
+    let count = |action: &str| actions.iter().filter(|a| *a == action).count();
+    assert_eq!((count("backup.created"), count("backup.verified")), (1, 1), "{actions:?}");
+    assert!(skip_logged("backup", backup_slot) && skip_logged("drill", drill_slot));
+    // The next day's slot is a claim of its own, whichever node makes it.
+    assert!(portcullis::run_scheduled_backup_at(&b, slot("2031-01-02T03:00:00Z")).await);
+    assert_eq!(a.list().await.unwrap().len(), 2);
+    server.shutdown().await;
+}
+
+/// Two servers of one installation on one PostgreSQL database, backing up to one folder, both run
+/// the same slot of the schedule and of the drill: one backup, one drill.
+#[tokio::test]
+async fn two_servers_on_one_postgresql_database_take_one_backup_per_scheduled_slot() {
+    let Some(url) = fresh_postgres_database("two_nodes").await else {
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(
+            b"e2e: PORTCULLIS_TEST_POSTGRES_URL not set; skipped the two-node backup schedule test\n",
+        );
+        return;
+    };
+    let shared = tempfile::tempdir().unwrap();
+    let first = crate::support::spawn_with(|config| {
+        config.database.url = Some(portcullis::config::Secret::new(url));
+        with_backups(config, shared.path());
+    })
+    .await;
+    let second = crate::support::spawn_beside(&first).await;
+    let a = portcullis::backups(&first.config, first.server.app()).unwrap().with_node("first");
+    let b = portcullis::backups(&second.config, second.server.app()).unwrap().with_node("second");
+    let (backup_slot, drill_slot) = (slot("2031-02-01T03:00:00Z"), slot("2031-02-02T04:00:00Z"));
+
+    let ran = tokio::join!(
+        portcullis::run_scheduled_backup_at(&a, backup_slot),
+        portcullis::run_scheduled_backup_at(&b, backup_slot)
+    );
+    let drilled = tokio::join!(
+        portcullis::run_drill_at(&a, &first.config, drill_slot),
+        portcullis::run_drill_at(&b, &second.config, drill_slot)
+    );
+
+    assert!(ran.0 ^ ran.1, "exactly one server took the backup: {ran:?}");
+    assert!(drilled.0 ^ drilled.1, "exactly one server ran the drill: {drilled:?}");
+    let listed = b.list().await.unwrap();
+    assert_eq!(listed.len(), 1, "one backup in the shared folder: {listed:?}");
+    assert!(listed[0].sidecar.as_ref().unwrap().last_verification().unwrap().ok);
+    let actions = audit_actions(second.server.app()).await;
+    let count = |action: &str| actions.iter().filter(|a| *a == action).count();
+    assert_eq!((count("backup.created"), count("backup.verified")), (1, 1), "{actions:?}");
+    second.stop().await;
+    first.stop().await;
 }

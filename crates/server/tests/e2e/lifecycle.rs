@@ -64,7 +64,7 @@ async fn readyz_reports_pending_migrations_until_migrate_runs() {
     assert_eq!(response.status(), 503);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["type"], "urn:portcullis:problem:not-ready");
-    assert_eq!(body["checks"]["migrations"], "9 migration(s) pending");
+    assert_eq!(body["checks"]["migrations"], "10 migration(s) pending");
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["migrate", "--data-dir"])
@@ -72,7 +72,7 @@ async fn readyz_reports_pending_migrations_until_migrate_runs() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("applied 9 migration(s)"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("applied 10 migration(s)"));
 
     assert_eq!(app.get("/readyz").await.status(), 200);
     app.stop().await;
