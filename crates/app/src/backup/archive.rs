@@ -520,14 +520,37 @@ pub enum Item {
     End(Box<Manifest>),
 }
 
-/// The input with its first bytes (read ahead to bound the age header) put back in front.
-type Prefixed<R> = std::io::Chain<std::io::Cursor<Vec<u8>>, R>;
+/// The input with its first bytes (read ahead to bound the age header) put back in front, counted.
+type Prefixed<R> = Counted<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>;
+
+/// A reader that counts the bytes read through it, for the decompression ratio check.
+struct Counted<R> {
+    inner: R,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// How many times its own size an archive may unpack to (real ones: about 3, since every row holds
+/// random ids and hashes), past a floor for small archives. A decompression bomb costs time in
+/// proportion to what it unpacks to; this ties that time to the bytes someone had to upload.
+const MAX_UNPACK_RATIO: u64 = 256;
+const UNPACK_FLOOR: u64 = 64 << 20;
 
 /// Reads and checks an archive: decrypts, decompresses, counts and hashes every table, and at the end
 /// authenticates the manifest and compares all of it with the manifest. Every defect is an error
 /// saying where and what.
 pub struct ArchiveReader<R: Read> {
     lines: BufReader<zstd::Decoder<'static, BufReader<age::stream::StreamReader<Prefixed<R>>>>>,
+    /// Bytes of the encrypted file read so far, and of lines unpacked from it.
+    packed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    unpacked: u64,
     header: Header,
     header_line: Vec<u8>,
     mac_key: zeroize::Zeroizing<[u8; 32]>,
@@ -565,7 +588,8 @@ impl<R: Read> ArchiveReader<R> {
         if !prefix.windows(5).any(|w| w == b"\n--- ") {
             return Err(format!("not a backup: no age header within its first {} KiB", AGE_HEADER_MAX >> 10));
         }
-        let input = std::io::Cursor::new(prefix).chain(input);
+        let packed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let input = Counted { inner: std::io::Cursor::new(prefix).chain(input), read: packed.clone() };
         let decryptor = age::Decryptor::new(input).map_err(|e| format!("not a readable age file: {e}"))?;
         let is_passphrase_file = decryptor.is_scrypt();
         let plain =
@@ -595,6 +619,8 @@ impl<R: Read> ArchiveReader<R> {
             line: Vec::new(),
             line_no: 0,
             done: false,
+            packed,
+            unpacked: 0,
         };
         if !reader.next_line()? {
             return Err("the archive is empty".to_owned());
@@ -652,6 +678,14 @@ impl<R: Read> ArchiveReader<R> {
             .map_err(|e| read_error(&e, self.line_no + 1))?;
         if n == 0 {
             return Ok(false);
+        }
+        self.unpacked += n as u64;
+        let packed = self.packed.load(std::sync::atomic::Ordering::Relaxed);
+        if self.unpacked > MAX_UNPACK_RATIO * packed.max(UNPACK_FLOOR / MAX_UNPACK_RATIO) {
+            return Err(format!(
+                "the archive unpacks to more than {MAX_UNPACK_RATIO} times its size: refused as a \
+                 decompression bomb"
+            ));
         }
         self.line_no += 1;
         if self.line.last() != Some(&b'\n') {

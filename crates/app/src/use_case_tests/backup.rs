@@ -920,6 +920,42 @@ async fn a_line_longer_than_the_cap_is_refused_before_it_is_held_whole() {
     assert!(why.contains(&format!("is longer than {MAX_LINE} bytes")), "{why}");
 }
 
+/// A decompression bomb (a few hundred KiB that unpack to gigabytes) costs time in proportion to
+/// what it unpacks to: past 64 MiB, an archive may unpack to at most 256 times its size.
+#[tokio::test]
+async fn a_decompression_bomb_is_refused_once_it_unpacks_past_the_ratio() {
+    let s = scene().await;
+    let created = s.backups.create(&no_progress).await.unwrap();
+    let mut lines = open_up(&s, &created.id);
+    // 100 rows of 1 MiB, alike but for their id, that fit their table: zstd packs them into a few
+    // hundred KiB. (A real bomb would unpack to terabytes; past 64 MiB, the ratio is what counts.)
+    let at = lines.iter().position(|l| l.starts_with("{\"table\":\"ip_rules\"")).unwrap();
+    let columns: Vec<String> = serde_json::from_value(
+        serde_json::from_str::<serde_json::Value>(&lines[at]).unwrap()["columns"].clone(),
+    )
+    .unwrap();
+    let note = "n".repeat(1 << 20);
+    for n in 0..100 {
+        let row: Vec<serde_json::Value> = columns
+            .iter()
+            .map(|c| match c.as_str() {
+                "id" => format!("rule-{n}").into(),
+                "note" => note.clone().into(),
+                "created_at" => 0.into(),
+                _ => "x".into(),
+            })
+            .collect();
+        lines.insert(at + 1, serde_json::to_string(&row).unwrap());
+    }
+    seal(&s.archive(&created.id), &s.identity, &lines);
+    let size = std::fs::metadata(s.archive(&created.id)).unwrap().len();
+    assert!(size < (64 << 20) / 256, "the bomb is small: {size} bytes");
+
+    let why = verify_fails(&s, &created.id, 1).await;
+
+    assert!(why.contains("refused as a decompression bomb"), "{why}");
+}
+
 #[tokio::test]
 async fn a_crafted_archive_of_many_large_rows_is_read_within_a_memory_bound() {
     let s = scene().await;
