@@ -21,16 +21,16 @@ use crate::problem::{Problem, ProblemType};
 #[into_params(parameter_in = Query)]
 pub(crate) struct AuditEventParams {
     /// Events by this actor (an account, service account or API key id), or done for this account.
-    #[param(max_length = 128)]
+    #[param(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
     actor: Option<String>,
     /// Events whose action starts with this (`user.` for every account action).
     #[param(max_length = 64, pattern = "^[a-z0-9_.]+$")]
     action: Option<String>,
     /// Events about targets of this type (`user`, `session`, `api_key`, ...).
-    #[param(max_length = 128)]
+    #[param(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
     target_type: Option<String>,
     /// Events about this target id.
-    #[param(max_length = 128)]
+    #[param(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
     target_id: Option<String>,
     /// Events inside this organization. Required for a caller whose `audit:read` is only in it.
     #[param(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
@@ -220,14 +220,18 @@ pub(crate) struct ApplicationEventBody {
     /// `success` (default), `failure` or `denied`.
     #[schema(pattern = "^(success|failure|denied)$")]
     outcome: Option<String>,
-    #[schema(min_length = 1, max_length = 128)]
+    /// 1 to 128 visible ASCII characters.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
     target_type: Option<String>,
-    #[schema(min_length = 1, max_length = 128)]
+    /// 1 to 128 visible ASCII characters.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
     target_id: Option<String>,
     /// The organization the event belongs to; `audit:write` must cover it.
+    #[schema(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     organization_id: Option<String>,
     /// The end user the application acted for.
-    #[schema(min_length = 1, max_length = 128)]
+    /// 1 to 128 visible ASCII characters.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
     subject: Option<String>,
     /// Anything else worth keeping, as a JSON object of at most 4096 bytes. Values under secret
     /// names (password, token, secret, ...) and values shaped like credentials are redacted.
